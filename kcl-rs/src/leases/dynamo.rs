@@ -1,0 +1,1 @@
+//! DynamoDB lease store (being written).

@@ -1,0 +1,1 @@
+//! In-memory lease store (being written).

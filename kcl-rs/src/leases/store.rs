@@ -1,0 +1,153 @@
+//! The seam between lease decisions and lease storage: one small trait, implemented
+//! over DynamoDB ([`super::DynamoLeaseStore`]) and in memory ([`super::MemoryLeaseStore`]).
+//!
+//! Every write is conditional. [`Expect`] says what the writer believes the item is;
+//! when the item is different the write is rejected with [`LeaseError::ConditionFailed`]
+//! and nothing changes.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::checkpoint::ExtendedSequenceNumber;
+
+use super::lease::{Lease, ShardLoad};
+
+/// A boxed, sendable future (the trait is used as `Arc<dyn LeaseStore>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a conditional write requires of the stored lease. `None` fields are not
+/// checked; `Some(None)` means "the attribute must be absent".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// `leaseCounter` must equal this.
+    pub counter: Option<u64>,
+    /// `leaseOwner` must be this (or absent).
+    pub owner: Option<Option<String>>,
+    /// `checkpointOwner` must be this (or absent).
+    pub checkpoint_owner: Option<Option<String>>,
+}
+
+impl Expect {
+    /// Counter and owner as last seen: the fencing condition of renew, take, release
+    /// and checkpoint.
+    pub fn held(counter: u64, owner: Option<&str>) -> Expect {
+        Expect {
+            counter: Some(counter),
+            owner: Some(owner.map(str::to_string)),
+            checkpoint_owner: None,
+        }
+    }
+}
+
+/// What a write changes. `None` fields are left alone; `Some(None)` removes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Change {
+    /// Increment `leaseCounter` by one.
+    pub bump_counter: bool,
+    /// Set or remove `leaseOwner`.
+    pub owner: Option<Option<String>>,
+    /// Set or remove `checkpointOwner`.
+    pub checkpoint_owner: Option<Option<String>>,
+    /// Set `checkpoint` (and its sub-sequence); also resets
+    /// `ownerSwitchesSinceCheckpoint` to 0.
+    pub checkpoint: Option<ExtendedSequenceNumber>,
+    /// Set or remove `pendingCheckpoint` (and its sub-sequence).
+    pub pending_checkpoint: Option<Option<ExtendedSequenceNumber>>,
+    /// Increment `ownerSwitchesSinceCheckpoint` by one.
+    pub owner_switch: bool,
+    /// Set the observed load attributes.
+    pub load: Option<ShardLoad>,
+    /// Set `childShardIds`.
+    pub child_shard_ids: Option<Vec<String>>,
+}
+
+/// Lease storage errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// The item was not as expected (or is missing): the write did nothing. For the
+    /// holder of a lease this means the lease is lost or being handed off.
+    #[error("lease {key}: conditional write rejected (changed by another writer)")]
+    ConditionFailed {
+        /// The lease.
+        key: String,
+    },
+    /// Throttling, a 5xx, a timeout or a dropped connection: worth retrying.
+    #[error("lease table temporarily unavailable: {message}")]
+    Transient {
+        /// What the service or SDK said.
+        message: String,
+    },
+    /// A stored item that is not a valid lease.
+    #[error("lease {key} is malformed: {what}")]
+    Malformed {
+        /// The item's key.
+        key: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// Anything else: wrong table schema, access denied, bad configuration.
+    #[error("lease table error: {message}")]
+    Fatal {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl LeaseError {
+    /// Whether retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LeaseError::Transient { .. })
+    }
+}
+
+/// A worker's presence record, used to count live workers for balancing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerHeartbeat {
+    /// The worker id.
+    pub worker_id: String,
+    /// Incremented by the worker at every heartbeat; observers judge liveness by when
+    /// they last saw it change, never by comparing clocks across machines.
+    pub heartbeat: u64,
+}
+
+/// Storage for leases and worker heartbeats.
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Creates the lease table (and worker table) if absent and waits until usable. An
+    /// existing table with the wrong key schema is a [`LeaseError::Fatal`].
+    fn ensure_tables(&self) -> BoxFuture<'_, Result<(), LeaseError>>;
+
+    /// Every lease, read consistently.
+    fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>>;
+
+    /// One lease, read consistently.
+    fn get_lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>>;
+
+    /// Creates a lease if no lease with its key exists (`attribute_not_exists`);
+    /// otherwise [`LeaseError::ConditionFailed`].
+    fn create_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Applies `change` if the lease exists and matches `expect`; returns the lease as
+    /// stored after the write.
+    fn update_lease<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+        change: Change,
+    ) -> BoxFuture<'a, Result<Lease, LeaseError>>;
+
+    /// Deletes a lease if it matches `expect`.
+    fn delete_lease<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+    ) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Increments the worker's heartbeat (creating its record on first call).
+    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Removes the worker's record (graceful shutdown).
+    fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Every worker record.
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>>;
+}

@@ -1,0 +1,1 @@
+//! Lease taking decisions (being written).

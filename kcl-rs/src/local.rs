@@ -1,0 +1,296 @@
+//! Embedded local AWS: Kinesis (ferrokinesis) and DynamoDB (dynoxide) served in-process
+//! over their real wire protocols on 127.0.0.1, for tests, demos and local development.
+//!
+//! Enabled by the `local` feature; production builds leave it off and compile no
+//! emulator.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use kcl::local::{LocalAws, LocalAwsOptions};
+//!
+//! let aws = LocalAws::start(LocalAwsOptions::default()).await?;
+//! let clients = aws.clients().await;
+//! clients.verify().await?;
+//! let streams = clients.kinesis.list_streams().send().await?;
+//! assert!(streams.stream_names().is_empty());
+//! aws.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::{Clients, Endpoints};
+
+/// Environment variable naming an external Kinesis endpoint (for example kinesis-mock)
+/// that [`LocalAwsOptions::from_env`] uses instead of the embedded emulator.
+pub const EXTERNAL_KINESIS_ENV: &str = "KCL_TEST_KINESIS_ENDPOINT";
+
+/// Which Kinesis to serve or point at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KinesisBackend {
+    /// ferrokinesis, in-process.
+    Embedded,
+    /// An already running Kinesis-compatible endpoint, e.g. `http://127.0.0.1:4568`.
+    External(String),
+}
+
+/// How to start [`LocalAws`]. The defaults suit tests: ephemeral ports, in memory.
+#[derive(Clone, Debug)]
+pub struct LocalAwsOptions {
+    /// Kinesis port on 127.0.0.1; 0 picks a free one.
+    pub kinesis_port: u16,
+    /// DynamoDB port on 127.0.0.1; 0 picks a free one.
+    pub dynamodb_port: u16,
+    /// Folder for durable state (`kinesis/` and `dynamodb.sqlite`); `None` keeps all in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Maximum open shards across all streams (the emulator's default of 10 is too low).
+    pub shard_limit: u32,
+    /// AWS-like per-shard write limits (1 MiB/s, 1,000 records/s): PutRecord(s) throttle.
+    pub enforce_limits: bool,
+    /// How long CreateStream, SplitShard, MergeShards and DeleteStream stay in a
+    /// transitional state, in milliseconds.
+    pub stream_transition_ms: u64,
+    /// The Kinesis to use.
+    pub kinesis: KinesisBackend,
+}
+
+impl Default for LocalAwsOptions {
+    fn default() -> Self {
+        LocalAwsOptions {
+            kinesis_port: 0,
+            dynamodb_port: 0,
+            data_dir: None,
+            shard_limit: 512,
+            enforce_limits: false,
+            stream_transition_ms: 50,
+            kinesis: KinesisBackend::Embedded,
+        }
+    }
+}
+
+impl LocalAwsOptions {
+    /// The defaults, except that Kinesis is the external endpoint named by
+    /// [`EXTERNAL_KINESIS_ENV`] when that variable is set and not empty. Tests use this so
+    /// the same suite runs against the embedded emulator and a second, external one.
+    pub fn from_env() -> Self {
+        let mut options = LocalAwsOptions::default();
+        if let Ok(url) = std::env::var(EXTERNAL_KINESIS_ENV) {
+            if !url.trim().is_empty() {
+                options.kinesis = KinesisBackend::External(url.trim().to_string());
+            }
+        }
+        options
+    }
+}
+
+/// Errors starting the local servers.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalAwsError {
+    /// A port could not be bound.
+    #[error("cannot bind {service} on 127.0.0.1:{port}: {source}")]
+    Bind {
+        /// Which server.
+        service: &'static str,
+        /// The port asked for.
+        port: u16,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data folder or database file could not be opened.
+    #[error("cannot open local {service} state in {path}: {message}")]
+    State {
+        /// Which server.
+        service: &'static str,
+        /// The path.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Running local AWS servers. Stop them with [`LocalAws::shutdown`]; dropping the value
+/// also stops them (without waiting).
+pub struct LocalAws {
+    kinesis_url: String,
+    dynamodb_addr: SocketAddr,
+    kinesis_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalAws {
+    /// Binds both servers on 127.0.0.1 and starts serving. Returns once both listen.
+    pub async fn start(options: LocalAwsOptions) -> Result<LocalAws, LocalAwsError> {
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let dynamo_listener = bind("DynamoDB", options.dynamodb_port).await?;
+        let dynamodb_addr = local_addr("DynamoDB", &dynamo_listener, options.dynamodb_port)?;
+        let db = match &options.data_dir {
+            Some(dir) => {
+                create_dir(dir, "DynamoDB")?;
+                let path = dir.join("dynamodb.sqlite");
+                dynoxide::Database::new(&path.to_string_lossy()).map_err(|e| {
+                    LocalAwsError::State {
+                        service: "DynamoDB",
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?
+            }
+            None => dynoxide::Database::memory().map_err(|e| LocalAwsError::State {
+                service: "DynamoDB",
+                path: ":memory:".into(),
+                message: e.to_string(),
+            })?,
+        };
+        let stop = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move { stop.cancelled().await };
+            if let Err(e) =
+                dynoxide::server::serve_with_shutdown(dynamo_listener, db, shutdown).await
+            {
+                tracing::error!(error = %e, "local DynamoDB server failed");
+            }
+        }));
+
+        let (kinesis_url, kinesis_addr) = match &options.kinesis {
+            KinesisBackend::External(url) => (url.clone(), None),
+            KinesisBackend::Embedded => {
+                let listener = bind("Kinesis", options.kinesis_port).await?;
+                let addr = local_addr("Kinesis", &listener, options.kinesis_port)?;
+                let app = kinesis_app(&options)?;
+                let stop = cancel.clone();
+                tasks.push(tokio::spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "local Kinesis server failed");
+                    }
+                }));
+                (format!("http://{addr}"), Some(addr))
+            }
+        };
+
+        Ok(LocalAws {
+            kinesis_url,
+            dynamodb_addr,
+            kinesis_addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Endpoint URLs for [`Clients::connect`] or for other processes.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints::local(
+            self.kinesis_url.clone(),
+            format!("http://{}", self.dynamodb_addr),
+        )
+    }
+
+    /// The embedded Kinesis address, or `None` when Kinesis is external.
+    pub fn kinesis_addr(&self) -> Option<SocketAddr> {
+        self.kinesis_addr
+    }
+
+    /// The DynamoDB address.
+    pub fn dynamodb_addr(&self) -> SocketAddr {
+        self.dynamodb_addr
+    }
+
+    /// SDK clients pointed at these servers.
+    pub async fn clients(&self) -> Clients {
+        Clients::connect(&self.endpoints()).await
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, and waits for both
+    /// servers to stop.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LocalAws {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError> {
+    let durable = match &options.data_dir {
+        Some(dir) => {
+            let state_dir = dir.join("kinesis");
+            create_dir(&state_dir, "Kinesis")?;
+            Some(ferrokinesis::store::DurableStateOptions {
+                state_dir,
+                snapshot_interval_secs: 30,
+                max_retained_bytes: None,
+            })
+        }
+        None => None,
+    };
+    let store_options = ferrokinesis::store::StoreOptions {
+        create_stream_ms: options.stream_transition_ms,
+        delete_stream_ms: options.stream_transition_ms,
+        update_stream_ms: options.stream_transition_ms,
+        shard_limit: options.shard_limit,
+        enforce_limits: options.enforce_limits,
+        durable,
+        ..Default::default()
+    };
+    let (app, store) = ferrokinesis::create_app(store_options);
+    if let Err(e) = store.check_ready() {
+        return Err(LocalAwsError::State {
+            service: "Kinesis",
+            path: options
+                .data_dir
+                .as_ref()
+                .map(|d| d.join("kinesis").display().to_string())
+                .unwrap_or_default(),
+            message: format!("{e:?}"),
+        });
+    }
+    Ok(app)
+}
+
+async fn bind(service: &'static str, port: u16) -> Result<TcpListener, LocalAwsError> {
+    TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|source| LocalAwsError::Bind {
+            service,
+            port,
+            source,
+        })
+}
+
+fn local_addr(
+    service: &'static str,
+    listener: &TcpListener,
+    port: u16,
+) -> Result<SocketAddr, LocalAwsError> {
+    listener.local_addr().map_err(|source| LocalAwsError::Bind {
+        service,
+        port,
+        source,
+    })
+}
+
+fn create_dir(dir: &std::path::Path, service: &'static str) -> Result<(), LocalAwsError> {
+    std::fs::create_dir_all(dir).map_err(|e| LocalAwsError::State {
+        service,
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })
+}

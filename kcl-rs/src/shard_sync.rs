@@ -1,0 +1,1 @@
+//! Shard sync decisions (being written).
