@@ -28,7 +28,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,ferrokinesis=warn,dynoxide=error,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

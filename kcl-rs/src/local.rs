@@ -81,10 +81,10 @@ impl LocalAwsOptions {
     /// the same suite runs against the embedded emulator and a second, external one.
     pub fn from_env() -> Self {
         let mut options = LocalAwsOptions::default();
-        if let Ok(url) = std::env::var(EXTERNAL_KINESIS_ENV) {
-            if !url.trim().is_empty() {
-                options.kinesis = KinesisBackend::External(url.trim().to_string());
-            }
+        if let Ok(url) = std::env::var(EXTERNAL_KINESIS_ENV)
+            && !url.trim().is_empty()
+        {
+            options.kinesis = KinesisBackend::External(url.trim().to_string());
         }
         options
     }

@@ -52,9 +52,11 @@ impl ShardInfo {
                 what: format!("hash key {s:?} of shard {}", shard.shard_id()),
             })
         };
-        let range = shard.hash_key_range().ok_or_else(|| StreamError::Malformed {
-            what: format!("shard {} has no hash key range", shard.shard_id()),
-        })?;
+        let range = shard
+            .hash_key_range()
+            .ok_or_else(|| StreamError::Malformed {
+                what: format!("shard {} has no hash key range", shard.shard_id()),
+            })?;
         let seq = shard.sequence_number_range();
         Ok(ShardInfo {
             shard_id: shard.shard_id().to_string(),
@@ -65,7 +67,8 @@ impl ShardInfo {
             starting_sequence_number: seq
                 .map(|s| s.starting_sequence_number().to_string())
                 .unwrap_or_default(),
-            ending_sequence_number: seq.and_then(|s| s.ending_sequence_number().map(str::to_string)),
+            ending_sequence_number: seq
+                .and_then(|s| s.ending_sequence_number().map(str::to_string)),
         })
     }
 }
@@ -110,7 +113,9 @@ pub enum StreamError {
         right: String,
     },
     /// A split point outside the shard's range.
-    #[error("split point {hash_key} is not inside shard {shard_id} ({start}..={end}) excluding its start")]
+    #[error(
+        "split point {hash_key} is not inside shard {shard_id} ({start}..={end}) excluding its start"
+    )]
     BadSplitPoint {
         /// The shard.
         shard_id: String,

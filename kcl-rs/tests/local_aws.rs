@@ -87,10 +87,15 @@ async fn put_and_get_records_round_trip() {
     let shards = stream::list_shards(&clients.kinesis, &name).await.unwrap();
     assert_eq!(shards.len(), 1);
     assert_eq!(Some(shards[0].shard_id.clone()), shard_of_put);
-    assert_eq!((shards[0].starting_hash_key, shards[0].ending_hash_key), (0, u128::MAX));
+    assert_eq!(
+        (shards[0].starting_hash_key, shards[0].ending_hash_key),
+        (0, u128::MAX)
+    );
 
     let got = read_all(&clients, &name, &shards[0].shard_id).await;
-    let expected: Vec<Vec<u8>> = (0..20).map(|i| format!("record-{i}").into_bytes()).collect();
+    let expected: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("record-{i}").into_bytes())
+        .collect();
     assert_eq!(got, expected);
     aws.shutdown().await;
 }
@@ -111,9 +116,15 @@ async fn split_shows_both_children_with_their_parent() {
 
     let shards = stream::list_shards(&clients.kinesis, &name).await.unwrap();
     assert_eq!(shards.len(), 3, "{shards:#?}");
-    let closed = shards.iter().find(|s| s.shard_id == parent.shard_id).unwrap();
+    let closed = shards
+        .iter()
+        .find(|s| s.shard_id == parent.shard_id)
+        .unwrap();
     assert!(!closed.is_open(), "the parent is closed after a split");
-    let children: Vec<_> = shards.iter().filter(|s| s.shard_id != parent.shard_id).collect();
+    let children: Vec<_> = shards
+        .iter()
+        .filter(|s| s.shard_id != parent.shard_id)
+        .collect();
     assert_eq!(children.len(), 2);
     for child in &children {
         assert_eq!(child.parents(), vec![parent.shard_id.clone()]);
@@ -144,7 +155,10 @@ async fn split_shows_both_children_with_their_parent() {
     let mut expected: Vec<_> = children.iter().map(|c| c.shard_id.clone()).collect();
     expected.sort();
     assert_eq!(parents, expected);
-    assert_eq!((merged.starting_hash_key, merged.ending_hash_key), (0, u128::MAX));
+    assert_eq!(
+        (merged.starting_hash_key, merged.ending_hash_key),
+        (0, u128::MAX)
+    );
     aws.shutdown().await;
 }
 
@@ -168,11 +182,17 @@ async fn resharding_bad_requests_are_clear_errors() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, stream::StreamError::NotAdjacent { .. }), "{err}");
+    assert!(
+        matches!(err, stream::StreamError::NotAdjacent { .. }),
+        "{err}"
+    );
     let err = stream::split_shard(&clients.kinesis, &name, "shardId-999999999999", None, WAIT)
         .await
         .unwrap_err();
-    assert!(matches!(err, stream::StreamError::NoSuchOpenShard { .. }), "{err}");
+    assert!(
+        matches!(err, stream::StreamError::NoSuchOpenShard { .. }),
+        "{err}"
+    );
     let first = &by_range[0];
     let err = stream::split_shard(
         &clients.kinesis,
@@ -183,9 +203,15 @@ async fn resharding_bad_requests_are_clear_errors() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, stream::StreamError::BadSplitPoint { .. }), "{err}");
+    assert!(
+        matches!(err, stream::StreamError::BadSplitPoint { .. }),
+        "{err}"
+    );
     // Nothing was changed by the rejected requests.
-    assert_eq!(stream::list_shards(&clients.kinesis, &name).await.unwrap(), shards);
+    assert_eq!(
+        stream::list_shards(&clients.kinesis, &name).await.unwrap(),
+        shards
+    );
     aws.shutdown().await;
 }
 
@@ -230,10 +256,16 @@ async fn conditional_write_is_rejected_when_its_condition_fails() {
     };
     put(1, None).await.unwrap();
     let err = put(1, None).await.unwrap_err();
-    assert!(err.into_service_error().is_conditional_check_failed_exception());
+    assert!(
+        err.into_service_error()
+            .is_conditional_check_failed_exception()
+    );
     put(2, Some(1)).await.unwrap();
     let err = put(3, Some(1)).await.unwrap_err();
-    assert!(err.into_service_error().is_conditional_check_failed_exception());
+    assert!(
+        err.into_service_error()
+            .is_conditional_check_failed_exception()
+    );
     let item = db
         .get_item()
         .table_name(&table)
@@ -261,7 +293,11 @@ async fn unreachable_endpoint_is_a_clear_error_not_a_hang() {
     let clients = Clients::connect(&Endpoints::local(url.clone(), url.clone())).await;
     let started = Instant::now();
     let err = clients.verify().await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(err.service, "Kinesis");
     assert!(err.to_string().contains(&url), "{err}");
 }

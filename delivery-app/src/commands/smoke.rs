@@ -47,7 +47,12 @@ pub async fn run(args: SmokeArgs) -> Result<(), CommandError> {
         .shard_iterator;
     let mut read = 0;
     while let Some(it) = iterator.take() {
-        let page = clients.kinesis.get_records().shard_iterator(it).send().await?;
+        let page = clients
+            .kinesis
+            .get_records()
+            .shard_iterator(it)
+            .send()
+            .await?;
         read += page.records().len();
         if read < args.records && !page.records().is_empty() {
             iterator = page.next_shard_iterator().map(str::to_string);
@@ -90,7 +95,11 @@ pub async fn run(args: SmokeArgs) -> Result<(), CommandError> {
     let rejected = put()
         .await
         .err()
-        .and_then(|e| e.into_service_error().is_conditional_check_failed_exception().then_some(()))
+        .and_then(|e| {
+            e.into_service_error()
+                .is_conditional_check_failed_exception()
+                .then_some(())
+        })
         .is_some();
     if !rejected {
         return Err("a conditional DynamoDB write that should fail was accepted".into());
