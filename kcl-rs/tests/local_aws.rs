@@ -13,21 +13,10 @@ use kcl::aws::{Clients, Endpoints};
 use kcl::local::{KinesisBackend, LocalAws, LocalAwsOptions};
 use kcl::stream;
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+use common::unique;
 
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn read_all(clients: &Clients, stream_name: &str, shard_id: &str) -> Vec<Vec<u8>> {
     let mut iterator = clients

@@ -1,1 +1,809 @@
-//! DynamoDB lease store (being written).
+//! The lease store over DynamoDB: a lease table keyed by `leaseKey` (the item encoding
+//! is in `item.rs`) and a worker table `{lease table}-Workers` keyed by `workerId`.
+//!
+//! Every write is a single conditional request, so DynamoDB itself decides races
+//! between workers: of two writers expecting the same counter, exactly one succeeds.
+//!
+//! Two choices beyond the trait's contract:
+//! - an empty [`Change`] is still sent as a conditional UpdateItem without an update
+//!   expression: it changes nothing, answers [`LeaseError::ConditionFailed`] when the
+//!   lease is missing or not as expected, and otherwise returns the lease;
+//! - a change with both `checkpoint` and `owner_switch` leaves
+//!   `ownerSwitchesSinceCheckpoint` at 0: the switch happens with the checkpoint, so
+//!   no switch has happened *since* it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableDescription, TableStatus,
+};
+use tokio::time::Instant;
+
+use super::item::{self, Item};
+use super::lease::Lease;
+use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+
+/// How long [`LeaseStore::ensure_tables`] waits for a table to become ACTIVE.
+const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A [`LeaseStore`] on DynamoDB. Cloning shares the SDK client.
+///
+/// ```no_run
+/// # async fn demo(clients: kcl::aws::Clients) -> Result<(), kcl::leases::LeaseError> {
+/// use kcl::leases::LeaseStore;
+/// use kcl::leases::dynamo::DynamoLeaseStore;
+///
+/// let store = DynamoLeaseStore::new(clients.dynamodb.clone(), "my-app");
+/// store.ensure_tables().await?; // creates "my-app" and "my-app-Workers" if absent
+/// let leases = store.list_leases().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct DynamoLeaseStore {
+    client: Client,
+    table: String,
+    workers_table: String,
+}
+
+impl DynamoLeaseStore {
+    /// A store on the lease table `table_name` and the worker table
+    /// `{table_name}-Workers`. No request is sent until the first call.
+    pub fn new(client: Client, table_name: impl Into<String>) -> Self {
+        let table = table_name.into();
+        DynamoLeaseStore {
+            client,
+            workers_table: format!("{table}-Workers"),
+            table,
+        }
+    }
+
+    /// The lease table's name.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The worker heartbeat table's name.
+    pub fn workers_table_name(&self) -> &str {
+        &self.workers_table
+    }
+
+    /// Creates `table` with hash key `key` (S) unless it exists, and waits until it is
+    /// ACTIVE with that key schema.
+    async fn ensure_table(&self, table: &str, key: &str) -> Result<(), LeaseError> {
+        let deadline = Instant::now() + TABLE_READY_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let status = match self.describe_table(table).await? {
+                Some(description) => {
+                    check_key_schema(table, key, &description)?;
+                    description.table_status
+                }
+                None => {
+                    self.create_table(table, key).await?;
+                    None
+                }
+            };
+            if status == Some(TableStatus::Active) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let status = status.map_or("absent".to_string(), |s| s.as_str().to_string());
+                return Err(LeaseError::Transient {
+                    message: format!(
+                        "table {table} is not ACTIVE after {TABLE_READY_TIMEOUT:?} (status {status})"
+                    ),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn describe_table(&self, table: &str) -> Result<Option<TableDescription>, LeaseError> {
+        match self.client.describe_table().table_name(table).send().await {
+            Ok(out) => Ok(out.table),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(classify(e, &format!("DescribeTable {table}"), "")),
+        }
+    }
+
+    async fn create_table(&self, table: &str, key: &str) -> Result<(), LeaseError> {
+        let created = self
+            .client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(fatal)?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(fatal)?,
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Another worker starting at the same time created it first; the caller
+            // goes on to wait for ACTIVE and check its schema like any existing table.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(classify(e, &format!("CreateTable {table}"), "")),
+        }
+    }
+
+    /// Every item of `table`, following `LastEvaluatedKey` across pages (DynamoDB
+    /// returns at most 1 MB per page).
+    async fn scan_all(&self, table: &str) -> Result<Vec<Item>, LeaseError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("Scan {table}"), ""))?;
+            items.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    fn lease_key(key: &str) -> Item {
+        HashMap::from([(item::LEASE_KEY.to_string(), item::string(key))])
+    }
+
+    fn worker_key(worker_id: &str) -> Item {
+        HashMap::from([(item::WORKER_ID.to_string(), item::string(worker_id))])
+    }
+}
+
+impl LeaseStore for DynamoLeaseStore {
+    fn ensure_tables(&self) -> BoxFuture<'_, Result<(), LeaseError>> {
+        Box::pin(async move {
+            self.ensure_table(&self.table, item::LEASE_KEY).await?;
+            self.ensure_table(&self.workers_table, item::WORKER_ID)
+                .await
+        })
+    }
+
+    fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
+        Box::pin(async move {
+            self.scan_all(&self.table)
+                .await?
+                .iter()
+                .map(item::to_lease)
+                .collect()
+        })
+    }
+
+    fn get_lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>> {
+        Box::pin(async move {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::lease_key(key)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("GetItem {}", self.table), key))?;
+            out.item.as_ref().map(item::to_lease).transpose()
+        })
+    }
+
+    fn create_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            let mut expression = Expression::default();
+            let condition = format!("attribute_not_exists({})", expression.name(item::LEASE_KEY));
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item::to_item(lease)))
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(expression.names))
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("PutItem {}", self.table), &lease.key))?;
+            Ok(())
+        })
+    }
+
+    fn update_lease<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+        change: Change,
+    ) -> BoxFuture<'a, Result<Lease, LeaseError>> {
+        Box::pin(async move {
+            let mut expression = Expression::default();
+            let update = expression.update(&change);
+            let condition = expression.condition(&expect);
+            let out = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::lease_key(key)))
+                .set_update_expression(update)
+                .condition_expression(condition)
+                .set_expression_attribute_names(expression.names())
+                .set_expression_attribute_values(expression.values())
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("UpdateItem {}", self.table), key))?;
+            match &out.attributes {
+                Some(attributes) => item::to_lease(attributes),
+                None => Err(LeaseError::Fatal {
+                    message: format!(
+                        "UpdateItem {} on lease {key} returned no attributes despite ALL_NEW",
+                        self.table
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn delete_lease<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            let mut expression = Expression::default();
+            let condition = expression.condition(&expect);
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::lease_key(key)))
+                .condition_expression(condition)
+                .set_expression_attribute_names(expression.names())
+                .set_expression_attribute_values(expression.values())
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("DeleteItem {}", self.table), key))?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            let mut expression = Expression::default();
+            let heartbeat = expression.name(item::HEARTBEAT);
+            let zero = expression.value("zero", item::number(0));
+            let one = expression.value("one", item::number(1));
+            self.client
+                .update_item()
+                .table_name(&self.workers_table)
+                .set_key(Some(Self::worker_key(worker_id)))
+                .update_expression(format!(
+                    "SET {heartbeat} = if_not_exists({heartbeat}, {zero}) + {one}"
+                ))
+                .set_expression_attribute_names(expression.names())
+                .set_expression_attribute_values(expression.values())
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(e, &format!("UpdateItem {}", self.workers_table), worker_id)
+                })?;
+            Ok(())
+        })
+    }
+
+    fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            self.client
+                .delete_item()
+                .table_name(&self.workers_table)
+                .set_key(Some(Self::worker_key(worker_id)))
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(e, &format!("DeleteItem {}", self.workers_table), worker_id)
+                })?;
+            Ok(())
+        })
+    }
+
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
+        Box::pin(async move {
+            self.scan_all(&self.workers_table)
+                .await?
+                .iter()
+                .map(item::to_worker)
+                .collect()
+        })
+    }
+}
+
+/// The placeholders of one request's expressions. Every attribute name goes through a
+/// `#name` placeholder so that none can collide with a DynamoDB reserved word.
+#[derive(Default)]
+struct Expression {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expression {
+    fn name(&mut self, attribute: &str) -> String {
+        let placeholder = format!("#{attribute}");
+        self.names
+            .insert(placeholder.clone(), attribute.to_string());
+        placeholder
+    }
+
+    fn value(&mut self, tag: &str, value: AttributeValue) -> String {
+        let placeholder = format!(":{tag}");
+        self.values.insert(placeholder.clone(), value);
+        placeholder
+    }
+
+    /// The names map, or `None` when empty: DynamoDB rejects an empty map.
+    fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+
+    /// The values map, or `None` when empty: DynamoDB rejects an empty map.
+    fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+
+    /// The condition for `expect`. The item must always exist: an update on a missing
+    /// key would otherwise create a lease holding only the changed attributes.
+    fn condition(&mut self, expect: &Expect) -> String {
+        let mut parts = vec![format!("attribute_exists({})", self.name(item::LEASE_KEY))];
+        if let Some(counter) = expect.counter {
+            let name = self.name(item::LEASE_COUNTER);
+            let value = self.value("expectedCounter", item::number(counter));
+            parts.push(format!("{name} = {value}"));
+        }
+        if let Some(owner) = &expect.owner {
+            parts.push(self.equals_or_absent(item::LEASE_OWNER, "expectedOwner", owner));
+        }
+        if let Some(owner) = &expect.checkpoint_owner {
+            parts.push(self.equals_or_absent(
+                item::CHECKPOINT_OWNER,
+                "expectedCheckpointOwner",
+                owner,
+            ));
+        }
+        parts.join(" AND ")
+    }
+
+    fn equals_or_absent(&mut self, attribute: &str, tag: &str, value: &Option<String>) -> String {
+        let name = self.name(attribute);
+        match value {
+            Some(value) => format!("{name} = {}", self.value(tag, item::string(value))),
+            None => format!("attribute_not_exists({name})"),
+        }
+    }
+
+    /// The update expression for `change`, or `None` when it changes nothing.
+    fn update(&mut self, change: &Change) -> Option<String> {
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        if change.bump_counter {
+            let counter = self.name(item::LEASE_COUNTER);
+            let one = self.value("one", item::number(1));
+            set.push(format!("{counter} = {counter} + {one}"));
+        }
+        if let Some(owner) = &change.owner {
+            self.set_or_remove(&mut set, &mut remove, item::LEASE_OWNER, "owner", owner);
+        }
+        if let Some(owner) = &change.checkpoint_owner {
+            self.set_or_remove(
+                &mut set,
+                &mut remove,
+                item::CHECKPOINT_OWNER,
+                "checkpointOwner",
+                owner,
+            );
+        }
+        if let Some(checkpoint) = &change.checkpoint {
+            let name = self.name(item::CHECKPOINT);
+            let value = self.value("checkpoint", item::position(checkpoint));
+            set.push(format!("{name} = {value}"));
+            let name = self.name(item::CHECKPOINT_SUB_SEQUENCE_NUMBER);
+            let value = self.value("checkpointSub", item::number(checkpoint.sub_sequence));
+            set.push(format!("{name} = {value}"));
+            let switches = self.name(item::OWNER_SWITCHES_SINCE_CHECKPOINT);
+            let zero = self.value("zero", item::number(0));
+            set.push(format!("{switches} = {zero}"));
+        } else if change.owner_switch {
+            let switches = self.name(item::OWNER_SWITCHES_SINCE_CHECKPOINT);
+            let zero = self.value("zero", item::number(0));
+            let one = self.value("one", item::number(1));
+            set.push(format!(
+                "{switches} = if_not_exists({switches}, {zero}) + {one}"
+            ));
+        }
+        match &change.pending_checkpoint {
+            None => {}
+            Some(Some(pending)) => {
+                let name = self.name(item::PENDING_CHECKPOINT);
+                let value = self.value("pending", item::position(pending));
+                set.push(format!("{name} = {value}"));
+                let name = self.name(item::PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER);
+                let value = self.value("pendingSub", item::number(pending.sub_sequence));
+                set.push(format!("{name} = {value}"));
+            }
+            Some(None) => {
+                remove.push(self.name(item::PENDING_CHECKPOINT));
+                remove.push(self.name(item::PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER));
+            }
+        }
+        if let Some(load) = &change.load {
+            for (attribute, value) in item::load_attributes(load) {
+                let name = self.name(&attribute);
+                let value = self.value(&attribute, value);
+                set.push(format!("{name} = {value}"));
+            }
+        }
+        if let Some(children) = &change.child_shard_ids {
+            let name = self.name(item::CHILD_SHARD_IDS);
+            match item::string_set(children) {
+                Some(set_value) => {
+                    let value = self.value("children", set_value);
+                    set.push(format!("{name} = {value}"));
+                }
+                None => remove.push(name),
+            }
+        }
+        let mut clauses = Vec::new();
+        if !set.is_empty() {
+            clauses.push(format!("SET {}", set.join(", ")));
+        }
+        if !remove.is_empty() {
+            clauses.push(format!("REMOVE {}", remove.join(", ")));
+        }
+        (!clauses.is_empty()).then(|| clauses.join(" "))
+    }
+
+    fn set_or_remove(
+        &mut self,
+        set: &mut Vec<String>,
+        remove: &mut Vec<String>,
+        attribute: &str,
+        tag: &str,
+        value: &Option<String>,
+    ) {
+        let name = self.name(attribute);
+        match value {
+            Some(value) => set.push(format!("{name} = {}", self.value(tag, item::string(value)))),
+            None => remove.push(name),
+        }
+    }
+}
+
+/// Error codes DynamoDB uses for throttling and its own transient failures.
+const TRANSIENT_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+];
+
+/// Sorts an SDK failure into the three kinds callers act on: the condition did not
+/// hold (`key` is the lease or worker), retry later, or give up. `context` names the
+/// operation and table for the message.
+fn classify<E>(err: SdkError<E>, context: &str, key: &str) -> LeaseError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let transient = match &err {
+        SdkError::ServiceError(service) => {
+            if err.code() == Some("ConditionalCheckFailedException") {
+                return LeaseError::ConditionFailed {
+                    key: key.to_string(),
+                };
+            }
+            let status = service.raw().status().as_u16();
+            err.code()
+                .is_some_and(|code| TRANSIENT_CODES.contains(&code))
+                || status >= 500
+                || status == 429
+        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        // A request the connector refuses to send (a malformed endpoint URL) will be
+        // refused again; anything else is the network.
+        SdkError::DispatchFailure(failure) => !failure.is_user(),
+        _ => false,
+    };
+    let message = format!("{context}: {}", DisplayErrorContext(&err));
+    if transient {
+        LeaseError::Transient { message }
+    } else {
+        LeaseError::Fatal { message }
+    }
+}
+
+fn fatal(err: impl std::fmt::Display) -> LeaseError {
+    LeaseError::Fatal {
+        message: err.to_string(),
+    }
+}
+
+/// A table whose key is not exactly `key` (S, hash) belongs to something else; writing
+/// leases into it would corrupt it or fail on every call.
+fn check_key_schema(
+    table: &str,
+    key: &str,
+    description: &TableDescription,
+) -> Result<(), LeaseError> {
+    let type_of = |name: &str| {
+        description
+            .attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == name)
+            .map(|d| d.attribute_type().as_str().to_string())
+            .unwrap_or_else(|| "?".to_string())
+    };
+    let found: Vec<String> = description
+        .key_schema()
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {} ({})",
+                k.attribute_name(),
+                k.key_type().as_str(),
+                type_of(k.attribute_name())
+            )
+        })
+        .collect();
+    let expected = format!("{key} HASH (S)");
+    if found == [expected.as_str()] {
+        Ok(())
+    } else {
+        Err(LeaseError::Fatal {
+            message: format!(
+                "table {table} has key schema [{}]; expected [{expected}]",
+                found.join(", ")
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+
+    use super::*;
+    use crate::checkpoint::ExtendedSequenceNumber;
+    use crate::leases::ShardLoad;
+
+    fn service_error(code: &str, status: u16) -> SdkError<UpdateItemError> {
+        let err =
+            UpdateItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        SdkError::service_error(
+            err,
+            HttpResponse::new(status.try_into().unwrap(), "".into()),
+        )
+    }
+
+    fn kind(err: LeaseError) -> &'static str {
+        match err {
+            LeaseError::ConditionFailed { .. } => "condition",
+            LeaseError::Transient { .. } => "transient",
+            LeaseError::Fatal { .. } => "fatal",
+            LeaseError::Malformed { .. } => "malformed",
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_by_code_status_and_kind() {
+        let cases = [
+            (
+                service_error("ConditionalCheckFailedException", 400),
+                "condition",
+            ),
+            (
+                service_error("ProvisionedThroughputExceededException", 400),
+                "transient",
+            ),
+            (service_error("ThrottlingException", 400), "transient"),
+            (service_error("RequestLimitExceeded", 400), "transient"),
+            (service_error("InternalServerError", 500), "transient"),
+            (service_error("ServiceUnavailable", 503), "transient"),
+            (service_error("SomethingNew", 502), "transient"),
+            (service_error("SomethingNew", 429), "transient"),
+            (service_error("ResourceNotFoundException", 400), "fatal"),
+            (service_error("AccessDeniedException", 400), "fatal"),
+            (service_error("ValidationException", 400), "fatal"),
+            (SdkError::timeout_error("slow"), "transient"),
+            (
+                SdkError::dispatch_failure(ConnectorError::io("reset".into())),
+                "transient",
+            ),
+            (
+                SdkError::dispatch_failure(ConnectorError::timeout("connect".into())),
+                "transient",
+            ),
+            (
+                SdkError::dispatch_failure(ConnectorError::user("bad uri".into())),
+                "fatal",
+            ),
+            (
+                SdkError::response_error(
+                    "truncated",
+                    HttpResponse::new(200.try_into().unwrap(), "".into()),
+                ),
+                "transient",
+            ),
+            (SdkError::construction_failure("missing key"), "fatal"),
+        ];
+        for (err, expected) in cases {
+            let shown = format!("{err:?}");
+            assert_eq!(
+                kind(classify(err, "UpdateItem t", "shardId-1")),
+                expected,
+                "{shown}"
+            );
+        }
+        match classify(
+            service_error("ConditionalCheckFailedException", 400),
+            "x",
+            "shardId-1",
+        ) {
+            LeaseError::ConditionFailed { key } => assert_eq!(key, "shardId-1"),
+            other => panic!("{other:?}"),
+        }
+        let message = classify(
+            service_error("ThrottlingException", 400),
+            "UpdateItem leases",
+            "k",
+        )
+        .to_string();
+        assert!(
+            message.contains("UpdateItem leases") && message.contains("ThrottlingException"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn condition_always_requires_the_item() {
+        let mut e = Expression::default();
+        assert_eq!(
+            e.condition(&Expect::default()),
+            "attribute_exists(#leaseKey)"
+        );
+        let mut e = Expression::default();
+        let condition = e.condition(&Expect {
+            counter: Some(4),
+            owner: Some(None),
+            checkpoint_owner: Some(Some("a".into())),
+        });
+        assert_eq!(
+            condition,
+            "attribute_exists(#leaseKey) AND #leaseCounter = :expectedCounter AND \
+             attribute_not_exists(#leaseOwner) AND #checkpointOwner = :expectedCheckpointOwner"
+        );
+        assert_eq!(e.values[":expectedCounter"], AttributeValue::N("4".into()));
+    }
+
+    #[test]
+    fn update_expression_covers_every_change() {
+        let mut e = Expression::default();
+        assert_eq!(e.update(&Change::default()), None);
+        assert!(e.names.is_empty() && e.values.is_empty());
+
+        let mut e = Expression::default();
+        let update = e
+            .update(&Change {
+                bump_counter: true,
+                owner: Some(Some("w".into())),
+                checkpoint_owner: Some(None),
+                checkpoint: None,
+                pending_checkpoint: Some(None),
+                owner_switch: true,
+                load: Some(ShardLoad::default()),
+                child_shard_ids: Some(vec![]),
+            })
+            .unwrap();
+        assert_eq!(
+            update,
+            "SET #leaseCounter = #leaseCounter + :one, #leaseOwner = :owner, \
+             #ownerSwitchesSinceCheckpoint = if_not_exists(#ownerSwitchesSinceCheckpoint, :zero) + :one, \
+             #throughputRecordsPerSecond = :throughputRecordsPerSecond, \
+             #throughputBytesPerSecond = :throughputBytesPerSecond, \
+             #millisBehindLatest = :millisBehindLatest \
+             REMOVE #checkpointOwner, #pendingCheckpoint, #pendingCheckpointSubSequenceNumber, #childShardIds"
+        );
+
+        let mut e = Expression::default();
+        let update = e
+            .update(&Change {
+                checkpoint: Some(ExtendedSequenceNumber::at("12", 3)),
+                owner_switch: true,
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(
+            update,
+            "SET #checkpoint = :checkpoint, #checkpointSubSequenceNumber = :checkpointSub, \
+             #ownerSwitchesSinceCheckpoint = :zero"
+        );
+
+        let mut e = Expression::default();
+        e.update(&Change {
+            bump_counter: true,
+            ..Change::default()
+        });
+        assert!(!e.names.contains_key("#ownerSwitchesSinceCheckpoint"));
+    }
+
+    #[test]
+    fn key_schema_must_be_the_lease_key() {
+        let description = |name: &str, ty: ScalarAttributeType| {
+            TableDescription::builder()
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(name)
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .unwrap(),
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(name)
+                        .attribute_type(ty)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        };
+        check_key_schema(
+            "t",
+            "leaseKey",
+            &description("leaseKey", ScalarAttributeType::S),
+        )
+        .unwrap();
+        let err = check_key_schema(
+            "t",
+            "leaseKey",
+            &description("leaseKey", ScalarAttributeType::N),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lease table error: table t has key schema [leaseKey HASH (N)]; expected [leaseKey HASH (S)]"
+        );
+        assert!(
+            check_key_schema(
+                "t",
+                "leaseKey",
+                &description("shardId", ScalarAttributeType::S)
+            )
+            .is_err()
+        );
+    }
+}

@@ -4,11 +4,17 @@
 //! - [`store`]: the storage trait; [`dynamo`] over DynamoDB, [`memory`] in memory.
 //! - [`taker`]: which leases a worker takes (a pure function of what it sees).
 
+pub mod coordinator;
 pub mod dynamo;
+pub mod handle;
+mod item;
 pub mod lease;
 pub mod memory;
+pub mod observer;
 pub mod store;
 pub mod taker;
 
+pub use dynamo::DynamoLeaseStore;
 pub use lease::{Lease, LeaseState, ShardLoad};
+pub use memory::MemoryLeaseStore;
 pub use store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};

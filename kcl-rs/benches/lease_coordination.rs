@@ -1,0 +1,390 @@
+//! Lease coordination figures on the embedded DynamoDB:
+//! - failover: SIGKILL of a worker process → its last lease owned again (× failover time)
+//! - graceful release: SIGTERM of a worker process → its last lease owned by another
+//! - taking cycles to converge when scaling 1→4 and 4→8 workers on 16 leases
+//! - lease-table write requests per lease per minute at steady state
+//!
+//! Run: `cargo bench -p kcl-rs --bench lease_coordination` (TRIALS=n to change the
+//! number of trials, default 10).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::leases::dynamo::DynamoLeaseStore;
+use kcl::leases::handle::LeasePhase;
+use kcl::leases::{BoxFuture, Change, Expect, Lease, LeaseError, LeaseStore, WorkerHeartbeat};
+use kcl::local::{LocalAws, LocalAwsOptions};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// Counts write requests to the lease table; delegates everything.
+struct CountingStore {
+    inner: Arc<dyn LeaseStore>,
+    lease_writes: AtomicU64,
+}
+
+impl LeaseStore for CountingStore {
+    fn ensure_tables(&self) -> BoxFuture<'_, Result<(), LeaseError>> {
+        self.inner.ensure_tables()
+    }
+    fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
+        self.inner.list_leases()
+    }
+    fn get_lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>> {
+        self.inner.get_lease(key)
+    }
+    fn create_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LeaseError>> {
+        self.lease_writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.create_lease(lease)
+    }
+    fn update_lease<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+        change: Change,
+    ) -> BoxFuture<'a, Result<Lease, LeaseError>> {
+        self.lease_writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.update_lease(key, expect, change)
+    }
+    fn delete_lease<'a>(
+        &'a self,
+        key: &'a str,
+        expect: Expect,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        self.lease_writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.delete_lease(key, expect)
+    }
+    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+        self.inner.heartbeat(worker_id)
+    }
+    fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+        self.inner.remove_worker(worker_id)
+    }
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
+        self.inner.list_workers()
+    }
+}
+
+struct Bench {
+    aws: LocalAws,
+    table: String,
+}
+
+impl Bench {
+    async fn new(table: &str, leases: usize) -> Bench {
+        let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+        let bench = Bench {
+            aws,
+            table: table.to_string(),
+        };
+        let store = bench.store().await;
+        store.ensure_tables().await.unwrap();
+        for i in 0..leases {
+            let lease = Lease::new(
+                format!("shardId-{i:012}"),
+                ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+            );
+            store.create_lease(&lease).await.unwrap();
+        }
+        bench
+    }
+
+    async fn store(&self) -> Arc<dyn LeaseStore> {
+        Arc::new(DynamoLeaseStore::new(
+            self.aws.clients().await.dynamodb,
+            self.table.clone(),
+        ))
+    }
+
+    async fn owners(&self, store: &Arc<dyn LeaseStore>) -> BTreeMap<String, Vec<String>> {
+        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for lease in store.list_leases().await.unwrap() {
+            owners
+                .entry(lease.owner.unwrap_or_default())
+                .or_default()
+                .push(lease.key);
+        }
+        owners
+    }
+
+    fn spawn_process(&self, id: &str, failover: Duration) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_kcl-lease-worker"))
+            .arg(self.aws.endpoints().dynamodb.unwrap())
+            .arg(&self.table)
+            .arg(id)
+            .arg(failover.as_millis().to_string())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+}
+
+async fn until<F, Fut>(deadline: Duration, mut check: F) -> Instant
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return Instant::now();
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "condition not reached in {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn balanced(owners: &BTreeMap<String, Vec<String>>, workers: usize) -> bool {
+    let counts: Vec<usize> = owners.values().map(Vec::len).collect();
+    !owners.contains_key("")
+        && owners.len() == workers
+        && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+}
+
+fn summary(label: &str, mut values: Vec<f64>, unit: &str, goal: Option<(f64, &str)>) {
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    let (min, max) = (values[0], values[values.len() - 1]);
+    let verdict = match goal {
+        Some((limit, text)) => format!(
+            " | goal {text}: median/goal {:.2}, max/goal {:.2} — {}",
+            median / limit,
+            max / limit,
+            if max <= limit { "met" } else { "NOT met" }
+        ),
+        None => String::new(),
+    };
+    println!(
+        "{label}: median {median:.3}{unit}, min {min:.3}{unit}, max {max:.3}{unit} over {} trials{verdict}",
+        values.len()
+    );
+}
+
+/// Kill or stop one of 4 worker processes holding 8 leases; time until its last lease
+/// is owned by another worker.
+async fn handover_trial(trial: usize, failover: Duration, graceful: bool) -> Duration {
+    let bench = Bench::new(&format!("bench-handover-{trial}-{graceful}"), 8).await;
+    let store = bench.store().await;
+    let mut children: Vec<Child> = (0..4)
+        .map(|i| bench.spawn_process(&format!("w{i}"), failover))
+        .collect();
+    until(Duration::from_secs(60), || async {
+        balanced(&bench.owners(&store).await, 4)
+    })
+    .await;
+    // Let the balance settle for a renewal so the victim's leases are mid-interval.
+    tokio::time::sleep(failover / 2).await;
+    let victim_leases = bench.owners(&store).await.remove("w0").unwrap();
+    let pid = children[0].id().unwrap() as i32;
+    let signal = if graceful {
+        libc::SIGTERM
+    } else {
+        libc::SIGKILL
+    };
+    let signalled = Instant::now();
+    unsafe { libc::kill(pid, signal) };
+    let done = until(Duration::from_secs(120), || async {
+        let leases = store.list_leases().await.unwrap();
+        victim_leases.iter().all(|key| {
+            leases
+                .iter()
+                .any(|l| &l.key == key && l.owner.as_deref().is_some_and(|o| o != "w0"))
+        })
+    })
+    .await;
+    for child in &mut children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    bench.aws.shutdown().await;
+    done - signalled
+}
+
+struct InProcess {
+    coordinator: Arc<LeaseCoordinator>,
+    cancel: CancellationToken,
+}
+
+async fn start_in_process(store: Arc<dyn LeaseStore>, id: &str, failover: Duration) -> InProcess {
+    let mut config = LeaseConfig::new(id);
+    config.failover_time = failover;
+    let (coordinator, mut events) = LeaseCoordinator::new(store, config);
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let coordinator = Arc::clone(&coordinator);
+        let cancel = cancel.clone();
+        async move { coordinator.run(cancel).await }
+    });
+    tokio::spawn(async move {
+        while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
+            tokio::spawn(async move {
+                let mut phase = handle.watch_phase();
+                while phase.changed().await.is_ok() {
+                    let current = phase.borrow_and_update().clone();
+                    if let LeasePhase::HandingOff { .. } = current {
+                        let _ = handle.hand_over().await;
+                    }
+                }
+            });
+        }
+    });
+    InProcess {
+        coordinator,
+        cancel,
+    }
+}
+
+/// Scale 1→4→8 workers on 16 leases; returns the most taking cycles with actions any
+/// newcomer needed at each step, and the time each step took.
+async fn convergence_trial(trial: usize) -> ((u64, Duration), (u64, Duration)) {
+    let bench = Bench::new(&format!("bench-converge-{trial}"), 16).await;
+    let store = bench.store().await;
+    let failover = Duration::from_secs(10);
+    let mut workers = vec![start_in_process(bench.store().await, "w0", failover).await];
+    until(Duration::from_secs(60), || async {
+        bench.owners(&store).await.get("w0").map(Vec::len) == Some(16)
+    })
+    .await;
+    let mut steps = Vec::new();
+    for (from, to) in [(1, 4), (4, 8)] {
+        let started = Instant::now();
+        for i in from..to {
+            workers.push(start_in_process(bench.store().await, &format!("w{i}"), failover).await);
+        }
+        let done = until(Duration::from_secs(60), || async {
+            balanced(&bench.owners(&store).await, to)
+        })
+        .await;
+        let cycles = workers[from..]
+            .iter()
+            .map(|w| w.coordinator.stats().active_cycles.load(Ordering::Relaxed))
+            .max()
+            .unwrap();
+        steps.push((cycles, done - started));
+    }
+    for w in &workers {
+        w.cancel.cancel();
+    }
+    bench.aws.shutdown().await;
+    (steps[0], steps[1])
+}
+
+/// 4 workers, 16 leases, default failover (10 s): lease-table writes per lease per minute.
+async fn steady_state_writes(measure: Duration) -> f64 {
+    let bench = Bench::new("bench-steady", 16).await;
+    let store = bench.store().await;
+    let counting = Arc::new(CountingStore {
+        inner: bench.store().await,
+        lease_writes: AtomicU64::new(0),
+    });
+    let failover = Duration::from_secs(10);
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let s: Arc<dyn LeaseStore> = counting.clone();
+        workers.push(start_in_process(s, &format!("w{i}"), failover).await);
+    }
+    until(Duration::from_secs(60), || async {
+        balanced(&bench.owners(&store).await, 4)
+    })
+    .await;
+    tokio::time::sleep(failover).await;
+    let before = counting.lease_writes.load(Ordering::Relaxed);
+    tokio::time::sleep(measure).await;
+    let writes = counting.lease_writes.load(Ordering::Relaxed) - before;
+    for w in &workers {
+        w.cancel.cancel();
+    }
+    writes as f64 / 16.0 / (measure.as_secs_f64() / 60.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let trials: usize = std::env::var("TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(10);
+    let failover = Duration::from_secs(3);
+    let renewal = failover / 3;
+    println!(
+        "lease coordination on the embedded DynamoDB, {} cores; failover_time {failover:?}, renewal {renewal:?}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let mut failovers = Vec::new();
+    for trial in 0..trials {
+        failovers.push(
+            handover_trial(trial, failover, false).await.as_secs_f64() / failover.as_secs_f64(),
+        );
+    }
+    let goal = 1.1 + renewal.as_secs_f64() / failover.as_secs_f64();
+    summary(
+        "SIGKILL → last lease owned again (× failover_time)",
+        failovers,
+        "×",
+        Some((goal, "≤ 1.1× failover + 1 renewal interval")),
+    );
+
+    let mut releases = Vec::new();
+    for trial in 0..trials {
+        releases.push(handover_trial(trial, failover, true).await.as_secs_f64());
+    }
+    summary(
+        "SIGTERM (graceful release) → last lease owned by another worker",
+        releases,
+        " s",
+        Some((1.0, "≤ 1 s")),
+    );
+
+    let mut up4 = Vec::new();
+    let mut up8 = Vec::new();
+    let mut up4_time = Vec::new();
+    let mut up8_time = Vec::new();
+    for trial in 0..trials.min(5) {
+        let ((c4, t4), (c8, t8)) = convergence_trial(trial).await;
+        up4.push(c4 as f64);
+        up8.push(c8 as f64);
+        up4_time.push(t4.as_secs_f64());
+        up8_time.push(t8.as_secs_f64());
+    }
+    summary(
+        "taking cycles to converge 1→4 workers, 16 leases",
+        up4,
+        "",
+        Some((2.0, "≤ 2 cycles")),
+    );
+    summary(
+        "time to converge 1→4 workers, 16 leases",
+        up4_time,
+        " s",
+        None,
+    );
+    summary(
+        "taking cycles to converge 4→8 workers, 16 leases",
+        up8,
+        "",
+        Some((2.0, "≤ 2 cycles")),
+    );
+    summary(
+        "time to converge 4→8 workers, 16 leases",
+        up8_time,
+        " s",
+        None,
+    );
+
+    let per_minute = steady_state_writes(Duration::from_secs(60)).await;
+    println!(
+        "steady state, 4 workers, 16 leases, failover 10 s: {per_minute:.1} lease-table writes per lease per minute (renewal every 3.33 s = 18.0)"
+    );
+}

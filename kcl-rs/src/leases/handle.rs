@@ -1,0 +1,467 @@
+//! A held lease, as one worker sees it: an explicit state machine whose every
+//! transition is a conditional write on the lease item.
+//!
+//! ```text
+//!                take (free/expired)
+//!   (none) ───────────────────────────────> Held ──release──> Lost(Released)
+//!      │ request handoff                     ^  │  │
+//!      v                                     │  │  └─ write rejected, now someone
+//!   AwaitingPrevious ──previous owner done───┘  │     else's ──> Lost(TakenOver)
+//!      │  or handoff timeout (force)            │
+//!      │                                        │ another worker asks
+//!      └─ rejected ──> Lost(TakenOver)          v
+//!                                          HandingOff ──hand_over──> Lost(HandedOver)
+//! ```
+//!
+//! `Held` is also left for `Lost(ExpiredLocally)` when renewals have failed for longer
+//! than the failover time: others may already have taken the lease, so processing stops
+//! even before a write is rejected (a paused "zombie" worker resumes into this state).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, watch};
+
+use crate::checkpoint::ExtendedSequenceNumber;
+
+use super::lease::{Lease, ShardLoad};
+use super::store::{Change, Expect, LeaseError, LeaseStore};
+
+/// Why a lease is no longer held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    /// Another worker took it (a conditional write of ours was rejected).
+    TakenOver,
+    /// Renewals failed for a whole failover time; others may have taken it.
+    ExpiredLocally,
+    /// We handed it over gracefully to the worker that asked.
+    HandedOver,
+    /// We released it (graceful shutdown).
+    Released,
+    /// The lease item no longer exists.
+    Deleted,
+}
+
+/// The lifecycle phase of a held lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeasePhase {
+    /// We asked `from` to hand the lease over and wait for it to let go; do not process.
+    AwaitingPrevious {
+        /// The previous owner.
+        from: String,
+    },
+    /// Ours: process and checkpoint.
+    Held,
+    /// `to` asked for the lease: finish the batch in flight, checkpoint, then
+    /// [`LeaseHandle::hand_over`]. Checkpoints are still accepted.
+    HandingOff {
+        /// The worker taking over.
+        to: String,
+    },
+    /// Not ours any more: stop at once and do not checkpoint.
+    Lost(LostReason),
+}
+
+impl LeasePhase {
+    /// Whether records may be processed in this phase.
+    pub fn may_process(&self) -> bool {
+        matches!(self, LeasePhase::Held | LeasePhase::HandingOff { .. })
+    }
+}
+
+/// Errors of lease operations through a handle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// The lease is not ours any more.
+    #[error("lease {key} lost ({reason:?})")]
+    Lost {
+        /// The lease.
+        key: String,
+        /// Why.
+        reason: LostReason,
+    },
+    /// The operation is not allowed in the current phase (e.g. checkpoint while
+    /// still awaiting the previous owner).
+    #[error("lease {key}: not allowed while {phase:?}")]
+    WrongPhase {
+        /// The lease.
+        key: String,
+        /// The phase.
+        phase: LeasePhase,
+    },
+    /// The store failed (after retries, for transient errors).
+    #[error(transparent)]
+    Store(#[from] LeaseError),
+}
+
+struct Inner {
+    counter: u64,
+    /// Until when nobody else can have judged the lease expired: the send time of our
+    /// last successful renewal plus the failover time (less a margin).
+    valid_until: Instant,
+    load: Option<ShardLoad>,
+}
+
+/// One lease held (or being acquired) by this worker. Shared by the coordinator, which
+/// renews it, and the shard's consumer, which checkpoints through it.
+pub struct LeaseHandle {
+    key: String,
+    worker_id: String,
+    store: Arc<dyn LeaseStore>,
+    failover_time: Duration,
+    inner: Mutex<Inner>,
+    phase: watch::Sender<LeasePhase>,
+}
+
+impl std::fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseHandle")
+            .field("key", &self.key)
+            .field("phase", &*self.phase.borrow())
+            .finish()
+    }
+}
+
+/// What a renewal found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// Renewed; still ours.
+    Renewed,
+    /// Nothing to renew in this phase (handing off or lost).
+    Skipped,
+    /// The phase changed (handoff requested, lost, ...).
+    PhaseChanged(LeasePhase),
+}
+
+impl LeaseHandle {
+    pub(crate) fn new(
+        lease: &Lease,
+        worker_id: &str,
+        store: Arc<dyn LeaseStore>,
+        failover_time: Duration,
+        written_at: Instant,
+        phase: LeasePhase,
+    ) -> Arc<LeaseHandle> {
+        Arc::new(LeaseHandle {
+            key: lease.key.clone(),
+            worker_id: worker_id.to_string(),
+            store,
+            failover_time,
+            inner: Mutex::new(Inner {
+                counter: lease.counter,
+                valid_until: valid_until(written_at, failover_time),
+                load: None,
+            }),
+            phase: watch::channel(phase).0,
+        })
+    }
+
+    /// The lease key (shard id).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> LeasePhase {
+        self.phase.borrow().clone()
+    }
+
+    /// A receiver that sees every phase change (for `select!` in a consumer loop).
+    pub fn watch_phase(&self) -> watch::Receiver<LeasePhase> {
+        self.phase.subscribe()
+    }
+
+    /// Whether records may be processed now: the phase allows it and, when we hold the
+    /// lease, our last renewal is recent enough that nobody can have taken it.
+    pub async fn may_process(&self) -> bool {
+        let phase = self.phase();
+        if phase == LeasePhase::Held {
+            let inner = self.inner.lock().await;
+            if Instant::now() >= inner.valid_until {
+                drop(inner);
+                self.set_phase(LeasePhase::Lost(LostReason::ExpiredLocally));
+                return false;
+            }
+        }
+        phase.may_process()
+    }
+
+    /// Records the shard's observed load, written with the next renewal.
+    pub async fn set_load(&self, load: ShardLoad) {
+        self.inner.lock().await.load = Some(load);
+    }
+
+    fn set_phase(&self, phase: LeasePhase) {
+        self.phase.send_if_modified(|current| {
+            // Lost is final.
+            if matches!(current, LeasePhase::Lost(_)) || *current == phase {
+                return false;
+            }
+            *current = phase;
+            true
+        });
+    }
+
+    fn lost(&self, reason: LostReason) -> HandleError {
+        self.set_phase(LeasePhase::Lost(reason));
+        HandleError::Lost {
+            key: self.key.clone(),
+            reason,
+        }
+    }
+
+    /// Renews the lease (held or awaiting the previous owner). Transient store errors
+    /// are returned to the caller, which retries until the lease would expire.
+    pub async fn renew(&self) -> Result<RenewOutcome, HandleError> {
+        let mut inner = self.inner.lock().await;
+        for _ in 0..3 {
+            let phase = self.phase();
+            if !matches!(
+                phase,
+                LeasePhase::Held | LeasePhase::AwaitingPrevious { .. }
+            ) {
+                return Ok(RenewOutcome::Skipped);
+            }
+            let now = Instant::now();
+            if phase == LeasePhase::Held && now >= inner.valid_until {
+                return Err(self.lost(LostReason::ExpiredLocally));
+            }
+            let change = Change {
+                bump_counter: true,
+                load: inner.load,
+                ..Change::default()
+            };
+            let expect = Expect::held(inner.counter, Some(&self.worker_id));
+            match self.store.update_lease(&self.key, expect, change).await {
+                Ok(lease) => {
+                    inner.counter = lease.counter;
+                    inner.valid_until = valid_until(now, self.failover_time);
+                    return Ok(RenewOutcome::Renewed);
+                }
+                Err(LeaseError::ConditionFailed { .. }) => {
+                    self.reconcile(&mut inner).await?;
+                    let after = self.phase();
+                    if after != phase {
+                        return Ok(RenewOutcome::PhaseChanged(after));
+                    }
+                    // Only the counter moved (a predecessor's last checkpoint): retry.
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(self.lost(LostReason::TakenOver))
+    }
+
+    /// After a rejected write: reads the lease and moves to the phase it implies.
+    async fn reconcile(&self, inner: &mut Inner) -> Result<(), HandleError> {
+        let Some(lease) = self.store.get_lease(&self.key).await? else {
+            return Err(self.lost(LostReason::Deleted));
+        };
+        let me = Some(self.worker_id.as_str());
+        match (lease.owner.as_deref(), lease.checkpoint_owner.as_deref()) {
+            (owner, checkpoint_owner) if owner == me && checkpoint_owner != me => {
+                inner.counter = lease.counter;
+                if checkpoint_owner.is_none()
+                    && matches!(self.phase(), LeasePhase::AwaitingPrevious { .. })
+                {
+                    self.set_phase(LeasePhase::Held);
+                }
+                Ok(())
+            }
+            (Some(to), checkpoint_owner) if checkpoint_owner == me && Some(to) != me => {
+                inner.counter = lease.counter;
+                self.set_phase(LeasePhase::HandingOff { to: to.to_string() });
+                Ok(())
+            }
+            _ => Err(self.lost(LostReason::TakenOver)),
+        }
+    }
+
+    /// While awaiting the previous owner: checks whether it has let go and, once
+    /// `timeout` has passed since we asked, takes the lease by force. Returns the phase.
+    pub async fn poll_previous_owner(
+        &self,
+        asked_at: Instant,
+        timeout: Duration,
+    ) -> Result<LeasePhase, HandleError> {
+        let mut inner = self.inner.lock().await;
+        if !matches!(self.phase(), LeasePhase::AwaitingPrevious { .. }) {
+            return Ok(self.phase());
+        }
+        let Some(lease) = self.store.get_lease(&self.key).await? else {
+            return Err(self.lost(LostReason::Deleted));
+        };
+        if lease.owner.as_deref() != Some(self.worker_id.as_str()) {
+            return Err(self.lost(LostReason::TakenOver));
+        }
+        inner.counter = lease.counter;
+        if lease.checkpoint_owner.is_none() {
+            self.set_phase(LeasePhase::Held);
+        } else if asked_at.elapsed() >= timeout {
+            let now = Instant::now();
+            let forced = self
+                .store
+                .update_lease(
+                    &self.key,
+                    Expect::held(inner.counter, Some(&self.worker_id)),
+                    Change {
+                        bump_counter: true,
+                        checkpoint_owner: Some(None),
+                        ..Change::default()
+                    },
+                )
+                .await;
+            match forced {
+                Ok(lease) => {
+                    inner.counter = lease.counter;
+                    inner.valid_until = valid_until(now, self.failover_time);
+                    tracing::info!(lease = %self.key, "previous owner did not hand over in time; taken by force");
+                    self.set_phase(LeasePhase::Held);
+                }
+                // Raced with the previous owner's last checkpoint; look again next poll.
+                Err(LeaseError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.phase())
+    }
+
+    /// Writes a checkpoint (and clears any pending checkpoint). Allowed while held and
+    /// while handing off.
+    pub async fn checkpoint(&self, position: ExtendedSequenceNumber) -> Result<Lease, HandleError> {
+        self.write_progress(Change {
+            checkpoint: Some(position),
+            pending_checkpoint: Some(None),
+            ..Change::default()
+        })
+        .await
+    }
+
+    /// First phase of a two-phase checkpoint: records `position` as pending.
+    pub async fn prepare_checkpoint(
+        &self,
+        position: ExtendedSequenceNumber,
+    ) -> Result<Lease, HandleError> {
+        self.write_progress(Change {
+            pending_checkpoint: Some(Some(position)),
+            ..Change::default()
+        })
+        .await
+    }
+
+    async fn write_progress(&self, change: Change) -> Result<Lease, HandleError> {
+        let change = Change {
+            bump_counter: true,
+            ..change
+        };
+        let mut inner = self.inner.lock().await;
+        for _ in 0..3 {
+            let expect = match self.phase() {
+                LeasePhase::Held => Expect::held(inner.counter, Some(&self.worker_id)),
+                LeasePhase::HandingOff { to } => Expect {
+                    counter: None,
+                    owner: Some(Some(to)),
+                    checkpoint_owner: Some(Some(self.worker_id.clone())),
+                },
+                LeasePhase::Lost(reason) => {
+                    return Err(HandleError::Lost {
+                        key: self.key.clone(),
+                        reason,
+                    });
+                }
+                phase => {
+                    return Err(HandleError::WrongPhase {
+                        key: self.key.clone(),
+                        phase,
+                    });
+                }
+            };
+            match self
+                .store
+                .update_lease(&self.key, expect, change.clone())
+                .await
+            {
+                Ok(lease) => {
+                    if self.phase() == LeasePhase::Held {
+                        inner.counter = lease.counter;
+                    }
+                    return Ok(lease);
+                }
+                Err(LeaseError::ConditionFailed { .. }) => self.reconcile(&mut inner).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(self.lost(LostReason::TakenOver))
+    }
+
+    /// Ends a graceful handoff: lets the new owner start. Call after the final
+    /// checkpoint. Also used to release a lease on graceful shutdown when held.
+    pub async fn hand_over(&self) -> Result<(), HandleError> {
+        let inner = self.inner.lock().await;
+        let (expect, change, reason) = match self.phase() {
+            LeasePhase::HandingOff { to } => (
+                Expect {
+                    counter: None,
+                    owner: Some(Some(to)),
+                    checkpoint_owner: Some(Some(self.worker_id.clone())),
+                },
+                Change {
+                    bump_counter: true,
+                    checkpoint_owner: Some(None),
+                    ..Change::default()
+                },
+                LostReason::HandedOver,
+            ),
+            LeasePhase::Held | LeasePhase::AwaitingPrevious { .. } => (
+                Expect::held(inner.counter, Some(&self.worker_id)),
+                Change {
+                    bump_counter: true,
+                    owner: Some(None),
+                    checkpoint_owner: Some(None),
+                    ..Change::default()
+                },
+                LostReason::Released,
+            ),
+            LeasePhase::Lost(reason) => {
+                return Err(HandleError::Lost {
+                    key: self.key.clone(),
+                    reason,
+                });
+            }
+        };
+        drop(inner);
+        match self.store.update_lease(&self.key, expect, change).await {
+            Ok(_) => {
+                self.set_phase(LeasePhase::Lost(reason));
+                Ok(())
+            }
+            Err(LeaseError::ConditionFailed { .. }) => Err(self.lost(LostReason::TakenOver)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Marks the handle lost without writing (e.g. the coordinator saw another owner
+    /// in a listing).
+    pub(crate) fn mark_lost(&self, reason: LostReason) {
+        self.set_phase(LeasePhase::Lost(reason));
+    }
+
+    /// Moves a held lease to handing off when a listing shows that `to` asked for it.
+    pub(crate) async fn note_handoff_request(&self, lease: &Lease) {
+        let mut inner = self.inner.lock().await;
+        if self.phase() == LeasePhase::Held
+            && lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+            && let Some(to) = lease.owner.as_deref()
+            && to != self.worker_id
+        {
+            inner.counter = lease.counter;
+            self.set_phase(LeasePhase::HandingOff { to: to.to_string() });
+        }
+    }
+}
+
+fn valid_until(sent_at: Instant, failover_time: Duration) -> Instant {
+    // Observers start their clock when they *see* our write, which is after we sent it;
+    // a small margin covers scheduling delay between the check and the next write.
+    sent_at + failover_time - (failover_time / 20).min(Duration::from_millis(500))
+}

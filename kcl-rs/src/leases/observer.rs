@@ -1,0 +1,131 @@
+//! Expiry as each worker sees it: a lease (or a worker heartbeat) is expired when its
+//! counter has not changed for `failover_time` since *this* observer saw it change.
+//! Clocks of different machines are never compared; only the local monotonic clock is.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::lease::Lease;
+use super::store::WorkerHeartbeat;
+
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    counter: u64,
+    changed_at: Instant,
+}
+
+/// Tracks when leases' counters and workers' heartbeats last changed.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use kcl::checkpoint::ExtendedSequenceNumber;
+/// use kcl::leases::{Lease, observer::Observer};
+///
+/// let mut lease = Lease::new("shardId-0", ExtendedSequenceNumber::shard_end());
+/// lease.owner = Some("w1".into());
+/// let t0 = Instant::now();
+/// let mut observer = Observer::new(Duration::from_secs(10));
+/// observer.observe_leases(std::slice::from_ref(&lease), t0);
+/// assert!(observer.expired_leases(t0 + Duration::from_secs(9)).is_empty());
+/// assert!(observer.expired_leases(t0 + Duration::from_secs(10)).contains("shardId-0"));
+/// ```
+#[derive(Debug)]
+pub struct Observer {
+    failover_time: Duration,
+    leases: HashMap<String, Seen>,
+    workers: HashMap<String, Seen>,
+}
+
+impl Observer {
+    /// An observer judging expiry after `failover_time` without a counter change.
+    pub fn new(failover_time: Duration) -> Observer {
+        Observer {
+            failover_time,
+            leases: HashMap::new(),
+            workers: HashMap::new(),
+        }
+    }
+
+    /// Records a fresh listing of the lease table taken at `now`. A lease seen for the
+    /// first time counts as changed now when it has an owner (we cannot know when it
+    /// was last renewed, so we give its owner a full failover time), and as long
+    /// expired when it has none. Leases no longer listed are forgotten.
+    pub fn observe_leases(&mut self, leases: &[Lease], now: Instant) {
+        let never = now.checked_sub(self.failover_time).unwrap_or(now);
+        let mut next = HashMap::with_capacity(leases.len());
+        for lease in leases {
+            let seen = match self.leases.get(&lease.key) {
+                Some(seen) if seen.counter == lease.counter => *seen,
+                Some(_) => Seen {
+                    counter: lease.counter,
+                    changed_at: now,
+                },
+                None => Seen {
+                    counter: lease.counter,
+                    changed_at: if lease.owner.is_some() { now } else { never },
+                },
+            };
+            next.insert(lease.key.clone(), seen);
+        }
+        self.leases = next;
+    }
+
+    /// Records a fresh listing of worker heartbeats taken at `now`.
+    pub fn observe_workers(&mut self, workers: &[WorkerHeartbeat], now: Instant) {
+        let mut next = HashMap::with_capacity(workers.len());
+        for worker in workers {
+            let seen = match self.workers.get(&worker.worker_id) {
+                Some(seen) if seen.counter == worker.heartbeat => *seen,
+                _ => Seen {
+                    counter: worker.heartbeat,
+                    changed_at: now,
+                },
+            };
+            next.insert(worker.worker_id.clone(), seen);
+        }
+        self.workers = next;
+    }
+
+    /// Notes that this worker itself just changed a lease's counter (no need to wait
+    /// for the next listing to know it is fresh).
+    pub fn note_write(&mut self, key: &str, counter: u64, now: Instant) {
+        self.leases.insert(
+            key.to_string(),
+            Seen {
+                counter,
+                changed_at: now,
+            },
+        );
+    }
+
+    /// Keys of leases whose counter has not changed for the failover time.
+    pub fn expired_leases(&self, now: Instant) -> HashSet<String> {
+        self.leases
+            .iter()
+            .filter(|(_, seen)| now.duration_since(seen.changed_at) >= self.failover_time)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Workers whose heartbeat changed within the failover time.
+    pub fn live_workers(&self, now: Instant) -> Vec<String> {
+        let mut live: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, seen)| now.duration_since(seen.changed_at) < self.failover_time)
+            .map(|(id, _)| id.clone())
+            .collect();
+        live.sort();
+        live
+    }
+
+    /// The earliest instant at which a currently unexpired lease will expire if its
+    /// counter does not change, so the taker can wake exactly then.
+    pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        self.leases
+            .values()
+            .map(|seen| seen.changed_at + self.failover_time)
+            .filter(|at| *at > now)
+            .min()
+    }
+}

@@ -1,1 +1,0 @@
-//! Shard sync decisions (being written).

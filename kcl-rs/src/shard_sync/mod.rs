@@ -1,0 +1,159 @@
+//! Shard sync: keeps the lease table in step with the stream's shards.
+//!
+//! [`plan`] decides (a pure function of ListShards output and the lease table);
+//! [`ShardSyncer`] lists, plans and performs the writes. Creates are conditional
+//! (`attribute_not_exists`) and deletes are conditional on the counter seen, so any
+//! number of workers may sync concurrently.
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use plan::{SyncPlan, plan_sync};
+
+use crate::checkpoint::ExtendedSequenceNumber;
+use crate::leases::{Change, Expect, LeaseError, LeaseStore};
+use crate::stream::{StreamError, list_shards};
+
+/// What one sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Leases created by this sync (not counting ones another worker created first).
+    pub created: Vec<String>,
+    /// Leases annotated with their children.
+    pub children_set: Vec<String>,
+    /// Leases deleted.
+    pub deleted: Vec<String>,
+}
+
+/// Errors of a shard sync.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardSyncError {
+    /// ListShards failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The lease table failed.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+/// Lists a stream's shards and brings the lease table in line.
+///
+/// ```no_run
+/// # async fn demo(clients: kcl::aws::Clients) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+/// use kcl::leases::dynamo::DynamoLeaseStore;
+/// use kcl::shard_sync::ShardSyncer;
+///
+/// let store = Arc::new(DynamoLeaseStore::new(clients.dynamodb.clone(), "MyApp"));
+/// let syncer = ShardSyncer::new(
+///     clients.kinesis.clone(),
+///     "MyStream",
+///     store,
+///     ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+/// );
+/// let report = syncer.sync_once().await?;
+/// println!("created leases {:?}", report.created);
+/// # Ok(()) }
+/// ```
+pub struct ShardSyncer {
+    kinesis: Client,
+    stream: String,
+    store: Arc<dyn LeaseStore>,
+    initial: ExtendedSequenceNumber,
+    wake: Notify,
+}
+
+impl ShardSyncer {
+    /// A syncer for `stream`, creating brand-new leases at `initial`.
+    pub fn new(
+        kinesis: Client,
+        stream: impl Into<String>,
+        store: Arc<dyn LeaseStore>,
+        initial: ExtendedSequenceNumber,
+    ) -> ShardSyncer {
+        ShardSyncer {
+            kinesis,
+            stream: stream.into(),
+            store,
+            initial,
+            wake: Notify::new(),
+        }
+    }
+
+    /// One sync: ListShards (paginated), read the lease table, apply the plan.
+    pub async fn sync_once(&self) -> Result<SyncReport, ShardSyncError> {
+        let shards = list_shards(&self.kinesis, &self.stream).await?;
+        let leases = self.store.list_leases().await?;
+        let plan = plan_sync(&shards, &leases, &self.initial);
+        let mut report = SyncReport::default();
+        for lease in &plan.create {
+            match self.store.create_lease(lease).await {
+                Ok(()) => report.created.push(lease.key.clone()),
+                // Another worker created it first: the same lease, nothing to do.
+                Err(LeaseError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (key, children) in &plan.set_children {
+            // Lineage only: no counter bump, so the holder's renewals are undisturbed.
+            let change = Change {
+                child_shard_ids: Some(children.clone()),
+                ..Change::default()
+            };
+            match self
+                .store
+                .update_lease(key, Expect::default(), change)
+                .await
+            {
+                Ok(_) => report.children_set.push(key.clone()),
+                Err(LeaseError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for key in &plan.delete {
+            let Some(lease) = leases.iter().find(|l| &l.key == key) else {
+                continue;
+            };
+            let expect = Expect {
+                counter: Some(lease.counter),
+                ..Expect::default()
+            };
+            match self.store.delete_lease(key, expect).await {
+                Ok(()) => report.deleted.push(key.clone()),
+                Err(LeaseError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !report.created.is_empty() || !report.deleted.is_empty() {
+            tracing::info!(stream = %self.stream, created = ?report.created, deleted = ?report.deleted, "shard sync");
+        }
+        Ok(report)
+    }
+
+    /// Asks the running [`ShardSyncer::run`] loop to sync now (a shard reached its end).
+    pub fn request_sync(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Syncs every `interval` and whenever [`ShardSyncer::request_sync`] is called,
+    /// until `cancel`. Failures are logged and retried at the next round.
+    pub async fn run(&self, interval: Duration, cancel: CancellationToken) {
+        loop {
+            if let Err(e) = self.sync_once().await {
+                tracing::warn!(stream = %self.stream, error = %e, "shard sync failed; will retry");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
