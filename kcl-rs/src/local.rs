@@ -59,6 +59,9 @@ pub struct LocalAwsOptions {
     pub stream_transition_ms: u64,
     /// The Kinesis to use.
     pub kinesis: KinesisBackend,
+    /// Seconds a shard iterator stays valid in the embedded Kinesis (real Kinesis: 300).
+    /// Tests of iterator expiry lower it; ignored for an external Kinesis.
+    pub iterator_ttl_seconds: u64,
 }
 
 impl Default for LocalAwsOptions {
@@ -71,6 +74,7 @@ impl Default for LocalAwsOptions {
             enforce_limits: false,
             stream_transition_ms: 50,
             kinesis: KinesisBackend::Embedded,
+            iterator_ttl_seconds: 300,
         }
     }
 }
@@ -247,6 +251,7 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
         update_stream_ms: options.stream_transition_ms,
         shard_limit: options.shard_limit,
         enforce_limits: options.enforce_limits,
+        iterator_ttl_seconds: options.iterator_ttl_seconds,
         durable,
         ..Default::default()
     };

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,7 @@ pub struct LeaseCoordinator {
     events: mpsc::UnboundedSender<LeaseEvent>,
     stats: CoordinatorStats,
     seed: u64,
+    taking_stopped: AtomicBool,
 }
 
 impl LeaseCoordinator {
@@ -137,6 +138,7 @@ impl LeaseCoordinator {
             events,
             stats: CoordinatorStats::default(),
             seed: hasher.finish(),
+            taking_stopped: AtomicBool::new(false),
             config,
         };
         (Arc::new(coordinator), receiver)
@@ -150,6 +152,12 @@ impl LeaseCoordinator {
     /// Counters.
     pub fn stats(&self) -> &CoordinatorStats {
         &self.stats
+    }
+
+    /// Stops taking leases and heartbeating (first step of a graceful shutdown);
+    /// renewal of held leases goes on until `run` is cancelled.
+    pub fn stop_taking(&self) {
+        self.taking_stopped.store(true, Ordering::SeqCst);
     }
 
     /// Handles of leases currently held or being acquired.
@@ -184,7 +192,9 @@ impl LeaseCoordinator {
                 _ = tokio::time::sleep_until(next) => {}
             }
             next += interval;
-            if let Err(e) = self.store.heartbeat(&self.config.worker_id).await {
+            if self.taking_stopped.load(Ordering::SeqCst) {
+                // Leaving: the worker record is gone and must stay gone.
+            } else if let Err(e) = self.store.heartbeat(&self.config.worker_id).await {
                 tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
             }
             let mut renewals = JoinSet::new();
@@ -249,7 +259,7 @@ impl LeaseCoordinator {
             )
         };
         self.notice_changes(&leases).await;
-        if cancel.is_cancelled() {
+        if cancel.is_cancelled() || self.taking_stopped.load(Ordering::SeqCst) {
             return Ok(next_expiry);
         }
         let plan = plan_takes(&TakerInput {

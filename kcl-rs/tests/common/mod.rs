@@ -37,3 +37,315 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+pub mod consumers {
+    //! Workers that record every delivery, in this process or as `kcl-record-worker`
+    //! processes, and the checks made on what they delivered.
+
+    use std::collections::{BTreeMap, HashMap};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    use kcl::aws::{Clients, Endpoints};
+    use kcl::checkpoint::Checkpointer;
+    use kcl::config::{InitialPosition, WorkerConfig};
+    use kcl::processor::{ProcessRecordsInput, RecordProcessor};
+    use kcl::stream::ShardInfo;
+    use kcl::worker::Worker;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::{Child, Command};
+    use tokio_util::sync::CancellationToken;
+
+    /// One record delivered to a processor.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Delivery {
+        pub worker: String,
+        pub shard: String,
+        pub seq: String,
+        pub sub: u64,
+        pub pk: String,
+        pub data: String,
+        pub t: u128,
+    }
+
+    /// A successful checkpoint.
+    #[derive(Clone, Debug)]
+    pub struct CheckpointSeen {
+        pub worker: String,
+        pub shard: String,
+        pub seq: String,
+        pub sub: u64,
+    }
+
+    /// Everything every worker reported.
+    #[derive(Clone, Default)]
+    pub struct Log {
+        pub deliveries: Arc<Mutex<Vec<Delivery>>>,
+        pub checkpoints: Arc<Mutex<Vec<CheckpointSeen>>>,
+    }
+
+    fn now() -> u128 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    impl Log {
+        pub fn distinct_data(&self) -> usize {
+            let deliveries = self.deliveries.lock().unwrap();
+            deliveries
+                .iter()
+                .map(|d| d.data.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        }
+
+        pub fn snapshot(&self) -> Vec<Delivery> {
+            let mut all = self.deliveries.lock().unwrap().clone();
+            all.sort_by_key(|d| d.t);
+            all
+        }
+
+        fn ingest(&self, line: &str) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                return;
+            };
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            match v["ev"].as_str() {
+                Some("rec") => self.deliveries.lock().unwrap().push(Delivery {
+                    worker: s("w"),
+                    shard: s("shard"),
+                    seq: s("seq"),
+                    sub: v["sub"].as_u64().unwrap(),
+                    pk: s("pk"),
+                    data: s("data"),
+                    t: v["t"]
+                        .as_u64()
+                        .map(u128::from)
+                        .unwrap_or_else(|| v["t"].as_f64().map(|f| f as u128).unwrap_or_default()),
+                }),
+                Some("cp") => self.checkpoints.lock().unwrap().push(CheckpointSeen {
+                    worker: s("w"),
+                    shard: s("shard"),
+                    seq: s("seq"),
+                    sub: v["sub"].as_u64().unwrap(),
+                }),
+                _ => {}
+            }
+        }
+    }
+
+    /// Records deliveries and checkpoints after every batch, like the process worker.
+    pub struct Recorder {
+        worker: String,
+        shard: String,
+        log: Log,
+    }
+
+    impl RecordProcessor for Recorder {
+        async fn process_records(
+            &mut self,
+            input: ProcessRecordsInput,
+            checkpointer: &mut Checkpointer,
+        ) {
+            {
+                let mut deliveries = self.log.deliveries.lock().unwrap();
+                for r in &input.records {
+                    deliveries.push(Delivery {
+                        worker: self.worker.clone(),
+                        shard: self.shard.clone(),
+                        seq: r.sequence_number.clone(),
+                        sub: r.sub_sequence_number,
+                        pk: r.partition_key.clone(),
+                        data: String::from_utf8_lossy(&r.data).into_owned(),
+                        t: now(),
+                    });
+                }
+            }
+            if checkpointer.checkpoint().await.is_ok() {
+                let cp = checkpointer.last_checkpoint();
+                self.log.checkpoints.lock().unwrap().push(CheckpointSeen {
+                    worker: self.worker.clone(),
+                    shard: self.shard.clone(),
+                    seq: cp.position.as_str().to_string(),
+                    sub: cp.sub_sequence,
+                });
+            }
+        }
+
+        async fn shutdown_requested(&mut self, checkpointer: &mut Checkpointer) {
+            let _ = checkpointer.checkpoint().await;
+        }
+    }
+
+    pub const FAILOVER: Duration = Duration::from_secs(3);
+
+    pub fn config(stream: &str, app: &str, id: &str) -> WorkerConfig {
+        WorkerConfig::builder(stream, app)
+            .worker_id(id)
+            .initial_position(InitialPosition::TrimHorizon)
+            .failover_time(FAILOVER)
+            .idle_time_between_reads(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    }
+
+    /// A worker running in this process.
+    pub struct InProcess {
+        pub cancel: CancellationToken,
+        pub run: tokio::task::JoinHandle<Result<(), kcl::worker::WorkerError>>,
+    }
+
+    impl InProcess {
+        pub async fn start(
+            endpoints: &Endpoints,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+        ) -> InProcess {
+            let clients = Clients::connect(endpoints).await;
+            let log = log.clone();
+            let worker_id = id.to_string();
+            let worker = Worker::new(config(stream, app, id), &clients, move |shard: &str| {
+                Recorder {
+                    worker: worker_id.clone(),
+                    shard: shard.to_string(),
+                    log: log.clone(),
+                }
+            });
+            let cancel = CancellationToken::new();
+            let run = tokio::spawn(worker.run(cancel.clone()));
+            InProcess { cancel, run }
+        }
+
+        pub async fn stop(self) {
+            self.cancel.cancel();
+            self.run.await.unwrap().unwrap();
+        }
+    }
+
+    /// A `kcl-record-worker` process; its stdout feeds the log.
+    pub struct Process {
+        pub child: Child,
+        reader: tokio::task::JoinHandle<()>,
+    }
+
+    impl Process {
+        pub fn spawn(
+            endpoints: &Endpoints,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+        ) -> Process {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_kcl-record-worker"))
+                .arg(endpoints.kinesis.as_deref().unwrap())
+                .arg(endpoints.dynamodb.as_deref().unwrap())
+                .arg(stream)
+                .arg(app)
+                .arg(id)
+                .arg(FAILOVER.as_millis().to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let log = log.clone();
+            let reader = tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.ingest(&line);
+                }
+            });
+            Process { child, reader }
+        }
+
+        pub fn signal(&self, signal: i32) {
+            let pid = self.child.id().expect("running") as i32;
+            assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        }
+
+        /// Waits for exit and for its last output to be read.
+        pub async fn wait(mut self) -> std::process::ExitStatus {
+            let status = self.child.wait().await.unwrap();
+            let _ = self.reader.await;
+            status
+        }
+    }
+
+    /// Puts `rounds` rounds of one record per key (`k{i}` → data `k{i}:{n}`), one
+    /// PutRecords call per round so that each key's records are written in order.
+    pub async fn produce(
+        clients: &Clients,
+        stream: &str,
+        keys: usize,
+        rounds: std::ops::Range<usize>,
+    ) {
+        for n in rounds {
+            let entries: Vec<_> = (0..keys)
+                .map(|k| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key(format!("k{k}"))
+                        .data(Blob::new(format!("k{k}:{n}")))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = clients
+                .kinesis
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.failed_record_count(), Some(0));
+        }
+    }
+
+    /// Per key, the first deliveries (in time) come in the order the records were put:
+    /// a replay after a crash may repeat records, never put a later one first.
+    pub fn assert_per_key_order(deliveries: &[Delivery]) {
+        let mut next: HashMap<&str, usize> = HashMap::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for d in deliveries {
+            if !seen.insert(d.data.as_str()) {
+                continue;
+            }
+            let n: usize = d.data.rsplit(':').next().unwrap().parse().unwrap();
+            let expected = next.entry(d.pk.as_str()).or_insert(0);
+            assert_eq!(n, *expected, "key {} out of order at {:?}", d.pk, d);
+            *expected += 1;
+        }
+    }
+
+    /// No record of a child shard was delivered before the last record of each parent.
+    pub fn assert_children_after_parents(deliveries: &[Delivery], shards: &[ShardInfo]) {
+        let mut first: BTreeMap<&str, u128> = BTreeMap::new();
+        let mut last: BTreeMap<&str, u128> = BTreeMap::new();
+        for d in deliveries {
+            first.entry(d.shard.as_str()).or_insert(d.t);
+            last.insert(d.shard.as_str(), d.t);
+        }
+        for shard in shards {
+            let Some(child_first) = first.get(shard.shard_id.as_str()) else {
+                continue;
+            };
+            for parent in shard.parents() {
+                if let Some(parent_last) = last.get(parent.as_str()) {
+                    assert!(
+                        parent_last < child_first,
+                        "child {} started before parent {parent} ended",
+                        shard.shard_id
+                    );
+                }
+            }
+        }
+    }
+}

@@ -5,6 +5,10 @@
 //! uses: `TRIM_HORIZON`, `LATEST`, `AT_TIMESTAMP` (where a new lease starts) and
 //! `SHARD_END` (the shard is closed and fully processed).
 
+mod checkpointer;
+
+pub use checkpointer::{CheckpointError, Checkpointer};
+
 use std::cmp::Ordering;
 use std::fmt;
 

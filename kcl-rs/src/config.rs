@@ -1,0 +1,234 @@
+//! Worker configuration: one builder with documented defaults.
+
+use std::time::{Duration, SystemTime};
+
+use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+
+/// Where a shard that has no checkpoint yet starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest retained record.
+    TrimHorizon,
+    /// Only records written after the shard is first read.
+    Latest,
+    /// The first record at or after this time.
+    AtTimestamp(SystemTime),
+}
+
+impl InitialPosition {
+    /// The lease-table sentinel for new leases.
+    pub fn checkpoint(&self) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::new(match self {
+            InitialPosition::TrimHorizon => SequencePosition::TrimHorizon,
+            InitialPosition::Latest => SequencePosition::Latest,
+            InitialPosition::AtTimestamp(_) => SequencePosition::AtTimestamp,
+        })
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field} {problem}")]
+pub struct ConfigError {
+    /// The setting.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Settings of a [`Worker`](crate::worker::Worker). Build with [`WorkerConfig::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use kcl::config::{InitialPosition, WorkerConfig};
+///
+/// let config = WorkerConfig::builder("DeliveryStream", "DeliveryStats")
+///     .worker_id("worker-1")
+///     .initial_position(InitialPosition::TrimHorizon)
+///     .failover_time(Duration::from_secs(10))
+///     .build()?;
+/// assert_eq!(config.max_records, 10_000);
+/// assert!(WorkerConfig::builder("", "app").build().is_err());
+/// # Ok::<(), kcl::config::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The Kinesis stream to read.
+    pub stream_name: String,
+    /// The application name: also the DynamoDB lease table's name (workers of one
+    /// application share it; different applications read independently).
+    pub application_name: String,
+    /// This worker's id. Default: `worker-<pid>-<random>`; must be unique per process.
+    pub worker_id: String,
+    /// Where shards without a checkpoint start. Default `Latest`, as the Java KCL.
+    pub initial_position: InitialPosition,
+    /// Lease expiry: a worker that stops renewing loses its leases after this. Default
+    /// 10 s. Renewal runs every third of it.
+    pub failover_time: Duration,
+    /// How often the lease table is scanned for leases to take. Default 500 ms.
+    pub taking_interval: Duration,
+    /// How long a graceful handoff may take before the lease is taken by force.
+    /// Default: the failover time.
+    pub handoff_timeout: Duration,
+    /// Upper bound on leases held by this worker. Default: none.
+    pub max_leases_per_worker: Option<usize>,
+    /// Records per GetRecords call (1..=10,000). Default 10,000.
+    pub max_records: i32,
+    /// Pause between GetRecords calls when a shard is caught up. Default 200 ms.
+    pub idle_time_between_reads: Duration,
+    /// Batches fetched ahead of the processor per shard. Default 2.
+    pub prefetch_depth: usize,
+    /// How often ListShards runs to discover new shards (it also runs at start and
+    /// whenever a shard ends). Default 60 s.
+    pub shard_sync_interval: Duration,
+    /// How often a child shard waiting for its parents checks them. Default 200 ms.
+    pub parent_poll_interval: Duration,
+    /// Call `process_records` with empty batches too. Default false.
+    pub call_process_records_even_for_empty: bool,
+}
+
+impl WorkerConfig {
+    /// A builder for the given stream and application (lease table) names.
+    pub fn builder(
+        stream_name: impl Into<String>,
+        application_name: impl Into<String>,
+    ) -> WorkerConfigBuilder {
+        let failover_time = Duration::from_secs(10);
+        WorkerConfigBuilder {
+            config: WorkerConfig {
+                stream_name: stream_name.into(),
+                application_name: application_name.into(),
+                worker_id: default_worker_id(),
+                initial_position: InitialPosition::Latest,
+                failover_time,
+                taking_interval: Duration::from_millis(500),
+                handoff_timeout: failover_time,
+                max_leases_per_worker: None,
+                max_records: 10_000,
+                idle_time_between_reads: Duration::from_millis(200),
+                prefetch_depth: 2,
+                shard_sync_interval: Duration::from_secs(60),
+                parent_poll_interval: Duration::from_millis(200),
+                call_process_records_even_for_empty: false,
+            },
+            handoff_timeout_set: false,
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    format!(
+        "worker-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Builds a [`WorkerConfig`]; every setter documents its default on the field.
+#[derive(Clone, Debug)]
+pub struct WorkerConfigBuilder {
+    config: WorkerConfig,
+    handoff_timeout_set: bool,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl WorkerConfigBuilder {
+    setters! {
+        /// See [`WorkerConfig::initial_position`].
+        initial_position: InitialPosition,
+        /// See [`WorkerConfig::failover_time`].
+        failover_time: Duration,
+        /// See [`WorkerConfig::taking_interval`].
+        taking_interval: Duration,
+        /// See [`WorkerConfig::max_leases_per_worker`].
+        max_leases_per_worker: Option<usize>,
+        /// See [`WorkerConfig::max_records`].
+        max_records: i32,
+        /// See [`WorkerConfig::idle_time_between_reads`].
+        idle_time_between_reads: Duration,
+        /// See [`WorkerConfig::prefetch_depth`].
+        prefetch_depth: usize,
+        /// See [`WorkerConfig::shard_sync_interval`].
+        shard_sync_interval: Duration,
+        /// See [`WorkerConfig::parent_poll_interval`].
+        parent_poll_interval: Duration,
+        /// See [`WorkerConfig::call_process_records_even_for_empty`].
+        call_process_records_even_for_empty: bool,
+    }
+
+    /// See [`WorkerConfig::worker_id`].
+    pub fn worker_id(mut self, value: impl Into<String>) -> Self {
+        self.config.worker_id = value.into();
+        self
+    }
+
+    /// See [`WorkerConfig::handoff_timeout`].
+    pub fn handoff_timeout(mut self, value: Duration) -> Self {
+        self.config.handoff_timeout = value;
+        self.handoff_timeout_set = true;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(mut self) -> Result<WorkerConfig, ConfigError> {
+        let c = &mut self.config;
+        if !self.handoff_timeout_set {
+            c.handoff_timeout = c.failover_time;
+        }
+        let fail = |field, problem: &str| {
+            Err(ConfigError {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if c.stream_name.is_empty() || c.stream_name.len() > 128 {
+            return fail("stream_name", "must be 1 to 128 characters");
+        }
+        if c.application_name.len() < 3 || c.application_name.len() > 255 {
+            return fail(
+                "application_name",
+                "must be 3 to 255 characters (it names the DynamoDB lease table)",
+            );
+        }
+        if !c
+            .application_name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch))
+        {
+            return fail(
+                "application_name",
+                "may only contain letters, digits, '_', '-' and '.' (DynamoDB table name rules)",
+            );
+        }
+        if c.worker_id.is_empty() {
+            return fail("worker_id", "must not be empty");
+        }
+        if c.failover_time < Duration::from_millis(300) {
+            return fail("failover_time", "must be at least 300 ms");
+        }
+        if !(1..=10_000).contains(&c.max_records) {
+            return fail("max_records", "must be 1 to 10,000 (the GetRecords limit)");
+        }
+        if c.prefetch_depth == 0 {
+            return fail("prefetch_depth", "must be at least 1");
+        }
+        if c.taking_interval.is_zero() || c.parent_poll_interval.is_zero() {
+            return fail("taking_interval/parent_poll_interval", "must be positive");
+        }
+        if c.max_leases_per_worker == Some(0) {
+            return fail("max_leases_per_worker", "must be at least 1 when set");
+        }
+        Ok(self.config)
+    }
+}

@@ -1,0 +1,336 @@
+//! The shard consumer: reads one shard for the lease it holds and drives the user's
+//! processor through the lifecycle in the module docs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpointer;
+use crate::config::{InitialPosition, WorkerConfig};
+use crate::leases::handle::{LeaseHandle, LeasePhase};
+use crate::leases::{Lease, LeaseStore};
+use crate::processor::{
+    InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
+};
+use crate::retrieval::{Prefetcher, RetrievalConfig, ShardReader, spawn_prefetcher};
+use crate::shard_sync::ShardSyncer;
+
+use super::load::LoadMeter;
+
+/// The states of a shard consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerState {
+    /// A child shard waits until every parent is checkpointed at SHARD_END.
+    WaitingOnParents,
+    /// The processor is created and initialized; reading starts.
+    Initializing,
+    /// Batches are delivered to the processor.
+    Processing,
+    /// The shard is fully read: `shard_ended`, then the SHARD_END checkpoint.
+    ShardEnded,
+    /// The lease is gone: `lease_lost`, no checkpoint.
+    LeaseLost,
+    /// The worker stops: `shutdown_requested`, then the lease is released.
+    ShutdownRequested,
+    /// Another worker asked for the lease: `shutdown_requested`, then hand over.
+    HandingOff,
+    /// Finished.
+    Done,
+}
+
+/// How a shard consumer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerOutcome {
+    /// The shard was closed and fully processed; SHARD_END is checkpointed.
+    ShardEnded,
+    /// The lease was lost to another worker.
+    LeaseLost,
+    /// The worker shut down; the lease was released.
+    ShutDown,
+    /// The lease was handed over to the worker that asked.
+    HandedOver,
+    /// Reading failed for good (e.g. the stream was deleted); the lease was released.
+    Failed(String),
+}
+
+/// What every consumer of a worker shares.
+pub(crate) struct ConsumerContext {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub store: Arc<dyn LeaseStore>,
+    pub config: Arc<WorkerConfig>,
+    pub syncer: Arc<ShardSyncer>,
+}
+
+struct ShardConsumer<P: RecordProcessor> {
+    ctx: Arc<ConsumerContext>,
+    handle: Arc<LeaseHandle>,
+    lease: Lease,
+    shutdown: CancellationToken,
+    phase: watch::Receiver<LeasePhase>,
+    processor: Option<P>,
+    checkpointer: Checkpointer,
+    prefetcher: Option<Prefetcher>,
+    reader_cancel: CancellationToken,
+    outcome: Option<ConsumerOutcome>,
+    load: LoadMeter,
+}
+
+/// Runs one shard consumer to its end.
+pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
+    ctx: Arc<ConsumerContext>,
+    handle: Arc<LeaseHandle>,
+    lease: Lease,
+    factory: Arc<F>,
+    shutdown: CancellationToken,
+) -> ConsumerOutcome {
+    let mut consumer = ShardConsumer::<F::Processor> {
+        checkpointer: Checkpointer::new(&lease.key, Arc::clone(&handle), lease.checkpoint.clone()),
+        phase: handle.watch_phase(),
+        ctx,
+        handle,
+        lease,
+        shutdown,
+        processor: None,
+        prefetcher: None,
+        reader_cancel: CancellationToken::new(),
+        outcome: None,
+        load: LoadMeter::new(Instant::now()),
+    };
+    let mut state = ConsumerState::WaitingOnParents;
+    while state != ConsumerState::Done {
+        tracing::debug!(shard = %consumer.lease.key, ?state, "shard consumer");
+        state = match state {
+            ConsumerState::WaitingOnParents => consumer.wait_on_parents().await,
+            ConsumerState::Initializing => consumer.initialize(&*factory).await,
+            ConsumerState::Processing => consumer.process().await,
+            ConsumerState::ShardEnded => consumer.shard_ended().await,
+            ConsumerState::LeaseLost => consumer.lease_lost().await,
+            ConsumerState::ShutdownRequested | ConsumerState::HandingOff => {
+                consumer.shut_down(state).await
+            }
+            ConsumerState::Done => ConsumerState::Done,
+        };
+    }
+    consumer.reader_cancel.cancel();
+    consumer.outcome.unwrap_or(ConsumerOutcome::ShutDown)
+}
+
+impl<P: RecordProcessor> ShardConsumer<P> {
+    /// The state an interruption leads to, if any.
+    fn interruption(&mut self) -> Option<ConsumerState> {
+        if self.shutdown.is_cancelled() {
+            return Some(ConsumerState::ShutdownRequested);
+        }
+        match &*self.phase.borrow_and_update() {
+            LeasePhase::HandingOff { .. } => Some(ConsumerState::HandingOff),
+            LeasePhase::Lost(_) => Some(ConsumerState::LeaseLost),
+            _ => None,
+        }
+    }
+
+    async fn wait_on_parents(&mut self) -> ConsumerState {
+        let parents = self.lease.parent_shard_ids.clone();
+        let mut pending: Vec<String> = parents;
+        loop {
+            if let Some(next) = self.interruption() {
+                return next;
+            }
+            let mut still = Vec::new();
+            for parent in pending {
+                match self.ctx.store.get_lease(&parent).await {
+                    // A parent without a lease was never ours to read (or is long done).
+                    Ok(None) => {}
+                    Ok(Some(lease)) if lease.checkpoint.is_shard_end() => {}
+                    Ok(Some(_)) => still.push(parent),
+                    Err(e) => {
+                        tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot read parent lease");
+                        still.push(parent);
+                    }
+                }
+            }
+            if still.is_empty() {
+                return ConsumerState::Initializing;
+            }
+            pending = still;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {}
+                _ = self.phase.changed() => {}
+                _ = tokio::time::sleep(self.ctx.config.parent_poll_interval) => {}
+            }
+        }
+    }
+
+    async fn initialize<F: RecordProcessorFactory<Processor = P>>(
+        &mut self,
+        factory: &F,
+    ) -> ConsumerState {
+        if let Some(next) = self.interruption() {
+            return next;
+        }
+        // Re-read: the lease may have been checkpointed by a previous owner after the
+        // coordinator read it.
+        match self.ctx.store.get_lease(&self.lease.key).await {
+            Ok(Some(lease)) => self.lease = lease,
+            Ok(None) => return ConsumerState::LeaseLost,
+            Err(e) => {
+                tracing::warn!(shard = %self.lease.key, error = %e, "cannot re-read lease; using the one taken")
+            }
+        }
+        self.checkpointer = Checkpointer::new(
+            &self.lease.key,
+            Arc::clone(&self.handle),
+            self.lease.checkpoint.clone(),
+        );
+        let mut processor = factory.create_processor(&self.lease.key);
+        processor
+            .initialize(InitializationInput {
+                shard_id: self.lease.key.clone(),
+                checkpoint: self.lease.checkpoint.clone(),
+                pending_checkpoint: self.lease.pending_checkpoint.clone(),
+            })
+            .await;
+        self.processor = Some(processor);
+        if self.lease.checkpoint.is_shard_end() {
+            return ConsumerState::ShardEnded;
+        }
+        let config = &self.ctx.config;
+        let retrieval = RetrievalConfig {
+            max_records: config.max_records,
+            idle_time_between_reads: config.idle_time_between_reads,
+            at_timestamp: match config.initial_position {
+                InitialPosition::AtTimestamp(at) => Some(at),
+                _ => None,
+            },
+            ..RetrievalConfig::default()
+        };
+        let reader = ShardReader::new(
+            self.ctx.kinesis.clone(),
+            &config.stream_name,
+            &self.lease.key,
+            self.lease.checkpoint.clone(),
+            retrieval,
+        );
+        self.prefetcher = Some(spawn_prefetcher(
+            reader,
+            self.reader_cancel.clone(),
+            config.prefetch_depth,
+        ));
+        ConsumerState::Processing
+    }
+
+    async fn process(&mut self) -> ConsumerState {
+        // Taken out of `self` for the loop; reading stops with `reader_cancel` on exit.
+        let Some(mut prefetcher) = self.prefetcher.take() else {
+            return ConsumerState::ShutdownRequested;
+        };
+        loop {
+            if let Some(next) = self.interruption() {
+                return next;
+            }
+            let batch = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => continue,
+                _ = self.phase.changed() => continue,
+                batch = prefetcher.recv() => batch,
+            };
+            let batch = match batch {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    tracing::error!(shard = %self.lease.key, error = %e, "reading the shard failed");
+                    self.outcome = Some(ConsumerOutcome::Failed(e.to_string()));
+                    return ConsumerState::ShutdownRequested;
+                }
+                None => return ConsumerState::ShutdownRequested,
+            };
+            // A zombie (paused past expiry) must not deliver: others may own the shard.
+            if !self.handle.may_process().await {
+                return ConsumerState::LeaseLost;
+            }
+            if let Some(load) = self.load.record(
+                batch.records.len(),
+                batch.bytes,
+                batch.millis_behind_latest,
+                Instant::now(),
+            ) {
+                self.handle.set_load(load).await;
+            }
+            if let Some(last) = batch.records.last() {
+                self.checkpointer
+                    .set_last_delivered(last.extended_sequence_number());
+            }
+            if !batch.records.is_empty() || self.ctx.config.call_process_records_even_for_empty {
+                let processor = self.processor.as_mut().expect("initialized");
+                processor
+                    .process_records(
+                        ProcessRecordsInput {
+                            records: batch.records,
+                            millis_behind_latest: batch.millis_behind_latest,
+                        },
+                        &mut self.checkpointer,
+                    )
+                    .await;
+            }
+            if batch.shard_end {
+                return ConsumerState::ShardEnded;
+            }
+        }
+    }
+
+    async fn shard_ended(&mut self) -> ConsumerState {
+        if let Some(processor) = self.processor.as_mut() {
+            processor.shard_ended(&mut self.checkpointer).await;
+        }
+        // Written by the framework, whatever the processor did: children wait on it.
+        match self.checkpointer.checkpoint_shard_end().await {
+            Ok(()) => {
+                tracing::info!(shard = %self.lease.key, "shard ended; SHARD_END checkpointed");
+                self.ctx.syncer.request_sync();
+                // Nothing is left to read: let the lease go so nobody renews it.
+                if let Err(e) = self.handle.hand_over().await {
+                    tracing::debug!(shard = %self.lease.key, error = %e, "release after shard end");
+                }
+                self.outcome = Some(ConsumerOutcome::ShardEnded);
+                ConsumerState::Done
+            }
+            Err(e) => {
+                tracing::warn!(shard = %self.lease.key, error = %e, "SHARD_END checkpoint failed");
+                self.outcome = Some(ConsumerOutcome::LeaseLost);
+                ConsumerState::Done
+            }
+        }
+    }
+
+    async fn lease_lost(&mut self) -> ConsumerState {
+        self.reader_cancel.cancel();
+        if let Some(processor) = self.processor.as_mut() {
+            processor.lease_lost().await;
+        }
+        self.outcome = Some(ConsumerOutcome::LeaseLost);
+        ConsumerState::Done
+    }
+
+    async fn shut_down(&mut self, state: ConsumerState) -> ConsumerState {
+        self.reader_cancel.cancel();
+        if let Some(processor) = self.processor.as_mut() {
+            processor.shutdown_requested(&mut self.checkpointer).await;
+        }
+        match self.handle.hand_over().await {
+            Ok(()) => {
+                if self.outcome.is_none() {
+                    self.outcome = Some(if state == ConsumerState::HandingOff {
+                        ConsumerOutcome::HandedOver
+                    } else {
+                        ConsumerOutcome::ShutDown
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shard = %self.lease.key, error = %e, "could not let the lease go");
+                self.outcome.get_or_insert(ConsumerOutcome::LeaseLost);
+            }
+        }
+        ConsumerState::Done
+    }
+}

@@ -1,0 +1,19 @@
+//! One shard consumer per held lease, driven as an explicit state machine:
+//!
+//! ```text
+//! WaitingOnParents ──parents at SHARD_END (or gone)──> Initializing ──> Processing
+//!        │                                                               │
+//!        │ lease lost / shutdown                 shard end ──> ShardEnded ──┐
+//!        v                                  lease lost ──> LeaseLost ───────┤
+//!      Done <───────────────────────────── shutdown ──> ShutdownRequested ──┤
+//!                                  handoff asked ──> HandingOff ────────────┘
+//! ```
+//!
+//! Every exit is taken between batches, never in the middle of one: the batch in flight
+//! finishes first (the processor is not cancelled mid-write).
+
+mod consumer;
+mod load;
+
+pub(crate) use consumer::{ConsumerContext, run_shard_consumer};
+pub use consumer::{ConsumerOutcome, ConsumerState};

@@ -1,0 +1,121 @@
+//! The user's side: a [`RecordProcessor`] per shard lease, made by a
+//! [`RecordProcessorFactory`].
+//!
+//! Callbacks are plain async methods; each has a default that does nothing except
+//! `process_records`. The order for one lease is always:
+//! `initialize`, then `process_records` any number of times, then exactly one of
+//! `shard_ended` (the shard is closed and fully read; the framework writes the
+//! `SHARD_END` checkpoint after it returns), `lease_lost` (another worker has the lease:
+//! do not checkpoint) or `shutdown_requested` (this worker is stopping or handing the
+//! lease to another worker: checkpoint what you have processed).
+
+use std::future::Future;
+
+use crate::checkpoint::{Checkpointer, ExtendedSequenceNumber};
+use crate::retrieval::KinesisClientRecord;
+
+/// Passed to [`RecordProcessor::initialize`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitializationInput {
+    /// The shard this processor reads.
+    pub shard_id: String,
+    /// Where processing resumes: the lease's checkpoint (records after it follow).
+    pub checkpoint: ExtendedSequenceNumber,
+    /// A prepared but uncommitted checkpoint left by a previous processor, if any.
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+}
+
+/// Passed to [`RecordProcessor::process_records`].
+#[derive(Clone, Debug)]
+pub struct ProcessRecordsInput {
+    /// User records in shard order (KPL aggregates already split into sub-records).
+    pub records: Vec<KinesisClientRecord>,
+    /// How far behind the tip of the shard this batch is, in milliseconds.
+    pub millis_behind_latest: Option<i64>,
+}
+
+/// Processes the records of one shard. One instance per lease; never shared.
+///
+/// ```
+/// use kcl::checkpoint::Checkpointer;
+/// use kcl::processor::{ProcessRecordsInput, RecordProcessor};
+///
+/// struct Printer;
+///
+/// impl RecordProcessor for Printer {
+///     async fn process_records(&mut self, input: ProcessRecordsInput, checkpointer: &mut Checkpointer) {
+///         for record in &input.records {
+///             println!("{} {}", record.partition_key, String::from_utf8_lossy(&record.data));
+///         }
+///         if let Err(e) = checkpointer.checkpoint().await {
+///             eprintln!("checkpoint failed: {e}"); // e.g. the lease was lost
+///         }
+///     }
+///
+///     async fn shutdown_requested(&mut self, checkpointer: &mut Checkpointer) {
+///         let _ = checkpointer.checkpoint().await;
+///     }
+/// }
+/// ```
+pub trait RecordProcessor: Send + 'static {
+    /// Called once before any records.
+    fn initialize(&mut self, input: InitializationInput) -> impl Future<Output = ()> + Send {
+        let _ = input;
+        async {}
+    }
+
+    /// Called with each batch of records. Checkpoint through `checkpointer` as often as
+    /// your duplicate tolerance requires.
+    fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+        checkpointer: &mut Checkpointer,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The lease was lost: another worker owns the shard now. Do not checkpoint (it
+    /// would fail); release what you hold for this shard.
+    fn lease_lost(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Every record of the (closed) shard has been delivered. The framework writes the
+    /// `SHARD_END` checkpoint after this returns, so the children can start even if you
+    /// do not checkpoint here.
+    fn shard_ended(&mut self, checkpointer: &mut Checkpointer) -> impl Future<Output = ()> + Send {
+        let _ = checkpointer;
+        async {}
+    }
+
+    /// The worker is shutting down, or another worker asked for this lease. Flush and
+    /// checkpoint what you have processed: whatever you do not checkpoint is processed
+    /// again by the next owner.
+    fn shutdown_requested(
+        &mut self,
+        checkpointer: &mut Checkpointer,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = checkpointer;
+        async {}
+    }
+}
+
+/// Makes one [`RecordProcessor`] per shard lease. Closures `Fn(&str) -> P` are
+/// factories.
+pub trait RecordProcessorFactory: Send + Sync + 'static {
+    /// The processor type.
+    type Processor: RecordProcessor;
+
+    /// A processor for `shard_id`.
+    fn create_processor(&self, shard_id: &str) -> Self::Processor;
+}
+
+impl<P, F> RecordProcessorFactory for F
+where
+    P: RecordProcessor,
+    F: Fn(&str) -> P + Send + Sync + 'static,
+{
+    type Processor = P;
+
+    fn create_processor(&self, shard_id: &str) -> P {
+        self(shard_id)
+    }
+}

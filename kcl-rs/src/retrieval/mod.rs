@@ -1,0 +1,24 @@
+//! Retrieval: reading a shard's records by polling, ahead of the processor.
+//!
+//! - [`ShardReader`] (`polling`): GetShardIterator from a checkpoint or start sentinel,
+//!   then GetRecords until the shard ends, with pacing, backoff and iterator renewal.
+//! - [`KinesisClientRecord`] (`record`): what a processor sees — KPL aggregates split
+//!   into user records addressed by (sequence number, sub-sequence number).
+//! - [`spawn_prefetcher`] (`prefetch`): a task that keeps the next batches ready so
+//!   GetRecords overlaps processing.
+//! - [`RetrievalError`] (`error`): the failures retrying cannot fix.
+//!
+//! Resuming follows the Java KCL: a checkpoint `(S, n)` reads `AT_SEQUENCE_NUMBER S`
+//! and skips every user record at or before `(S, n)`, so a checkpoint in the middle of
+//! an aggregate loses none of its remaining sub-records.
+
+mod backoff;
+mod error;
+mod polling;
+mod prefetch;
+mod record;
+
+pub use error::RetrievalError;
+pub use polling::{Batch, ChildShardRef, GET_RECORDS_MAX, RetrievalConfig, ShardReader};
+pub use prefetch::{DEFAULT_PREFETCH_DEPTH, Prefetcher, spawn_prefetcher};
+pub use record::{Deaggregated, KinesisClientRecord, deaggregate_records};

@@ -1,0 +1,209 @@
+//! The worker (the Java KCL's scheduler): runs shard sync, the lease coordinator and one
+//! shard consumer per held lease, until cancelled; then shuts down gracefully.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::Clients;
+use crate::config::WorkerConfig;
+use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
+use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_shard_consumer};
+use crate::processor::RecordProcessorFactory;
+use crate::shard_sync::{ShardSyncError, ShardSyncer};
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The lease table could not be used (wrong schema, access denied, unreachable).
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The stream could not be listed (missing stream, unreachable endpoint).
+    #[error(transparent)]
+    ShardSync(#[from] ShardSyncError),
+}
+
+/// A consumer worker: build it, run it until a token is cancelled.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use kcl::checkpoint::Checkpointer;
+/// use kcl::config::{InitialPosition, WorkerConfig};
+/// use kcl::local::{LocalAws, LocalAwsOptions};
+/// use kcl::processor::{ProcessRecordsInput, RecordProcessor};
+/// use kcl::worker::Worker;
+/// use tokio_util::sync::CancellationToken;
+///
+/// struct Counter(tokio::sync::mpsc::UnboundedSender<usize>);
+///
+/// impl RecordProcessor for Counter {
+///     async fn process_records(&mut self, input: ProcessRecordsInput, checkpointer: &mut Checkpointer) {
+///         let _ = self.0.send(input.records.len());
+///         let _ = checkpointer.checkpoint().await;
+///     }
+/// }
+///
+/// let aws = LocalAws::start(LocalAwsOptions::default()).await?;
+/// let clients = aws.clients().await;
+/// kcl::stream::create_stream(&clients.kinesis, "Orders", 2, Duration::from_secs(10)).await?;
+/// for i in 0..10 {
+///     clients.kinesis.put_record().stream_name("Orders").partition_key(format!("k{i}"))
+///         .data(aws_sdk_kinesis::primitives::Blob::new("hello")).send().await?;
+/// }
+///
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// let config = WorkerConfig::builder("Orders", "OrdersApp")
+///     .initial_position(InitialPosition::TrimHorizon)
+///     .build()?;
+/// let worker = Worker::new(config, &clients, move |_shard: &str| Counter(tx.clone()));
+/// let cancel = CancellationToken::new();
+/// let running = tokio::spawn(worker.run(cancel.clone()));
+///
+/// let mut seen = 0;
+/// while seen < 10 {
+///     seen += rx.recv().await.unwrap();
+/// }
+/// cancel.cancel(); // graceful: processors checkpoint, leases are released
+/// running.await??;
+/// aws.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Worker<F: RecordProcessorFactory> {
+    config: Arc<WorkerConfig>,
+    kinesis: aws_sdk_kinesis::Client,
+    store: Arc<dyn LeaseStore>,
+    factory: Arc<F>,
+}
+
+impl<F: RecordProcessorFactory> Worker<F> {
+    /// A worker reading `config.stream_name` with leases in the DynamoDB table
+    /// `config.application_name`.
+    pub fn new(config: WorkerConfig, clients: &Clients, factory: F) -> Worker<F> {
+        let store = Arc::new(DynamoLeaseStore::new(
+            clients.dynamodb.clone(),
+            config.application_name.clone(),
+        ));
+        Worker {
+            config: Arc::new(config),
+            kinesis: clients.kinesis.clone(),
+            store,
+            factory: Arc::new(factory),
+        }
+    }
+
+    /// Uses another lease store (for example a wrapper that injects faults).
+    pub fn with_lease_store(mut self, store: Arc<dyn LeaseStore>) -> Worker<F> {
+        self.store = store;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Runs until `cancel` is cancelled, then shuts down gracefully: stops taking
+    /// leases, tells every processor (`shutdown_requested`, where it checkpoints),
+    /// releases every lease and returns. An error is returned at once when the lease
+    /// table or the stream cannot be used at start.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        let config = &self.config;
+        self.store.ensure_tables().await?;
+        let syncer = Arc::new(ShardSyncer::new(
+            self.kinesis.clone(),
+            &config.stream_name,
+            Arc::clone(&self.store),
+            config.initial_position.checkpoint(),
+        ));
+        syncer.sync_once().await?;
+
+        let background = CancellationToken::new();
+        let sync_task = tokio::spawn({
+            let syncer = Arc::clone(&syncer);
+            let interval = config.shard_sync_interval;
+            let stop = background.clone();
+            async move { syncer.run(interval, stop).await }
+        });
+
+        let mut lease_config = LeaseConfig::new(config.worker_id.clone());
+        lease_config.failover_time = config.failover_time;
+        lease_config.taking_interval = config.taking_interval;
+        lease_config.max_leases_per_worker = config.max_leases_per_worker;
+        lease_config.handoff_timeout = Some(config.handoff_timeout);
+        let (coordinator, mut events) =
+            LeaseCoordinator::new(Arc::clone(&self.store), lease_config);
+        let coordinator_task = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            let stop = background.clone();
+            async move { coordinator.run(stop).await }
+        });
+
+        let ctx = Arc::new(ConsumerContext {
+            kinesis: self.kinesis.clone(),
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+            syncer: Arc::clone(&syncer),
+        });
+        let consumers_stop = CancellationToken::new();
+        let mut consumers = JoinSet::new();
+        let mut coordinator_task = Some(coordinator_task);
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = events.recv() => {
+                    let Some(LeaseEvent::Acquired { handle, lease }) = event else { break };
+                    tracing::info!(shard = %lease.key, worker = %config.worker_id, checkpoint = %lease.checkpoint, "processing shard");
+                    consumers.spawn(run_shard_consumer(
+                        Arc::clone(&ctx),
+                        handle,
+                        lease,
+                        Arc::clone(&self.factory),
+                        consumers_stop.clone(),
+                    ));
+                }
+                Some(done) = consumers.join_next(), if !consumers.is_empty() => {
+                    match done {
+                        Ok(ConsumerOutcome::Failed(e)) => tracing::warn!(error = %e, "shard consumer failed"),
+                        Ok(outcome) => tracing::debug!(?outcome, "shard consumer finished"),
+                        Err(e) => tracing::error!(error = %e, "shard consumer panicked"),
+                    }
+                }
+                done = async { coordinator_task.as_mut().unwrap().await }, if coordinator_task.is_some() => {
+                    coordinator_task = None;
+                    if let Ok(Err(e)) = done {
+                        tracing::error!(error = %e, "lease coordinator failed");
+                        failure = Some(e);
+                    }
+                    break;
+                }
+            }
+        }
+
+        // Graceful shutdown: no new leases, others see one worker fewer at once; each
+        // processor checkpoints and its consumer lets its lease go; renewal keeps the
+        // leases alive until then.
+        coordinator.stop_taking();
+        if let Err(e) = self.store.remove_worker(&config.worker_id).await {
+            tracing::warn!(error = %e, "could not remove the worker record");
+        }
+        consumers_stop.cancel();
+        while consumers.join_next().await.is_some() {}
+        background.cancel();
+        if let Some(task) = coordinator_task {
+            let _ = task.await;
+        }
+        let _ = sync_task.await;
+        coordinator.release_all().await?;
+        tracing::info!(worker = %config.worker_id, "worker stopped");
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Record processing through splits, merges, crashes and restarts, with several workers
+//! (in this process and as separate processes), against the embedded Kinesis or the
+//! external one named by `KCL_TEST_KINESIS_ENDPOINT`.
+
+use std::time::Duration;
+
+use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl::stream;
+
+mod common;
+use common::consumers::{
+    InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, produce,
+};
+use common::{unique, wait_for};
+
+const KEYS: usize = 15;
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn open_shards_by_range(clients: &kcl::aws::Clients, name: &str) -> Vec<stream::ShardInfo> {
+    let mut open: Vec<_> = stream::list_shards(&clients.kinesis, name)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.is_open())
+        .collect();
+    open.sort_by_key(|s| s.starting_hash_key);
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let endpoints = aws.endpoints();
+    let name = unique("reshard");
+    let app = unique("reshard-app");
+    stream::create_stream(&clients.kinesis, &name, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = Log::default();
+    let a = InProcess::start(&endpoints, &name, &app, "in-a", &log).await;
+    let b = InProcess::start(&endpoints, &name, &app, "in-b", &log).await;
+    let c = Process::spawn(&endpoints, &name, &app, "proc-c", &log);
+
+    produce(&clients, &name, KEYS, 0..20).await;
+    let open = open_shards_by_range(&clients, &name).await;
+    stream::split_shard(
+        &clients.kinesis,
+        &name,
+        &open[0].shard_id,
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    produce(&clients, &name, KEYS, 20..40).await;
+    // Merge the upper child of the split with the untouched upper shard.
+    let open = open_shards_by_range(&clients, &name).await;
+    stream::merge_shards(
+        &clients.kinesis,
+        &name,
+        &open[1].shard_id,
+        &open[2].shard_id,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    produce(&clients, &name, KEYS, 40..60).await;
+
+    let total = KEYS * 60;
+    wait_for("every record processed", WAIT, || async {
+        (log.distinct_data() == total).then_some(())
+    })
+    .await;
+    let deliveries = log.snapshot();
+    assert_per_key_order(&deliveries);
+    let shards = stream::list_shards(&clients.kinesis, &name).await.unwrap();
+    assert_eq!(
+        shards.len(),
+        5,
+        "2 + 2 children of the split + 1 of the merge"
+    );
+    assert_children_after_parents(&deliveries, &shards);
+    // No faults: nothing processed twice.
+    assert_eq!(deliveries.len(), total, "duplicates without faults");
+
+    // Graceful shutdown of all, then a restart reprocesses nothing.
+    c.signal(libc::SIGTERM);
+    assert!(c.wait().await.success());
+    a.stop().await;
+    b.stop().await;
+    let before = log.snapshot().len();
+    let restarted = InProcess::start(&endpoints, &name, &app, "in-restarted", &log).await;
+    produce(&clients, &name, KEYS, 60..61).await;
+    wait_for("the records put after the restart", WAIT, || async {
+        (log.distinct_data() == total + KEYS).then_some(())
+    })
+    .await;
+    let after: Vec<_> = log.snapshot().into_iter().skip(before).collect();
+    assert_eq!(after.len(), KEYS, "only the new records: {after:?}");
+    assert!(after.iter().all(|d| d.data.ends_with(":60")));
+    restarted.stop().await;
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_batch_replays_only_after_the_last_checkpoint() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let endpoints = aws.endpoints();
+    let name = unique("crash");
+    let app = unique("crash-app");
+    stream::create_stream(&clients.kinesis, &name, 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = Log::default();
+    let victim = Process::spawn(&endpoints, &name, &app, "victim", &log);
+    let survivors = [
+        Process::spawn(&endpoints, &name, &app, "survivor-1", &log),
+        Process::spawn(&endpoints, &name, &app, "survivor-2", &log),
+    ];
+    produce(&clients, &name, KEYS, 0..30).await;
+    wait_for("the victim to process some records", WAIT, || async {
+        log.snapshot()
+            .iter()
+            .any(|d| d.worker == "victim")
+            .then_some(())
+    })
+    .await;
+    victim.signal(libc::SIGKILL);
+    let victim_status = victim.wait().await;
+    assert!(!victim_status.success());
+    produce(&clients, &name, KEYS, 30..60).await;
+    wait_for("every record processed after the crash", WAIT, || async {
+        (log.distinct_data() == KEYS * 60).then_some(())
+    })
+    .await;
+
+    let deliveries = log.snapshot();
+    assert_per_key_order(&deliveries);
+    // Whatever was delivered twice was first delivered to the victim after its last
+    // checkpoint of that shard.
+    let checkpoints = log.checkpoints.lock().unwrap().clone();
+    let mut seen = std::collections::HashMap::new();
+    for d in &deliveries {
+        if let Some(first) = seen.insert(d.data.clone(), d.clone()) {
+            assert_eq!(
+                first.worker, "victim",
+                "duplicate not from the crash: {d:?}"
+            );
+            let last_cp = checkpoints
+                .iter()
+                .filter(|c| c.worker == "victim" && c.shard == first.shard)
+                .map(|c| kcl::checkpoint::ExtendedSequenceNumber::at(c.seq.clone(), c.sub))
+                .max_by(|x, y| x.compare(y));
+            let position =
+                kcl::checkpoint::ExtendedSequenceNumber::at(first.seq.clone(), first.sub);
+            if let Some(cp) = last_cp {
+                assert!(
+                    position.compare(&cp).is_gt(),
+                    "{d:?} replayed although checkpointed at {cp}"
+                );
+            }
+        }
+    }
+    for survivor in survivors {
+        survivor.signal(libc::SIGTERM);
+        assert!(survivor.wait().await.success());
+    }
+    aws.shutdown().await;
+}
