@@ -83,6 +83,23 @@ async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
     assert_children_after_parents(&deliveries, &shards);
     // No faults: nothing processed twice.
     assert_eq!(deliveries.len(), total, "duplicates without faults");
+    // Workers report each shard's observed throughput on its lease at renewal.
+    let store = kcl::leases::DynamoLeaseStore::new(clients.dynamodb.clone(), app.clone());
+    wait_for(
+        "a lease carrying its shard's observed load",
+        WAIT,
+        || async {
+            let leases = kcl::leases::LeaseStore::list_leases(&store).await.unwrap();
+            leases
+                .iter()
+                .any(|l| {
+                    l.load
+                        .is_some_and(|load| load.records_per_sec > 0.0 && load.bytes_per_sec > 0.0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     // Graceful shutdown of all, then a restart reprocesses nothing.
     c.signal(libc::SIGTERM);

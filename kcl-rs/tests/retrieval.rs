@@ -287,14 +287,16 @@ async fn closed_parent_is_read_to_its_end_after_a_split() {
     if !last.child_shards.is_empty() {
         let mut named = last.child_shards.clone();
         named.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-        let expected: Vec<ChildShardRef> = children
+        let expected: Vec<(String, Vec<String>)> = children
             .iter()
-            .map(|c| ChildShardRef {
-                shard_id: c.clone(),
-                parent_shard_ids: vec![parent.clone()],
-            })
+            .map(|c| (c.clone(), vec![parent.clone()]))
             .collect();
-        assert_eq!(named, expected);
+        let got: Vec<(String, Vec<String>)> = named
+            .iter()
+            .map(|c: &ChildShardRef| (c.shard_id.clone(), c.parent_shard_ids.clone()))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(named.iter().all(|c| c.hash_key_range.is_some()));
     }
     // Past the end every batch says so again.
     let again = reader.next_batch().await.unwrap();

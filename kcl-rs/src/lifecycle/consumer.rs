@@ -7,14 +7,14 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpointer, ExtendedSequenceNumber, SequencePosition};
 use crate::config::{InitialPosition, WorkerConfig};
 use crate::leases::handle::{LeaseHandle, LeasePhase};
-use crate::leases::{Lease, LeaseStore};
+use crate::leases::{Lease, LeaseError, LeaseStore};
 use crate::processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };
-use crate::retrieval::{Prefetcher, RetrievalConfig, ShardReader, spawn_prefetcher};
+use crate::retrieval::{ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, spawn_prefetcher};
 use crate::shard_sync::ShardSyncer;
 
 use super::load::LoadMeter;
@@ -273,7 +273,31 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                     .await;
             }
             if batch.shard_end {
+                self.create_child_leases(&batch.child_shards).await;
                 return ConsumerState::ShardEnded;
+            }
+        }
+    }
+
+    /// Creates the children's leases straight from GetRecords' `ChildShards` (real
+    /// Kinesis names them; emulators that don't are covered by the shard sync run at
+    /// shard end), so children need not wait for the next ListShards.
+    async fn create_child_leases(&mut self, children: &[ChildShardRef]) {
+        for child in children {
+            let mut lease = Lease::new(
+                child.shard_id.clone(),
+                ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+            );
+            lease.parent_shard_ids = child.parent_shard_ids.clone();
+            lease.hash_key_range = child.hash_key_range;
+            match self.ctx.store.create_lease(&lease).await {
+                Ok(()) => {
+                    tracing::info!(shard = %child.shard_id, "created child lease from ChildShards")
+                }
+                Err(LeaseError::ConditionFailed { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(shard = %child.shard_id, error = %e, "cannot create child lease; shard sync will")
+                }
             }
         }
     }

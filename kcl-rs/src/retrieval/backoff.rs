@@ -17,8 +17,6 @@ pub(crate) fn backoff_bound(initial: Duration, max: Duration, failures: u32) -> 
 
 /// "Full jitter": a delay drawn uniformly from zero to the bound, so readers throttled
 /// together (many shards of one stream, one account limit) do not retry together.
-/// backon's `ExponentialBuilder::with_jitter` adds up to one extra bound instead (a
-/// delay between the bound and twice it, beyond `max`), so the delay is computed here.
 pub(crate) fn full_jitter(bound: Duration) -> Duration {
     bound.mul_f64(rand::random::<f64>())
 }

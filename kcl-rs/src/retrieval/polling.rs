@@ -71,6 +71,8 @@ pub struct ChildShardRef {
     pub shard_id: String,
     /// Its parents: the shard being read, plus the other parent of a merge.
     pub parent_shard_ids: Vec<String>,
+    /// Its hash key range, when the response carried a parseable one.
+    pub hash_key_range: Option<(u128, u128)>,
 }
 
 /// What one GetRecords call delivered.
@@ -425,6 +427,12 @@ impl ShardReader {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|c| ChildShardRef {
+                    hash_key_range: c.hash_key_range.as_ref().and_then(|r| {
+                        Some((
+                            r.starting_hash_key.parse().ok()?,
+                            r.ending_hash_key.parse().ok()?,
+                        ))
+                    }),
                     shard_id: c.shard_id,
                     parent_shard_ids: c.parent_shards,
                 })
