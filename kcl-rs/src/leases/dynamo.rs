@@ -30,6 +30,10 @@ use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHear
 /// How long [`LeaseStore::ensure_tables`] waits for a table to become ACTIVE.
 const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest first retry delay the store's SDK client may use (see
+/// [`DynamoLeaseStore::new`]); the AWS SDKs for Java use 25 ms for DynamoDB.
+pub const SDK_INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+
 /// A [`LeaseStore`] on DynamoDB. Cloning shares the SDK client.
 ///
 /// ```no_run
@@ -53,8 +57,24 @@ pub struct DynamoLeaseStore {
 impl DynamoLeaseStore {
     /// A store on the lease table `table_name` and the worker table
     /// `{table_name}-Workers`. No request is sent until the first call.
+    ///
+    /// The client's retries are kept (attempts, mode) but start after at most
+    /// [`SDK_INITIAL_BACKOFF`] instead of the SDK's default second: a renewal has only
+    /// the rest of the failover time, and the SDK sleeping 1 s then 2 s between its
+    /// attempts would spend all of a short one on a single renewal. The coordinator's
+    /// own loop paces the retries beyond the SDK's attempts.
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
         let table = table_name.into();
+        let client = match client.config().retry_config() {
+            Some(retry) if retry.initial_backoff() > SDK_INITIAL_BACKOFF => Client::from_conf(
+                client
+                    .config()
+                    .to_builder()
+                    .retry_config(retry.clone().with_initial_backoff(SDK_INITIAL_BACKOFF))
+                    .build(),
+            ),
+            _ => client,
+        };
         DynamoLeaseStore {
             client,
             workers_table: format!("{table}-Workers"),

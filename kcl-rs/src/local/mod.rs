@@ -2,7 +2,7 @@
 //! over their real wire protocols on 127.0.0.1, for tests, demos and local development.
 //!
 //! Enabled by the `local` feature; production builds leave it off and compile no
-//! emulator.
+//! emulator. [`faults`] puts a fault-injecting proxy in front of either server.
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::{Clients, Endpoints};
+
+pub mod faults;
 
 /// Environment variable naming an external Kinesis endpoint (for example kinesis-mock)
 /// that [`LocalAwsOptions::from_env`] uses instead of the embedded emulator.

@@ -360,7 +360,9 @@ impl FaultPlan {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PlanState> {
         // A panic elsewhere while holding the lock leaves the rules consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -465,7 +467,10 @@ mod tests {
             (Rule::kinesis("GetRecords", Fault::DropConnection), true),
             (Rule::kinesis("PutRecords", Fault::DropConnection), false),
             (Rule::new("Kinesis_20131202.*", Fault::DropConnection), true),
-            (Rule::new("DynamoDB_20120810.*", Fault::DropConnection), false),
+            (
+                Rule::new("DynamoDB_20120810.*", Fault::DropConnection),
+                false,
+            ),
             (Rule::new("*", Fault::DropConnection), true),
             (
                 Rule::kinesis("GetRecords", Fault::DropConnection).when_body_contains("Iter"),
@@ -519,7 +524,8 @@ mod tests {
         assert_ne!(first, draws(43));
         let hits = first.iter().filter(|&&hit| hit).count();
         assert!((60..=140).contains(&hits), "{hits} of 200 at p = 0.5");
-        let never = FaultPlan::new(0).with(Rule::new("*", Fault::DropConnection).with_probability(0.0));
+        let never =
+            FaultPlan::new(0).with(Rule::new("*", Fault::DropConnection).with_probability(0.0));
         assert!((0..100).all(|_| never.fault_for(&call("x", b"")).is_none()));
     }
 
@@ -532,7 +538,10 @@ mod tests {
             (Fault::internal_failure(), FaultKind::ServerError),
             (Fault::internal_server_error(), FaultKind::ServerError),
             (Fault::service_unavailable(), FaultKind::ServerError),
-            (Fault::error(400, "ValidationException", "m"), FaultKind::ClientError),
+            (
+                Fault::error(400, "ValidationException", "m"),
+                FaultKind::ClientError,
+            ),
             (
                 Fault::Timeout {
                     hold: Duration::from_secs(1),

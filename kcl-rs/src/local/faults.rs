@@ -1,0 +1,412 @@
+//! Fault injection for tests: a loopback HTTP proxy in front of a Kinesis or DynamoDB
+//! endpoint (usually the embedded ones) that forwards AWS JSON requests and, as a
+//! [`FaultPlan`] says, answers some with throttling or 5xx errors, holds them past the
+//! client's timeout, delays them, or drops the connection.
+//!
+//! Point SDK clients at [`FaultProxy::url`] instead of the endpoint. The plan is shared
+//! and can be changed while requests flow, so a test can start a worker healthy, break
+//! its DynamoDB for a while and heal it again. Faults are chosen by operation (the
+//! `X-Amz-Target` header, e.g. `Kinesis_20131202.GetRecords`), optionally by a fragment
+//! of the body, with a seeded probability or for "the next N calls"; the proxy counts
+//! calls and injected faults per operation.
+//!
+//! The proxy is hyper on both sides, HTTP/1.1 only (what the SDK speaks to a plain-HTTP
+//! endpoint), and binds 127.0.0.1 only.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use kcl::aws::{Clients, Endpoints};
+//! use kcl::local::faults::{dynamodb_target, Fault, FaultKind, FaultPlan, FaultProxy, Rule};
+//! use kcl::local::{LocalAws, LocalAwsOptions};
+//!
+//! let aws = LocalAws::start(LocalAwsOptions::default()).await?;
+//! let plan = FaultPlan::new(1).with(Rule::dynamodb("ListTables", Fault::throttling_exception()).for_next(1));
+//! let dynamodb = FaultProxy::start(&aws.endpoints().dynamodb.unwrap(), plan).await?;
+//! let endpoints = Endpoints::local(aws.endpoints().kinesis.unwrap(), dynamodb.url());
+//! let clients = Clients::connect(&endpoints).await;
+//!
+//! // The SDK retries the throttled call; the second attempt is forwarded.
+//! clients.dynamodb.list_tables().send().await?;
+//! let counts = dynamodb.counts();
+//! let list_tables = dynamodb_target("ListTables");
+//! assert_eq!(counts.calls(&list_tables), 2);
+//! assert_eq!(counts.injected(&list_tables, FaultKind::Throttling), 1);
+//! dynamodb.shutdown().await;
+//! aws.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod plan;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use plan::{
+    Call, DYNAMODB_TARGET_PREFIX, Fault, FaultCounts, FaultInjector, FaultKind, FaultPlan,
+    KINESIS_TARGET_PREFIX, Rule, RuleId, dynamodb_target, kinesis_target,
+};
+
+/// A running fault-injecting proxy on 127.0.0.1. Stop it with [`FaultProxy::shutdown`];
+/// dropping it also stops it (without waiting). Stopping closes open connections.
+pub struct FaultProxy<I: FaultInjector = FaultPlan> {
+    addr: SocketAddr,
+    shared: Arc<Shared<I>>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Shared<I> {
+    /// `http://host:port` of the upstream, without a trailing slash.
+    upstream: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    injector: I,
+    counts: Mutex<FaultCounts>,
+    cancel: CancellationToken,
+}
+
+impl<I: FaultInjector> FaultProxy<I> {
+    /// Binds 127.0.0.1 on an ephemeral port and forwards every request to
+    /// `upstream_url` (`http://host:port`), asking `injector` (usually a [`FaultPlan`])
+    /// about each one first. Fails if the URL is not plain `http` with a host, or if
+    /// no port can be bound.
+    pub async fn start(upstream_url: &str, injector: I) -> std::io::Result<FaultProxy<I>> {
+        let upstream = parse_upstream(upstream_url)?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            upstream,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            injector,
+            counts: Mutex::new(FaultCounts::default()),
+            cancel: CancellationToken::new(),
+        });
+        let task = tokio::spawn(accept(listener, Arc::clone(&shared)));
+        Ok(FaultProxy {
+            addr,
+            shared,
+            task: Some(task),
+        })
+    }
+
+    /// The URL to give SDK clients, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The injector deciding the faults.
+    pub fn injector(&self) -> &I {
+        &self.shared.injector
+    }
+
+    /// Calls and injected faults so far.
+    pub fn counts(&self) -> FaultCounts {
+        lock(&self.shared.counts).clone()
+    }
+
+    /// Requests received so far for `operation` (an `X-Amz-Target`), faulted or not.
+    pub fn calls(&self, operation: &str) -> u64 {
+        lock(&self.shared.counts).calls(operation)
+    }
+
+    /// Faults of `kind` injected so far into `operation`.
+    pub fn injected(&self, operation: &str, kind: FaultKind) -> u64 {
+        lock(&self.shared.counts).injected(operation, kind)
+    }
+
+    /// Stops accepting, closes open connections and waits for the proxy to stop.
+    pub async fn shutdown(mut self) {
+        self.shared.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl FaultProxy<FaultPlan> {
+    /// The plan; change it at any time (it is shared with every clone).
+    pub fn plan(&self) -> &FaultPlan {
+        &self.shared.injector
+    }
+}
+
+impl<I: FaultInjector> Drop for FaultProxy<I> {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+impl<I: FaultInjector> std::fmt::Debug for FaultProxy<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .field("upstream", &self.shared.upstream)
+            .finish()
+    }
+}
+
+fn lock(counts: &Mutex<FaultCounts>) -> std::sync::MutexGuard<'_, FaultCounts> {
+    counts
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn parse_upstream(url: &str) -> std::io::Result<String> {
+    let invalid = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("fault proxy upstream {url:?}: {why}"),
+        )
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(invalid("only plain http is supported"));
+    }
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    Ok(format!("http://{authority}"))
+}
+
+async fn accept<I: FaultInjector>(listener: TcpListener, shared: Arc<Shared<I>>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::debug!(error = %e, "fault proxy: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client connection. A fault that closes the connection cancels `close`:
+/// the connection (and with it the socket) is then dropped with nothing written.
+async fn serve_connection<I: FaultInjector>(stream: TcpStream, shared: Arc<Shared<I>>) {
+    let close = CancellationToken::new();
+    let service = {
+        let shared = Arc::clone(&shared);
+        let close = close.clone();
+        service_fn(move |request| handle(Arc::clone(&shared), close.clone(), request))
+    };
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        _ = close.cancelled() => {}
+        _ = shared.cancel.cancelled() => {}
+    }
+}
+
+type ProxyResponse = Response<Full<Bytes>>;
+
+async fn handle<I: FaultInjector>(
+    shared: Arc<Shared<I>>,
+    close: CancellationToken,
+    request: Request<Incoming>,
+) -> Result<ProxyResponse, Infallible> {
+    let operation = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (parts, body) = request.into_parts();
+    // The whole request is read first, as a service would before acting on it.
+    let Ok(body) = body.collect().await.map(|collected| collected.to_bytes()) else {
+        return close_unanswered(&close).await;
+    };
+    let fault = shared.injector.fault_for(&Call {
+        operation: &operation,
+        body: &body,
+    });
+    lock(&shared.counts).record(&operation, fault.as_ref().map(Fault::kind));
+    if let Some(fault) = &fault {
+        tracing::debug!(%operation, ?fault, "fault proxy: injecting");
+    }
+    match fault {
+        None => Ok(shared.forward(parts, body).await),
+        Some(Fault::Latency { delay }) => {
+            tokio::time::sleep(delay).await;
+            Ok(shared.forward(parts, body).await)
+        }
+        Some(Fault::Error {
+            status,
+            code,
+            message,
+        }) => Ok(error_response(&operation, status, &code, &message)),
+        Some(Fault::Timeout { hold }) => {
+            tokio::time::sleep(hold).await;
+            close_unanswered(&close).await
+        }
+        Some(Fault::DropConnection) => close_unanswered(&close).await,
+        Some(Fault::DropResponse) => {
+            let _ = shared.forward(parts, body).await;
+            close_unanswered(&close).await
+        }
+    }
+}
+
+/// Closes the connection without an answer: the connection task drops it.
+async fn close_unanswered(close: &CancellationToken) -> Result<ProxyResponse, Infallible> {
+    close.cancel();
+    std::future::pending().await
+}
+
+impl<I> Shared<I> {
+    async fn forward(&self, parts: hyper::http::request::Parts, body: Bytes) -> ProxyResponse {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method;
+        *request.headers_mut() = end_to_end(parts.headers);
+        match format!("{}{path}", self.upstream).parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return bad_gateway(&format!("cannot forward to path {path:?}")),
+        }
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(e) => return bad_gateway(&format!("upstream {}: {e}", self.upstream)),
+        };
+        let (parts, body) = response.into_parts();
+        match body.collect().await {
+            Ok(collected) => {
+                let mut response = Response::new(Full::new(collected.to_bytes()));
+                *response.status_mut() = parts.status;
+                *response.headers_mut() = end_to_end(parts.headers);
+                response
+            }
+            Err(e) => bad_gateway(&format!("upstream {} answer cut: {e}", self.upstream)),
+        }
+    }
+}
+
+/// The headers without the hop-by-hop ones, which concern one connection only. The
+/// body is forwarded whole, so its length is set anew by hyper.
+fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
+    let hop_by_hop: [HeaderName; 8] = [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    for name in hop_by_hop {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers
+}
+
+/// An AWS JSON error answer, shaped as the service whose operation it is sends it.
+fn error_response(operation: &str, status: u16, code: &str, message: &str) -> ProxyResponse {
+    let content_type = if operation.starts_with(DYNAMODB_TARGET_PREFIX) {
+        "application/x-amz-json-1.0"
+    } else {
+        "application/x-amz-json-1.1"
+    };
+    let body = serde_json::json!({ "__type": code, "message": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        HeaderName::from_static("x-amzn-requestid"),
+        HeaderValue::from_static("fault-proxy"),
+    );
+    response
+}
+
+fn bad_gateway(message: &str) -> ProxyResponse {
+    tracing::debug!(%message, "fault proxy: bad gateway");
+    error_response("", 502, "BadGateway", &format!("fault proxy: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_must_be_plain_http_with_a_host() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:4567").unwrap(),
+            "http://127.0.0.1:4567"
+        );
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:4567/").unwrap(),
+            "http://127.0.0.1:4567"
+        );
+        for bad in ["https://127.0.0.1:1", "127.0.0.1:4567", "", "http://"] {
+            assert!(parse_upstream(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+            ("x-amz-target", "Kinesis_20131202.GetRecords"),
+            ("host", "127.0.0.1:1"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let kept = end_to_end(headers);
+        let names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(kept.contains_key("x-amz-target") && kept.contains_key("host"));
+    }
+
+    #[test]
+    fn error_answers_have_the_aws_json_shape() {
+        let response = error_response(
+            "DynamoDB_20120810.UpdateItem",
+            400,
+            "ThrottlingException",
+            "slow \"down\"",
+        );
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/x-amz-json-1.0"
+        );
+        let kinesis = error_response("Kinesis_20131202.GetRecords", 500, "InternalFailure", "m");
+        assert_eq!(kinesis.status(), 500);
+        assert_eq!(
+            kinesis.headers()[header::CONTENT_TYPE],
+            "application/x-amz-json-1.1"
+        );
+    }
+}

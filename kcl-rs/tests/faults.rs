@@ -1,0 +1,612 @@
+//! Fault injection: throttling, 5xx answers, dropped connections and added latency
+//! between kcl-rs and its AWS services, through `kcl::local::faults::FaultProxy` in
+//! front of the embedded DynamoDB and Kinesis (or the external Kinesis named by
+//! `KCL_TEST_KINESIS_ENDPOINT`). Each test starts its own local AWS and proxies.
+//!
+//! What must hold: renewals ride out throttling while the lease has time left and give
+//! the lease up once it has none; a checkpoint that fails is retried or reported, never
+//! dropped; GetRecords failures are backed off, not hammered; and a worker delivers
+//! every record, in order per key, through dropped connections and latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_sdk_kinesis::primitives::Blob;
+use kcl::aws::{Clients, Endpoints};
+use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
+use kcl::config::{InitialPosition, WorkerConfig};
+use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::leases::handle::{LeaseHandle, LeasePhase, LostReason};
+use kcl::leases::observer::Observer;
+use kcl::leases::{DynamoLeaseStore, Lease, LeaseError, LeaseStore};
+use kcl::local::faults::{
+    Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target,
+};
+use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl::processor::{ProcessRecordsInput, RecordProcessor};
+use kcl::retrieval::{RetrievalConfig, ShardReader};
+use kcl::worker::Worker;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::consumers::{self, InProcess, Log};
+use common::{unique, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const FAILOVER: Duration = Duration::from_secs(3);
+
+/// A local AWS with a fault proxy (empty plan) in front of each service.
+struct Env {
+    aws: LocalAws,
+    kinesis: FaultProxy,
+    dynamodb: FaultProxy,
+}
+
+impl Env {
+    async fn start(seed: u64) -> Env {
+        let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+        let direct = aws.endpoints();
+        let plan = |offset| kcl::local::faults::FaultPlan::new(seed + offset);
+        let kinesis = FaultProxy::start(direct.kinesis.as_deref().unwrap(), plan(0))
+            .await
+            .unwrap();
+        let dynamodb = FaultProxy::start(direct.dynamodb.as_deref().unwrap(), plan(1))
+            .await
+            .unwrap();
+        Env {
+            aws,
+            kinesis,
+            dynamodb,
+        }
+    }
+
+    /// Both services through their proxies.
+    fn faulty(&self) -> Endpoints {
+        Endpoints::local(self.kinesis.url(), self.dynamodb.url())
+    }
+
+    /// Both services directly: for setting up and for looking.
+    async fn direct(&self) -> Clients {
+        self.aws.clients().await
+    }
+
+    async fn direct_store(&self, table: &str) -> DynamoLeaseStore {
+        DynamoLeaseStore::new(self.direct().await.dynamodb, table)
+    }
+
+    async fn faulty_store(&self, table: &str) -> Arc<dyn LeaseStore> {
+        Arc::new(DynamoLeaseStore::new(
+            Clients::connect(&self.faulty()).await.dynamodb,
+            table,
+        ))
+    }
+
+    async fn stream(&self, shards: i32) -> String {
+        let stream = unique("faults");
+        kcl::stream::create_stream(&self.direct().await.kinesis, &stream, shards, DEADLINE)
+            .await
+            .unwrap();
+        stream
+    }
+
+    async fn shutdown(self) {
+        self.kinesis.shutdown().await;
+        self.dynamodb.shutdown().await;
+        self.aws.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// (a) Lease renewal under throttling
+
+/// A lease coordinator (no processors) whose DynamoDB goes through the proxy.
+struct Coordinator {
+    coordinator: Arc<LeaseCoordinator>,
+    cancel: CancellationToken,
+    run: tokio::task::JoinHandle<Result<(), LeaseError>>,
+    acquired: mpsc::UnboundedReceiver<Arc<LeaseHandle>>,
+}
+
+impl Coordinator {
+    fn start(store: Arc<dyn LeaseStore>, id: &str) -> Coordinator {
+        let mut config = LeaseConfig::new(id);
+        config.failover_time = FAILOVER;
+        let (coordinator, mut events) = LeaseCoordinator::new(store, config);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            let cancel = cancel.clone();
+            async move { coordinator.run(cancel).await }
+        });
+        let (tx, acquired) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
+                let _ = tx.send(handle);
+            }
+        });
+        Coordinator {
+            coordinator,
+            cancel,
+            run,
+            acquired,
+        }
+    }
+
+    /// Waits until `count` leases were acquired and returns their handles.
+    async fn acquire(&mut self, count: usize) -> Vec<Arc<LeaseHandle>> {
+        let mut handles = Vec::new();
+        while handles.len() < count {
+            let handle = tokio::time::timeout(DEADLINE, self.acquired.recv())
+                .await
+                .expect("leases acquired in time")
+                .expect("coordinator running");
+            handles.push(handle);
+        }
+        handles
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.run.await.unwrap().unwrap();
+    }
+}
+
+async fn lease_table(env: &Env, leases: usize) -> String {
+    let table = unique("leases");
+    let store = env.direct_store(&table).await;
+    store.ensure_tables().await.unwrap();
+    for i in 0..leases {
+        let lease = Lease::new(
+            format!("shardId-{i:012}"),
+            ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+        );
+        store.create_lease(&lease).await.unwrap();
+    }
+    table
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_throttled_half_the_time_keep_every_lease() {
+    let env = Env::start(11).await;
+    let table = lease_table(&env, 4).await;
+    let direct = env.direct_store(&table).await;
+    let mut worker = Coordinator::start(env.faulty_store(&table).await, "worker-a");
+    let handles = worker.acquire(4).await;
+
+    // Half of all UpdateItem calls (renewals and heartbeats) are throttled.
+    let update_item = dynamodb_target("UpdateItem");
+    env.dynamodb.plan().add(
+        Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()).with_probability(0.5),
+    );
+    let renewal_interval = worker.coordinator.config().renewal_interval();
+    let throttled_before = env.dynamodb.injected(&update_item, FaultKind::Throttling);
+
+    // Watch the table for five renewal intervals exactly as a taking worker does: a
+    // lease whose counter stays unchanged for the failover time would be taken.
+    let mut observer = Observer::new(FAILOVER);
+    let watch_until = Instant::now() + renewal_interval * 5;
+    while Instant::now() < watch_until {
+        let leases = direct.list_leases().await.unwrap();
+        let now = std::time::Instant::now();
+        observer.observe_leases(&leases, now);
+        let expired = observer.expired_leases(now);
+        assert!(expired.is_empty(), "a taker would see {expired:?} expired");
+        for lease in &leases {
+            assert_eq!(lease.owner.as_deref(), Some("worker-a"), "{lease:?}");
+        }
+        for handle in &handles {
+            assert_eq!(handle.phase(), LeasePhase::Held, "{}", handle.key());
+        }
+        // Sampling pace of the watch, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let throttled = env.dynamodb.injected(&update_item, FaultKind::Throttling) - throttled_before;
+    assert!(
+        throttled >= 5,
+        "only {throttled} UpdateItem calls were throttled; the test proves nothing"
+    );
+
+    env.dynamodb.plan().clear();
+    worker.stop().await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_throttled_past_the_failover_time_give_the_leases_up_to_a_healthy_worker() {
+    let env = Env::start(12).await;
+    let table = lease_table(&env, 4).await;
+    let direct = env.direct_store(&table).await;
+    let mut sick = Coordinator::start(env.faulty_store(&table).await, "worker-sick");
+    let handles = sick.acquire(4).await;
+
+    env.dynamodb
+        .plan()
+        .add(Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()));
+    let throttled_at = Instant::now();
+    for handle in &handles {
+        let mut phase = handle.watch_phase();
+        let lost = tokio::time::timeout(
+            DEADLINE,
+            phase.wait_for(|phase| matches!(phase, LeasePhase::Lost(_))),
+        )
+        .await
+        .expect("the lease is given up in time")
+        .unwrap()
+        .clone();
+        assert_eq!(lost, LeasePhase::Lost(LostReason::ExpiredLocally));
+    }
+    let given_up_after = throttled_at.elapsed();
+    assert!(
+        given_up_after >= FAILOVER / 2,
+        "leases given up after {given_up_after:?}, before their renewals could expire"
+    );
+
+    // Only now does a healthy worker appear; it takes every lease once expired.
+    let mut healthy = Coordinator::start(
+        Arc::new(env.direct_store(&table).await),
+        "worker-healthy",
+    );
+    healthy.acquire(4).await;
+    let leases = direct.list_leases().await.unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.owner.as_deref() == Some("worker-healthy")),
+        "{leases:?}"
+    );
+
+    env.dynamodb.plan().clear();
+    healthy.stop().await;
+    sick.stop().await;
+    env.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------
+// (b) Checkpoints under 5xx answers
+
+/// Checkpoints every batch and reports the result with the last record's position.
+struct ReportingProcessor {
+    results: mpsc::UnboundedSender<(Result<(), CheckpointError>, ExtendedSequenceNumber)>,
+}
+
+impl RecordProcessor for ReportingProcessor {
+    async fn process_records(&mut self, input: ProcessRecordsInput, checkpointer: &mut Checkpointer) {
+        let Some(last) = input.records.last() else {
+            return;
+        };
+        let position = last.extended_sequence_number();
+        let result = checkpointer.checkpoint().await;
+        let _ = self.results.send((result, position));
+    }
+}
+
+struct CheckpointFixture {
+    env: Env,
+    stream: String,
+    app: String,
+    cancel: CancellationToken,
+    run: tokio::task::JoinHandle<Result<(), kcl::worker::WorkerError>>,
+    results: mpsc::UnboundedReceiver<(Result<(), CheckpointError>, ExtendedSequenceNumber)>,
+}
+
+impl CheckpointFixture {
+    async fn start(seed: u64) -> CheckpointFixture {
+        let env = Env::start(seed).await;
+        let stream = env.stream(1).await;
+        let app = unique("checkpoints");
+        let config = WorkerConfig::builder(&stream, &app)
+            .worker_id("worker-1")
+            .initial_position(InitialPosition::TrimHorizon)
+            // Renewals and heartbeats stay rare; the fault rules single out
+            // checkpoints anyway.
+            .failover_time(Duration::from_secs(30))
+            .idle_time_between_reads(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let (tx, results) = mpsc::unbounded_channel();
+        let worker = Worker::new(config, &Clients::connect(&env.faulty()).await, move |_: &str| {
+            ReportingProcessor { results: tx.clone() }
+        });
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(worker.run(cancel.clone()));
+        CheckpointFixture {
+            env,
+            stream,
+            app,
+            cancel,
+            run,
+            results,
+        }
+    }
+
+    async fn put(&self, data: &str) {
+        self.env
+            .direct()
+            .await
+            .kinesis
+            .put_record()
+            .stream_name(&self.stream)
+            .partition_key("k")
+            .data(Blob::new(data))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn next_result(&mut self) -> (Result<(), CheckpointError>, ExtendedSequenceNumber) {
+        tokio::time::timeout(DEADLINE, self.results.recv())
+            .await
+            .expect("a batch processed in time")
+            .expect("worker running")
+    }
+
+    async fn stored_checkpoint(&self) -> ExtendedSequenceNumber {
+        let leases = self.env.direct_store(&self.app).await.list_leases().await.unwrap();
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        leases[0].checkpoint.clone()
+    }
+
+    async fn stop(self) {
+        self.env.dynamodb.plan().clear();
+        self.cancel.cancel();
+        self.run.await.unwrap().unwrap();
+        self.env.shutdown().await;
+    }
+}
+
+/// Only UpdateItem calls that write a checkpoint (the expression names `checkpoint`).
+fn checkpoint_writes(fault: Fault) -> Rule {
+    Rule::dynamodb("UpdateItem", fault).when_body_contains("\"#checkpoint\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_failing_twice_is_retried_and_stored() {
+    let mut fixture = CheckpointFixture::start(21).await;
+    let rule = fixture
+        .env
+        .dynamodb
+        .plan()
+        .add(checkpoint_writes(Fault::internal_server_error()).for_next(2));
+    fixture.put("first").await;
+
+    let (result, position) = fixture.next_result().await;
+    result.expect("checkpoint retried past two 500s");
+    assert_eq!(fixture.env.dynamodb.plan().remaining(rule), Some(0));
+    assert_eq!(
+        fixture
+            .env
+            .dynamodb
+            .injected(&dynamodb_target("UpdateItem"), FaultKind::ServerError),
+        2
+    );
+    assert_eq!(fixture.stored_checkpoint().await, position);
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_failing_persistently_is_reported_and_changes_nothing() {
+    let mut fixture = CheckpointFixture::start(22).await;
+    fixture.put("first").await;
+    let (result, first) = fixture.next_result().await;
+    result.unwrap();
+    assert_eq!(fixture.stored_checkpoint().await, first);
+
+    fixture
+        .env
+        .dynamodb
+        .plan()
+        .add(checkpoint_writes(Fault::internal_server_error()));
+    fixture.put("second").await;
+    let (result, second) = fixture.next_result().await;
+    assert!(second.compare(&first).is_gt());
+    match result {
+        Err(CheckpointError::Store { shard_id, source }) => {
+            assert!(source.is_transient(), "{source}");
+            assert_eq!(shard_id, "shardId-000000000000");
+        }
+        other => panic!("expected CheckpointError::Store, got {other:?}"),
+    }
+    assert_eq!(fixture.stored_checkpoint().await, first);
+    let failed = fixture
+        .env
+        .dynamodb
+        .injected(&dynamodb_target("UpdateItem"), FaultKind::ServerError);
+    assert!(failed >= 3, "the checkpoint was tried only {failed} times");
+    fixture.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// (c) GetRecords backoff
+
+/// A Kinesis client through the proxy with the SDK's own retries off, so that every
+/// failed call reaches the reader and only the reader's backoff spaces the calls.
+async fn kinesis_without_sdk_retries(env: &Env) -> aws_sdk_kinesis::Client {
+    let endpoints = env.faulty();
+    let config = kcl::aws::sdk_config(&endpoints).await;
+    aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .endpoint_url(env.kinesis.url())
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    )
+}
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+async fn reader_with_records(env: &Env, records: usize) -> ShardReader {
+    let stream = env.stream(1).await;
+    let direct = env.direct().await.kinesis;
+    for i in 0..records {
+        direct
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(Blob::new(format!("r{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let shard_id = kcl::stream::list_shards(&direct, &stream).await.unwrap()[0]
+        .shard_id
+        .clone();
+    ShardReader::new(
+        kinesis_without_sdk_retries(env).await,
+        &stream,
+        shard_id,
+        ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+        RetrievalConfig {
+            initial_backoff: INITIAL_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+            ..RetrievalConfig::default()
+        },
+    )
+}
+
+fn data(batch: &kcl::retrieval::Batch) -> Vec<String> {
+    batch
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_records_throttled_for_the_next_calls_backs_off_and_delivers_everything() {
+    const THROTTLED: u64 = 15;
+    let env = Env::start(31).await;
+    let mut reader = reader_with_records(&env, 20).await;
+    let get_records = kinesis_target("GetRecords");
+    env.kinesis.plan().add(
+        Rule::kinesis("GetRecords", Fault::throughput_exceeded()).for_next(THROTTLED),
+    );
+
+    let started = Instant::now();
+    let batch = tokio::time::timeout(DEADLINE, reader.next_batch())
+        .await
+        .expect("delivered in time")
+        .unwrap();
+    let elapsed = started.elapsed();
+
+    let expected: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    assert_eq!(data(&batch), expected);
+    assert_eq!(env.kinesis.calls(&get_records), THROTTLED + 1);
+    assert_eq!(
+        env.kinesis.injected(&get_records, FaultKind::Throttling),
+        THROTTLED
+    );
+    // Full jitter: the k-th delay is uniform in [0, min(20 ms · 2^(k-1), 200 ms)], so
+    // the 15 delays add up to 1.25 s on average (standard deviation 0.2 s) and never
+    // to more than 2.5 s. A hot loop would take a few milliseconds.
+    let bounds: Duration = (0..THROTTLED as u32)
+        .map(|k| (INITIAL_BACKOFF * 2u32.pow(k.min(16))).min(MAX_BACKOFF))
+        .sum();
+    assert!(
+        elapsed >= bounds / 6,
+        "{THROTTLED} throttled calls retried within {elapsed:?}: not backed off"
+    );
+    assert!(
+        elapsed <= bounds + Duration::from_secs(2),
+        "{elapsed:?}: backoff beyond its bounds (sum {bounds:?})"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persistent_get_records_throttling_is_paced_by_the_backoff() {
+    let env = Env::start(32).await;
+    let mut reader = reader_with_records(&env, 5).await;
+    let get_records = kinesis_target("GetRecords");
+    let rule = env
+        .kinesis
+        .plan()
+        .add(Rule::kinesis("GetRecords", Fault::throughput_exceeded()));
+
+    let reading = tokio::spawn(async move {
+        let batch = reader.next_batch().await;
+        (reader, batch)
+    });
+    // Watch the calls for two seconds of throttling.
+    let window = Duration::from_secs(2);
+    let calls_at_start = env.kinesis.calls(&get_records);
+    tokio::time::sleep(window).await;
+    let calls = env.kinesis.calls(&get_records) - calls_at_start;
+    // Delays are uniform in [0, bound] with the bound doubling from 20 ms up to 200 ms:
+    // 40 calls in 2 s would need 40 delays averaging 50 ms against an expected ~100 ms
+    // (a chance below 1e-6). A reader without backoff makes thousands.
+    assert!(calls >= 2, "the reader did not retry ({calls} calls)");
+    assert!(calls <= 40, "{calls} GetRecords calls in {window:?}: not backed off");
+
+    // Healed, the same call delivers.
+    assert!(env.kinesis.plan().remove(rule));
+    let (_reader, batch) = tokio::time::timeout(DEADLINE, reading)
+        .await
+        .expect("delivered once healed")
+        .unwrap();
+    assert_eq!(data(&batch.unwrap()), ["r0", "r1", "r2", "r3", "r4"]);
+    env.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------
+// (d) A worker through dropped connections and latency
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
+    const KEYS: usize = 6;
+    const ROUNDS: usize = 30;
+    let env = Env::start(41).await;
+    let stream = env.stream(2).await;
+    let app = unique("drops");
+    let log = Log::default();
+    let worker = InProcess::start(&env.faulty(), &stream, &app, "worker-1", &log).await;
+    // Faults start once the worker runs: its start-up is not what is tested here.
+    let direct = env.direct_store(&app).await;
+    wait_for("the worker to hold both leases", DEADLINE, || async {
+        let leases = direct.list_leases().await.ok()?;
+        (leases.len() == 2 && leases.iter().all(|l| l.owner.as_deref() == Some("worker-1")))
+            .then_some(())
+    })
+    .await;
+
+    for (proxy, service) in [(&env.kinesis, "Kinesis_20131202.*"), (&env.dynamodb, "DynamoDB_20120810.*")] {
+        let plan = proxy.plan();
+        plan.add(Rule::new(service, Fault::DropConnection).with_probability(0.1));
+        plan.add(Rule::new(service, Fault::DropResponse).with_probability(0.05));
+        plan.add(
+            Rule::new(
+                service,
+                Fault::Latency {
+                    delay: Duration::from_millis(150),
+                },
+            )
+            .with_probability(0.2),
+        );
+    }
+    consumers::produce(&env.direct().await, &stream, KEYS, 0..ROUNDS).await;
+    wait_for("every record delivered", DEADLINE, || async {
+        (log.distinct_data() == KEYS * ROUNDS).then_some(())
+    })
+    .await;
+
+    for (proxy, name) in [(&env.kinesis, "Kinesis"), (&env.dynamodb, "DynamoDB")] {
+        let counts = proxy.counts();
+        for kind in [
+            FaultKind::DroppedConnection,
+            FaultKind::DroppedResponse,
+            FaultKind::Latency,
+        ] {
+            assert!(
+                counts.injected_of_kind(kind) > 0,
+                "no {kind:?} injected into {name}: {counts:?}"
+            );
+        }
+    }
+    env.kinesis.plan().clear();
+    env.dynamodb.plan().clear();
+    worker.stop().await;
+    consumers::assert_per_key_order(&log.snapshot());
+    env.shutdown().await;
+}
