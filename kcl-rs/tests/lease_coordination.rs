@@ -289,7 +289,8 @@ impl WorkerProcess {
         let status = self.child.wait().await.unwrap();
         assert!(status.success(), "{status}");
         let mut saw_stopped = false;
-        while let Ok(line) = self.events.try_recv() {
+        // Until the reader saw end of output: the last lines may still be in flight.
+        while let Some(line) = self.events.recv().await {
             saw_stopped |= line.contains("\"stopped\"");
         }
         assert!(saw_stopped, "graceful shutdown completed");

@@ -1,0 +1,267 @@
+//! The user-facing API: checkpointer rules, graceful handoff without duplicates, and
+//! the lease coordinator over the in-memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
+use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::leases::{Lease, LeaseStore, MemoryLeaseStore};
+use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
+use kcl::stream;
+use kcl::worker::Worker;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::consumers::{InProcess, Log, config, produce};
+use common::{unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Tries the checkpointer's rules on its first batch and reports each outcome.
+struct Prober {
+    report: mpsc::UnboundedSender<(String, Result<(), CheckpointError>)>,
+    probed: bool,
+}
+
+impl RecordProcessor for Prober {
+    async fn initialize(&mut self, input: InitializationInput) {
+        let _ = self
+            .report
+            .send((format!("init {}", input.checkpoint), Ok(())));
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput, cp: &mut Checkpointer) {
+        if self.probed || input.records.len() < 3 {
+            return;
+        }
+        self.probed = true;
+        let first = input.records[0].extended_sequence_number();
+        let third = input.records[2].extended_sequence_number();
+        let last = input.records.last().unwrap().extended_sequence_number();
+        let beyond = ExtendedSequenceNumber::at(format!("{}9", last.position.as_str()), 0);
+        let r = cp.checkpoint_at(beyond).await;
+        let _ = self.report.send(("beyond delivered".into(), r));
+        let r = cp.checkpoint_at(third.clone()).await;
+        let _ = self.report.send(("at third".into(), r));
+        let r = cp.checkpoint_at(first).await;
+        let _ = self.report.send(("behind last".into(), r));
+        let r = cp.commit_prepared().await;
+        let _ = self.report.send(("commit without prepare".into(), r));
+        let r = cp.prepare_checkpoint(last.clone()).await;
+        let _ = self.report.send(("prepare last".into(), r));
+        let r = cp.commit_prepared().await;
+        let _ = self.report.send(("commit prepared".into(), r));
+        let _ = self
+            .report
+            .send((format!("checkpoint now {}", cp.last_checkpoint()), Ok(())));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpointer_rejects_positions_it_must_not_accept() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let name = unique("checkpointer");
+    let app = unique("checkpointer-app");
+    stream::create_stream(&clients.kinesis, &name, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    produce(&clients, &name, 5, 0..1).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(config(&name, &app, "prober"), &clients, move |_: &str| {
+        Prober {
+            report: tx.clone(),
+            probed: false,
+        }
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 8 {
+        outcomes.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(outcomes[0].0, "init TRIM_HORIZON");
+    assert!(
+        matches!(outcomes[1].1, Err(CheckpointError::BeyondDelivered { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2].1, Ok(()));
+    assert!(
+        matches!(outcomes[3].1, Err(CheckpointError::BehindLast { .. })),
+        "{outcomes:?}"
+    );
+    assert!(matches!(
+        outcomes[4].1,
+        Err(CheckpointError::NothingPrepared { .. })
+    ));
+    assert_eq!(outcomes[5].1, Ok(()));
+    assert_eq!(outcomes[6].1, Ok(()));
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+
+    // The lease holds the committed checkpoint and no pending one.
+    let store = kcl::leases::DynamoLeaseStore::new(clients.dynamodb.clone(), app.clone());
+    let lease = store.list_leases().await.unwrap().pop().unwrap();
+    assert_eq!(
+        format!("checkpoint now {}", lease.checkpoint),
+        outcomes[7].0
+    );
+    assert_eq!(lease.pending_checkpoint, None);
+    assert_eq!(lease.owner, None, "released at shutdown");
+
+    // A restarted processor starts after it.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(config(&name, &app, "prober-2"), &clients, move |_: &str| {
+        Prober {
+            report: tx.clone(),
+            probed: false,
+        }
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    let init = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(init.0, format!("init {}", lease.checkpoint));
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scaling_out_hands_leases_over_without_processing_anything_twice() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let endpoints = aws.endpoints();
+    let name = unique("handoff");
+    let app = unique("handoff-app");
+    stream::create_stream(&clients.kinesis, &name, 4, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = Log::default();
+    let first = InProcess::start(&endpoints, &name, &app, "first", &log).await;
+    produce(&clients, &name, 12, 0..10).await;
+    wait_for(
+        "the first worker to process the first records",
+        WAIT,
+        || async { (log.distinct_data() == 120).then_some(()) },
+    )
+    .await;
+    // A second worker joins while records keep coming: two leases move by handoff.
+    let second = InProcess::start(&endpoints, &name, &app, "second", &log).await;
+    let producing = {
+        let clients = clients.clone();
+        let name = name.clone();
+        // Paced, so records keep arriving while the leases change hands.
+        tokio::spawn(async move {
+            for round in 10..40 {
+                produce(&clients, &name, 12, round..round + 1).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let store = kcl::leases::DynamoLeaseStore::new(clients.dynamodb.clone(), app.clone());
+    wait_for("two leases each", WAIT, || async {
+        let leases = store.list_leases().await.unwrap();
+        let second_holds = leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some("second") && l.checkpoint_owner.is_none())
+            .count();
+        (second_holds == 2).then_some(())
+    })
+    .await;
+    producing.await.unwrap();
+    wait_for("every record", WAIT, || async {
+        (log.distinct_data() == 12 * 40).then_some(())
+    })
+    .await;
+    let deliveries = log.snapshot();
+    assert_eq!(
+        deliveries.len(),
+        12 * 40,
+        "a graceful handoff processes nothing twice"
+    );
+    assert!(deliveries.iter().any(|d| d.worker == "second"));
+    common::consumers::assert_per_key_order(&deliveries);
+    first.stop().await;
+    second.stop().await;
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_balance_over_the_in_memory_store() {
+    let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::new());
+    for i in 0..6 {
+        store
+            .create_lease(&Lease::new(
+                format!("shardId-{i}"),
+                ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+            ))
+            .await
+            .unwrap();
+    }
+    let cancel = CancellationToken::new();
+    let mut coordinators = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut config = LeaseConfig::new(id);
+        config.failover_time = Duration::from_secs(2);
+        let (coordinator, mut events) = LeaseCoordinator::new(Arc::clone(&store), config);
+        tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            let cancel = cancel.clone();
+            async move { coordinator.run(cancel).await.unwrap() }
+        });
+        // No processor: answer handoff requests at once.
+        tokio::spawn(async move {
+            while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
+                tokio::spawn(async move {
+                    let mut phase = handle.watch_phase();
+                    while phase.changed().await.is_ok() {
+                        if matches!(
+                            *phase.borrow_and_update(),
+                            kcl::leases::handle::LeasePhase::HandingOff { .. }
+                        ) {
+                            let _ = handle.hand_over().await;
+                        }
+                    }
+                });
+            }
+        });
+        coordinators.push(coordinator);
+    }
+    wait_for("2/2/2", WAIT, || async {
+        let leases = store.list_leases().await.unwrap();
+        ["a", "b", "c"]
+            .iter()
+            .all(|id| {
+                leases
+                    .iter()
+                    .filter(|l| l.owner.as_deref() == Some(*id) && l.checkpoint_owner.is_none())
+                    .count()
+                    == 2
+            })
+            .then_some(())
+    })
+    .await;
+    cancel.cancel();
+    for coordinator in coordinators {
+        coordinator.release_all().await.unwrap();
+    }
+    assert!(
+        store
+            .list_leases()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.owner.is_none())
+    );
+}
