@@ -53,8 +53,10 @@ pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 const DIGEST_LEN: usize = 16;
 
 /// How many times its protobuf's size the user records of one aggregate may take once
-/// decoded (see [`deaggregate`]).
-const MAX_DECODED_RATIO: usize = 64;
+/// decoded (see [`deaggregate`]). A valid aggregate stays below about 171: a record of
+/// empty data takes 6 bytes and repeats a partition key of at most 256 characters, so
+/// at most 1,024 UTF-8 bytes (an explicit hash key adds at most 39 for 2 more bytes).
+const MAX_DECODED_RATIO: usize = 256;
 
 // Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
 const WIRE_VARINT: u8 = 0;
@@ -156,9 +158,10 @@ fn malformed(what: &'static str) -> DeaggregationError {
 ///
 /// The user records can take more memory than the aggregate, since each gets its own
 /// copy of a key that the aggregate stores once. An aggregate whose user records would
-/// add up to more than 64 times its own size is rejected as [`Malformed`]: only
-/// thousands of records sharing a long key reach that, and the limit keeps a hostile
-/// 1 MiB record from asking for gigabytes.
+/// add up to more than 256 times its own size is rejected as [`Malformed`]: no valid
+/// aggregate reaches that (records of empty data sharing a 256-character key of 4-byte
+/// characters come to about 171 times), and the limit keeps a hostile 1 MiB record
+/// from asking for more than 256 MiB.
 ///
 /// An error does not mean the data is lost: a producer that is not the KPL may send data
 /// that happens to start with the magic bytes. A consumer should deliver a record that
@@ -277,7 +280,7 @@ impl<'a> AggregatedRecord<'a> {
         // Sizes are summed before any key is copied, so the check comes before the memory.
         if decoded_len > MAX_DECODED_RATIO.saturating_mul(message_len) {
             return Err(malformed(
-                "user records would take over 64 times the aggregate's size",
+                "user records would take over 256 times the aggregate's size",
             ));
         }
         Ok(resolved
@@ -1123,6 +1126,12 @@ mod tests {
         let long_key = "k".repeat(256);
         let records = vec![user(&long_key, None, b""); 1000];
         round_trip(&records);
+        // The most a valid aggregate can take: 256 four-byte characters (1,024 bytes)
+        // per 6-byte record, about 171 times; with the longest explicit hash key too.
+        let widest_key = "🚚".repeat(256);
+        round_trip(&vec![user(&widest_key, None, b""); 1000]);
+        let ehk = u128::MAX.to_string();
+        round_trip(&vec![user(&widest_key, Some(&ehk), b""); 1000]);
         // A 2000-byte key shared by 10,000 records: about 330 times the input.
         let mut message = len_field(1, &[b'k'; 2000]);
         for _ in 0..10_000 {
@@ -1130,7 +1139,7 @@ mod tests {
         }
         assert_eq!(
             malformed_what(&frame(&message)),
-            "user records would take over 64 times the aggregate's size"
+            "user records would take over 256 times the aggregate's size"
         );
     }
 

@@ -20,9 +20,7 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::handle::{LeaseHandle, LeasePhase, LostReason};
 use kcl::leases::observer::Observer;
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseError, LeaseStore};
-use kcl::local::faults::{
-    Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target,
-};
+use kcl::local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::retrieval::{RetrievalConfig, ShardReader};
@@ -97,6 +95,149 @@ impl Env {
         self.dynamodb.shutdown().await;
         self.aws.shutdown().await;
     }
+}
+
+// ---------------------------------------------------------------------------------
+// The proxy itself: each fault as the SDK sees it
+
+/// SDK clients through the proxies with no SDK retries and a short attempt timeout, so
+/// that each call meets exactly one fault.
+async fn single_attempt_clients(env: &Env) -> (aws_sdk_kinesis::Client, aws_sdk_dynamodb::Client) {
+    let config = kcl::aws::sdk_config(&env.faulty()).await;
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_millis(500))
+        .build();
+    let kinesis = aws_sdk_kinesis::config::Builder::from(&config)
+        .endpoint_url(env.kinesis.url())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts.clone())
+        .build();
+    let dynamodb = aws_sdk_dynamodb::config::Builder::from(&config)
+        .endpoint_url(env.dynamodb.url())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts)
+        .build();
+    (
+        aws_sdk_kinesis::Client::from_conf(kinesis),
+        aws_sdk_dynamodb::Client::from_conf(dynamodb),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
+    use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+
+    let env = Env::start(1).await;
+    let (kinesis, dynamodb) = single_attempt_clients(&env).await;
+    let list_tables = dynamodb_target("ListTables");
+
+    // Error answers: the SDK parses code and status.
+    env.kinesis
+        .plan()
+        .add(Rule::kinesis("ListStreams", Fault::throughput_exceeded()).for_next(1));
+    let err = kinesis.list_streams().send().await.unwrap_err();
+    assert_eq!(err.code(), Some("ProvisionedThroughputExceededException"));
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 400);
+    kinesis.list_streams().send().await.unwrap();
+    for (fault, code, status) in [
+        (Fault::throttling_exception(), "ThrottlingException", 400),
+        (
+            Fault::throughput_exceeded(),
+            "ProvisionedThroughputExceededException",
+            400,
+        ),
+        (Fault::internal_server_error(), "InternalServerError", 500),
+        (Fault::service_unavailable(), "ServiceUnavailable", 503),
+    ] {
+        env.dynamodb
+            .plan()
+            .add(Rule::dynamodb("ListTables", fault).for_next(1));
+        let err = dynamodb.list_tables().send().await.unwrap_err();
+        assert_eq!(
+            (err.code(), err.raw_response().unwrap().status().as_u16()),
+            (Some(code), status)
+        );
+    }
+
+    // A dropped connection is a dispatch (I/O) failure, retryable.
+    env.dynamodb
+        .plan()
+        .add(Rule::dynamodb("ListTables", Fault::DropConnection).for_next(1));
+    let err = dynamodb.list_tables().send().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+        ),
+        "{err:?}"
+    );
+
+    // A request held past the attempt timeout is a timeout, and is not forwarded.
+    env.dynamodb.plan().add(
+        Rule::dynamodb(
+            "ListTables",
+            Fault::Timeout {
+                hold: Duration::from_secs(5),
+            },
+        )
+        .for_next(1),
+    );
+    let started = Instant::now();
+    let err = dynamodb.list_tables().send().await.unwrap_err();
+    assert!(matches!(err, SdkError::TimeoutError(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Latency delays, then answers.
+    env.dynamodb.plan().add(
+        Rule::dynamodb(
+            "ListTables",
+            Fault::Latency {
+                delay: Duration::from_millis(300),
+            },
+        )
+        .for_next(1),
+    );
+    let started = Instant::now();
+    dynamodb.list_tables().send().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A dropped response: the service acted, the client cannot know.
+    let table = unique("dropped");
+    env.dynamodb
+        .plan()
+        .add(Rule::dynamodb("CreateTable", Fault::DropResponse).for_next(1));
+    let err = DynamoLeaseStore::new(dynamodb.clone(), &table)
+        .ensure_tables()
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let tables = env
+        .direct()
+        .await
+        .dynamodb
+        .list_tables()
+        .send()
+        .await
+        .unwrap();
+    assert!(tables.table_names().contains(&table), "{tables:?}");
+
+    let counts = env.dynamodb.counts();
+    assert_eq!(counts.calls(&list_tables), 7);
+    assert_eq!(counts.injected(&list_tables, FaultKind::Throttling), 2);
+    assert_eq!(counts.injected(&list_tables, FaultKind::ServerError), 2);
+    assert_eq!(
+        counts.injected(&list_tables, FaultKind::DroppedConnection),
+        1
+    );
+    assert_eq!(counts.injected(&list_tables, FaultKind::Timeout), 1);
+    assert_eq!(counts.injected(&list_tables, FaultKind::Latency), 1);
+    assert_eq!(counts.injected_of_kind(FaultKind::DroppedResponse), 1);
+    assert_eq!(counts.total_injected(), 8);
+    env.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -178,9 +319,9 @@ async fn renewals_throttled_half_the_time_keep_every_lease() {
 
     // Half of all UpdateItem calls (renewals and heartbeats) are throttled.
     let update_item = dynamodb_target("UpdateItem");
-    env.dynamodb.plan().add(
-        Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()).with_probability(0.5),
-    );
+    env.dynamodb
+        .plan()
+        .add(Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()).with_probability(0.5));
     let renewal_interval = worker.coordinator.config().renewal_interval();
     let throttled_before = env.dynamodb.injected(&update_item, FaultKind::Throttling);
 
@@ -245,10 +386,8 @@ async fn renewals_throttled_past_the_failover_time_give_the_leases_up_to_a_healt
     );
 
     // Only now does a healthy worker appear; it takes every lease once expired.
-    let mut healthy = Coordinator::start(
-        Arc::new(env.direct_store(&table).await),
-        "worker-healthy",
-    );
+    let mut healthy =
+        Coordinator::start(Arc::new(env.direct_store(&table).await), "worker-healthy");
     healthy.acquire(4).await;
     let leases = direct.list_leases().await.unwrap();
     assert!(
@@ -273,7 +412,11 @@ struct ReportingProcessor {
 }
 
 impl RecordProcessor for ReportingProcessor {
-    async fn process_records(&mut self, input: ProcessRecordsInput, checkpointer: &mut Checkpointer) {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+        checkpointer: &mut Checkpointer,
+    ) {
         let Some(last) = input.records.last() else {
             return;
         };
@@ -307,9 +450,13 @@ impl CheckpointFixture {
             .build()
             .unwrap();
         let (tx, results) = mpsc::unbounded_channel();
-        let worker = Worker::new(config, &Clients::connect(&env.faulty()).await, move |_: &str| {
-            ReportingProcessor { results: tx.clone() }
-        });
+        let worker = Worker::new(
+            config,
+            &Clients::connect(&env.faulty()).await,
+            move |_: &str| ReportingProcessor {
+                results: tx.clone(),
+            },
+        );
         let cancel = CancellationToken::new();
         let run = tokio::spawn(worker.run(cancel.clone()));
         CheckpointFixture {
@@ -344,7 +491,13 @@ impl CheckpointFixture {
     }
 
     async fn stored_checkpoint(&self) -> ExtendedSequenceNumber {
-        let leases = self.env.direct_store(&self.app).await.list_leases().await.unwrap();
+        let leases = self
+            .env
+            .direct_store(&self.app)
+            .await
+            .list_leases()
+            .await
+            .unwrap();
         assert_eq!(leases.len(), 1, "{leases:?}");
         leases[0].checkpoint.clone()
     }
@@ -480,9 +633,9 @@ async fn get_records_throttled_for_the_next_calls_backs_off_and_delivers_everyth
     let env = Env::start(31).await;
     let mut reader = reader_with_records(&env, 20).await;
     let get_records = kinesis_target("GetRecords");
-    env.kinesis.plan().add(
-        Rule::kinesis("GetRecords", Fault::throughput_exceeded()).for_next(THROTTLED),
-    );
+    env.kinesis
+        .plan()
+        .add(Rule::kinesis("GetRecords", Fault::throughput_exceeded()).for_next(THROTTLED));
 
     let started = Instant::now();
     let batch = tokio::time::timeout(DEADLINE, reader.next_batch())
@@ -538,7 +691,10 @@ async fn persistent_get_records_throttling_is_paced_by_the_backoff() {
     // 40 calls in 2 s would need 40 delays averaging 50 ms against an expected ~100 ms
     // (a chance below 1e-6). A reader without backoff makes thousands.
     assert!(calls >= 2, "the reader did not retry ({calls} calls)");
-    assert!(calls <= 40, "{calls} GetRecords calls in {window:?}: not backed off");
+    assert!(
+        calls <= 40,
+        "{calls} GetRecords calls in {window:?}: not backed off"
+    );
 
     // Healed, the same call delivers.
     assert!(env.kinesis.plan().remove(rule));
@@ -566,12 +722,18 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
     let direct = env.direct_store(&app).await;
     wait_for("the worker to hold both leases", DEADLINE, || async {
         let leases = direct.list_leases().await.ok()?;
-        (leases.len() == 2 && leases.iter().all(|l| l.owner.as_deref() == Some("worker-1")))
-            .then_some(())
+        (leases.len() == 2
+            && leases
+                .iter()
+                .all(|l| l.owner.as_deref() == Some("worker-1")))
+        .then_some(())
     })
     .await;
 
-    for (proxy, service) in [(&env.kinesis, "Kinesis_20131202.*"), (&env.dynamodb, "DynamoDB_20120810.*")] {
+    for (proxy, service) in [
+        (&env.kinesis, "Kinesis_20131202.*"),
+        (&env.dynamodb, "DynamoDB_20120810.*"),
+    ] {
         let plan = proxy.plan();
         plan.add(Rule::new(service, Fault::DropConnection).with_probability(0.1));
         plan.add(Rule::new(service, Fault::DropResponse).with_probability(0.05));
@@ -585,25 +747,40 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
             .with_probability(0.2),
         );
     }
-    consumers::produce(&env.direct().await, &stream, KEYS, 0..ROUNDS).await;
-    wait_for("every record delivered", DEADLINE, || async {
-        (log.distinct_data() == KEYS * ROUNDS).then_some(())
-    })
-    .await;
-
-    for (proxy, name) in [(&env.kinesis, "Kinesis"), (&env.dynamodb, "DynamoDB")] {
+    // One round at a time, each after a further fault on both services, so that the
+    // faults fall among the deliveries rather than after them.
+    let clients = env.direct().await;
+    let injected = || [&env.kinesis, &env.dynamodb].map(|proxy| proxy.counts().total_injected());
+    for round in 0..ROUNDS {
+        consumers::produce(&clients, &stream, KEYS, round..round + 1).await;
+        let before = injected();
+        wait_for("a further fault on both services", DEADLINE, || async {
+            let now = injected();
+            (now[0] > before[0] && now[1] > before[1]).then_some(())
+        })
+        .await;
+    }
+    let every_kind = |proxy: &FaultProxy| {
         let counts = proxy.counts();
-        for kind in [
+        [
             FaultKind::DroppedConnection,
             FaultKind::DroppedResponse,
             FaultKind::Latency,
-        ] {
-            assert!(
-                counts.injected_of_kind(kind) > 0,
-                "no {kind:?} injected into {name}: {counts:?}"
-            );
-        }
-    }
+        ]
+        .iter()
+        .all(|&kind| counts.injected_of_kind(kind) > 0)
+    };
+    wait_for(
+        "every record delivered, and every kind of fault injected into both services",
+        DEADLINE,
+        || async {
+            (log.distinct_data() == KEYS * ROUNDS
+                && every_kind(&env.kinesis)
+                && every_kind(&env.dynamodb))
+            .then_some(())
+        },
+    )
+    .await;
     env.kinesis.plan().clear();
     env.dynamodb.plan().clear();
     worker.stop().await;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use kcl::local::{LocalAws, LocalAwsOptions};
 
-use super::CommandError;
+use super::{CommandError, shutdown_signal};
 
 #[derive(clap::Args, Debug)]
 pub struct LocalArgs {
@@ -52,18 +52,8 @@ pub async fn run(args: LocalArgs) -> Result<(), CommandError> {
             None => ", in memory".to_string(),
         }
     );
-    wait_for_shutdown_signal().await;
+    shutdown_signal().await;
     println!("shutting down local AWS");
     aws.shutdown().await;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

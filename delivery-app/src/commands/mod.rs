@@ -1,7 +1,71 @@
-//! One module per subcommand.
+//! One module per subcommand, and the options several share.
 
+pub mod create_stream;
+pub mod demo;
 pub mod local;
+pub mod produce;
+pub mod reshard;
 pub mod smoke;
+pub mod stats;
+pub mod worker;
+
+use delivery_app::sim::{KeyStrategy, SimConfig};
 
 /// Errors of a subcommand, printed as one line.
 pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The simulation's options (`produce` and `demo`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimArgs {
+    /// Seed: the same seed and options give the same events and ground truth.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Drivers on the 50x50 grid.
+    #[arg(long, default_value_t = 10)]
+    pub drivers: usize,
+    /// Mean simulated milliseconds between two orders (90 ms is about 11 orders a
+    /// second of simulated time).
+    #[arg(long, default_value_t = 90.0)]
+    pub order_interval_ms: f64,
+    /// Simulated milliseconds a driver needs to cross one region.
+    #[arg(long, default_value_t = 20)]
+    pub region_ms: i64,
+    /// Partition key: `order` (order id, even spread) or `region` (pickup region: hot
+    /// shards where the popular restaurants are).
+    #[arg(long, value_enum, default_value_t = KeyStrategy::Order)]
+    pub keys: KeyStrategy,
+    /// Bad events to mix in (malformed JSON, unknown types, off-grid regions, negative
+    /// prices, events before their order's creation, duplicates); each must end up in
+    /// the dead-letter table.
+    #[arg(long, default_value_t = 0)]
+    pub bad_events: u64,
+    /// Stop creating orders after this many (in-flight orders still finish).
+    #[arg(long)]
+    pub orders: Option<u64>,
+}
+
+impl SimArgs {
+    /// The simulation configuration for `sim_seconds` of simulated time.
+    pub fn config(&self, sim_seconds: f64) -> SimConfig {
+        SimConfig {
+            seed: self.seed,
+            drivers: self.drivers,
+            order_interval_ms: self.order_interval_ms,
+            duration_ms: (sim_seconds * 1000.0) as i64,
+            max_orders: self.orders,
+            region_ms: self.region_ms,
+            keys: self.keys,
+            bad_events: self.bad_events,
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

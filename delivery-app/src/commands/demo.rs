@@ -1,0 +1,156 @@
+//! `delivery-app demo`: the whole application in about a minute, on a local AWS
+//! started in-process: stream, simulator, three worker processes, a crash and a
+//! restart, a split and a merge, live statistics, and the final statistics beside the
+//! ground truth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use delivery_app::autoscaler::ScalerConfig;
+use delivery_app::connect::NameArgs;
+use delivery_app::scenario::{self, ScenarioConfig, Step};
+use delivery_app::stats::report::to_table;
+use delivery_app::stats::summary::thousands;
+use kcl::aws::Endpoints;
+use kcl::local::{LocalAws, LocalAwsOptions};
+
+use super::{CommandError, SimArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    names: NameArgs,
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Real seconds of event production (the whole demo takes about 20 s more).
+    #[arg(long, default_value_t = 40.0)]
+    seconds: f64,
+    /// Simulated seconds per real second: 30 plays 20 minutes of the city in 40 s, about
+    /// 1,000 events a second.
+    #[arg(long, default_value_t = 30.0)]
+    speed: f64,
+    /// Shards the stream starts with.
+    #[arg(long, default_value_t = 3)]
+    shards: i32,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Lease failover time of the workers, ms (how soon a killed worker's shards move).
+    #[arg(long, default_value_t = 3_000)]
+    failover_ms: u64,
+    /// Print live statistics every this many seconds.
+    #[arg(long, default_value_t = 4.0)]
+    live_secs: f64,
+    /// Skip the kill, restart, split and merge.
+    #[arg(long)]
+    no_chaos: bool,
+    /// Also run the auto-scaler, with thresholds low enough to act in a demo.
+    #[arg(long)]
+    autoscale: bool,
+    /// Use an already running AWS (e.g. `delivery-app local`) at these endpoints
+    /// instead of starting one in-process.
+    #[arg(long, requires = "dynamodb_endpoint")]
+    kinesis_endpoint: Option<String>,
+    /// See --kinesis-endpoint.
+    #[arg(long, requires = "kinesis_endpoint")]
+    dynamodb_endpoint: Option<String>,
+    /// Directory for the worker processes' logs (default: a temporary directory).
+    #[arg(long)]
+    log_dir: Option<std::path::PathBuf>,
+}
+
+pub async fn run(mut args: DemoArgs) -> Result<(), CommandError> {
+    if args.sim.bad_events == 0 {
+        // Two of each kind, unless asked otherwise: the dead-letter table has content.
+        args.sim.bad_events = 14;
+    }
+    let (local, endpoints) = match (&args.kinesis_endpoint, &args.dynamodb_endpoint) {
+        (Some(k), Some(d)) => (None, Endpoints::local(k.clone(), d.clone())),
+        _ => {
+            let aws = LocalAws::start(LocalAwsOptions {
+                stream_transition_ms: 500,
+                ..LocalAwsOptions::default()
+            })
+            .await?;
+            let endpoints = aws.endpoints();
+            println!(
+                "local AWS started in-process: Kinesis {} DynamoDB {}",
+                endpoints.kinesis.as_deref().unwrap_or_default(),
+                endpoints.dynamodb.as_deref().unwrap_or_default()
+            );
+            (Some(aws), endpoints)
+        }
+    };
+    let log_dir = args.log_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("delivery-demo-{}", std::process::id()))
+    });
+    let sim = args.sim.config(args.seconds * args.speed);
+    println!(
+        "simulating {:.0} min of a 50x50 city with {} drivers (about {} orders, seed {}, keys by {:?}, {} bad events) at {}x",
+        args.seconds * args.speed / 60.0,
+        sim.drivers,
+        thousands(sim.expected_orders()),
+        sim.seed,
+        sim.keys,
+        sim.bad_events,
+        args.speed
+    );
+    let steps = if args.no_chaos {
+        Vec::new()
+    } else {
+        vec![
+            (0.2, Step::Kill),
+            (0.35, Step::Split),
+            (0.5, Step::Restart),
+            (0.65, Step::Merge),
+        ]
+    };
+    let config = ScenarioConfig {
+        exe: std::env::current_exe()?,
+        endpoints,
+        stream: args.names.stream.clone(),
+        app: args.names.app.clone(),
+        shards: args.shards,
+        workers: args.workers,
+        failover: Duration::from_millis(args.failover_ms),
+        poll: Duration::from_millis(100),
+        sim,
+        speed: Some(args.speed),
+        steps,
+        autoscale: args.autoscale.then(|| ScalerConfig {
+            split_share: 0.3,
+            merge_share: 0.05,
+            sustain: Duration::from_secs(5),
+            cooldown: Duration::from_secs(10),
+            min_shards: 1,
+            max_shards: 8,
+            interval: Duration::from_secs(1),
+        }),
+        live_every: Some(Duration::from_secs_f64(args.live_secs.max(0.5))),
+        log_dir: Some(log_dir.clone()),
+        settle_timeout: Duration::from_secs(120),
+        track_latency: false,
+        workers_after_production: false,
+    };
+    let say: scenario::Narrator = Arc::new(|line: &str| println!("{line}"));
+    let report = scenario::run(config, say).await?;
+    println!(
+        "\nFinal statistics (DynamoDB, summed over {} shard items) beside the simulator's ground truth:\n",
+        report.stats.shards.len()
+    );
+    print!("{}", to_table(&report.stats, Some(&report.truth)));
+    println!(
+        "\n{} events in {:.1}s end to end; worker logs in {}",
+        thousands(report.truth.records),
+        report.end_to_end_time.as_secs_f64(),
+        log_dir.display()
+    );
+    if let Some(aws) = local {
+        aws.shutdown().await;
+    }
+    if report.comparison.matches {
+        Ok(())
+    } else {
+        Err("the statistics do not match the ground truth".into())
+    }
+}

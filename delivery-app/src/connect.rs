@@ -1,0 +1,96 @@
+//! Where the AWS services are: the local endpoints of `delivery-app local` by default,
+//! or real AWS with `--real-aws`; and the stream and application names. Shared by the
+//! subcommands as flattened clap arguments.
+
+use kcl::aws::{Clients, Endpoints, UnreachableError};
+
+/// Endpoint options of every subcommand that talks to AWS.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AwsArgs {
+    /// Kinesis endpoint URL (ignored with --real-aws). The default is where
+    /// `delivery-app local` serves.
+    #[arg(
+        long,
+        global = true,
+        env = "DELIVERY_KINESIS_ENDPOINT",
+        default_value = "http://127.0.0.1:4567"
+    )]
+    pub kinesis_endpoint: String,
+    /// DynamoDB endpoint URL (ignored with --real-aws).
+    #[arg(
+        long,
+        global = true,
+        env = "DELIVERY_DYNAMODB_ENDPOINT",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub dynamodb_endpoint: String,
+    /// Use real AWS: credentials and region come from the usual AWS chain (environment,
+    /// profile, instance role). Costs money: streams are billed per shard-hour.
+    #[arg(long, global = true)]
+    pub real_aws: bool,
+    /// AWS region (default: us-east-1 locally, the AWS chain's otherwise).
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+impl AwsArgs {
+    /// The endpoints these options name.
+    pub fn endpoints(&self) -> Endpoints {
+        let mut endpoints = if self.real_aws {
+            Endpoints::default()
+        } else {
+            Endpoints::local(
+                self.kinesis_endpoint.clone(),
+                self.dynamodb_endpoint.clone(),
+            )
+        };
+        endpoints.region = self.region.clone();
+        endpoints
+    }
+
+    /// Clients for these endpoints, checked with one cheap call each so that a wrong
+    /// URL or a stopped `local` is one clear error.
+    pub async fn clients(&self) -> Result<Clients, UnreachableError> {
+        let clients = Clients::connect(&self.endpoints()).await;
+        clients.verify().await?;
+        Ok(clients)
+    }
+
+    /// Command-line arguments that name the same endpoints (for child processes).
+    pub fn to_args(endpoints: &Endpoints) -> Vec<String> {
+        let mut args = Vec::new();
+        match (&endpoints.kinesis, &endpoints.dynamodb) {
+            (Some(k), Some(d)) => {
+                args.extend(["--kinesis-endpoint".into(), k.clone()]);
+                args.extend(["--dynamodb-endpoint".into(), d.clone()]);
+            }
+            _ => args.push("--real-aws".into()),
+        }
+        if let Some(region) = &endpoints.region {
+            args.extend(["--region".into(), region.clone()]);
+        }
+        args
+    }
+}
+
+/// The stream and the application (consumer group) names.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NameArgs {
+    /// The Kinesis stream.
+    #[arg(
+        long,
+        global = true,
+        env = "DELIVERY_STREAM",
+        default_value = "DeliveryStream"
+    )]
+    pub stream: String,
+    /// The consumer application: names the lease table (`<app>`) and the statistics
+    /// tables (`<app>-Orders`, `<app>-Stats`, `<app>-DeadLetters`).
+    #[arg(
+        long,
+        global = true,
+        env = "DELIVERY_APP",
+        default_value = "DeliveryStats"
+    )]
+    pub app: String,
+}

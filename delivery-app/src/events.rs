@@ -1,0 +1,399 @@
+//! The event schema on the stream (JSON, one event per user record) and its validating
+//! parser, which names why an event is rejected.
+//!
+//! ```text
+//! {"type":"order_created","order_id":"o42-0000017","created_at":1704067200123,
+//!  "pickup":{"x":12,"y":40},"dropoff":{"x":14,"y":37},"price_cents":2350, ...}
+//! {"type":"order_assigned","order_id":"o42-0000017","driver_id":"driver-003","assigned_at":...}
+//! {"type":"order_completed","order_id":"o42-0000017","completed_at":...}
+//! ```
+//!
+//! Money is integer cents and times are integer milliseconds since the Unix epoch, so
+//! every sum the statistics keep is exact. Other fields (customer, restaurant, trace
+//! ids, ...) are carried for realism and ignored by the parser.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Regions per side of the square grid: regions are `(x, y)` with `0 <= x, y < GRID`.
+pub const GRID: u8 = 50;
+
+/// One region of the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Region {
+    /// Column, `0..GRID`.
+    pub x: u8,
+    /// Row, `0..GRID`.
+    pub y: u8,
+}
+
+impl Region {
+    /// The region's attribute name in the statistics items, e.g. `r12_40`.
+    pub fn key(&self) -> String {
+        format!("r{}_{}", self.x, self.y)
+    }
+
+    /// Parses [`Region::key`]'s spelling.
+    ///
+    /// ```
+    /// use delivery_app::events::Region;
+    /// let r = Region { x: 12, y: 40 };
+    /// assert_eq!(Region::from_key(&r.key()), Some(r));
+    /// assert_eq!(Region::from_key("r50_1"), None);
+    /// ```
+    pub fn from_key(key: &str) -> Option<Region> {
+        let (x, y) = key.strip_prefix('r')?.split_once('_')?;
+        let (x, y) = (x.parse::<u8>().ok()?, y.parse::<u8>().ok()?);
+        (x < GRID && y < GRID).then_some(Region { x, y })
+    }
+
+    /// Manhattan distance in regions.
+    pub fn distance(&self, other: &Region) -> u32 {
+        u32::from(self.x.abs_diff(other.x)) + u32::from(self.y.abs_diff(other.y))
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, {})", self.x, self.y)
+    }
+}
+
+/// A valid event, as the statistics need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A customer ordered: the order exists from `created_at` on.
+    Created {
+        /// The order.
+        order_id: String,
+        /// Where the food is picked up (the "ship-from" region).
+        pickup: Region,
+        /// Where it is delivered.
+        dropoff: Region,
+        /// What the customer pays, in cents.
+        price_cents: i64,
+        /// Event time, ms since the Unix epoch.
+        created_at: i64,
+    },
+    /// A driver accepted the order.
+    Assigned {
+        /// The order.
+        order_id: String,
+        /// The driver.
+        driver_id: String,
+        /// Event time, ms since the Unix epoch.
+        assigned_at: i64,
+    },
+    /// The order was delivered.
+    Completed {
+        /// The order.
+        order_id: String,
+        /// Event time, ms since the Unix epoch.
+        completed_at: i64,
+    },
+}
+
+impl Event {
+    /// The order the event is about.
+    pub fn order_id(&self) -> &str {
+        match self {
+            Event::Created { order_id, .. }
+            | Event::Assigned { order_id, .. }
+            | Event::Completed { order_id, .. } => order_id,
+        }
+    }
+
+    /// The wire name of the event type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Created { .. } => ORDER_CREATED,
+            Event::Assigned { .. } => ORDER_ASSIGNED,
+            Event::Completed { .. } => ORDER_COMPLETED,
+        }
+    }
+}
+
+/// Wire name of [`Event::Created`].
+pub const ORDER_CREATED: &str = "order_created";
+/// Wire name of [`Event::Assigned`].
+pub const ORDER_ASSIGNED: &str = "order_assigned";
+/// Wire name of [`Event::Completed`].
+pub const ORDER_COMPLETED: &str = "order_completed";
+
+/// Why an event goes to the dead-letter table instead of into the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not JSON, not an object, a required field missing or of the wrong type.
+    MalformedJson,
+    /// A `type` other than the three known ones.
+    UnknownEventType,
+    /// A pickup or drop-off region outside the 50×50 grid.
+    RegionOffGrid,
+    /// A negative price.
+    NegativePrice,
+    /// An assignment for an order not created (yet), or timed before its creation.
+    AssignedBeforeCreated,
+    /// A completion for an order not created (yet), or timed before its creation.
+    CompletedBeforeCreated,
+    /// A second creation, assignment or completion of the same order.
+    DuplicateEvent,
+}
+
+impl Reason {
+    /// Every reason, in a stable order.
+    pub const ALL: [Reason; 7] = [
+        Reason::MalformedJson,
+        Reason::UnknownEventType,
+        Reason::RegionOffGrid,
+        Reason::NegativePrice,
+        Reason::AssignedBeforeCreated,
+        Reason::CompletedBeforeCreated,
+        Reason::DuplicateEvent,
+    ];
+
+    /// The snake_case name used in tables, JSON and attribute names.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::UnknownEventType => "unknown_event_type",
+            Reason::RegionOffGrid => "region_off_grid",
+            Reason::NegativePrice => "negative_price",
+            Reason::AssignedBeforeCreated => "assigned_before_created",
+            Reason::CompletedBeforeCreated => "completed_before_created",
+            Reason::DuplicateEvent => "duplicate_event",
+        }
+    }
+
+    /// Parses [`Reason::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected event: the reason and a human-readable detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reason,
+    /// What exactly, e.g. `pickup (50, 3) is off the 50x50 grid`.
+    pub detail: String,
+    /// The order id, when the event had a readable one.
+    pub order_id: Option<String>,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>, order_id: Option<&str>) -> Rejection {
+        Rejection {
+            reason,
+            detail: detail.into(),
+            order_id: order_id.map(str::to_string),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRegion {
+    x: i64,
+    y: i64,
+}
+
+/// Every field any event type uses; which are required depends on `type`.
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    order_id: Option<String>,
+    pickup: Option<RawRegion>,
+    dropoff: Option<RawRegion>,
+    price_cents: Option<i64>,
+    created_at: Option<i64>,
+    driver_id: Option<String>,
+    assigned_at: Option<i64>,
+    completed_at: Option<i64>,
+}
+
+/// Parses and validates one event.
+///
+/// ```
+/// use delivery_app::events::{parse, Event, Reason};
+///
+/// let ok = br#"{"type":"order_completed","order_id":"o1","completed_at":5}"#;
+/// assert_eq!(parse(ok), Ok(Event::Completed { order_id: "o1".into(), completed_at: 5 }));
+/// let bad = br#"{"type":"order_refunded","order_id":"o1"}"#;
+/// assert_eq!(parse(bad).unwrap_err().reason, Reason::UnknownEventType);
+/// assert_eq!(parse(b"{not json").unwrap_err().reason, Reason::MalformedJson);
+/// ```
+pub fn parse(data: &[u8]) -> Result<Event, Rejection> {
+    let raw: RawEvent = serde_json::from_slice(data)
+        .map_err(|e| Rejection::new(Reason::MalformedJson, e.to_string(), None))?;
+    let Some(kind) = raw.kind.as_deref() else {
+        return Err(Rejection::new(
+            Reason::MalformedJson,
+            "missing field `type`",
+            raw.order_id.as_deref(),
+        ));
+    };
+    if ![ORDER_CREATED, ORDER_ASSIGNED, ORDER_COMPLETED].contains(&kind) {
+        return Err(Rejection::new(
+            Reason::UnknownEventType,
+            format!("unknown event type {kind:?}"),
+            raw.order_id.as_deref(),
+        ));
+    }
+    let order_id = match raw.order_id.as_deref() {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => {
+            return Err(Rejection::new(
+                Reason::MalformedJson,
+                "missing or empty `order_id`",
+                None,
+            ));
+        }
+    };
+    let missing = |field: &str| {
+        Rejection::new(
+            Reason::MalformedJson,
+            format!("{kind} without `{field}`"),
+            Some(&order_id),
+        )
+    };
+    match kind {
+        ORDER_CREATED => {
+            let pickup = raw.pickup.ok_or_else(|| missing("pickup"))?;
+            let dropoff = raw.dropoff.ok_or_else(|| missing("dropoff"))?;
+            let price_cents = raw.price_cents.ok_or_else(|| missing("price_cents"))?;
+            let created_at = raw.created_at.ok_or_else(|| missing("created_at"))?;
+            let pickup = on_grid("pickup", &pickup, &order_id)?;
+            let dropoff = on_grid("dropoff", &dropoff, &order_id)?;
+            if price_cents < 0 {
+                return Err(Rejection::new(
+                    Reason::NegativePrice,
+                    format!("price_cents {price_cents} is negative"),
+                    Some(&order_id),
+                ));
+            }
+            Ok(Event::Created {
+                order_id,
+                pickup,
+                dropoff,
+                price_cents,
+                created_at,
+            })
+        }
+        ORDER_ASSIGNED => {
+            let driver_id = raw.driver_id.ok_or_else(|| missing("driver_id"))?;
+            let assigned_at = raw.assigned_at.ok_or_else(|| missing("assigned_at"))?;
+            Ok(Event::Assigned {
+                order_id,
+                driver_id,
+                assigned_at,
+            })
+        }
+        _ => {
+            let completed_at = raw.completed_at.ok_or_else(|| missing("completed_at"))?;
+            Ok(Event::Completed {
+                order_id,
+                completed_at,
+            })
+        }
+    }
+}
+
+fn on_grid(field: &str, raw: &RawRegion, order_id: &str) -> Result<Region, Rejection> {
+    let inside = |v: i64| (0..i64::from(GRID)).contains(&v);
+    if inside(raw.x) && inside(raw.y) {
+        Ok(Region {
+            x: raw.x as u8,
+            y: raw.y as u8,
+        })
+    } else {
+        Err(Rejection::new(
+            Reason::RegionOffGrid,
+            format!(
+                "{field} ({}, {}) is off the {GRID}x{GRID} grid",
+                raw.x, raw.y
+            ),
+            Some(order_id),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_from_a_table() {
+        let cases: &[(&str, Result<&str, Reason>)] = &[
+            (
+                r#"{"type":"order_created","order_id":"o1","created_at":1,"pickup":{"x":0,"y":49},"dropoff":{"x":3,"y":4},"price_cents":0,"extra":[1,2]}"#,
+                Ok(ORDER_CREATED),
+            ),
+            (
+                r#"{"type":"order_assigned","order_id":"o1","driver_id":"d","assigned_at":2}"#,
+                Ok(ORDER_ASSIGNED),
+            ),
+            ("", Err(Reason::MalformedJson)),
+            ("[1,2]", Err(Reason::MalformedJson)),
+            ("\u{0}\u{1}binary", Err(Reason::MalformedJson)),
+            (r#"{"order_id":"o1"}"#, Err(Reason::MalformedJson)),
+            (r#"{"type":7,"order_id":"o1"}"#, Err(Reason::MalformedJson)),
+            (
+                r#"{"type":"order_completed","order_id":""}"#,
+                Err(Reason::MalformedJson),
+            ),
+            (
+                r#"{"type":"order_completed","order_id":"o1"}"#,
+                Err(Reason::MalformedJson),
+            ),
+            (
+                r#"{"type":"order_completed","order_id":"o1","completed_at":"soon"}"#,
+                Err(Reason::MalformedJson),
+            ),
+            (
+                r#"{"type":"order_created","order_id":"o1","created_at":1,"pickup":{"x":0,"y":0},"dropoff":{"x":0,"y":0},"price_cents":12.5}"#,
+                Err(Reason::MalformedJson),
+            ),
+            (
+                r#"{"type":"order_cancelled","order_id":"o1"}"#,
+                Err(Reason::UnknownEventType),
+            ),
+            (
+                r#"{"type":"order_created","order_id":"o1","created_at":1,"pickup":{"x":50,"y":0},"dropoff":{"x":0,"y":0},"price_cents":1}"#,
+                Err(Reason::RegionOffGrid),
+            ),
+            (
+                r#"{"type":"order_created","order_id":"o1","created_at":1,"pickup":{"x":1,"y":1},"dropoff":{"x":0,"y":-1},"price_cents":1}"#,
+                Err(Reason::RegionOffGrid),
+            ),
+            (
+                r#"{"type":"order_created","order_id":"o1","created_at":1,"pickup":{"x":1,"y":1},"dropoff":{"x":0,"y":1},"price_cents":-1}"#,
+                Err(Reason::NegativePrice),
+            ),
+        ];
+        for (input, expected) in cases {
+            let got = parse(input.as_bytes());
+            match expected {
+                Ok(kind) => assert_eq!(got.unwrap().type_name(), *kind, "{input}"),
+                Err(reason) => assert_eq!(got.unwrap_err().reason, *reason, "{input}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_round_trip_their_names() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The food-delivery application of the kcl-rs toolkit: a simulated delivery platform
+//! whose events are produced with `producer` and consumed with `kcl-rs` into exact
+//! statistics kept in DynamoDB.
+//!
+//! - [`sim`]: the simulation (grid, drivers, orders) and its ground truth.
+//! - [`events`]: the JSON schema on the stream and its validating parser.
+//! - [`stats`]: the consumer: an exactly-once record processor, its DynamoDB store and
+//!   the report `delivery-app stats` prints.
+//! - [`sink`]: putting simulated events on the stream with the producer.
+//! - [`autoscaler`]: splitting hot shards and merging cold ones from the lease loads.
+//! - [`scenario`]: a whole run — workers as processes, crashes, resharding — shared by
+//!   `demo`, the tests and the benchmark.
+//! - [`connect`]: where the AWS services are (local by default).
+
+#![warn(missing_docs)]
+
+pub mod autoscaler;
+pub mod connect;
+pub mod events;
+pub mod scenario;
+pub mod sim;
+pub mod sink;
+pub mod stats;
+pub mod worker;

@@ -1,0 +1,463 @@
+//! A whole run, as `demo`, the tests and the benchmark do it: create the stream, start
+//! statistics workers as separate processes, replay the simulation through the
+//! producer, crash, restart and reshard along the way, then wait until the statistics
+//! reflect every record and compare them with the ground truth.
+//!
+//! Every step waits on a condition (simulation progress, a lease owned, the stream
+//! ACTIVE, the statistics caught up) with a deadline; nothing relies on a fixed sleep.
+
+mod latency;
+mod workers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kcl::aws::{Clients, Endpoints};
+use kcl::checkpoint::SequencePosition;
+use kcl::leases::{DynamoLeaseStore, LeaseStore};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use latency::{LatencyTracker, percentile};
+pub use workers::{WorkerLauncher, WorkerProcess};
+
+use crate::autoscaler::{self, Action, ScalerConfig};
+use crate::connect::AwsArgs;
+use crate::sim::{GroundTruth, SimConfig, Simulation};
+use crate::sink::{EventSink, Progress, replay};
+use crate::stats::report::{TruthComparison, compare, live_line};
+use crate::stats::summary::thousands;
+use crate::stats::{StatsStore, StoredStats};
+
+/// Something the scenario does mid-run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// SIGKILL a worker while it processes: the first (by start order) that holds a
+    /// checkpointed lease.
+    Kill,
+    /// Start the last killed worker again, with a new id.
+    Restart,
+    /// Split the most loaded open shard.
+    Split,
+    /// Merge the least loaded pair of adjacent open shards.
+    Merge,
+    /// Stop every worker gracefully (SIGTERM) and start them all again.
+    RestartAll,
+}
+
+/// A run's settings.
+#[derive(Clone, Debug)]
+pub struct ScenarioConfig {
+    /// The `delivery-app` executable the workers run.
+    pub exe: PathBuf,
+    /// Where AWS is.
+    pub endpoints: Endpoints,
+    /// Stream name.
+    pub stream: String,
+    /// Application name.
+    pub app: String,
+    /// Shards to create the stream with.
+    pub shards: i32,
+    /// Worker processes.
+    pub workers: usize,
+    /// Lease failover time of the workers.
+    pub failover: Duration,
+    /// Pause between GetRecords calls of a caught-up shard.
+    pub poll: Duration,
+    /// The simulation.
+    pub sim: SimConfig,
+    /// Simulated seconds per real second; `None`: as fast as possible.
+    pub speed: Option<f64>,
+    /// Steps, each at a fraction (0–1) of the simulation's progress.
+    pub steps: Vec<(f64, Step)>,
+    /// Run the auto-scaler alongside.
+    pub autoscale: Option<ScalerConfig>,
+    /// Print live statistics this often.
+    pub live_every: Option<Duration>,
+    /// Workers' stderr goes to `<dir>/<id>.log`; inherited when `None`.
+    pub log_dir: Option<PathBuf>,
+    /// How long to wait, after the last event is written, for the statistics.
+    pub settle_timeout: Duration,
+    /// Measure end-to-end latency per event.
+    pub track_latency: bool,
+    /// Start the workers only once every event is written (to measure the consumers
+    /// alone on a full stream); steps then run before they start.
+    pub workers_after_production: bool,
+}
+
+/// What a run found.
+#[derive(Clone, Debug)]
+pub struct ScenarioReport {
+    /// What the simulation produced.
+    pub truth: GroundTruth,
+    /// What the statistics tables hold at the end.
+    pub stats: StoredStats,
+    /// The two compared.
+    pub comparison: TruthComparison,
+    /// From the first event put until the producer had written the last.
+    pub produce_time: Duration,
+    /// From the first event put until the statistics reflected every record.
+    pub end_to_end_time: Duration,
+    /// From the workers' start until the statistics reflected every record.
+    pub consume_time: Duration,
+    /// Put → reflected, one per event (with `track_latency`).
+    pub latencies: Vec<Duration>,
+    /// What the steps and the auto-scaler did.
+    pub actions: Vec<String>,
+}
+
+/// Errors that stop a run (a statistics mismatch is not one: see the report).
+pub type ScenarioError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Prints progress messages (the demo) or logs them (tests).
+pub type Narrator = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct Fleet {
+    launcher: WorkerLauncher,
+    running: Vec<Option<WorkerProcess>>,
+    restarts: usize,
+    killed: Option<usize>,
+}
+
+impl Fleet {
+    fn start(&mut self, n: usize) -> Result<String, ScenarioError> {
+        let id = match self.restarts {
+            0 => format!("w{}", n + 1),
+            r => format!("w{}-r{r}", n + 1),
+        };
+        self.running[n] = Some(self.launcher.spawn(&id)?);
+        Ok(id)
+    }
+
+    async fn stop_all(&mut self) {
+        let stops = self
+            .running
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|w| w.stop(Duration::from_secs(30)));
+        for stop in stops.collect::<Vec<_>>() {
+            stop.await;
+        }
+    }
+}
+
+/// Runs a scenario to its end.
+pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport, ScenarioError> {
+    let clients = Clients::connect(&config.endpoints).await;
+    clients.verify().await?;
+    kcl::stream::create_stream(
+        &clients.kinesis,
+        &config.stream,
+        config.shards,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let store = Arc::new(StatsStore::new(clients.dynamodb.clone(), &config.app));
+    store.ensure_tables().await?;
+    let leases: Arc<dyn LeaseStore> =
+        Arc::new(DynamoLeaseStore::new(clients.dynamodb.clone(), &config.app));
+
+    let mut args = AwsArgs::to_args(&config.endpoints);
+    args.extend([
+        "--stream".into(),
+        config.stream.clone(),
+        "--app".into(),
+        config.app.clone(),
+        "--failover-ms".into(),
+        config.failover.as_millis().to_string(),
+        "--poll-ms".into(),
+        config.poll.as_millis().to_string(),
+    ]);
+    let mut fleet = Fleet {
+        launcher: WorkerLauncher {
+            exe: config.exe.clone(),
+            args,
+            log_dir: config.log_dir.clone(),
+        },
+        running: (0..config.workers).map(|_| None).collect(),
+        restarts: 0,
+        killed: None,
+    };
+    let start_fleet = |fleet: &mut Fleet| -> Result<(), ScenarioError> {
+        for n in 0..config.workers {
+            fleet.start(n)?;
+        }
+        Ok(())
+    };
+    let mut consume_started = Instant::now();
+    if !config.workers_after_production {
+        start_fleet(&mut fleet)?;
+    }
+    say(&format!(
+        "{} {} worker processes ({}), stream {} with {} shards",
+        if config.workers_after_production {
+            "will start"
+        } else {
+            "started"
+        },
+        config.workers,
+        (1..=config.workers)
+            .map(|n| format!("w{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.stream,
+        config.shards
+    ));
+
+    let background = CancellationToken::new();
+    let (progress_tx, progress) = watch::channel(Progress::default());
+    let mut sink = EventSink::new(
+        clients.kinesis.clone(),
+        &config.stream,
+        config.track_latency,
+    )?;
+    let positions = sink.positions();
+    let counters = sink.counters();
+    let started = Instant::now();
+    let producing = tokio::spawn({
+        let (sim_config, speed, cancel) = (config.sim.clone(), config.speed, background.clone());
+        async move {
+            let mut sim = Simulation::new(sim_config);
+            replay(&mut sim, &mut sink, speed, &progress_tx, &cancel).await;
+            let truth = sim.truth();
+            sink.finish().await?;
+            Ok::<_, ScenarioError>((truth, started.elapsed()))
+        }
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(every) = config.live_every {
+        let (store, say, progress, stop) = (
+            Arc::clone(&store),
+            Arc::clone(&say),
+            progress.clone(),
+            background.clone(),
+        );
+        let counters = Arc::clone(&counters);
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Ok(stats) = store.read().await {
+                    let p = *progress.borrow();
+                    say(&format!(
+                        "[{:>5.1}s] sim {:>3.0}%, put {:>7} | {}",
+                        started.elapsed().as_secs_f64(),
+                        p.fraction * 100.0,
+                        thousands(
+                            counters
+                                .acknowledged
+                                .load(std::sync::atomic::Ordering::Relaxed)
+                        ),
+                        live_line(&stats)
+                    ));
+                }
+            }
+        });
+    }
+    let (actions_tx, mut actions_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if let Some(scaler) = config.autoscale.clone() {
+        let (kinesis, leases, stream, stop) = (
+            clients.kinesis.clone(),
+            Arc::clone(&leases),
+            config.stream.clone(),
+            background.clone(),
+        );
+        let (say, actions_tx) = (Arc::clone(&say), actions_tx.clone());
+        tasks.spawn(async move {
+            autoscaler::run(kinesis, leases, stream, scaler, stop, move |action, _| {
+                let text = format!("auto-scaler: {}", describe(action));
+                say(&text);
+                let _ = actions_tx.send(text);
+            })
+            .await;
+        });
+    }
+    let latency = config.track_latency.then(|| {
+        let (store, stop) = (Arc::clone(&store), background.clone());
+        tokio::spawn(async move {
+            let mut tracker = LatencyTracker::default();
+            loop {
+                if let Some(positions) = &positions {
+                    tracker.add(std::mem::take(
+                        &mut *positions.lock().expect("not poisoned"),
+                    ));
+                }
+                if let Ok(marks) = store.watermarks().await {
+                    tracker.resolve(&marks, Instant::now());
+                }
+                if stop.is_cancelled() {
+                    return tracker.samples;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+
+    let mut steps = config.steps.clone();
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, step) in steps {
+        let mut progress = progress.clone();
+        let _ = progress.wait_for(|p| p.fraction >= at || p.done).await;
+        let text = perform(&step, &mut fleet, &clients, leases.as_ref(), &config).await?;
+        say(&text);
+        let _ = actions_tx.send(text);
+    }
+
+    let (truth, produce_time) = producing.await??;
+    if config.workers_after_production {
+        consume_started = Instant::now();
+        start_fleet(&mut fleet)?;
+    }
+    say(&format!(
+        "all {} events written in {:.1}s; waiting for the statistics to reflect them",
+        thousands(truth.records),
+        produce_time.as_secs_f64()
+    ));
+    let deadline = Instant::now() + config.settle_timeout;
+    let (end_to_end_time, consume_time) = loop {
+        let stats = store.read().await?;
+        let applied = stats.totals.sums.events + stats.totals.dead_letter_count();
+        if applied >= truth.records || Instant::now() > deadline {
+            break (started.elapsed(), consume_started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut latencies = Vec::new();
+    if let Some(task) = latency {
+        // Let the tracker take one more look, then stop it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        background.cancel();
+        latencies = task.await?;
+    }
+    background.cancel();
+    while tasks.join_next().await.is_some() {}
+    let stats = store.read().await?;
+    fleet.stop_all().await;
+    drop(actions_tx);
+    let mut actions = Vec::new();
+    while let Some(a) = actions_rx.recv().await {
+        actions.push(a);
+    }
+    Ok(ScenarioReport {
+        comparison: compare(&stats, &truth),
+        truth,
+        stats,
+        produce_time,
+        end_to_end_time,
+        consume_time,
+        latencies,
+        actions,
+    })
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Split { shard_id } => format!("split {shard_id}"),
+        Action::Merge { low, high } => format!("merged {low} and {high}"),
+    }
+}
+
+async fn perform(
+    step: &Step,
+    fleet: &mut Fleet,
+    clients: &Clients,
+    leases: &dyn LeaseStore,
+    config: &ScenarioConfig,
+) -> Result<String, ScenarioError> {
+    match step {
+        Step::Kill => {
+            // Kill a worker while it is working: one that holds a lease it has
+            // checkpointed (so there is progress to resume and a batch to replay).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (victim, held) = loop {
+                let all = leases.list_leases().await.unwrap_or_default();
+                let busy = fleet.running.iter().enumerate().find_map(|(n, w)| {
+                    let w = w.as_ref()?;
+                    let held: Vec<String> = all
+                        .iter()
+                        .filter(|l| l.owner.as_deref() == Some(w.id.as_str()))
+                        .filter(|l| matches!(l.checkpoint.position, SequencePosition::Sequence(_)))
+                        .map(|l| l.key.clone())
+                        .collect();
+                    (!held.is_empty()).then_some((n, held))
+                });
+                if let Some(found) = busy {
+                    break found;
+                }
+                if Instant::now() > deadline {
+                    let n = fleet
+                        .running
+                        .iter()
+                        .position(Option::is_some)
+                        .ok_or("no worker is running")?;
+                    break (n, Vec::new());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let mut process = fleet.running[victim].take().expect("running");
+            process.signal(libc::SIGKILL)?;
+            process.wait(Duration::from_secs(10)).await;
+            fleet.killed = Some(victim);
+            Ok(format!(
+                "killed worker {} (SIGKILL) while it held {}; its shards are taken over after \
+                 the {:.1}s failover and replayed from their checkpoints",
+                process.id,
+                if held.is_empty() {
+                    "no lease".to_string()
+                } else {
+                    held.join(", ")
+                },
+                config.failover.as_secs_f64()
+            ))
+        }
+        Step::Restart => {
+            let Some(n) = fleet.killed.take() else {
+                return Ok("no worker was killed; nothing to restart".into());
+            };
+            fleet.restarts += 1;
+            let id = fleet.start(n)?;
+            Ok(format!(
+                "restarted the killed worker as {id}; it takes its share of the leases by \
+                 graceful handoff"
+            ))
+        }
+        Step::Split | Step::Merge => {
+            let open = autoscaler::shard_views(&clients.kinesis, leases, &config.stream).await?;
+            let action = if *step == Step::Split {
+                let shard = autoscaler::hottest(&open).ok_or("no open shard to split")?;
+                Action::Split {
+                    shard_id: shard.shard_id.clone(),
+                }
+            } else {
+                let (low, high) =
+                    autoscaler::coldest_pair(&open).ok_or("no adjacent shards to merge")?;
+                Action::Merge {
+                    low: low.shard_id.clone(),
+                    high: high.shard_id.clone(),
+                }
+            };
+            autoscaler::act(&clients.kinesis, &config.stream, &action).await?;
+            Ok(format!(
+                "{} ({} open shards before)",
+                describe(&action),
+                open.len()
+            ))
+        }
+        Step::RestartAll => {
+            fleet.stop_all().await;
+            fleet.restarts += 1;
+            let ids: Vec<String> = (0..fleet.running.len())
+                .map(|n| fleet.start(n))
+                .collect::<Result<_, _>>()?;
+            Ok(format!(
+                "stopped every worker (SIGTERM) and started {}",
+                ids.join(", ")
+            ))
+        }
+    }
+}

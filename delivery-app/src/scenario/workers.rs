@@ -1,0 +1,99 @@
+//! Statistics workers as separate processes (`delivery-app worker ...`): started,
+//! crashed with SIGKILL, stopped with SIGTERM, restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// One worker process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    /// Its worker id.
+    pub id: String,
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGKILL`) to the process.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        let Some(pid) = self.child.id() else {
+            return Ok(()); // already reaped
+        };
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        if unsafe { libc::kill(pid as i32, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub async fn wait(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
+        let _ = self.signal(libc::SIGTERM);
+        if let Some(status) = self.wait(grace).await {
+            return Some(status);
+        }
+        let _ = self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(5)).await
+    }
+}
+
+/// How to start workers: the executable and the arguments every worker gets.
+#[derive(Clone, Debug)]
+pub struct WorkerLauncher {
+    /// The `delivery-app` executable.
+    pub exe: PathBuf,
+    /// Arguments after `worker` common to all (endpoints, names, timings).
+    pub args: Vec<String>,
+    /// Where each worker's stderr goes (`<id>.log`); inherited when `None`.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl WorkerLauncher {
+    /// Starts worker `id`.
+    pub fn spawn(&self, id: &str) -> std::io::Result<WorkerProcess> {
+        let stderr = match &self.log_dir {
+            Some(dir) => Stdio::from(open_log(dir, id)?),
+            None => Stdio::inherit(),
+        };
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("worker")
+            .args(&self.args)
+            .args(["--worker-id", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        Ok(WorkerProcess {
+            id: id.to_string(),
+            child: command.spawn()?,
+        })
+    }
+}
+
+fn open_log(dir: &Path, id: &str) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{id}.log")))
+}

@@ -1,0 +1,177 @@
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use kcl::checkpoint::ExtendedSequenceNumber;
+
+use super::*;
+use crate::events::parse;
+use crate::stats::plan::{ParsedRecord, plan_chunk, referenced_orders};
+
+fn records(jsons: &[&str]) -> Vec<ParsedRecord> {
+    jsons
+        .iter()
+        .enumerate()
+        .map(|(i, j)| ParsedRecord {
+            position: ExtendedSequenceNumber::at(format!("{}", 500 + i), i as u64),
+            partition_key: "k".into(),
+            raw: j.as_bytes().to_vec(),
+            parsed: Some(parse(j.as_bytes())),
+        })
+        .collect()
+}
+
+/// Every placeholder an expression uses is defined, and every one defined is used:
+/// DynamoDB rejects both mistakes.
+fn assert_placeholders(
+    expressions: &[Option<&str>],
+    names: Option<&HashMap<String, String>>,
+    values: Option<&HashMap<String, AttributeValue>>,
+) {
+    let text: String = expressions
+        .iter()
+        .flatten()
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let used = |prefix: char| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_alphanumeric() || c == '#' || c == ':' || c == '_'))
+            .filter(|t| t.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let defined_names: std::collections::BTreeSet<String> = names
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let defined_values: std::collections::BTreeSet<String> = values
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(used('#'), defined_names, "{text}");
+    assert_eq!(used(':'), defined_values, "{text}");
+}
+
+#[test]
+fn transactions_use_exactly_the_placeholders_they_define() {
+    let recs = records(&[
+        r#"{"type":"order_created","order_id":"o1","created_at":10,"pickup":{"x":1,"y":2},"dropoff":{"x":3,"y":4},"price_cents":250}"#,
+        r#"{"type":"order_assigned","order_id":"o1","driver_id":"d","assigned_at":20}"#,
+        r#"{"type":"order_assigned","order_id":"o2","driver_id":"d","assigned_at":20}"#,
+        r#"{"type":"order_completed","order_id":"o3","completed_at":20}"#,
+        "garbage",
+    ]);
+    let mut states: HashMap<_, _> = referenced_orders(&recs)
+        .into_iter()
+        .map(|id| (id, None))
+        .collect();
+    states.insert(
+        "o3".to_string(),
+        Some(OrderState {
+            created_at: 5,
+            price_cents: 100,
+            created_shard: "parent".into(),
+            assigned: true,
+            completed: false,
+        }),
+    );
+    let chunk = plan_chunk("s1", &recs, &states);
+    let tables = StatsTables::for_application("App");
+    for previous in [None, Some(ExtendedSequenceNumber::at("499", 0))] {
+        let regions = chunk.delta.regions.clone();
+        let items = transact_items(&tables, "s1", previous.as_ref(), &regions, &chunk, 1).unwrap();
+        // stats + o1 (update) + o2 (check) + o3 (update) + 2 dead letters
+        assert_eq!(items.len(), 6);
+        for item in &items {
+            if let Some(u) = item.update() {
+                assert_placeholders(
+                    &[Some(u.update_expression()), u.condition_expression()],
+                    u.expression_attribute_names(),
+                    u.expression_attribute_values(),
+                );
+            }
+            if let Some(put) = item.put().filter(|p| p.condition_expression().is_some()) {
+                assert_placeholders(
+                    &[put.condition_expression()],
+                    put.expression_attribute_names(),
+                    put.expression_attribute_values(),
+                );
+            }
+            if let Some(c) = item.condition_check() {
+                assert_placeholders(
+                    &[Some(c.condition_expression())],
+                    c.expression_attribute_names(),
+                    c.expression_attribute_values(),
+                );
+            }
+        }
+        let stats = items[0].update().unwrap();
+        assert_eq!(stats.table_name(), "App-Stats");
+        assert!(stats.update_expression().contains(" ADD "));
+        assert!(items[2].condition_check().is_some());
+        // o1 is new: put whole; o3 exists: updated.
+        assert_eq!(
+            items[1].put().unwrap().item()["assigned_at"]
+                .as_n()
+                .unwrap(),
+            "20"
+        );
+        assert!(items[3].update().is_some());
+        let dead = items[4].put().unwrap();
+        assert_eq!(dead.table_name(), "App-DeadLetters");
+        assert_eq!(dead.item()["dl_id"].as_s().unwrap(), "s1#502#2");
+    }
+}
+
+#[test]
+fn statistics_items_decode() {
+    let item: HashMap<String, AttributeValue> = [
+        ("pk", AttributeValue::S("stats#s1".into())),
+        ("shard_id", AttributeValue::S("s1".into())),
+        ("applied_seq", AttributeValue::S("4959".into())),
+        ("applied_sub", AttributeValue::N("3".into())),
+        ("events", AttributeValue::N("7".into())),
+        ("created_price_cents", AttributeValue::N("1234".into())),
+        ("regions", AttributeValue::S("3_4:2 0_49:1".into())),
+        ("dl_negative_price", AttributeValue::N("1".into())),
+        ("updated_at", AttributeValue::N("99".into())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let stats = decode_stats(&item).unwrap();
+    assert_eq!(stats.shard_id, "s1");
+    assert_eq!(stats.watermark, Some(ExtendedSequenceNumber::at("4959", 3)));
+    assert_eq!(stats.totals.sums.events, 7);
+    assert_eq!(stats.totals.sums.created_price_cents, 1234);
+    assert_eq!(stats.totals.regions[&Region { x: 3, y: 4 }], 2);
+    assert_eq!(stats.totals.regions[&Region { x: 0, y: 49 }], 1);
+    assert_eq!(stats.totals.dead_letters[&Reason::NegativePrice], 1);
+    assert_eq!(stats.updated_at, 99);
+    let mut bad = item.clone();
+    bad.insert("events".into(), AttributeValue::N("1.5".into()));
+    assert!(decode_stats(&bad).is_err());
+}
+
+#[test]
+fn orders_decode() {
+    let item: HashMap<String, AttributeValue> = [
+        ("order_id", AttributeValue::S("o1".into())),
+        ("created_at", AttributeValue::N("10".into())),
+        ("price_cents", AttributeValue::N("250".into())),
+        ("created_shard", AttributeValue::S("s0".into())),
+        ("completed_at", AttributeValue::N("30".into())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (id, state) = decode_order(&item).unwrap();
+    assert_eq!(id, "o1");
+    assert_eq!(
+        state,
+        OrderState {
+            created_at: 10,
+            price_cents: 250,
+            created_shard: "s0".into(),
+            assigned: false,
+            completed: true
+        }
+    );
+}

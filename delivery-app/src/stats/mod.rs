@@ -1,0 +1,21 @@
+//! The consumer side: statistics computed online from the stream, exactly once.
+//!
+//! - [`summary`]: the statistics as exact integers, and the top-10 list.
+//! - [`plan`]: which DynamoDB writes one transaction makes for a run of records (pure).
+//! - [`items`]: how those writes and the stored items look in DynamoDB.
+//! - [`store`]: the tables and the calls.
+//! - [`processor`]: the kcl-rs record processor that ties them together.
+//! - [`report`]: what `delivery-app stats` prints.
+//!
+//! The design, and why it is exactly once, is in `docs/delivery-stats.md`.
+
+pub mod items;
+pub mod plan;
+pub mod processor;
+pub mod report;
+pub mod store;
+pub mod summary;
+
+pub use processor::{ShardRanges, StatsProcessor};
+pub use store::{StatsStore, StoreError, StoredStats};
+pub use summary::{Summary, Totals};

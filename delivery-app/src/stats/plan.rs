@@ -1,0 +1,416 @@
+//! What one DynamoDB transaction applies: a pure function from a shard's next records
+//! and the orders' current states to the order writes, dead letters and statistics
+//! deltas of one `TransactWriteItems` call.
+//!
+//! Each order moves through a tiny state machine: absent → created → assigned and/or
+//! completed. A valid event is a transition; an event that does not fit the order's
+//! state is a dead letter with its reason. Every order a chunk depends on gets exactly
+//! one item in the transaction (DynamoDB forbids two operations on one item): an
+//! `Update` when it changes, a `ConditionCheck` when only a rejection depended on it.
+//! Either is conditioned on the state the plan assumed, so a plan made from a stale
+//! read is cancelled, never applied.
+
+use std::collections::HashMap;
+
+use kcl::checkpoint::ExtendedSequenceNumber;
+
+use crate::events::{Event, Reason, Region, Rejection};
+
+use super::summary::Totals;
+
+/// DynamoDB's limit on items in one transaction.
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+/// A budget under DynamoDB's 4 MB per transaction.
+pub const MAX_TRANSACTION_BYTES: usize = 3 * 1024 * 1024;
+/// Raw bytes kept in a dead letter; longer records are truncated (the item limit is
+/// 400 KB, and a Kinesis record can be 1 MiB).
+pub const MAX_DEAD_LETTER_RAW: usize = 64 * 1024;
+/// Estimated bytes of an order item or of a dead letter's attributes besides its raw
+/// bytes.
+const ITEM_OVERHEAD: usize = 512;
+
+/// One user record of the shard, parsed.
+#[derive(Clone, Debug)]
+pub struct ParsedRecord {
+    /// Its position in the shard.
+    pub position: ExtendedSequenceNumber,
+    /// Its partition key.
+    pub partition_key: String,
+    /// Its bytes.
+    pub raw: Vec<u8>,
+    /// The event, why it is rejected, or `None` for a copy stored outside its hash key
+    /// range (skipped; see [`Totals::foreign_records_skipped`]).
+    pub parsed: Option<Result<Event, Rejection>>,
+}
+
+/// What the statistics need to know about a created order. Immutable once created,
+/// except the two flags, which only go from false to true.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderState {
+    /// Event time of the creation, ms.
+    pub created_at: i64,
+    /// The order's price, cents.
+    pub price_cents: i64,
+    /// The shard whose consumer applied the creation.
+    pub created_shard: String,
+    /// Whether an assignment was applied.
+    pub assigned: bool,
+    /// Whether a completion was applied.
+    pub completed: bool,
+}
+
+/// The stored state a write is conditioned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No item for the order.
+    Absent,
+    /// Created, with these flags.
+    Present {
+        /// `assigned_at` exists.
+        assigned: bool,
+        /// `completed_at` exists.
+        completed: bool,
+    },
+}
+
+impl Expect {
+    fn of(state: &Option<OrderState>) -> Expect {
+        match state {
+            None => Expect::Absent,
+            Some(s) => Expect::Present {
+                assigned: s.assigned,
+                completed: s.completed,
+            },
+        }
+    }
+}
+
+/// Attributes a creation sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creation {
+    /// Event time, ms.
+    pub created_at: i64,
+    /// Cents.
+    pub price_cents: i64,
+    /// Pickup region.
+    pub pickup: Region,
+    /// Drop-off region.
+    pub dropoff: Region,
+}
+
+/// Attributes an assignment sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// Event time, ms.
+    pub assigned_at: i64,
+    /// The driver.
+    pub driver_id: String,
+}
+
+/// The one operation on an order item in a transaction. With nothing to set it is a
+/// `ConditionCheck`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderWrite {
+    /// The order.
+    pub order_id: String,
+    /// The state before the transaction, as the plan assumed it.
+    pub expect: Expect,
+    /// Set by a creation.
+    pub created: Option<Creation>,
+    /// Set by an assignment.
+    pub assigned: Option<Assignment>,
+    /// `completed_at`, set by a completion.
+    pub completed_at: Option<i64>,
+}
+
+impl OrderWrite {
+    /// Whether this only checks the state.
+    pub fn is_check_only(&self) -> bool {
+        self.created.is_none() && self.assigned.is_none() && self.completed_at.is_none()
+    }
+}
+
+/// A rejected record, for the dead-letter table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Unique and stable: `<shard>#<sequence number>#<sub-sequence number>`.
+    pub id: String,
+    /// The record's position.
+    pub position: ExtendedSequenceNumber,
+    /// The record's partition key.
+    pub partition_key: String,
+    /// Why.
+    pub reason: Reason,
+    /// What exactly.
+    pub detail: String,
+    /// The order, if readable.
+    pub order_id: Option<String>,
+    /// The record's bytes, at most [`MAX_DEAD_LETTER_RAW`].
+    pub raw: Vec<u8>,
+    /// The record's full length.
+    pub raw_len: usize,
+}
+
+/// One transaction's worth of records.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    /// How many of the given records it covers (from the first).
+    pub records: usize,
+    /// The position of the last record covered: the shard's new watermark.
+    pub last: ExtendedSequenceNumber,
+    /// One write per order touched.
+    pub orders: Vec<OrderWrite>,
+    /// Rejected records.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Counters to add to the shard's statistics item.
+    pub delta: Totals,
+    /// The states of the touched orders after the transaction.
+    pub after: HashMap<String, Option<OrderState>>,
+}
+
+impl Chunk {
+    /// Items in the transaction, counting the shard's statistics item.
+    pub fn items(&self) -> usize {
+        1 + self.orders.len() + self.dead_letters.len()
+    }
+}
+
+/// The distinct orders the valid events of `records` refer to: the states a plan needs.
+pub fn referenced_orders(records: &[ParsedRecord]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    records
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(Ok(event)) => Some(event.order_id()),
+            _ => None,
+        })
+        .filter(|id| seen.insert(*id))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A transition that fits the order's state.
+enum Transition {
+    Create(Creation),
+    Assign(Assignment),
+    Complete(i64),
+}
+
+/// Applies an event to an order's state: the transition, or why it does not fit.
+fn decide(event: &Event, state: &Option<OrderState>) -> Result<Transition, (Reason, String)> {
+    match (event, state) {
+        (
+            Event::Created {
+                pickup,
+                dropoff,
+                price_cents,
+                created_at,
+                ..
+            },
+            None,
+        ) => Ok(Transition::Create(Creation {
+            created_at: *created_at,
+            price_cents: *price_cents,
+            pickup: *pickup,
+            dropoff: *dropoff,
+        })),
+        (Event::Created { .. }, Some(_)) => Err((
+            Reason::DuplicateEvent,
+            "the order was already created".into(),
+        )),
+        (Event::Assigned { .. }, None) => Err((
+            Reason::AssignedBeforeCreated,
+            "the order has not been created".into(),
+        )),
+        (Event::Assigned { assigned_at, .. }, Some(s)) if *assigned_at < s.created_at => Err((
+            Reason::AssignedBeforeCreated,
+            format!(
+                "assigned_at {assigned_at} is before created_at {}",
+                s.created_at
+            ),
+        )),
+        (Event::Assigned { .. }, Some(s)) if s.assigned => Err((
+            Reason::DuplicateEvent,
+            "the order was already assigned".into(),
+        )),
+        (
+            Event::Assigned {
+                assigned_at,
+                driver_id,
+                ..
+            },
+            Some(_),
+        ) => Ok(Transition::Assign(Assignment {
+            assigned_at: *assigned_at,
+            driver_id: driver_id.clone(),
+        })),
+        (Event::Completed { .. }, None) => Err((
+            Reason::CompletedBeforeCreated,
+            "the order has not been created".into(),
+        )),
+        (Event::Completed { completed_at, .. }, Some(s)) if *completed_at < s.created_at => Err((
+            Reason::CompletedBeforeCreated,
+            format!(
+                "completed_at {completed_at} is before created_at {}",
+                s.created_at
+            ),
+        )),
+        (Event::Completed { .. }, Some(s)) if s.completed => Err((
+            Reason::DuplicateEvent,
+            "the order was already completed".into(),
+        )),
+        (Event::Completed { completed_at, .. }, Some(_)) => Ok(Transition::Complete(*completed_at)),
+    }
+}
+
+/// Plans the next transaction for `records` (non-empty, in shard order, none applied
+/// yet) of `shard_id`. `states` must hold the state before these records of every order
+/// in [`referenced_orders`] (`None`: absent).
+///
+/// The chunk takes records while the transaction stays within
+/// [`MAX_TRANSACTION_ITEMS`] items and [`MAX_TRANSACTION_BYTES`]; it always takes at
+/// least one.
+pub fn plan_chunk(
+    shard_id: &str,
+    records: &[ParsedRecord],
+    states: &HashMap<String, Option<OrderState>>,
+) -> Chunk {
+    assert!(!records.is_empty(), "plan_chunk needs records");
+    let mut chunk = Chunk {
+        records: 0,
+        last: records[0].position.clone(),
+        orders: Vec::new(),
+        dead_letters: Vec::new(),
+        delta: Totals::default(),
+        after: HashMap::new(),
+    };
+    let mut op_index: HashMap<String, usize> = HashMap::new();
+    let mut bytes = ITEM_OVERHEAD;
+    for record in records {
+        let (order, outcome) = match &record.parsed {
+            None => (None, None),
+            Some(Err(rejection)) => (None, Some(Err(rejection.clone()))),
+            Some(Ok(event)) => {
+                let id = event.order_id();
+                let state = chunk.after.get(id).unwrap_or_else(|| {
+                    states
+                        .get(id)
+                        .unwrap_or_else(|| panic!("no state fetched for order {id}"))
+                });
+                let outcome = decide(event, state).map_err(|(reason, detail)| Rejection {
+                    reason,
+                    detail,
+                    order_id: Some(id.to_string()),
+                });
+                (Some(id), Some(outcome.map(|t| (t, event))))
+            }
+        };
+        // Items and bytes this record adds.
+        let new_op = order.is_some_and(|id| !op_index.contains_key(id));
+        let dead = matches!(outcome, Some(Err(_)));
+        let added_items = usize::from(new_op) + usize::from(dead);
+        let added_bytes = usize::from(new_op) * ITEM_OVERHEAD
+            + if dead {
+                ITEM_OVERHEAD + record.raw.len().min(MAX_DEAD_LETTER_RAW)
+            } else {
+                0
+            };
+        if chunk.records > 0
+            && (chunk.items() + added_items > MAX_TRANSACTION_ITEMS
+                || bytes + added_bytes > MAX_TRANSACTION_BYTES)
+        {
+            break;
+        }
+        bytes += added_bytes;
+        chunk.records += 1;
+        chunk.last = record.position.clone();
+        if let Some(id) = order
+            && new_op
+        {
+            let before = states.get(id).cloned().flatten();
+            op_index.insert(id.to_string(), chunk.orders.len());
+            chunk.orders.push(OrderWrite {
+                order_id: id.to_string(),
+                expect: Expect::of(&before),
+                created: None,
+                assigned: None,
+                completed_at: None,
+            });
+            chunk.after.insert(id.to_string(), before);
+        }
+        match outcome {
+            None => chunk.delta.foreign_records_skipped += 1,
+            Some(Err(rejection)) => {
+                *chunk
+                    .delta
+                    .dead_letters
+                    .entry(rejection.reason)
+                    .or_default() += 1;
+                chunk
+                    .dead_letters
+                    .push(dead_letter(shard_id, record, rejection));
+            }
+            Some(Ok((transition, event))) => {
+                let id = event.order_id();
+                let op = &mut chunk.orders[op_index[id]];
+                let state = chunk.after.get_mut(id).expect("inserted above");
+                let delta = &mut chunk.delta;
+                delta.sums.events += 1;
+                match transition {
+                    Transition::Create(creation) => {
+                        delta.sums.orders_created += 1;
+                        delta.sums.created_price_cents += creation.price_cents;
+                        *delta.regions.entry(creation.pickup).or_default() += 1;
+                        *state = Some(OrderState {
+                            created_at: creation.created_at,
+                            price_cents: creation.price_cents,
+                            created_shard: shard_id.to_string(),
+                            assigned: false,
+                            completed: false,
+                        });
+                        op.created = Some(creation);
+                    }
+                    Transition::Assign(assignment) => {
+                        let s = state.as_mut().expect("decided on a created order");
+                        delta.sums.orders_assigned += 1;
+                        delta.sums.response_ms_sum += assignment.assigned_at - s.created_at;
+                        s.assigned = true;
+                        op.assigned = Some(assignment);
+                    }
+                    Transition::Complete(completed_at) => {
+                        let s = state.as_mut().expect("decided on a created order");
+                        delta.sums.orders_completed += 1;
+                        delta.sums.completed_price_cents += s.price_cents;
+                        delta.sums.completion_ms_sum += completed_at - s.created_at;
+                        if s.created_shard != shard_id {
+                            delta.cross_shard_completions += 1;
+                        }
+                        s.completed = true;
+                        op.completed_at = Some(completed_at);
+                    }
+                }
+            }
+        }
+    }
+    chunk
+}
+
+fn dead_letter(shard_id: &str, record: &ParsedRecord, rejection: Rejection) -> DeadLetter {
+    let (seq, sub) = (
+        record.position.position.as_str(),
+        record.position.sub_sequence,
+    );
+    DeadLetter {
+        id: format!("{shard_id}#{seq}#{sub}"),
+        position: record.position.clone(),
+        partition_key: record.partition_key.clone(),
+        reason: rejection.reason,
+        detail: rejection.detail,
+        order_id: rejection.order_id,
+        raw: record.raw[..record.raw.len().min(MAX_DEAD_LETTER_RAW)].to_vec(),
+        raw_len: record.raw.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+use super::*;
+use crate::events::parse;
+
+fn rec(n: u64, json: &str) -> ParsedRecord {
+    ParsedRecord {
+        position: ExtendedSequenceNumber::at(format!("{}", 1000 + n), 0),
+        partition_key: "pk".into(),
+        raw: json.as_bytes().to_vec(),
+        parsed: Some(parse(json.as_bytes())),
+    }
+}
+
+fn created(n: u64, order: &str, at: i64, price: i64) -> ParsedRecord {
+    rec(
+        n,
+        &format!(
+            r#"{{"type":"order_created","order_id":"{order}","created_at":{at},"pickup":{{"x":1,"y":2}},"dropoff":{{"x":3,"y":4}},"price_cents":{price}}}"#
+        ),
+    )
+}
+
+fn assigned(n: u64, order: &str, at: i64) -> ParsedRecord {
+    rec(
+        n,
+        &format!(
+            r#"{{"type":"order_assigned","order_id":"{order}","driver_id":"d1","assigned_at":{at}}}"#
+        ),
+    )
+}
+
+fn completed(n: u64, order: &str, at: i64) -> ParsedRecord {
+    rec(
+        n,
+        &format!(r#"{{"type":"order_completed","order_id":"{order}","completed_at":{at}}}"#),
+    )
+}
+
+fn present(created_at: i64, price: i64, shard: &str, assigned: bool) -> Option<OrderState> {
+    Some(OrderState {
+        created_at,
+        price_cents: price,
+        created_shard: shard.into(),
+        assigned,
+        completed: false,
+    })
+}
+
+fn states_for(
+    records: &[ParsedRecord],
+    known: &[(&str, Option<OrderState>)],
+) -> HashMap<String, Option<OrderState>> {
+    let mut states: HashMap<String, Option<OrderState>> = referenced_orders(records)
+        .into_iter()
+        .map(|id| (id, None))
+        .collect();
+    for (id, state) in known {
+        states.insert(id.to_string(), state.clone());
+    }
+    states
+}
+
+/// (records, known states, expected: events, dead letters by reason, order ops as
+/// (order, expect, is check only), response sum, completion sum)
+#[test]
+fn scenarios() {
+    struct Case {
+        name: &'static str,
+        records: Vec<ParsedRecord>,
+        known: Vec<(&'static str, Option<OrderState>)>,
+        events: u64,
+        dead: Vec<Reason>,
+        ops: Vec<(&'static str, Expect, bool)>,
+        response: i64,
+        completion: i64,
+        completed_price: i64,
+        cross_shard: u64,
+    }
+    let absent = Expect::Absent;
+    let fresh = Expect::Present {
+        assigned: false,
+        completed: false,
+    };
+    let cases = vec![
+        Case {
+            name: "a whole order in one chunk is one write",
+            records: vec![
+                created(0, "o1", 100, 999),
+                assigned(1, "o1", 130),
+                completed(2, "o1", 400),
+            ],
+            known: vec![],
+            events: 3,
+            dead: vec![],
+            ops: vec![("o1", absent, false)],
+            response: 30,
+            completion: 300,
+            completed_price: 999,
+            cross_shard: 0,
+        },
+        Case {
+            name: "a second creation is a duplicate",
+            records: vec![created(0, "o1", 100, 5), created(1, "o1", 100, 5)],
+            known: vec![],
+            events: 1,
+            dead: vec![Reason::DuplicateEvent],
+            ops: vec![("o1", absent, false)],
+            response: 0,
+            completion: 0,
+            completed_price: 0,
+            cross_shard: 0,
+        },
+        Case {
+            name: "assigned and completed before created, then created",
+            records: vec![
+                assigned(0, "o1", 10),
+                completed(1, "o1", 20),
+                created(2, "o1", 5, 1),
+            ],
+            known: vec![],
+            events: 1,
+            dead: vec![
+                Reason::AssignedBeforeCreated,
+                Reason::CompletedBeforeCreated,
+            ],
+            ops: vec![("o1", absent, false)],
+            response: 0,
+            completion: 0,
+            completed_price: 0,
+            cross_shard: 0,
+        },
+        Case {
+            name: "a rejection on an existing order only checks it",
+            records: vec![completed(0, "o1", 50)],
+            known: vec![("o1", present(100, 7, "s0", true))],
+            events: 0,
+            dead: vec![Reason::CompletedBeforeCreated],
+            ops: vec![(
+                "o1",
+                Expect::Present {
+                    assigned: true,
+                    completed: false,
+                },
+                true,
+            )],
+            response: 0,
+            completion: 0,
+            completed_price: 0,
+            cross_shard: 0,
+        },
+        Case {
+            name: "a completion of an order created in the parent shard",
+            records: vec![assigned(0, "o1", 110), completed(1, "o1", 150)],
+            known: vec![("o1", present(100, 700, "parent", false))],
+            events: 2,
+            dead: vec![],
+            ops: vec![("o1", fresh, false)],
+            response: 10,
+            completion: 50,
+            completed_price: 700,
+            cross_shard: 1,
+        },
+        Case {
+            name: "a second assignment is a duplicate",
+            records: vec![assigned(0, "o1", 110)],
+            known: vec![("o1", present(100, 700, "s0", true))],
+            events: 0,
+            dead: vec![Reason::DuplicateEvent],
+            ops: vec![(
+                "o1",
+                Expect::Present {
+                    assigned: true,
+                    completed: false,
+                },
+                true,
+            )],
+            response: 0,
+            completion: 0,
+            completed_price: 0,
+            cross_shard: 0,
+        },
+        Case {
+            name: "bad input touches no order",
+            records: vec![
+                rec(0, "{oops"),
+                rec(1, r#"{"type":"order_paid","order_id":"o9"}"#),
+                rec(
+                    2,
+                    r#"{"type":"order_created","order_id":"o9","created_at":1,"pickup":{"x":1,"y":99},"dropoff":{"x":0,"y":0},"price_cents":1}"#,
+                ),
+                rec(
+                    3,
+                    r#"{"type":"order_created","order_id":"o9","created_at":1,"pickup":{"x":1,"y":9},"dropoff":{"x":0,"y":0},"price_cents":-100}"#,
+                ),
+            ],
+            known: vec![],
+            events: 0,
+            dead: vec![
+                Reason::MalformedJson,
+                Reason::UnknownEventType,
+                Reason::RegionOffGrid,
+                Reason::NegativePrice,
+            ],
+            ops: vec![],
+            response: 0,
+            completion: 0,
+            completed_price: 0,
+            cross_shard: 0,
+        },
+    ];
+    for case in cases {
+        let states = states_for(&case.records, &case.known);
+        let chunk = plan_chunk("s0", &case.records, &states);
+        let name = case.name;
+        assert_eq!(chunk.records, case.records.len(), "{name}");
+        assert_eq!(
+            &chunk.last,
+            &case.records.last().unwrap().position,
+            "{name}"
+        );
+        assert_eq!(chunk.delta.sums.events, case.events, "{name}");
+        let dead: Vec<Reason> = chunk.dead_letters.iter().map(|d| d.reason).collect();
+        assert_eq!(dead, case.dead, "{name}");
+        assert_eq!(
+            chunk.delta.dead_letter_count(),
+            case.dead.len() as u64,
+            "{name}"
+        );
+        let ops: Vec<_> = chunk
+            .orders
+            .iter()
+            .map(|o| (o.order_id.as_str(), o.expect, o.is_check_only()))
+            .collect();
+        assert_eq!(ops, case.ops, "{name}");
+        assert_eq!(chunk.delta.sums.response_ms_sum, case.response, "{name}");
+        assert_eq!(
+            chunk.delta.sums.completion_ms_sum, case.completion,
+            "{name}"
+        );
+        assert_eq!(
+            chunk.delta.sums.completed_price_cents, case.completed_price,
+            "{name}"
+        );
+        assert_eq!(
+            chunk.delta.cross_shard_completions, case.cross_shard,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn chunks_stop_at_one_hundred_items() {
+    let records: Vec<_> = (0..150)
+        .map(|n| created(n, &format!("o{n}"), 1, 1))
+        .collect();
+    let states = states_for(&records, &[]);
+    let first = plan_chunk("s0", &records, &states);
+    assert_eq!(first.records, 99);
+    assert_eq!(first.items(), MAX_TRANSACTION_ITEMS);
+    assert_eq!(first.last, records[98].position);
+    let second = plan_chunk("s0", &records[99..], &states);
+    assert_eq!(second.records, 51);
+    assert_eq!(
+        first.delta.sums.orders_created + second.delta.sums.orders_created,
+        150
+    );
+}
+
+#[test]
+fn a_rejection_and_its_check_count_two_items() {
+    // 49 orders assigned before created: 49 checks + 49 dead letters + stats = 99; the
+    // 50th would need two more.
+    let records: Vec<_> = (0..60).map(|n| assigned(n, &format!("o{n}"), 1)).collect();
+    let states = states_for(&records, &[]);
+    let chunk = plan_chunk("s0", &records, &states);
+    assert_eq!(chunk.records, 49);
+    assert_eq!(chunk.items(), 99);
+}
+
+#[test]
+fn large_dead_letters_are_truncated_and_bounded_by_bytes() {
+    let big = format!("{{\"type\":\"x\",\"pad\":\"{}\"}}", "a".repeat(200_000));
+    let records: Vec<_> = (0..80).map(|n| rec(n, &big)).collect();
+    let chunk = plan_chunk("s0", &records, &HashMap::new());
+    assert!(
+        chunk.records < 80 && chunk.records > 10,
+        "{}",
+        chunk.records
+    );
+    assert!(
+        chunk
+            .dead_letters
+            .iter()
+            .all(|d| d.raw.len() == MAX_DEAD_LETTER_RAW)
+    );
+    assert_eq!(chunk.dead_letters[0].raw_len, big.len());
+    assert_eq!(chunk.dead_letters[0].id, "s0#1000#0");
+}
+
+#[test]
+fn foreign_copies_are_counted_and_advance_the_watermark() {
+    let mut foreign = created(1, "o1", 1, 1);
+    foreign.parsed = None;
+    let records = vec![created(0, "o0", 1, 1), foreign];
+    let states = states_for(&records, &[]);
+    let chunk = plan_chunk("s0", &records, &states);
+    assert_eq!(chunk.records, 2);
+    assert_eq!(chunk.delta.foreign_records_skipped, 1);
+    assert_eq!(chunk.delta.sums.orders_created, 1);
+    assert_eq!(chunk.orders.len(), 1);
+}
+
+#[test]
+fn states_after_follow_the_transitions() {
+    let records = vec![created(0, "o1", 100, 5), assigned(1, "o1", 120)];
+    let states = states_for(&records, &[]);
+    let chunk = plan_chunk("s7", &records, &states);
+    assert_eq!(
+        chunk.after["o1"],
+        Some(OrderState {
+            created_at: 100,
+            price_cents: 5,
+            created_shard: "s7".into(),
+            assigned: true,
+            completed: false,
+        })
+    );
+}

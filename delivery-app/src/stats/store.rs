@@ -1,0 +1,457 @@
+//! The statistics store over DynamoDB: the application's three tables, the reads the
+//! processor needs (watermarks, order states) and the one write (a transaction per
+//! [`Chunk`]), and the scans `stats` reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    ScalarAttributeType, TableStatus,
+};
+use kcl::checkpoint::ExtendedSequenceNumber;
+
+use super::items::{
+    self, DEAD_LETTER_KEY, ORDER_KEY, STATS_KEY, ShardStats, StatsTables, decode_order,
+    decode_stats, stats_key,
+};
+use super::plan::{Chunk, OrderState};
+use super::summary::Totals;
+use crate::events::{Reason, Region};
+
+/// Errors of the statistics store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A condition of the transaction failed: another writer applied these records or
+    /// changed one of these orders. Nothing was written; re-read and plan again.
+    #[error("transaction cancelled by a condition: {reasons}")]
+    Conflict {
+        /// The cancellation reasons DynamoDB gave, per item.
+        reasons: String,
+    },
+    /// Throttling, a conflicting transaction in progress, a 5xx or the network.
+    #[error("DynamoDB temporarily unavailable: {0}")]
+    Transient(String),
+    /// Anything else: a missing table, access denied, a request DynamoDB rejects.
+    #[error("DynamoDB error: {0}")]
+    Fatal(String),
+    /// A stored item that is not what this application writes.
+    #[error("malformed item in {table}: {what}")]
+    Malformed {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+}
+
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionInProgressException",
+    "TransactionConflictException",
+];
+
+fn classify<E, R>(err: SdkError<E, R>, context: &str) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let transient = match &err {
+        SdkError::ServiceError(_) => err.code().is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(f) => !f.is_user(),
+        _ => false,
+    };
+    let message = format!("{context}: {}", DisplayErrorContext(&err));
+    if transient {
+        StoreError::Transient(message)
+    } else {
+        StoreError::Fatal(message)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Everything the statistics table holds.
+#[derive(Clone, Debug, Default)]
+pub struct StoredStats {
+    /// One entry per shard that has had records applied, by shard id.
+    pub shards: Vec<ShardStats>,
+    /// The sum over all shards.
+    pub totals: Totals,
+}
+
+/// A dead letter as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredDeadLetter {
+    /// `<shard>#<sequence>#<sub-sequence>`.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+    /// What exactly.
+    pub detail: String,
+    /// The record's bytes (possibly truncated), as lossy UTF-8.
+    pub raw: String,
+    /// The record's full length.
+    pub raw_len: u64,
+}
+
+/// The application's statistics tables.
+#[derive(Clone, Debug)]
+pub struct StatsStore {
+    client: Client,
+    tables: StatsTables,
+}
+
+impl StatsStore {
+    /// The store of application `app` (tables `<app>-Orders`, `<app>-Stats`,
+    /// `<app>-DeadLetters`).
+    pub fn new(client: Client, app: &str) -> StatsStore {
+        StatsStore {
+            client,
+            tables: StatsTables::for_application(app),
+        }
+    }
+
+    /// The table names.
+    pub fn tables(&self) -> &StatsTables {
+        &self.tables
+    }
+
+    /// Creates the three tables unless they exist and waits until they are ACTIVE.
+    pub async fn ensure_tables(&self) -> Result<(), StoreError> {
+        for (table, key) in [
+            (&self.tables.orders, ORDER_KEY),
+            (&self.tables.stats, STATS_KEY),
+            (&self.tables.dead_letters, DEAD_LETTER_KEY),
+        ] {
+            self.ensure_table(table, key).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_table(&self, table: &str, key: &str) -> Result<(), StoreError> {
+        let created = self
+            .client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| StoreError::Fatal(e.to_string()))?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(|e| StoreError::Fatal(e.to_string()))?,
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(classify(e, &format!("CreateTable {table}"))),
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let described = self
+                .client
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("DescribeTable {table}")))?;
+            let status = described.table().and_then(|t| t.table_status().cloned());
+            if status == Some(TableStatus::Active) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Transient(format!(
+                    "table {table} not ACTIVE after 120 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last record applied for `shard_id`, read consistently.
+    pub async fn watermark(
+        &self,
+        shard_id: &str,
+    ) -> Result<Option<ExtendedSequenceNumber>, StoreError> {
+        Ok(self
+            .shard_stats(shard_id)
+            .await?
+            .and_then(|stats| stats.watermark))
+    }
+
+    /// The statistics item of `shard_id` (watermark, counters, regions), read
+    /// consistently; `None` before its first transaction.
+    pub async fn shard_stats(&self, shard_id: &str) -> Result<Option<ShardStats>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.stats)
+            .key(STATS_KEY, AttributeValue::S(stats_key(shard_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(e, &format!("GetItem {}", self.tables.stats)))?;
+        match out.item() {
+            None => Ok(None),
+            Some(item) => decode_stats(item)
+                .map(Some)
+                .map_err(|what| StoreError::Malformed {
+                    table: self.tables.stats.clone(),
+                    what,
+                }),
+        }
+    }
+
+    /// The states of `order_ids`, read consistently (`None`: no such order), in
+    /// BatchGetItem calls of at most 100 keys.
+    pub async fn order_states(
+        &self,
+        order_ids: &[String],
+    ) -> Result<HashMap<String, Option<OrderState>>, StoreError> {
+        let mut states: HashMap<String, Option<OrderState>> =
+            order_ids.iter().map(|id| (id.clone(), None)).collect();
+        for batch in order_ids.chunks(100) {
+            let keys: Vec<_> = batch
+                .iter()
+                .map(|id| HashMap::from([(ORDER_KEY.to_string(), AttributeValue::S(id.clone()))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .projection_expression(
+                        "order_id, created_at, price_cents, created_shard, assigned_at, completed_at",
+                    )
+                    .build()
+                    .map_err(|e| StoreError::Fatal(e.to_string()))?,
+            );
+            let mut pause = Duration::from_millis(20);
+            while let Some(keys) = request.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.tables.orders, keys)
+                    .send()
+                    .await
+                    .map_err(|e| classify(e, &format!("BatchGetItem {}", self.tables.orders)))?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.tables.orders))
+                    .into_iter()
+                    .flatten()
+                {
+                    let (id, state) = decode_order(item).map_err(|what| StoreError::Malformed {
+                        table: self.tables.orders.clone(),
+                        what,
+                    })?;
+                    states.insert(id, Some(state));
+                }
+                // Keys DynamoDB did not get to (throttling, size): ask again after a pause.
+                request = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.tables.orders))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+                if request.is_some() {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// Applies `chunk` of `shard_id` in one transaction, if the shard's watermark is
+    /// still `previous` and every order is in the state the plan assumed. `regions` are
+    /// the shard's orders per region after the chunk (its stored counts, which go with
+    /// `previous`, plus the chunk's).
+    pub async fn apply(
+        &self,
+        shard_id: &str,
+        previous: Option<&ExtendedSequenceNumber>,
+        regions: &BTreeMap<Region, u64>,
+        chunk: &Chunk,
+    ) -> Result<(), StoreError> {
+        let items =
+            items::transact_items(&self.tables, shard_id, previous, regions, chunk, now_ms())
+                .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+                    e.as_service_error()
+                {
+                    let codes: Vec<&str> = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().unwrap_or("None"))
+                        .collect();
+                    let reasons = codes.join(", ");
+                    if codes.contains(&"ConditionalCheckFailed") {
+                        return Err(StoreError::Conflict { reasons });
+                    }
+                    return Err(StoreError::Transient(format!(
+                        "TransactWriteItems cancelled: [{reasons}]"
+                    )));
+                }
+                Err(classify(e, "TransactWriteItems"))
+            }
+        }
+    }
+
+    /// Every shard's statistics item and their sum, read consistently.
+    pub async fn read(&self) -> Result<StoredStats, StoreError> {
+        let mut stored = StoredStats::default();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.stats)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("Scan {}", self.tables.stats)))?;
+            for item in page.items() {
+                let is_stats = item
+                    .get(STATS_KEY)
+                    .and_then(|k| k.as_s().ok())
+                    .is_some_and(|k| k.starts_with("stats#"));
+                if !is_stats {
+                    continue;
+                }
+                let shard = decode_stats(item).map_err(|what| StoreError::Malformed {
+                    table: self.tables.stats.clone(),
+                    what,
+                })?;
+                stored.totals.add(&shard.totals);
+                stored.shards.push(shard);
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        stored.shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        Ok(stored)
+    }
+
+    /// Every shard's watermark (the last record applied), read consistently and
+    /// without the counters: cheap enough to poll.
+    pub async fn watermarks(&self) -> Result<HashMap<String, ExtendedSequenceNumber>, StoreError> {
+        let mut out = HashMap::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.stats)
+                .consistent_read(true)
+                .projection_expression("shard_id, applied_seq, applied_sub")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("Scan {}", self.tables.stats)))?;
+            for item in page.items() {
+                let shard = item.get("shard_id").and_then(|v| v.as_s().ok());
+                let watermark =
+                    items::decode_watermark(item).map_err(|what| StoreError::Malformed {
+                        table: self.tables.stats.clone(),
+                        what,
+                    })?;
+                if let (Some(shard), Some(watermark)) = (shard, watermark) {
+                    out.insert(shard.clone(), watermark);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` dead letters (in no particular order).
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        while out.len() < limit {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.dead_letters)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("Scan {}", self.tables.dead_letters)))?;
+            for item in page.items().iter().take(limit - out.len()) {
+                let text = |k: &str| {
+                    item.get(k)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                out.push(StoredDeadLetter {
+                    id: text(DEAD_LETTER_KEY),
+                    reason: Reason::parse(&text("reason"))
+                        .map_or_else(|| text("reason"), |r| r.to_string()),
+                    detail: text("detail"),
+                    raw: item
+                        .get("raw")
+                        .and_then(|v| v.as_b().ok())
+                        .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
+                        .unwrap_or_default(),
+                    raw_len: item
+                        .get("raw_len")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_default(),
+                });
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,55 @@
+//! One consumer worker of the statistics application: a kcl-rs worker whose processors
+//! are [`StatsProcessor`]s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kcl::aws::Clients;
+use kcl::config::{InitialPosition, WorkerConfig};
+use kcl::worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{ShardRanges, StatsProcessor, StatsStore};
+
+/// Settings of a statistics worker.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The stream.
+    pub stream: String,
+    /// The application (lease table and statistics tables prefix).
+    pub app: String,
+    /// Unique per process; default `worker-<pid>-<random>`.
+    pub worker_id: Option<String>,
+    /// Lease expiry: a crashed worker's shards are taken over after about this long.
+    pub failover: Duration,
+    /// Pause between GetRecords calls on a caught-up shard.
+    pub poll: Duration,
+}
+
+/// Errors of a worker.
+pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a worker until `cancel`, then shuts it down gracefully (processors
+/// checkpoint, leases are released for the others to take at once).
+pub async fn run_worker(
+    clients: &Clients,
+    options: &WorkerOptions,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
+    let store = Arc::new(StatsStore::new(clients.dynamodb.clone(), &options.app));
+    store.ensure_tables().await?;
+    let ranges = Arc::new(ShardRanges::new(clients.kinesis.clone(), &options.stream));
+    let mut builder = WorkerConfig::builder(&options.stream, &options.app)
+        .initial_position(InitialPosition::TrimHorizon)
+        .failover_time(options.failover)
+        .idle_time_between_reads(options.poll);
+    if let Some(id) = &options.worker_id {
+        builder = builder.worker_id(id.clone());
+    }
+    let config = builder.build()?;
+    tracing::info!(worker = %config.worker_id, stream = %options.stream, app = %options.app, "statistics worker starting");
+    Worker::new(config, clients, StatsProcessor::factory(store, ranges))
+        .run(cancel)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The commands a newcomer runs by hand, as processes against one local AWS:
+//! `create-stream`, `reshard` (with a clear error for non-adjacent shards), `worker`,
+//! `produce` and `stats --truth`.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kcl::local::{LocalAws, LocalAwsOptions};
+use tokio::process::Command;
+
+use common::unique;
+
+const EXE: &str = env!("CARGO_BIN_EXE_delivery-app");
+
+struct Cli {
+    common: Vec<String>,
+}
+
+impl Cli {
+    async fn run(&self, args: &[&str]) -> Output {
+        Command::new(EXE)
+            .args(args)
+            .args(&self.common)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manual_flow_produces_exact_statistics() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let stream = unique("cli-stream");
+    let app = unique("cli-app");
+    let cli = Cli {
+        common: vec![
+            "--kinesis-endpoint".into(),
+            endpoints.kinesis.clone().unwrap(),
+            "--dynamodb-endpoint".into(),
+            endpoints.dynamodb.clone().unwrap(),
+            "--stream".into(),
+            stream.clone(),
+            "--app".into(),
+            app.clone(),
+        ],
+    };
+    let created = cli.ok(&["create-stream", "--shards", "2"]).await;
+    assert!(created.contains("2 open shard(s)"), "{created}");
+
+    // Split shard 0 into 2 and 3; 2 (low half of 0) and 1 (upper half) do not touch.
+    cli.ok(&["reshard", "split", "0"]).await;
+    let refused = cli.run(&["reshard", "merge", "2", "1"]).await;
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("not adjacent"), "{message}");
+    let merged = cli.ok(&["reshard", "merge", "3", "1"]).await;
+    assert!(merged.contains("merged"), "{merged}");
+    let listed = cli.ok(&["reshard", "list"]).await;
+    assert!(listed.contains("shardId-000000000004"), "{listed}");
+
+    let mut worker = Command::new(EXE)
+        .arg("worker")
+        .args(&cli.common)
+        .args([
+            "--worker-id",
+            "cli-worker",
+            "--failover-ms",
+            "3000",
+            "--poll-ms",
+            "100",
+        ])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("cli-truth"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let truth = dir.join("truth.json");
+    let truth_arg = truth.to_str().unwrap();
+    let produced = cli
+        .ok(&[
+            "produce",
+            "--sim-seconds",
+            "30",
+            "--speed",
+            "0",
+            "--bad-events",
+            "7",
+            "--keys",
+            "region",
+            "--truth-file",
+            truth_arg,
+        ])
+        .await;
+    assert!(produced.contains("ground truth in"), "{produced}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli.run(&["stats", "--json", "--truth", truth_arg]).await;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if json["ground_truth"]["matches"] == true {
+            assert!(out.status.success());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "statistics never matched: {json:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let table = cli
+        .ok(&["stats", "--truth", truth_arg, "--dead-letters", "3"])
+        .await;
+    assert!(table.contains("MATCH"), "{table}");
+    assert!(table.contains("Top 10 pickup regions"), "{table}");
+    assert!(table.contains("raw ("), "{table}");
+
+    let pid = worker.id().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(dir);
+    aws.shutdown().await;
+}
+
+#[tokio::test]
+async fn help_explains_every_command() {
+    let out = Command::new(EXE).arg("--help").output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in [
+        "demo",
+        "local",
+        "create-stream",
+        "produce",
+        "worker",
+        "reshard",
+        "stats",
+    ] {
+        assert!(
+            help.contains(command),
+            "{command} missing from --help:\n{help}"
+        );
+    }
+    let out = Command::new(EXE)
+        .args([
+            "stats",
+            "--kinesis-endpoint",
+            "http://127.0.0.1:1",
+            "--dynamodb-endpoint",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+}

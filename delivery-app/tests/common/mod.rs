@@ -1,0 +1,88 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
+use delivery_app::sim::{KeyStrategy, SimConfig};
+use kcl::local::{EXTERNAL_KINESIS_ENV, LocalAws};
+
+/// A name unique across tests and test processes (streams and tables are shared when
+/// tests run against an external Kinesis).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether Kinesis is an external emulator (kinesis-mock): slower, so smaller runs.
+pub fn external_kinesis() -> bool {
+    std::env::var(EXTERNAL_KINESIS_ENV).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Messages of the scenario, prefixed with the test's name, on stderr.
+pub fn narrator(test: &'static str) -> Narrator {
+    Arc::new(move |line: &str| eprintln!("[{test}] {line}"))
+}
+
+/// A scenario of about `orders` orders produced over about `seconds` real seconds,
+/// with 3 worker processes on a 3-shard stream.
+pub fn scenario(
+    aws: &LocalAws,
+    orders: u64,
+    seconds: f64,
+    keys: KeyStrategy,
+    bad_events: u64,
+    steps: Vec<(f64, Step)>,
+) -> ScenarioConfig {
+    let sim = SimConfig {
+        seed: 7,
+        duration_ms: (orders as f64 * 90.0) as i64,
+        keys,
+        bad_events,
+        ..SimConfig::default()
+    };
+    let speed = sim.duration_ms as f64 / 1000.0 / seconds;
+    ScenarioConfig {
+        exe: env!("CARGO_BIN_EXE_delivery-app").into(),
+        endpoints: aws.endpoints(),
+        stream: unique("deliveries"),
+        app: unique("delivery-stats"),
+        shards: 3,
+        workers: 3,
+        failover: Duration::from_secs(3),
+        poll: Duration::from_millis(100),
+        sim,
+        speed: Some(speed),
+        steps,
+        autoscale: None,
+        live_every: None,
+        log_dir: None,
+        settle_timeout: Duration::from_secs(90),
+        track_latency: false,
+        workers_after_production: false,
+    }
+}
+
+/// Fails with the differences when the statistics are not exactly the ground truth.
+pub fn assert_exact(report: &ScenarioReport) {
+    assert!(
+        report.comparison.matches,
+        "statistics differ from the ground truth in {:?}\nstatistics: {:#?}\nground truth: {:#?}\ndead letters: {:?} vs {:?}\nactions: {:?}",
+        report.comparison.differences,
+        report.stats.totals.summary(),
+        report.truth.summary,
+        report.stats.totals.dead_letters,
+        report.truth.dead_letters,
+        report.actions,
+    );
+}

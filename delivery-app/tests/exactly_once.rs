@@ -1,0 +1,96 @@
+//! The acceptance tests: the simulator with a fixed seed against 3 worker processes,
+//! with crashes, restarts, a split and a merge; the statistics must equal the ground
+//! truth exactly (totals to the cent, averages from exact sums and counts, the same
+//! top 10), and bad events must each be dead-lettered exactly once.
+//!
+//! Runs against the embedded Kinesis, or kinesis-mock when `KCL_TEST_KINESIS_ENDPOINT`
+//! is set.
+
+mod common;
+
+use delivery_app::events::Reason;
+use delivery_app::scenario::{self, Step};
+use delivery_app::sim::KeyStrategy;
+use delivery_app::stats::StatsStore;
+use kcl::local::{LocalAws, LocalAwsOptions};
+
+use common::{assert_exact, narrator, scenario};
+
+/// Orders per test: a few thousand events.
+fn orders() -> u64 {
+    if common::external_kinesis() {
+        700
+    } else {
+        1_000
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_keys_exact_through_a_crash_a_split_and_a_merge() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let steps = vec![
+        (0.2, Step::Kill),
+        (0.35, Step::Split),
+        (0.5, Step::Restart),
+        (0.65, Step::Merge),
+    ];
+    let config = scenario(&aws, orders(), 10.0, KeyStrategy::Order, 0, steps);
+    let report = scenario::run(config, narrator("order-keys")).await.unwrap();
+    assert_exact(&report);
+    assert_eq!(report.actions.len(), 4, "{:?}", report.actions);
+    assert!(
+        report.actions[0].contains("while it held shardId"),
+        "{:?}",
+        report.actions
+    );
+    assert_eq!(report.stats.totals.dead_letter_count(), 0);
+    // 3 shards, 2 children of the split, 1 of the merge.
+    assert_eq!(report.stats.shards.len(), 6, "{:?}", report.stats.shards);
+    assert!(
+        report.stats.totals.cross_shard_completions > 0,
+        "no order was created in a parent and completed in a child"
+    );
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn region_keys_exact_through_a_restart_of_every_worker_and_a_crash() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let steps = vec![
+        (0.2, Step::RestartAll),
+        (0.4, Step::Split),
+        (0.55, Step::Kill),
+        (0.7, Step::Merge),
+        (0.8, Step::Restart),
+    ];
+    let config = scenario(&aws, orders(), 10.0, KeyStrategy::Region, 0, steps);
+    let report = scenario::run(config, narrator("region-keys"))
+        .await
+        .unwrap();
+    assert_exact(&report);
+    assert_eq!(report.actions.len(), 5, "{:?}", report.actions);
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_events_are_dead_lettered_exactly_once() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let injected = 35; // five of each kind
+    let steps = vec![(0.3, Step::Kill), (0.45, Step::Split), (0.6, Step::Restart)];
+    let config = scenario(&aws, orders(), 10.0, KeyStrategy::Order, injected, steps);
+    let app = config.app.clone();
+    let report = scenario::run(config, narrator("bad-events")).await.unwrap();
+    assert_exact(&report);
+    assert_eq!(report.truth.dead_letter_count(), injected);
+    assert_eq!(report.stats.totals.dead_letter_count(), injected);
+    for reason in Reason::ALL {
+        assert_eq!(report.stats.totals.dead_letters[&reason], 5, "{reason}");
+    }
+    // Each one is in the dead-letter table, with its reason and raw bytes.
+    let store = StatsStore::new(aws.clients().await.dynamodb, &app);
+    let dead = store.dead_letters(1_000).await.unwrap();
+    assert_eq!(dead.len() as u64, injected);
+    assert!(dead.iter().all(|d| !d.raw.is_empty() && d.raw_len > 0));
+    assert!(dead.iter().any(|d| d.reason == "malformed_json"));
+    aws.shutdown().await;
+}

@@ -1,0 +1,330 @@
+//! Producer figures on the embedded Kinesis, in one run:
+//! - user records/s and producer CPU time per user record for 368- and 100-byte
+//!   records, aggregated and not (4 shards, no write limits, the producer's rate limit
+//!   lifted), and a bare SDK PutRecords loop for reference;
+//! - user records/s one shard absorbs under the real per-shard write limits (1 MiB/s,
+//!   1,000 records/s) with aggregation, against the physical bound of 1 MiB/s of
+//!   encoded bytes, at the default rate limit (150%) and at 100%.
+//!
+//! Run: `cargo bench --workspace --bench producer` (RECORDS=n user records per
+//! throughput case, default 200,000; SECONDS=n of writing per single-shard case,
+//! default 10).
+//!
+//! The producer (its task, the SDK and its HTTP connections) runs on a current-thread
+//! runtime on the main thread, whose CPU time (`getrusage(RUSAGE_THREAD)`) is the
+//! producer's; the emulator runs on a runtime of its own. Calls carry at most 1 MiB of
+//! payload: the embedded Kinesis refuses request bodies over 2 MB (axum's default).
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::Client;
+use kcl::local::{LocalAws, LocalAwsOptions};
+use producer::{Producer, ProducerConfig, ProducerConfigBuilder};
+use tokio::runtime::Runtime;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU time (user + system) of the calling thread, or of the whole process.
+fn cpu_time(who: libc::c_int) -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_THREAD and RUSAGE_SELF are
+    // valid on Linux.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(who, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+fn config(stream: &str) -> ProducerConfigBuilder {
+    ProducerConfig::builder(stream).collection_max_size(1024 * 1024)
+}
+
+async fn create(kinesis: &Client, name: &str, shards: i32) {
+    kcl::stream::create_stream(kinesis, name, shards, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+struct Throughput {
+    records_per_second: f64,
+    cpu_per_record: Duration,
+    process_cpu_per_record: Duration,
+}
+
+/// Puts `count` records of `size` bytes over 1,000 keys and waits for every result.
+async fn throughput(
+    kinesis: &Client,
+    name: &str,
+    size: usize,
+    aggregation: bool,
+    count: usize,
+) -> Throughput {
+    create(kinesis, name, 4).await;
+    // The emulator has no write limits here: lift the producer's own, so that the
+    // figures are the producer's cost, not 4 × 150% of a shard's limits.
+    let config = config(name).aggregation(aggregation).rate_limit(1_000_000);
+    let producer = Producer::new(config.build().unwrap(), kinesis.clone());
+    let keys: Vec<String> = (0..1000).map(|k| format!("customer-{k}")).collect();
+    let payload = vec![b'x'; size];
+    let (cpu0, process0, started) = (
+        cpu_time(libc::RUSAGE_THREAD),
+        cpu_time(libc::RUSAGE_SELF),
+        Instant::now(),
+    );
+    let mut pending = Vec::with_capacity(count);
+    for i in 0..count {
+        pending.push(
+            producer
+                .put(keys[i % keys.len()].clone(), payload.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+    for future in pending {
+        future.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_time(libc::RUSAGE_THREAD) - cpu0;
+    let process = cpu_time(libc::RUSAGE_SELF) - process0;
+    producer.shutdown().await;
+    Throughput {
+        records_per_second: count as f64 / elapsed.as_secs_f64(),
+        cpu_per_record: cpu / count as u32,
+        process_cpu_per_record: process / count as u32,
+    }
+}
+
+/// A bare loop of PutRecords calls of 500 plain records, `concurrency` at a time: what
+/// the SDK and the emulator manage without the producer.
+async fn bare(
+    kinesis: &Client,
+    name: &str,
+    size: usize,
+    count: usize,
+    concurrency: usize,
+) -> Throughput {
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    create(kinesis, name, 4).await;
+    let payload = vec![b'x'; size];
+    let (cpu0, process0, started) = (
+        cpu_time(libc::RUSAGE_THREAD),
+        cpu_time(libc::RUSAGE_SELF),
+        Instant::now(),
+    );
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (kinesis, name, payload, next) = (
+            kinesis.clone(),
+            name.to_string(),
+            payload.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(500, std::sync::atomic::Ordering::Relaxed);
+                if start >= count {
+                    return;
+                }
+                let entries = (start..(start + 500).min(count))
+                    .map(|i| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key(format!("customer-{}", i % 1000))
+                            .data(Blob::new(payload.clone()))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                let out = kinesis
+                    .put_records()
+                    .stream_name(&name)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(out.failed_record_count(), Some(0));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    Throughput {
+        records_per_second: count as f64 / elapsed.as_secs_f64(),
+        cpu_per_record: (cpu_time(libc::RUSAGE_THREAD) - cpu0) / count as u32,
+        process_cpu_per_record: (cpu_time(libc::RUSAGE_SELF) - process0) / count as u32,
+    }
+}
+
+struct ShardRate {
+    records_per_second: f64,
+    encoded_per_record: f64,
+    throttled: usize,
+    count: usize,
+}
+
+/// Writes 368-byte records to one throttled shard for `seconds`, then waits for the
+/// rest; reads the stream back to measure the encoded bytes per user record.
+async fn one_shard(kinesis: &Client, name: &str, rate_limit: u32, seconds: u64) -> ShardRate {
+    create(kinesis, name, 1).await;
+    let config = config(name)
+        .rate_limit(rate_limit)
+        .max_outstanding_records(10_000)
+        .build()
+        .unwrap();
+    let producer = Producer::new(config, kinesis.clone());
+    let keys: Vec<String> = (0..1000).map(|k| format!("customer-{k}")).collect();
+    let payload = vec![b'x'; 368];
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut pending = Vec::new();
+    let mut i = 0;
+    while Instant::now() < deadline {
+        pending.push(
+            producer
+                .put(keys[i % keys.len()].clone(), payload.clone())
+                .await
+                .unwrap(),
+        );
+        i += 1;
+    }
+    producer.flush().await;
+    let mut throttled = 0;
+    for future in pending.drain(..) {
+        let result = future.await.unwrap();
+        throttled += usize::from(result.attempts.len() > 1);
+    }
+    let elapsed = started.elapsed();
+    producer.shutdown().await;
+
+    // Encoded bytes per user record, as the shard counts them (data plus key).
+    let (mut bytes, mut users) = (0usize, 0usize);
+    let shard = kcl::stream::list_shards(kinesis, name)
+        .await
+        .unwrap()
+        .remove(0);
+    let mut iterator = kinesis
+        .get_shard_iterator()
+        .stream_name(name)
+        .shard_id(&shard.shard_id)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator()
+        .map(str::to_string);
+    while let Some(it) = iterator.take() {
+        let page = kinesis
+            .get_records()
+            .shard_iterator(it)
+            .send()
+            .await
+            .unwrap();
+        for record in page.records() {
+            let data = record.data().as_ref();
+            bytes += data.len() + record.partition_key().len();
+            users += kcl::kpl::deaggregate(data).map_or(1, |u| u.len());
+        }
+        if !page.records().is_empty() {
+            iterator = page.next_shard_iterator().map(str::to_string);
+        }
+    }
+    assert_eq!(users, i, "every user record written once");
+    ShardRate {
+        records_per_second: i as f64 / elapsed.as_secs_f64(),
+        encoded_per_record: bytes as f64 / users as f64,
+        throttled,
+        count: i,
+    }
+}
+
+fn start(emulator: &Runtime, enforce_limits: bool) -> LocalAws {
+    emulator
+        .block_on(LocalAws::start(LocalAwsOptions {
+            enforce_limits,
+            ..LocalAwsOptions::default()
+        }))
+        .unwrap()
+}
+
+fn main() {
+    let records = env_usize("RECORDS", 200_000);
+    let seconds = env_usize("SECONDS", 10) as u64;
+    let emulator = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!("producer throughput, {records} user records per case, 4 shards, no write limits:");
+    println!("  size  aggregation  user records/s  producer CPU/record  process CPU/record");
+    let aws = start(&emulator, false);
+    for size in [368, 100] {
+        for aggregation in [true, false] {
+            let name = format!("bench-{size}-{aggregation}");
+            let t = runtime.block_on(async {
+                let kinesis = aws.clients().await.kinesis;
+                throughput(&kinesis, &name, size, aggregation, records).await
+            });
+            println!(
+                "  {size:>4}  {:<11}  {:>14.0}  {:>16.2} µs  {:>15.2} µs",
+                if aggregation { "on" } else { "off" },
+                t.records_per_second,
+                t.cpu_per_record.as_secs_f64() * 1e6,
+                t.process_cpu_per_record.as_secs_f64() * 1e6,
+            );
+        }
+    }
+    // The reference: what the SDK and the emulator do without the producer.
+    let name = "bench-bare".to_string();
+    let t = runtime.block_on(async {
+        let kinesis = aws.clients().await.kinesis;
+        bare(&kinesis, &name, 368, records, 4).await
+    });
+    println!(
+        "   368  bare loop    {:>14.0}  {:>16.2} µs  {:>15.2} µs   (PutRecords of 500 plain records, 4 at a time)",
+        t.records_per_second,
+        t.cpu_per_record.as_secs_f64() * 1e6,
+        t.process_cpu_per_record.as_secs_f64() * 1e6,
+    );
+    emulator.block_on(aws.shutdown());
+
+    println!(
+        "one shard under the per-shard write limits, 368-byte records, aggregation on, {seconds} s:"
+    );
+    let aws = start(&emulator, true);
+    for rate_limit in [150, 100] {
+        let name = format!("bench-shard-{rate_limit}");
+        let r = runtime.block_on(async {
+            let kinesis = aws.clients().await.kinesis;
+            one_shard(&kinesis, &name, rate_limit, seconds).await
+        });
+        let bound = MIB / r.encoded_per_record;
+        println!(
+            "  rate limit {rate_limit}%: {:.0} user records/s ({} records, {} retried); {:.1} encoded bytes per user record → bound {:.0}/s; {:.1}% of the bound",
+            r.records_per_second,
+            r.count,
+            r.throttled,
+            r.encoded_per_record,
+            bound,
+            100.0 * r.records_per_second / bound,
+        );
+    }
+    emulator.block_on(aws.shutdown());
+}

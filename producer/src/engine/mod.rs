@@ -1,0 +1,463 @@
+//! The producer task: the one owner of the buffers, the shard map and the calls in flight.
+//!
+//! It is fed by a bounded channel from [`Producer`](crate::Producer) and wakes on
+//! whichever comes first: a command, a finished PutRecords or ListShards call, or the
+//! next deadline (an aggregate's buffered time, a retry's backoff, a rate-limit wait).
+//! Each pass then releases due retries, seals due aggregates and sends due calls.
+//! PutRecords calls run as tasks of their own, but the records they carry stay here, so
+//! whatever happens to a call, every record is accounted for.
+
+mod outcome;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
+use backon::{ExponentialBuilder, Retryable};
+use kcl::stream::{ShardInfo, StreamError};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregation::{AggregationLimits, KinesisRecord};
+use crate::collector::{CollectionLimits, Queues, ShardKey};
+use crate::config::ProducerConfig;
+use crate::record::Pending;
+use crate::result::AttemptError;
+use crate::retry::classify_request_error;
+use crate::shard_map::ShardMap;
+
+/// Shortest time between two ListShards refreshes: mispredictions come in bursts (every
+/// record of a resharded range), one refresh answers them all.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often a shutting-down task checks whether the last records are resolved.
+const CLOSING_POLL: Duration = Duration::from_millis(50);
+
+/// Commands per wake-up taken from the channel before the buffers are looked at.
+const COMMANDS_PER_PASS: usize = 256;
+
+/// What [`Producer`](crate::Producer) sends the task.
+pub(crate) enum Command {
+    /// A validated user record, holding its room in the buffer.
+    Put(Pending),
+    /// Resolve the sender once every record received before is resolved.
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the task's own subtasks return.
+enum TaskOutput {
+    /// A PutRecords answer (or its classified error) and when it came.
+    Put(Result<PutRecordsOutput, (AttemptError, bool)>, Instant),
+    /// A ListShards answer.
+    ShardMap(Result<Vec<ShardInfo>, StreamError>),
+}
+
+/// A PutRecords call in flight: its records stay with the task.
+struct InFlight {
+    records: Vec<KinesisRecord>,
+    shards: Vec<ShardKey>,
+    started: Instant,
+}
+
+/// A flush waiting for the records numbered below `barrier`.
+struct FlushWaiter {
+    barrier: u64,
+    remaining: usize,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Shard map refreshes: tickets `wanted` are handed to records waiting for a map newer
+/// than what they saw; `served` is the newest ticket a finished refresh covers.
+struct Refresh {
+    wanted: u64,
+    served: u64,
+    running: Option<(Id, u64)>,
+    not_before: Instant,
+    /// Whether a refresh has failed yet.
+    failed: bool,
+}
+
+/// A Kinesis record that Kinesis accepted: its user records and where they are.
+struct Landed {
+    members: Vec<Pending>,
+    aggregated: bool,
+    shard: String,
+    sequence_number: String,
+    started: Instant,
+    ended: Instant,
+}
+
+/// A Kinesis record accepted into a shard the map could not judge; decided once a
+/// refresh newer than `ticket` is in.
+struct Held {
+    landed: Landed,
+    /// When its first user record expires.
+    expires_at: Instant,
+    ticket: u64,
+}
+
+/// The producer task's state.
+pub(crate) struct Engine {
+    config: Arc<ProducerConfig>,
+    client: Client,
+    commands: mpsc::Receiver<Command>,
+    commands_open: bool,
+    cancel: CancellationToken,
+    closing: bool,
+    /// The record-count bound, to know when no record is between `put` and the channel.
+    records: Arc<Semaphore>,
+    stopped: watch::Sender<bool>,
+    map: Option<ShardMap>,
+    queues: Queues,
+    tasks: JoinSet<TaskOutput>,
+    in_flight: HashMap<Id, InFlight>,
+    retries: BTreeMap<(Instant, u64), Vec<Pending>>,
+    retry_seq: u64,
+    held: Vec<Held>,
+    refresh: Refresh,
+    flushes: Vec<FlushWaiter>,
+    flush_barrier: u64,
+    next_id: u64,
+    outstanding: usize,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        config: Arc<ProducerConfig>,
+        client: Client,
+        commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+        records: Arc<Semaphore>,
+        stopped: watch::Sender<bool>,
+    ) -> Self {
+        Engine {
+            config,
+            client,
+            commands,
+            commands_open: true,
+            cancel,
+            closing: false,
+            records,
+            stopped,
+            map: None,
+            queues: Queues::default(),
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            retries: BTreeMap::new(),
+            retry_seq: 0,
+            held: Vec::new(),
+            // The first map is wanted at once.
+            refresh: Refresh {
+                wanted: 1,
+                served: 0,
+                running: None,
+                not_before: Instant::now(),
+                failed: false,
+            },
+            flushes: Vec::new(),
+            flush_barrier: 0,
+            next_id: 0,
+            outstanding: 0,
+        }
+    }
+
+    /// Runs until shut down (cancelled, or every [`Producer`](crate::Producer) dropped)
+    /// and every accepted record is resolved.
+    pub(crate) async fn run(mut self) {
+        let mut commands = Vec::with_capacity(COMMANDS_PER_PASS);
+        loop {
+            let now = Instant::now();
+            self.maybe_refresh(now);
+            self.release_due(now);
+            self.seal_due(now);
+            self.dispatch(now);
+            if self.is_done() {
+                break;
+            }
+            let wake = self.next_wake(now);
+            tokio::select! {
+                biased;
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_task(joined);
+                }
+                received = self.commands.recv_many(&mut commands, COMMANDS_PER_PASS),
+                    if self.commands_open =>
+                {
+                    if received == 0 {
+                        self.commands_open = false;
+                        self.closing = true;
+                    }
+                    for command in commands.drain(..) {
+                        self.on_command(command);
+                    }
+                }
+                _ = self.cancel.cancelled(), if !self.closing => self.closing = true,
+                _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+            }
+        }
+        // Only a ListShards read can be left: nothing to lose by stopping it.
+        self.tasks.shutdown().await;
+        let _ = self.stopped.send(true);
+    }
+
+    fn is_done(&self) -> bool {
+        self.closing
+            && self.outstanding == 0
+            && self.in_flight.is_empty()
+            && self.records.available_permits() == self.config.max_outstanding_records
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Put(mut record) => {
+                record.id = self.next_id;
+                self.next_id += 1;
+                self.outstanding += 1;
+                self.route(record, Instant::now());
+            }
+            Command::Flush(done) => {
+                if self.outstanding == 0 {
+                    let _ = done.send(());
+                    return;
+                }
+                self.flush_barrier = self.next_id;
+                self.flushes.push(FlushWaiter {
+                    barrier: self.next_id,
+                    remaining: self.outstanding,
+                    done: Some(done),
+                });
+            }
+        }
+    }
+
+    /// Puts a user record into the buffer of its predicted shard.
+    fn route(&mut self, record: Pending, now: Instant) {
+        let key: ShardKey = self
+            .map
+            .as_ref()
+            .and_then(|m| m.predict(record.hash_key))
+            .cloned();
+        let aggregate = self.config.aggregation_enabled && key.is_some();
+        let limits = AggregationLimits {
+            max_size: self.config.aggregation_max_size,
+            max_count: self.config.aggregation_max_count,
+        };
+        let queue = self.queues.entry(key, self.config.rate_limit, now);
+        if aggregate {
+            let (sealed, alone) = queue.aggregator.add(record, limits);
+            for record in sealed.into_iter().chain(alone) {
+                queue.push_ready(record);
+            }
+        } else {
+            queue.push_ready(KinesisRecord::plain(record));
+        }
+    }
+
+    /// Resolves a record and counts it off the flushes waiting for it.
+    fn finish(
+        &mut self,
+        record: Pending,
+        result: Result<crate::UserRecordResult, crate::PutError>,
+    ) {
+        self.outstanding -= 1;
+        let id = record.id;
+        // Resolved (and its buffer room freed) before any flush waiting for it returns.
+        record.resolve(result);
+        self.flushes.retain_mut(|waiter| {
+            if id < waiter.barrier {
+                waiter.remaining -= 1;
+                if waiter.remaining == 0
+                    && let Some(done) = waiter.done.take()
+                {
+                    let _ = done.send(());
+                }
+            }
+            waiter.remaining > 0
+        });
+    }
+
+    fn expire(&mut self, mut record: Pending) {
+        let attempts = std::mem::take(&mut record.attempts);
+        self.finish(record, Err(crate::PutError::Expired { attempts }));
+    }
+
+    /// Retries whose backoff is over go back into the buffers, due at once; held
+    /// records past their TTL are resolved as written (they are in the stream).
+    fn release_due(&mut self, now: Instant) {
+        while let Some(entry) = self.retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            for mut record in entry.remove() {
+                record.deadline = now;
+                self.route(record, now);
+            }
+        }
+        if self.held.iter().any(|h| h.expires_at <= now) {
+            let (expired, kept) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|h| h.expires_at <= now);
+            self.held = kept;
+            for held in expired {
+                tracing::warn!(shard = %held.landed.shard, "shard map not refreshed within the record's TTL; reporting the record where it landed");
+                self.succeed(held.landed);
+            }
+        }
+    }
+
+    fn seal_due(&mut self, now: Instant) {
+        let (barrier, closing) = (self.flush_barrier, self.closing);
+        for queue in self.queues.iter_mut() {
+            if queue.aggregator.is_due(now, barrier, closing)
+                && let Some(record) = queue.aggregator.seal()
+            {
+                queue.push_ready(record);
+            }
+        }
+    }
+
+    /// Sends every call that is due, up to the connection limit.
+    fn dispatch(&mut self, now: Instant) {
+        // Until the first ListShards is answered, records wait to be aggregated by it
+        // (flushes and shutdown too: the wait is bounded by that call's own retries);
+        // if it fails they go out unaggregated rather than wait for the next one.
+        self.queues.hold_unpredicted = self.map.is_none() && !self.refresh.failed;
+        let limits = CollectionLimits {
+            max_count: self.config.collection_max_count,
+            max_size: self.config.collection_max_size,
+        };
+        while self.in_flight.len() < self.config.max_connections {
+            let mut expired = Vec::new();
+            let batch =
+                self.queues
+                    .next_batch(now, limits, self.flush_barrier, self.closing, &mut expired);
+            for record in expired {
+                self.expire(record);
+            }
+            let Some(mut batch) = batch else { break };
+            let entries: Vec<_> = batch
+                .records
+                .iter_mut()
+                .map(KinesisRecord::take_entry)
+                .collect();
+            let request = self
+                .client
+                .put_records()
+                .stream_name(&self.config.stream_name)
+                .set_records(Some(entries));
+            let handle = self.tasks.spawn(async move {
+                let result = request.send().await.map_err(|e| classify_request_error(&e));
+                TaskOutput::Put(result, Instant::now())
+            });
+            self.in_flight.insert(
+                handle.id(),
+                InFlight {
+                    records: batch.records,
+                    shards: batch.shards,
+                    started: now,
+                },
+            );
+        }
+    }
+
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let can_send = self.in_flight.len() < self.config.max_connections;
+        let refresh = (self.refresh.running.is_none() && self.refresh.wanted > self.refresh.served)
+            .then_some(self.refresh.not_before);
+        self.queues
+            .next_wake(can_send)
+            .into_iter()
+            .chain(self.retries.keys().next().map(|(at, _)| *at))
+            .chain(self.held.iter().map(|h| h.expires_at))
+            .chain(refresh)
+            .chain(self.closing.then(|| now + CLOSING_POLL))
+            .min()
+    }
+
+    fn on_task(&mut self, joined: Result<(Id, TaskOutput), JoinError>) {
+        match joined {
+            Ok((id, TaskOutput::Put(result, ended))) => self.on_put_done(id, result, ended),
+            Ok((_, TaskOutput::ShardMap(result))) => self.on_shard_map(result),
+            Err(e) if self.in_flight.contains_key(&e.id()) => {
+                let error = AttemptError {
+                    code: "TaskFailed".into(),
+                    message: format!("the PutRecords task failed: {e}"),
+                };
+                self.on_put_done(e.id(), Err((error, true)), Instant::now());
+            }
+            Err(e) => self.on_shard_map(Err(StreamError::Malformed {
+                what: format!("ListShards task failed: {e}"),
+            })),
+        }
+    }
+
+    /// Hands out a ticket for a shard map newer than the current one.
+    fn want_refresh(&mut self) -> u64 {
+        self.refresh.wanted += 1;
+        self.refresh.wanted
+    }
+
+    fn maybe_refresh(&mut self, now: Instant) {
+        let r = &self.refresh;
+        if r.running.is_some() || r.wanted <= r.served || now < r.not_before {
+            return;
+        }
+        let ticket = r.wanted;
+        let (client, stream) = (self.client.clone(), self.config.stream_name.clone());
+        let handle = self.tasks.spawn(async move {
+            let list = || kcl::stream::list_shards(&client, &stream);
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_max_times(3)
+                .with_jitter();
+            TaskOutput::ShardMap(list.retry(backoff).await)
+        });
+        self.refresh.running = Some((handle.id(), ticket));
+        self.refresh.not_before = now + MIN_REFRESH_INTERVAL;
+    }
+
+    fn on_shard_map(&mut self, result: Result<Vec<ShardInfo>, StreamError>) {
+        let Some((_, ticket)) = self.refresh.running.take() else {
+            return;
+        };
+        match result {
+            Ok(shards) => {
+                self.refresh.served = ticket;
+                self.apply_map(ShardMap::new(&shards));
+                self.release_held();
+            }
+            Err(e) => {
+                self.refresh.failed = true;
+                tracing::warn!(error = %e, stream = %self.config.stream_name, "shard map refresh failed; records go out by the last map");
+            }
+        }
+    }
+
+    /// Installs a new map; records buffered for shards that are no longer open (or for
+    /// no shard) are predicted and aggregated again.
+    fn apply_map(&mut self, map: ShardMap) {
+        let stale: Vec<ShardKey> = self
+            .queues
+            .keys()
+            .filter(|key| key.as_ref().is_none_or(|id| !map.is_open(id)))
+            .cloned()
+            .collect();
+        self.map = Some(map);
+        let mut moved = Vec::new();
+        for key in &stale {
+            if let Some(queue) = self.queues.get_mut(key) {
+                moved.extend(queue.take_members());
+            }
+            self.queues.remove_if_idle(key);
+        }
+        let now = Instant::now();
+        for record in moved {
+            self.route(record, now);
+        }
+    }
+}

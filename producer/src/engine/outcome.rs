@@ -1,0 +1,233 @@
+//! What the producer task does with a PutRecords answer: resolve the records Kinesis
+//! accepted, send failed ones back with a backoff, and put again the user records that
+//! landed in a shard whose hash key range does not hold them.
+
+use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
+use tokio::task::Id;
+use tokio::time::Instant;
+
+use super::{Engine, Held, Landed};
+use crate::aggregation::KinesisRecord;
+use crate::error::PutError;
+use crate::record::Pending;
+use crate::result::{AttemptError, UserRecordResult, WRONG_SHARD};
+use crate::retry::{backoff_cap, full_jitter};
+use crate::shard_map::{Landing, is_current, landing};
+
+impl Engine {
+    pub(super) fn on_put_done(
+        &mut self,
+        id: Id,
+        result: Result<PutRecordsOutput, (AttemptError, bool)>,
+        ended: Instant,
+    ) {
+        let Some(flight) = self.in_flight.remove(&id) else {
+            return;
+        };
+        for key in &flight.shards {
+            if let Some(queue) = self.queues.get_mut(key) {
+                queue.in_flight = false;
+            }
+            let open = match (key, &self.map) {
+                (Some(shard), Some(map)) => map.is_open(shard),
+                (None, map) => map.is_none(),
+                (Some(_), None) => true,
+            };
+            if !open {
+                self.queues.remove_if_idle(key);
+            }
+        }
+        let started = flight.started;
+        let output = match result {
+            Ok(output) if output.records().len() == flight.records.len() => output,
+            Ok(output) => {
+                let error = AttemptError {
+                    code: "MalformedResponse".into(),
+                    message: format!(
+                        "PutRecords answered {} entries for {} records",
+                        output.records().len(),
+                        flight.records.len()
+                    ),
+                };
+                for record in flight.records {
+                    self.failed(record.members, &error, true, started, ended);
+                }
+                return;
+            }
+            Err((error, retry)) => {
+                for record in flight.records {
+                    self.failed(record.members, &error, retry, started, ended);
+                }
+                return;
+            }
+        };
+        for (record, answer) in flight.records.into_iter().zip(output.records()) {
+            match (
+                answer.error_code(),
+                answer.shard_id(),
+                answer.sequence_number(),
+            ) {
+                (None, Some(shard), Some(sequence_number)) => {
+                    self.landed(record, shard, sequence_number, started, ended);
+                }
+                (code, ..) => {
+                    // Throttling and internal failures: always worth another try.
+                    let error = AttemptError {
+                        code: code.unwrap_or("MalformedResponse").to_string(),
+                        message: answer.error_message().unwrap_or_default().to_string(),
+                    };
+                    self.failed(record.members, &error, true, started, ended);
+                }
+            }
+        }
+    }
+
+    /// Records a failed attempt; rejects the records or schedules their retry after a
+    /// full-jitter backoff. One delay for the whole Kinesis record, so its user records
+    /// come back together and are likely aggregated together again.
+    fn failed(
+        &mut self,
+        mut members: Vec<Pending>,
+        error: &AttemptError,
+        retry: bool,
+        started: Instant,
+        ended: Instant,
+    ) {
+        for member in &mut members {
+            member.attempt(started, ended, Some(error.clone()));
+        }
+        if !retry {
+            for mut member in members {
+                let attempts = std::mem::take(&mut member.attempts);
+                let rejected = PutError::Rejected {
+                    code: error.code.clone(),
+                    message: error.message.clone(),
+                    attempts,
+                };
+                self.finish(member, Err(rejected));
+            }
+            return;
+        }
+        let failures = members
+            .iter()
+            .map(|m| m.attempts.iter().filter(|a| !a.is_success()).count())
+            .max()
+            .unwrap_or(1) as u32;
+        let cap = backoff_cap(
+            self.config.retry_base_delay,
+            self.config.retry_max_delay,
+            failures,
+        );
+        let due = Instant::now() + full_jitter(cap, rand::random::<f64>());
+        let (live, dead): (Vec<_>, Vec<_>) = members.into_iter().partition(|m| m.expires_at > due);
+        for member in dead {
+            self.expire(member);
+        }
+        if !live.is_empty() {
+            self.retry_seq += 1;
+            self.retries.insert((due, self.retry_seq), live);
+        }
+    }
+
+    /// Kinesis accepted `record` into `shard`. Its user records are judged against the
+    /// shard map (see [`landing`]) together: a consumer that filters by hash key range
+    /// (the Java KCL) drops a whole aggregate when one of its user records is outside
+    /// the shard's range. When the map does not agree with where Kinesis routed the
+    /// record, a refresh is requested.
+    fn landed(
+        &mut self,
+        record: KinesisRecord,
+        shard: &str,
+        sequence_number: &str,
+        started: Instant,
+        ended: Instant,
+    ) {
+        let current = is_current(self.map.as_ref(), shard, record.routing_hash);
+        let ticket = (!current).then(|| self.want_refresh());
+        let verdicts: Vec<Landing> = record
+            .members
+            .iter()
+            .map(|m| landing(self.map.as_ref(), shard, record.routing_hash, m.hash_key))
+            .collect();
+        let landed = Landed {
+            members: record.members,
+            aggregated: record.aggregated,
+            shard: shard.to_string(),
+            sequence_number: sequence_number.to_string(),
+            started,
+            ended,
+        };
+        if verdicts.contains(&Landing::OutOfRange) {
+            self.wrong_shard(landed);
+        } else if verdicts.contains(&Landing::Unknown) {
+            let expires_at = landed.members.iter().map(|m| m.expires_at).min();
+            self.held.push(Held {
+                expires_at: expires_at.expect("a Kinesis record has user records"),
+                landed,
+                ticket: ticket.unwrap_or(self.refresh.wanted),
+            });
+        } else {
+            self.succeed(landed);
+        }
+    }
+
+    /// Resolves every user record of a Kinesis record as written.
+    pub(super) fn succeed(&mut self, landed: Landed) {
+        for (index, mut member) in landed.members.into_iter().enumerate() {
+            member.attempt(landed.started, landed.ended, None);
+            let result = UserRecordResult {
+                shard_id: landed.shard.clone(),
+                sequence_number: landed.sequence_number.clone(),
+                sub_sequence_number: landed.aggregated.then_some(index as u64),
+                attempts: std::mem::take(&mut member.attempts),
+            };
+            self.finish(member, Ok(result));
+        }
+    }
+
+    /// The Kinesis record is in the stream, but in a shard whose range does not hold
+    /// some of its user records' hash keys: a consumer that filters by range would drop
+    /// all of them there. Put them all again, routed by the current map (the KPL does
+    /// the same).
+    fn wrong_shard(&mut self, landed: Landed) {
+        let now = Instant::now();
+        for mut member in landed.members {
+            let error = AttemptError {
+                code: WRONG_SHARD.to_string(),
+                message: format!(
+                    "written to shard {}, whose hash key range does not hold every hash key of the Kinesis record; putting it again",
+                    landed.shard
+                ),
+            };
+            member.attempt(landed.started, landed.ended, Some(error));
+            if member.expires_at <= now {
+                self.expire(member);
+            } else {
+                member.deadline = now;
+                self.route(member, now);
+            }
+        }
+    }
+
+    /// Decides the held records that a refresh now covers.
+    pub(super) fn release_held(&mut self) {
+        let served = self.refresh.served;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.ticket <= served);
+        self.held = waiting;
+        for Held { landed, .. } in ready {
+            let range = self.map.as_ref().and_then(|m| m.range_of(&landed.shard));
+            match range {
+                Some(range) if landed.members.iter().all(|m| range.contains(&m.hash_key)) => {
+                    self.succeed(landed)
+                }
+                Some(_) => self.wrong_shard(landed),
+                None => {
+                    tracing::warn!(shard = %landed.shard, "Kinesis wrote to a shard ListShards does not list; reporting the record where it landed");
+                    self.succeed(landed);
+                }
+            }
+        }
+    }
+}
