@@ -354,3 +354,34 @@ async fn data_dir_survives_a_restart() {
     aws.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_five_mib_put_records_is_accepted() {
+    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+    let clients = aws.clients().await;
+    let name = unique("bigput");
+    stream::create_stream(&clients.kinesis, &name, 2, WAIT)
+        .await
+        .unwrap();
+    // 500 entries of 10,000 bytes + key: just under the 5 MiB request limit.
+    let entries: Vec<_> = (0..500)
+        .map(|i| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(format!("k{i}"))
+                .data(Blob::new(vec![b'x'; 10_000]))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let out = clients
+        .kinesis
+        .put_records()
+        .stream_name(&name)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failed_record_count(), Some(0));
+    assert_eq!(out.records().len(), 500);
+    aws.shutdown().await;
+}

@@ -269,7 +269,9 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
             message: format!("{e:?}"),
         });
     }
-    Ok(app)
+    // A full PutRecords (500 records, 5 MiB of data) is about 7 MB of JSON once base64
+    // encoded; real Kinesis takes it, axum's default 2 MB body limit would not.
+    Ok(app.layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024)))
 }
 
 async fn bind(service: &'static str, port: u16) -> Result<TcpListener, LocalAwsError> {
