@@ -106,6 +106,8 @@ pub struct ScenarioReport {
     pub latencies: Vec<Duration>,
     /// What the steps and the auto-scaler did.
     pub actions: Vec<String>,
+    /// Some dead letters, when there are not exactly as many as were injected.
+    pub unexpected_dead_letters: Vec<crate::stats::store::StoredDeadLetter>,
 }
 
 /// Errors that stop a run (a statistics mismatch is not one: see the report).
@@ -293,7 +295,7 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
                 if stop.is_cancelled() {
                     return tracker.samples;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     });
@@ -337,6 +339,11 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
     background.cancel();
     while tasks.join_next().await.is_some() {}
     let stats = store.read().await?;
+    let unexpected_dead_letters = if stats.totals.dead_letters == truth.dead_letters {
+        Vec::new()
+    } else {
+        store.dead_letters(20).await.unwrap_or_default()
+    };
     fleet.stop_all().await;
     drop(actions_tx);
     let mut actions = Vec::new();
@@ -352,6 +359,7 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
         consume_time,
         latencies,
         actions,
+        unexpected_dead_letters,
     })
 }
 

@@ -38,8 +38,8 @@ pub struct ParsedRecord {
     pub partition_key: String,
     /// Its bytes.
     pub raw: Vec<u8>,
-    /// The event, why it is rejected, or `None` for a copy stored outside its hash key
-    /// range (skipped; see [`Totals::foreign_records_skipped`]).
+    /// The event, why it is rejected, or `None` for a user record of an aggregate stored
+    /// in the wrong shard (skipped; see [`Totals::foreign_records_skipped`]).
     pub parsed: Option<Result<Event, Rejection>>,
 }
 

@@ -69,12 +69,9 @@ impl ShardRanges {
     }
 }
 
-/// Whether a user record belongs in a shard with hash key range `range`. Kinesis routes
-/// a plain record by its own key, so only sub-records of an aggregate can be outside:
-/// a producer aggregating with a stale shard map puts them in the wrong child of a
-/// split, notices, and puts them again in the right one. The copy in the wrong shard is
-/// skipped, as the Java KCL does.
-pub fn belongs_to(record: &KinesisClientRecord, range: (u128, u128)) -> bool {
+/// Whether a user record's hash key is in `range`. Kinesis routes a plain record by its
+/// own key, so only sub-records of an aggregate can be outside.
+pub fn in_range(record: &KinesisClientRecord, range: (u128, u128)) -> bool {
     if !record.aggregated {
         return true;
     }
@@ -84,6 +81,21 @@ pub fn belongs_to(record: &KinesisClientRecord, range: (u128, u128)) -> bool {
         .and_then(kcl::kpl::parse_explicit_hash_key)
         .unwrap_or_else(|| kcl::kpl::partition_key_hash(&record.partition_key));
     (range.0..=range.1).contains(&hash)
+}
+
+/// The aggregates (by sequence number) stored in a shard that does not own all their
+/// user records. A producer aggregating with a stale shard map after a split puts such
+/// an aggregate in the wrong child, notices, and puts *all* its user records again,
+/// routed right; the Java KCL drops the whole aggregate in the wrong shard, and so do
+/// we, so each user record counts once. Every record of an aggregate is in the same
+/// batch: a processor checkpoints only after whole batches, so a resumed shard starts
+/// at an aggregate's first user record.
+pub fn foreign_aggregates(records: &[KinesisClientRecord], range: (u128, u128)) -> HashSet<String> {
+    records
+        .iter()
+        .filter(|r| !in_range(r, range))
+        .map(|r| r.sequence_number.clone())
+        .collect()
 }
 
 /// Applies one shard's events to the statistics. Made by [`StatsProcessor::factory`].
@@ -287,6 +299,8 @@ impl RecordProcessor for StatsProcessor {
             Some(w) => w,
             None => self.reload_watermark().await,
         };
+        // Judged on whole aggregates, before the watermark may cut one.
+        let foreign = foreign_aggregates(&input.records, range);
         let records: Vec<ParsedRecord> = input
             .records
             .into_iter()
@@ -297,7 +311,7 @@ impl RecordProcessor for StatsProcessor {
             })
             .map(|r| ParsedRecord {
                 position: r.extended_sequence_number(),
-                parsed: belongs_to(&r, range).then(|| parse(&r.data)),
+                parsed: (!foreign.contains(&r.sequence_number)).then(|| parse(&r.data)),
                 partition_key: r.partition_key,
                 raw: r.data,
             })
@@ -327,7 +341,7 @@ mod tests {
 
     fn record(aggregated: bool, key: &str, explicit: Option<&str>) -> KinesisClientRecord {
         KinesisClientRecord {
-            sequence_number: "1".into(),
+            sequence_number: format!("{}", 1 + u8::from(aggregated)),
             sub_sequence_number: 0,
             aggregated,
             partition_key: key.into(),
@@ -350,7 +364,23 @@ mod tests {
             (record(true, "k", Some("5")), around, false),
         ];
         for (i, (r, range, expected)) in cases.into_iter().enumerate() {
-            assert_eq!(belongs_to(&r, range), expected, "case {i}");
+            assert_eq!(in_range(&r, range), expected, "case {i}");
         }
+    }
+
+    #[test]
+    fn one_foreign_sub_record_makes_its_whole_aggregate_foreign() {
+        let hash = kcl::kpl::partition_key_hash("k");
+        let range = (hash - 1, hash + 1);
+        let mut inside = record(true, "k", None);
+        inside.sequence_number = "7".into();
+        let mut outside = record(true, "k", Some("5"));
+        outside.sequence_number = "7".into();
+        outside.sub_sequence_number = 1;
+        let mut other = record(true, "k", None);
+        other.sequence_number = "8".into();
+        let plain = record(false, "x", None);
+        let foreign = foreign_aggregates(&[inside, outside, other, plain], range);
+        assert_eq!(foreign, HashSet::from(["7".to_string()]));
     }
 }

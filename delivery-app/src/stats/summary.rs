@@ -113,8 +113,8 @@ pub struct Totals {
     /// Orders completed in another shard than the one they were created in (after a
     /// split or merge): evidence that resharding was crossed, not a statistic.
     pub cross_shard_completions: u64,
-    /// Copies of user records that Kinesis stored in a shard whose hash key range does
-    /// not hold their key (a producer re-puts those after a split); skipped.
+    /// User records of aggregates stored in a shard that does not own all of them (a
+    /// producer puts those again after a split); skipped.
     pub foreign_records_skipped: u64,
 }
 

@@ -77,12 +77,13 @@ pub fn scenario(
 pub fn assert_exact(report: &ScenarioReport) {
     assert!(
         report.comparison.matches,
-        "statistics differ from the ground truth in {:?}\nstatistics: {:#?}\nground truth: {:#?}\ndead letters: {:?} vs {:?}\nactions: {:?}",
+        "statistics differ from the ground truth in {:?}\nstatistics: {:#?}\nground truth: {:#?}\ndead letters: {:?} vs {:?}\nactions: {:?}\nsome dead letters: {:#?}",
         report.comparison.differences,
         report.stats.totals.summary(),
         report.truth.summary,
         report.stats.totals.dead_letters,
         report.truth.dead_letters,
         report.actions,
+        report.unexpected_dead_letters,
     );
 }
