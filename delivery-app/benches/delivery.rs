@@ -12,7 +12,8 @@
 //!
 //! `cargo bench --workspace --bench delivery`
 //! Environment: `DELIVERY_BENCH_EVENTS` (default 60000) events per run,
-//! `DELIVERY_BENCH_RATE` (default 5000) events/s of the paced run.
+//! `DELIVERY_BENCH_RATE` (default 5000) events/s of the paced run,
+//! `DELIVERY_BENCH_RUNS` (default `alone,unpaced,paced`) which runs to do.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,45 +94,54 @@ async fn main() {
          {events} events of ~368 bytes per run, statistics checked against the ground truth"
     );
     let mut exact = true;
+    let runs =
+        std::env::var("DELIVERY_BENCH_RUNS").unwrap_or_else(|_| "alone,unpaced,paced".into());
+    let wanted = |name: &str| runs.split(',').any(|r| r.trim() == name);
 
-    let alone = run("alone", events, Mode::ConsumersAlone).await;
-    exact &= alone.comparison.matches;
-    println!(
-        "  consumers alone (stream filled first): {} events applied in {:.2}s = {:.0} events/s (incl. worker start-up); exact: {}",
-        alone.truth.records,
-        alone.consume_time.as_secs_f64(),
-        rate(alone.truth.records, alone.consume_time),
-        alone.comparison.matches
-    );
+    if wanted("alone") {
+        let alone = run("alone", events, Mode::ConsumersAlone).await;
+        exact &= alone.comparison.matches;
+        println!(
+            "  consumers alone (stream filled first): {} events applied in {:.2}s = {:.0} events/s (incl. worker start-up); exact: {}",
+            alone.truth.records,
+            alone.consume_time.as_secs_f64(),
+            rate(alone.truth.records, alone.consume_time),
+            alone.comparison.matches
+        );
+    }
 
-    let unpaced = run("unpaced", events, Mode::Unpaced).await;
-    exact &= unpaced.comparison.matches;
-    println!(
-        "  end to end, unpaced: put in {:.2}s ({:.0}/s), statistics complete after {:.2}s = {:.0} events/s sustained; exact: {}",
-        unpaced.produce_time.as_secs_f64(),
-        rate(unpaced.truth.records, unpaced.produce_time),
-        unpaced.end_to_end_time.as_secs_f64(),
-        rate(unpaced.truth.records, unpaced.end_to_end_time),
-        unpaced.comparison.matches
-    );
+    if wanted("unpaced") {
+        let unpaced = run("unpaced", events, Mode::Unpaced).await;
+        exact &= unpaced.comparison.matches;
+        println!(
+            "  end to end, unpaced: put in {:.2}s ({:.0}/s), statistics complete after {:.2}s = {:.0} events/s sustained; exact: {}",
+            unpaced.produce_time.as_secs_f64(),
+            rate(unpaced.truth.records, unpaced.produce_time),
+            unpaced.end_to_end_time.as_secs_f64(),
+            rate(unpaced.truth.records, unpaced.end_to_end_time),
+            unpaced.comparison.matches
+        );
+    }
 
-    let paced = run("paced", events, Mode::Paced(target)).await;
-    exact &= paced.comparison.matches;
-    println!(
-        "  paced at {target:.0} events/s: put in {:.2}s ({:.0}/s), statistics complete after {:.2}s; exact: {}",
-        paced.produce_time.as_secs_f64(),
-        rate(paced.truth.records, paced.produce_time),
-        paced.end_to_end_time.as_secs_f64(),
-        paced.comparison.matches
-    );
-    println!(
-        "  latency put -> reflected in stats ({} events): median {}, p90 {}, p99 {}, max {}",
-        paced.latencies.len(),
-        ms(percentile(&paced.latencies, 50.0)),
-        ms(percentile(&paced.latencies, 90.0)),
-        ms(percentile(&paced.latencies, 99.0)),
-        ms(percentile(&paced.latencies, 100.0)),
-    );
+    if wanted("paced") {
+        let paced = run("paced", events, Mode::Paced(target)).await;
+        exact &= paced.comparison.matches;
+        println!(
+            "  paced at {target:.0} events/s: put in {:.2}s ({:.0}/s), statistics complete after {:.2}s; exact: {}",
+            paced.produce_time.as_secs_f64(),
+            rate(paced.truth.records, paced.produce_time),
+            paced.end_to_end_time.as_secs_f64(),
+            paced.comparison.matches
+        );
+        println!(
+            "  latency put -> reflected in stats ({} events): median {}, p90 {}, p99 {}, max {}",
+            paced.latencies.len(),
+            ms(percentile(&paced.latencies, 50.0)),
+            ms(percentile(&paced.latencies, 90.0)),
+            ms(percentile(&paced.latencies, 99.0)),
+            ms(percentile(&paced.latencies, 100.0)),
+        );
+    }
     if !exact {
         eprintln!("the statistics differ from the ground truth");
         std::process::exit(1);

@@ -22,7 +22,7 @@ pub struct DemoArgs {
     names: NameArgs,
     #[command(flatten)]
     sim: SimArgs,
-    /// Real seconds of event production (the whole demo takes about 20 s more).
+    /// Real seconds of event production (the whole demo takes a few seconds more).
     #[arg(long, default_value_t = 40.0)]
     seconds: f64,
     /// Simulated seconds per real second: 30 plays 20 minutes of the city in 40 s, about
@@ -59,11 +59,7 @@ pub struct DemoArgs {
     log_dir: Option<std::path::PathBuf>,
 }
 
-pub async fn run(mut args: DemoArgs) -> Result<(), CommandError> {
-    if args.sim.bad_events == 0 {
-        // Two of each kind, unless asked otherwise: the dead-letter table has content.
-        args.sim.bad_events = 14;
-    }
+pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let (local, endpoints) = match (&args.kinesis_endpoint, &args.dynamodb_endpoint) {
         (Some(k), Some(d)) => (None, Endpoints::local(k.clone(), d.clone())),
         _ => {
@@ -84,7 +80,7 @@ pub async fn run(mut args: DemoArgs) -> Result<(), CommandError> {
     let log_dir = args.log_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("delivery-demo-{}", std::process::id()))
     });
-    let sim = args.sim.config(args.seconds * args.speed);
+    let sim = args.sim.config(args.seconds * args.speed, 14);
     println!(
         "simulating {:.0} min of a 50x50 city with {} drivers (about {} orders, seed {}, keys by {:?}, {} bad events) at {}x",
         args.seconds * args.speed / 60.0,

@@ -36,17 +36,18 @@ pub struct SimArgs {
     pub keys: KeyStrategy,
     /// Bad events to mix in (malformed JSON, unknown types, off-grid regions, negative
     /// prices, events before their order's creation, duplicates); each must end up in
-    /// the dead-letter table.
-    #[arg(long, default_value_t = 0)]
-    pub bad_events: u64,
+    /// the dead-letter table. Default: 0 for `produce`, 14 (two of each kind) for `demo`.
+    #[arg(long)]
+    pub bad_events: Option<u64>,
     /// Stop creating orders after this many (in-flight orders still finish).
     #[arg(long)]
     pub orders: Option<u64>,
 }
 
 impl SimArgs {
-    /// The simulation configuration for `sim_seconds` of simulated time.
-    pub fn config(&self, sim_seconds: f64) -> SimConfig {
+    /// The simulation configuration for `sim_seconds` of simulated time, with
+    /// `bad_events` unless the option says otherwise.
+    pub fn config(&self, sim_seconds: f64, bad_events: u64) -> SimConfig {
         SimConfig {
             seed: self.seed,
             drivers: self.drivers,
@@ -55,7 +56,7 @@ impl SimArgs {
             max_orders: self.orders,
             region_ms: self.region_ms,
             keys: self.keys,
-            bad_events: self.bad_events,
+            bad_events: self.bad_events.unwrap_or(bad_events),
         }
     }
 }

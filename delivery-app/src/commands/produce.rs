@@ -44,7 +44,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), CommandError> {
         )
         .into());
     }
-    let config = args.sim.config(args.sim_seconds);
+    let config = args.sim.config(args.sim_seconds, 0);
     eprintln!(
         "producing about {} orders ({} s simulated) at speed {} into {stream}",
         thousands(config.expected_orders()),

@@ -24,7 +24,7 @@ pub struct ReshardArgs {
 #[derive(clap::Subcommand, Debug)]
 enum ReshardAction {
     /// List the shards: open ones with their hash key range and the load their worker
-    /// observes, closed ones with their children.
+    /// observes, closed ones with their parents.
     List,
     /// Split an open shard in two (SplitShard), by default in the middle of its range.
     Split {
