@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::handle::LeasePhase;
 use kcl::leases::{BoxFuture, Change, Expect, Lease, LeaseError, LeaseStore, WorkerHeartbeat};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::process::{Child, Command};
@@ -227,15 +226,7 @@ async fn start_in_process(store: Arc<dyn LeaseStore>, id: &str, failover: Durati
     });
     tokio::spawn(async move {
         while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
-            tokio::spawn(async move {
-                let mut phase = handle.watch_phase();
-                while phase.changed().await.is_ok() {
-                    let current = phase.borrow_and_update().clone();
-                    if let LeasePhase::HandingOff { .. } = current {
-                        let _ = handle.hand_over().await;
-                    }
-                }
-            });
+            tokio::spawn(async move { handle.hand_over_when_asked().await });
         }
     });
     InProcess {

@@ -223,17 +223,7 @@ async fn coordinators_balance_over_the_in_memory_store() {
         // No processor: answer handoff requests at once.
         tokio::spawn(async move {
             while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
-                tokio::spawn(async move {
-                    let mut phase = handle.watch_phase();
-                    while phase.changed().await.is_ok() {
-                        if matches!(
-                            *phase.borrow_and_update(),
-                            kcl::leases::handle::LeasePhase::HandingOff { .. }
-                        ) {
-                            let _ = handle.hand_over().await;
-                        }
-                    }
-                });
+                tokio::spawn(async move { handle.hand_over_when_asked().await });
             }
         });
         coordinators.push(coordinator);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kcl::checkpoint::ExtendedSequenceNumber;
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::handle::{HandleError, LeaseHandle, LeasePhase, RenewOutcome};
+use kcl::leases::handle::{HandleError, LeaseHandle, RenewOutcome};
 use kcl::leases::{Lease, LeaseStore};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -89,15 +89,7 @@ impl InProcessWorker {
         tokio::spawn(async move {
             while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
                 let _ = tx.send(Arc::clone(&handle));
-                tokio::spawn(async move {
-                    let mut phase = handle.watch_phase();
-                    while phase.changed().await.is_ok() {
-                        let current = phase.borrow_and_update().clone();
-                        if let LeasePhase::HandingOff { .. } = current {
-                            let _ = handle.hand_over().await;
-                        }
-                    }
-                });
+                tokio::spawn(async move { handle.hand_over_when_asked().await });
             }
         });
         InProcessWorker {

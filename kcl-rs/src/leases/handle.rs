@@ -440,6 +440,26 @@ impl LeaseHandle {
         }
     }
 
+    /// For holders with nothing to checkpoint (lease-only tools, tests): answers every
+    /// handoff request at once and returns why the lease was lost once it is.
+    pub async fn hand_over_when_asked(&self) -> LostReason {
+        let mut phase = self.watch_phase();
+        loop {
+            let current = phase.borrow_and_update().clone();
+            match current {
+                LeasePhase::HandingOff { .. } => {
+                    if let Err(e) = self.hand_over().await {
+                        tracing::debug!(lease = %self.key, error = %e, "hand over failed");
+                    }
+                }
+                LeasePhase::Lost(reason) => return reason,
+                _ => {}
+            }
+            // The sender lives in `self`, so this only waits for the next change.
+            let _ = phase.changed().await;
+        }
+    }
+
     /// Marks the handle lost without writing (e.g. the coordinator saw another owner
     /// in a listing).
     pub(crate) fn mark_lost(&self, reason: LostReason) {
