@@ -14,6 +14,8 @@
 //! Environment: `DELIVERY_BENCH_EVENTS` (default 60000) events per run,
 //! `DELIVERY_BENCH_RATE` (default 5000) events/s of the paced run,
 //! `DELIVERY_BENCH_RUNS` (default `alone,unpaced,paced`) which runs to do.
+//!
+//! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,11 +72,37 @@ async fn run(name: &str, events: u64, mode: Mode) -> ScenarioReport {
         settle_timeout: Duration::from_secs(600),
         track_latency: matches!(mode, Mode::Paced(_)),
         workers_after_production: matches!(mode, Mode::ConsumersAlone),
+        audit_dir: None,
+        local_aws: None,
     };
     let say: scenario::Narrator = Arc::new(|_| {});
     let report = scenario::run(config, say).await.unwrap();
     aws.shutdown().await;
     report
+}
+
+/// The machine-readable line `.ci/bench-report` reads: every sample of one figure, its
+/// unit and its goal, if any (`(op, value, text)`, `op` `"<="` or `">="`).
+fn result_line(
+    figure: &str,
+    label: &str,
+    unit: &str,
+    samples: &[f64],
+    goal: Option<(&str, f64, &str)>,
+) {
+    let goal =
+        goal.map(|(op, value, text)| serde_json::json!({"op": op, "value": value, "text": text}));
+    println!(
+        "BENCH {}",
+        serde_json::json!({
+            "bench": "delivery",
+            "figure": figure,
+            "label": label,
+            "unit": unit,
+            "samples": samples,
+            "goal": goal,
+        })
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -94,6 +122,8 @@ async fn main() {
          {events} events of ~368 bytes per run, statistics checked against the ground truth"
     );
     let mut exact = true;
+    // One sample per run: 1 when its statistics equal the ground truth.
+    let mut exact_runs = Vec::new();
     let runs =
         std::env::var("DELIVERY_BENCH_RUNS").unwrap_or_else(|_| "alone,unpaced,paced".into());
     let wanted = |name: &str| runs.split(',').any(|r| r.trim() == name);
@@ -101,6 +131,7 @@ async fn main() {
     if wanted("alone") {
         let alone = run("alone", events, Mode::ConsumersAlone).await;
         exact &= alone.comparison.matches;
+        exact_runs.push(f64::from(u8::from(alone.comparison.matches)));
         println!(
             "  consumers alone (stream filled first): {} events applied in {:.2}s = {:.0} events/s (incl. worker start-up); exact: {}",
             alone.truth.records,
@@ -108,11 +139,19 @@ async fn main() {
             rate(alone.truth.records, alone.consume_time),
             alone.comparison.matches
         );
+        result_line(
+            "consumers_alone",
+            "consumers alone (stream filled first), incl. worker start-up",
+            "events/s",
+            &[rate(alone.truth.records, alone.consume_time)],
+            None,
+        );
     }
 
     if wanted("unpaced") {
         let unpaced = run("unpaced", events, Mode::Unpaced).await;
         exact &= unpaced.comparison.matches;
+        exact_runs.push(f64::from(u8::from(unpaced.comparison.matches)));
         println!(
             "  end to end, unpaced: put in {:.2}s ({:.0}/s), statistics complete after {:.2}s = {:.0} events/s sustained; exact: {}",
             unpaced.produce_time.as_secs_f64(),
@@ -121,11 +160,26 @@ async fn main() {
             rate(unpaced.truth.records, unpaced.end_to_end_time),
             unpaced.comparison.matches
         );
+        result_line(
+            "end_to_end",
+            "end to end, unpaced: first put → statistics reflect the last event",
+            "events/s",
+            &[rate(unpaced.truth.records, unpaced.end_to_end_time)],
+            Some((">=", 5000.0, "≥ 5,000 events/s end to end")),
+        );
+        result_line(
+            "unpaced_put",
+            "end to end, unpaced: put rate",
+            "events/s",
+            &[rate(unpaced.truth.records, unpaced.produce_time)],
+            None,
+        );
     }
 
     if wanted("paced") {
         let paced = run("paced", events, Mode::Paced(target)).await;
         exact &= paced.comparison.matches;
+        exact_runs.push(f64::from(u8::from(paced.comparison.matches)));
         println!(
             "  paced at {target:.0} events/s: put in {:.2}s ({:.0}/s), statistics complete after {:.2}s; exact: {}",
             paced.produce_time.as_secs_f64(),
@@ -140,6 +194,36 @@ async fn main() {
             ms(percentile(&paced.latencies, 90.0)),
             ms(percentile(&paced.latencies, 99.0)),
             ms(percentile(&paced.latencies, 100.0)),
+        );
+        result_line(
+            "paced_put",
+            &format!("paced at {target:.0} events/s: put rate achieved"),
+            "events/s",
+            &[rate(paced.truth.records, paced.produce_time)],
+            None,
+        );
+        for (name, p) in [
+            ("median", 50.0),
+            ("p90", 90.0),
+            ("p99", 99.0),
+            ("max", 100.0),
+        ] {
+            result_line(
+                &format!("latency_{name}"),
+                &format!("latency put → reflected in stats at {target:.0} events/s, {name}"),
+                "ms",
+                &[percentile(&paced.latencies, p).as_secs_f64() * 1000.0],
+                None,
+            );
+        }
+    }
+    if !exact_runs.is_empty() {
+        result_line(
+            "exact",
+            "statistics equal the ground truth (1 per run that matched)",
+            "exact",
+            &exact_runs,
+            Some((">=", 1.0, "every run exact")),
         );
     }
     if !exact {

@@ -13,8 +13,11 @@
 //! ids, ...) are carried for realism and ignored by the parser.
 
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Regions per side of the square grid: regions are `(x, y)` with `0 <= x, y < GRID`.
 pub const GRID: u8 = 50;
@@ -199,6 +202,33 @@ impl Rejection {
     }
 }
 
+/// A `T` read from a JSON object only: serde's derived `Deserialize` for a struct also
+/// takes an array of its fields in declaration order (`["order_completed","o1",null,
+/// ...]`), which is not the schema.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(Object)
+    }
+}
+
 #[derive(Deserialize)]
 struct RawRegion {
     x: i64,
@@ -211,8 +241,8 @@ struct RawEvent {
     #[serde(rename = "type")]
     kind: Option<String>,
     order_id: Option<String>,
-    pickup: Option<RawRegion>,
-    dropoff: Option<RawRegion>,
+    pickup: Option<Object<RawRegion>>,
+    dropoff: Option<Object<RawRegion>>,
     price_cents: Option<i64>,
     created_at: Option<i64>,
     driver_id: Option<String>,
@@ -232,7 +262,10 @@ struct RawEvent {
 /// assert_eq!(parse(b"{not json").unwrap_err().reason, Reason::MalformedJson);
 /// ```
 pub fn parse(data: &[u8]) -> Result<Event, Rejection> {
-    let raw: RawEvent = serde_json::from_slice(data)
+    // JSON is UTF-8 throughout; serde_json checks only the strings it keeps.
+    let text = std::str::from_utf8(data)
+        .map_err(|e| Rejection::new(Reason::MalformedJson, format!("not UTF-8: {e}"), None))?;
+    let Object(raw): Object<RawEvent> = serde_json::from_str(text)
         .map_err(|e| Rejection::new(Reason::MalformedJson, e.to_string(), None))?;
     let Some(kind) = raw.kind.as_deref() else {
         return Err(Rejection::new(
@@ -271,8 +304,8 @@ pub fn parse(data: &[u8]) -> Result<Event, Rejection> {
             let dropoff = raw.dropoff.ok_or_else(|| missing("dropoff"))?;
             let price_cents = raw.price_cents.ok_or_else(|| missing("price_cents"))?;
             let created_at = raw.created_at.ok_or_else(|| missing("created_at"))?;
-            let pickup = on_grid("pickup", &pickup, &order_id)?;
-            let dropoff = on_grid("dropoff", &dropoff, &order_id)?;
+            let pickup = on_grid("pickup", &pickup.0, &order_id)?;
+            let dropoff = on_grid("dropoff", &dropoff.0, &order_id)?;
             if price_cents < 0 {
                 return Err(Rejection::new(
                     Reason::NegativePrice,
@@ -344,6 +377,16 @@ mod tests {
             ("", Err(Reason::MalformedJson)),
             ("[1,2]", Err(Reason::MalformedJson)),
             ("\u{0}\u{1}binary", Err(Reason::MalformedJson)),
+            // An array of the fields in declaration order, or a region as `[x, y]`: what
+            // serde's derived `Deserialize` takes for a struct, not an object.
+            (
+                r#"["order_completed","o1",null,null,null,null,null,null,5]"#,
+                Err(Reason::MalformedJson),
+            ),
+            (
+                r#"{"type":"order_created","order_id":"o1","created_at":1,"pickup":[1,2],"dropoff":{"x":0,"y":0},"price_cents":1}"#,
+                Err(Reason::MalformedJson),
+            ),
             (r#"{"order_id":"o1"}"#, Err(Reason::MalformedJson)),
             (r#"{"type":7,"order_id":"o1"}"#, Err(Reason::MalformedJson)),
             (
@@ -386,6 +429,12 @@ mod tests {
                 Err(reason) => assert_eq!(got.unwrap_err().reason, *reason, "{input}"),
             }
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed_even_in_an_ignored_field() {
+        let data = b"{\"type\":\"order_completed\",\"order_id\":\"o1\",\"completed_at\":5,\"note\":\"\xff\"}";
+        assert_eq!(parse(data).unwrap_err().reason, Reason::MalformedJson);
     }
 
     #[test]

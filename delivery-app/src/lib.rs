@@ -11,10 +11,14 @@
 //! - [`scenario`]: a whole run — workers as processes, crashes, resharding — shared by
 //!   `demo`, the tests and the benchmark.
 //! - [`connect`]: where the AWS services are (local by default).
+//! - [`audit`]: a worker's log of what it wrote, checked by the chaos run.
+//! - [`chaos`]: the chaos run: seeded faults, then proof that every guarantee held.
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod autoscaler;
+pub mod chaos;
 pub mod connect;
 pub mod events;
 pub mod scenario;

@@ -44,6 +44,10 @@ enum Command {
     /// Start a local AWS in-process and prove it with a round trip: create a stream,
     /// put and read back records, and do a conditional DynamoDB write.
     Smoke(commands::smoke::SmokeArgs),
+    /// Run everything under seeded faults (worker kills, zombies, graceful restarts,
+    /// splits, merges, local AWS restarts) and check that every record was applied
+    /// once, in order, by lease holders only, and that the statistics are exact.
+    Chaos(commands::chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -51,7 +55,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; only problems go to stderr.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn,dynoxide=error",
+        Command::Demo(_) | Command::Chaos(_) => "warn,dynoxide=error",
         _ => "info,ferrokinesis=warn,dynoxide=error,tower_http=warn",
     };
     tracing_subscriber::fmt()
@@ -70,6 +74,7 @@ async fn main() -> std::process::ExitCode {
         Command::Reshard(args) => commands::reshard::run(args).await,
         Command::Stats(args) => commands::stats::run(args).await,
         Command::Smoke(args) => commands::smoke::run(args).await,
+        Command::Chaos(args) => commands::chaos::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

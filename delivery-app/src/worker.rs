@@ -9,6 +9,7 @@ use kcl::config::{InitialPosition, WorkerConfig};
 use kcl::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::stats::{ShardRanges, StatsProcessor, StatsStore};
 
 /// Settings of a statistics worker.
@@ -24,6 +25,9 @@ pub struct WorkerOptions {
     pub failover: Duration,
     /// Pause between GetRecords calls on a caught-up shard.
     pub poll: Duration,
+    /// Record every statistics transaction and checkpoint in this file (see
+    /// [`crate::audit`]).
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 /// Errors of a worker.
@@ -39,6 +43,12 @@ pub async fn run_worker(
     let store = Arc::new(StatsStore::new(clients.dynamodb.clone(), &options.app));
     store.ensure_tables().await?;
     let ranges = Arc::new(ShardRanges::new(clients.kinesis.clone(), &options.stream));
+    let audit = match &options.audit_file {
+        Some(path) => Some(Arc::new(AuditLog::open(path).map_err(|e| {
+            format!("cannot open the audit log {}: {e}", path.display())
+        })?)),
+        None => None,
+    };
     let mut builder = WorkerConfig::builder(&options.stream, &options.app)
         .initial_position(InitialPosition::TrimHorizon)
         .failover_time(options.failover)
@@ -48,8 +58,12 @@ pub async fn run_worker(
     }
     let config = builder.build()?;
     tracing::info!(worker = %config.worker_id, stream = %options.stream, app = %options.app, "statistics worker starting");
-    Worker::new(config, clients, StatsProcessor::factory(store, ranges))
-        .run(cancel)
-        .await?;
+    Worker::new(
+        config,
+        clients,
+        StatsProcessor::factory(store, ranges, audit),
+    )
+    .run(cancel)
+    .await?;
     Ok(())
 }

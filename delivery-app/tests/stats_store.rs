@@ -1,16 +1,37 @@
 //! The statistics store against the embedded DynamoDB: a transaction applies once; the
 //! same records again (a replay by a zombie or after a crash) are refused by the
 //! watermark condition, a plan from a stale order state by the order's condition, and
-//! nothing changes either time.
+//! nothing changes either time. An exact copy of an applied event (a producer's
+//! redelivery) is skipped and counted.
 
 use std::collections::HashMap;
 
-use delivery_app::events::parse;
+use delivery_app::events::{Reason, parse};
 use delivery_app::stats::StatsStore;
-use delivery_app::stats::plan::{OrderState, ParsedRecord, plan_chunk, referenced_orders};
+use delivery_app::stats::plan::{OrderState, ParsedRecord, digest, plan_chunk, referenced_orders};
 use delivery_app::stats::store::StoreError;
-use kcl::checkpoint::ExtendedSequenceNumber;
+use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::leases::{Change, DynamoLeaseStore, Expect, Lease, LeaseStore};
 use kcl::local::{LocalAws, LocalAwsOptions};
+
+/// The writer of every transaction below, which holds the leases of `shards`.
+const WRITER: &str = "w1";
+
+/// Creates application `app`'s lease table with `shards` leased to [`WRITER`]: every
+/// statistics transaction checks that its writer holds the shard's lease.
+async fn lease_to_writer(aws: &LocalAws, app: &str, shards: &[&str]) -> DynamoLeaseStore {
+    let leases = DynamoLeaseStore::new(aws.clients().await.dynamodb, app);
+    leases.ensure_tables().await.unwrap();
+    for shard in shards {
+        let mut lease = Lease::new(
+            *shard,
+            ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+        );
+        lease.owner = Some(WRITER.into());
+        leases.create_lease(&lease).await.unwrap();
+    }
+    leases
+}
 
 fn record(seq: u64, json: &str) -> ParsedRecord {
     ParsedRecord {
@@ -42,6 +63,7 @@ async fn replays_and_stale_plans_change_nothing() {
     let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
     let store = StatsStore::new(aws.clients().await.dynamodb, "StoreTest");
     store.ensure_tables().await.unwrap();
+    lease_to_writer(&aws, "StoreTest", &["shard-a", "shard-b"]).await;
     store.ensure_tables().await.unwrap(); // idempotent
 
     let first = vec![
@@ -56,7 +78,7 @@ async fn replays_and_stale_plans_change_nothing() {
     let chunk = plan_chunk("shard-a", &first, &absent(&first));
     assert_eq!(chunk.records, 4);
     store
-        .apply("shard-a", None, &chunk.delta.regions, &chunk)
+        .apply("shard-a", None, &chunk.delta.regions, &chunk, WRITER)
         .await
         .unwrap();
     let after_first = store.read().await.unwrap();
@@ -71,7 +93,7 @@ async fn replays_and_stale_plans_change_nothing() {
 
     // The same records again, as a zombie would apply them: refused as a whole.
     let replay = store
-        .apply("shard-a", None, &chunk.delta.regions, &chunk)
+        .apply("shard-a", None, &chunk.delta.regions, &chunk, WRITER)
         .await;
     assert!(
         matches!(replay, Err(StoreError::Conflict { .. })),
@@ -83,7 +105,13 @@ async fn replays_and_stale_plans_change_nothing() {
     let chunk = plan_chunk("shard-a", &stale, &absent(&stale));
     let previous = ExtendedSequenceNumber::at("13", 0);
     let refused = store
-        .apply("shard-a", Some(&previous), &chunk.delta.regions, &chunk)
+        .apply(
+            "shard-a",
+            Some(&previous),
+            &chunk.delta.regions,
+            &chunk,
+            WRITER,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::Conflict { .. })),
@@ -115,6 +143,7 @@ async fn replays_and_stale_plans_change_nothing() {
             Some(&previous),
             &after_first.totals.regions,
             &chunk,
+            WRITER,
         )
         .await
         .unwrap();
@@ -130,7 +159,7 @@ async fn replays_and_stale_plans_change_nothing() {
     let states = store.order_states(&["o2".to_string()]).await.unwrap();
     let chunk = plan_chunk("shard-b", &other, &states);
     store
-        .apply("shard-b", None, &chunk.delta.regions, &chunk)
+        .apply("shard-b", None, &chunk.delta.regions, &chunk, WRITER)
         .await
         .unwrap();
     let both = store.read().await.unwrap();
@@ -144,11 +173,141 @@ async fn replays_and_stale_plans_change_nothing() {
     aws.shutdown().await;
 }
 
+/// A producer that lost a `PutRecords` answer puts the same record again: the copy is
+/// skipped and counted, not dead-lettered, because the order item keeps the digests of
+/// the events applied to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
+    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+    let store = StatsStore::new(aws.clients().await.dynamodb, "CopyTest");
+    store.ensure_tables().await.unwrap();
+    lease_to_writer(&aws, "CopyTest", &["s"]).await;
+    let creation = created(1, "o1", 1_250);
+    let copy = |seq: u64, of: &ParsedRecord| record(seq, std::str::from_utf8(&of.raw).unwrap());
+    let o1 = ["o1".to_string()];
+
+    let first = vec![creation.clone()];
+    let chunk = plan_chunk("s", &first, &absent(&first));
+    store
+        .apply("s", None, &chunk.delta.regions, &chunk, WRITER)
+        .await
+        .unwrap();
+    let after_creation = store.read().await.unwrap();
+    let created_states = store.order_states(&o1).await.unwrap();
+    assert_eq!(
+        created_states["o1"].as_ref().unwrap().applied,
+        vec![digest(&creation.raw)]
+    );
+
+    // The byte-identical copy, planned from the state read back: only a check of the
+    // order, and the counter.
+    let second = vec![copy(2, &creation)];
+    let chunk = plan_chunk("s", &second, &created_states);
+    assert_eq!(chunk.delta.redeliveries_skipped, 1);
+    assert!(chunk.dead_letters.is_empty());
+    assert!(chunk.orders.len() == 1 && chunk.orders[0].is_check_only());
+    store
+        .apply(
+            "s",
+            Some(&ExtendedSequenceNumber::at("1", 0)),
+            &after_creation.totals.regions,
+            &chunk,
+            WRITER,
+        )
+        .await
+        .unwrap();
+    let now = store.read().await.unwrap();
+    assert_eq!(now.totals.redeliveries_skipped, 1);
+    assert_eq!(now.shards[0].totals.redeliveries_skipped, 1);
+    assert_eq!(now.totals.dead_letter_count(), 0);
+    assert_eq!(now.totals.sums, after_creation.totals.sums);
+    assert_eq!(now.totals.regions, after_creation.totals.regions);
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(
+        store.watermark("s").await.unwrap(),
+        Some(ExtendedSequenceNumber::at("2", 0))
+    );
+    assert_eq!(store.order_states(&o1).await.unwrap(), created_states);
+
+    // An assignment on the existing order ADDs its digest to the set.
+    let assignment = record(
+        3,
+        r#"{"type":"order_assigned","order_id":"o1","driver_id":"d","assigned_at":1100}"#,
+    );
+    let third = vec![assignment.clone()];
+    let chunk = plan_chunk("s", &third, &created_states);
+    store
+        .apply(
+            "s",
+            Some(&ExtendedSequenceNumber::at("2", 0)),
+            &now.totals.regions,
+            &chunk,
+            WRITER,
+        )
+        .await
+        .unwrap();
+    let assigned_states = store.order_states(&o1).await.unwrap();
+    let mut applied = assigned_states["o1"].as_ref().unwrap().applied.clone();
+    applied.sort_unstable();
+    let mut expected = vec![digest(&creation.raw), digest(&assignment.raw)];
+    expected.sort_unstable();
+    assert_eq!(applied, expected);
+    let after_assignment = store.read().await.unwrap();
+    assert_eq!(after_assignment.totals.sums.orders_assigned, 1);
+
+    // A copy planned from a stale state (before the assignment) is refused: the check
+    // is conditioned on the state the skip was decided on.
+    let previous = ExtendedSequenceNumber::at("3", 0);
+    let stale = plan_chunk("s", &[copy(4, &creation)], &created_states);
+    let refused = store
+        .apply(
+            "s",
+            Some(&previous),
+            &after_assignment.totals.regions,
+            &stale,
+            WRITER,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+
+    // Copies of both events, and a duplicate assignment with other bytes.
+    let fourth = vec![
+        copy(4, &assignment),
+        copy(5, &creation),
+        record(
+            6,
+            r#"{"type":"order_assigned","order_id":"o1","driver_id":"d2","assigned_at":1100}"#,
+        ),
+    ];
+    let chunk = plan_chunk("s", &fourth, &assigned_states);
+    store
+        .apply(
+            "s",
+            Some(&previous),
+            &after_assignment.totals.regions,
+            &chunk,
+            WRITER,
+        )
+        .await
+        .unwrap();
+    let end = store.read().await.unwrap();
+    assert_eq!(end.totals.redeliveries_skipped, 3);
+    assert_eq!(end.totals.sums, after_assignment.totals.sums);
+    assert_eq!(end.totals.dead_letters[&Reason::DuplicateEvent], 1);
+    assert_eq!(end.totals.dead_letter_count(), 1);
+    assert_eq!(end.totals.records(), 2 + 1 + 3);
+    aws.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_transaction_of_one_hundred_items_is_accepted() {
     let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
     let store = StatsStore::new(aws.clients().await.dynamodb, "BigTest");
     store.ensure_tables().await.unwrap();
+    lease_to_writer(&aws, "BigTest", &["s"]).await;
     let records: Vec<_> = (0..250)
         .map(|n| created(100 + n, &format!("o{n}"), 100))
         .collect();
@@ -164,7 +323,7 @@ async fn a_full_transaction_of_one_hundred_items_is_accepted() {
             *regions.entry(*r).or_default() += n;
         }
         store
-            .apply("s", previous.as_ref(), &regions, &chunk)
+            .apply("s", previous.as_ref(), &regions, &chunk, WRITER)
             .await
             .unwrap();
         previous = Some(chunk.last.clone());
@@ -176,5 +335,80 @@ async fn a_full_transaction_of_one_hundred_items_is_accepted() {
     assert_eq!(stats.totals.sums.orders_created, 250);
     assert_eq!(stats.totals.sums.created_price_cents, 25_000);
     assert_eq!(stats.totals.summary().top_regions[0].orders, 250);
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
+    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+    let store = StatsStore::new(aws.clients().await.dynamodb, "FenceTest");
+    store.ensure_tables().await.unwrap();
+    let leases = lease_to_writer(&aws, "FenceTest", &["s"]).await;
+    let first = vec![created(1, "o1", 100)];
+    let chunk = plan_chunk("s", &first, &absent(&first));
+
+    // A zombie: "w0" believes it still holds the shard. Refused, nothing written.
+    let zombie = store
+        .apply("s", None, &chunk.delta.regions, &chunk, "w0")
+        .await;
+    assert!(matches!(zombie, Err(StoreError::LeaseLost)), "{zombie:?}");
+    assert_eq!(store.watermark("s").await.unwrap(), None);
+    assert_eq!(store.read().await.unwrap().totals.sums.orders_created, 0);
+
+    // "w2" asks for the lease: while WRITER finishes its batch it may still write,
+    // the new owner may not yet.
+    let lease = leases.get_lease("s").await.unwrap().unwrap();
+    leases
+        .update_lease(
+            "s",
+            Expect::held(lease.counter, Some(WRITER)),
+            Change {
+                bump_counter: true,
+                owner: Some(Some("w2".into())),
+                checkpoint_owner: Some(Some(WRITER.into())),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    let early = store
+        .apply("s", None, &chunk.delta.regions, &chunk, "w2")
+        .await;
+    assert!(matches!(early, Err(StoreError::LeaseLost)), "{early:?}");
+    store
+        .apply("s", None, &chunk.delta.regions, &chunk, WRITER)
+        .await
+        .unwrap();
+
+    // Handed over: now only "w2".
+    leases
+        .update_lease(
+            "s",
+            Expect {
+                checkpoint_owner: Some(Some(WRITER.into())),
+                ..Expect::default()
+            },
+            Change {
+                bump_counter: true,
+                checkpoint_owner: Some(None),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    let next = vec![created(2, "o2", 50)];
+    let chunk = plan_chunk("s", &next, &absent(&next));
+    let previous = ExtendedSequenceNumber::at("1", 0);
+    let late = store
+        .apply("s", Some(&previous), &chunk.delta.regions, &chunk, WRITER)
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    store
+        .apply("s", Some(&previous), &chunk.delta.regions, &chunk, "w2")
+        .await
+        .unwrap();
+    let stats = store.read().await.unwrap();
+    assert_eq!(stats.totals.sums.orders_created, 2);
+    assert_eq!(stats.totals.sums.created_price_cents, 150);
     aws.shutdown().await;
 }

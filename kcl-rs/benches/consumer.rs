@@ -5,7 +5,10 @@
 //! - child-start latency: a parent shard's `shard_ended` → its child's `initialize`.
 //!
 //! Run: `cargo bench -p kcl-rs --bench consumer` (RECORDS=n, default 1,000,000 records
-//! of 368 bytes on 8 shards; ROUNDS=n, default 3).
+//! of 368 bytes on 8 shards; ROUNDS=n, default 3). Besides the human lines, one
+//! `BENCH {json}` line per figure for `.ci/bench-report`.
+
+mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -325,6 +328,37 @@ async fn main() {
         kcl_steady.push(s);
         ratio.push(s / b);
     }
+    let line = |figure, label, unit, samples: &[f64], goal| {
+        common::result_line("consumer", figure, label, unit, samples, goal)
+    };
+    line(
+        "bare_loop",
+        "bare GetRecords loop, 8 shards in parallel",
+        "records/s",
+        &bare,
+        None,
+    );
+    line(
+        "kcl_first_delivery",
+        "kcl-rs worker, first delivery → last",
+        "records/s",
+        &kcl_steady,
+        None,
+    );
+    line(
+        "kcl_with_startup",
+        "kcl-rs worker, incl. lease start-up",
+        "records/s",
+        &kcl_total,
+        None,
+    );
+    line(
+        "ratio_to_bare",
+        "kcl-rs worker / bare GetRecords loop (per round)",
+        "× bare loop",
+        &ratio,
+        Some((">=", 0.9, "≥ 0.9× the bare loop")),
+    );
     let (b, bmin, bmax) = stats(bare);
     let (k, kmin, kmax) = stats(kcl_steady);
     let (t, tmin, tmax) = stats(kcl_total);
@@ -347,6 +381,14 @@ async fn main() {
         }
     );
     let latencies = child_start_latencies(&clients, 6).await;
+    let millis: Vec<f64> = latencies.iter().map(|s| s * 1000.0).collect();
+    line(
+        "child_start",
+        "child start after parent end (shard_ended → child initialize)",
+        "ms",
+        &millis,
+        Some(("<=", 1000.0, "≤ 1 s")),
+    );
     let n = latencies.len();
     let (m, lo, hi) = stats(latencies);
     println!(

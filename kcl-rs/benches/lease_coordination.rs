@@ -5,7 +5,10 @@
 //! - lease-table write requests per lease per minute at steady state
 //!
 //! Run: `cargo bench -p kcl-rs --bench lease_coordination` (TRIALS=n to change the
-//! number of trials, default 10).
+//! number of trials, default 10; STEADY_SECS=n for the steady-state window, default 60).
+//! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -150,7 +153,23 @@ fn balanced(owners: &BTreeMap<String, Vec<String>>, workers: usize) -> bool {
         && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
 }
 
-fn summary(label: &str, mut values: Vec<f64>, unit: &str, goal: Option<(f64, &str)>) {
+/// The human line (median, min, max, against the goal) and the `BENCH` line with every
+/// trial; `report_unit` is the unit spelled out for the report.
+fn summary(
+    figure: &str,
+    label: &str,
+    mut values: Vec<f64>,
+    (unit, report_unit): (&str, &str),
+    goal: Option<(f64, &str)>,
+) {
+    common::result_line(
+        "lease_coordination",
+        figure,
+        label,
+        report_unit,
+        &values,
+        goal.map(|(limit, text)| ("<=", limit, text)),
+    );
     values.sort_by(f64::total_cmp);
     let median = values[values.len() / 2];
     let (min, max) = (values[0], values[values.len() - 1]);
@@ -321,9 +340,10 @@ async fn main() {
     }
     let goal = 1.1 + renewal.as_secs_f64() / failover.as_secs_f64();
     summary(
+        "failover",
         "SIGKILL → last lease owned again (× failover_time)",
         failovers,
-        "×",
+        ("×", "× failover time"),
         Some((goal, "≤ 1.1× failover + 1 renewal interval")),
     );
 
@@ -332,9 +352,10 @@ async fn main() {
         releases.push(handover_trial(trial, failover, true).await.as_secs_f64());
     }
     summary(
+        "graceful_release",
         "SIGTERM (graceful release) → last lease owned by another worker",
         releases,
-        " s",
+        (" s", "s"),
         Some((1.0, "≤ 1 s")),
     );
 
@@ -350,32 +371,48 @@ async fn main() {
         up8_time.push(t8.as_secs_f64());
     }
     summary(
+        "converge_1_4_cycles",
         "taking cycles to converge 1→4 workers, 16 leases",
         up4,
-        "",
+        ("", "cycles"),
         Some((2.0, "≤ 2 cycles")),
     );
     summary(
+        "converge_1_4_time",
         "time to converge 1→4 workers, 16 leases",
         up4_time,
-        " s",
+        (" s", "s"),
         None,
     );
     summary(
+        "converge_4_8_cycles",
         "taking cycles to converge 4→8 workers, 16 leases",
         up8,
-        "",
+        ("", "cycles"),
         Some((2.0, "≤ 2 cycles")),
     );
     summary(
+        "converge_4_8_time",
         "time to converge 4→8 workers, 16 leases",
         up8_time,
-        " s",
+        (" s", "s"),
         None,
     );
 
-    let per_minute = steady_state_writes(Duration::from_secs(60)).await;
+    let steady_secs = std::env::var("STEADY_SECS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(60);
+    let per_minute = steady_state_writes(Duration::from_secs(steady_secs)).await;
     println!(
         "steady state, 4 workers, 16 leases, failover 10 s: {per_minute:.1} lease-table writes per lease per minute (renewal every 3.33 s = 18.0)"
+    );
+    common::result_line(
+        "lease_coordination",
+        "steady_state_writes",
+        "steady state, 4 workers, 16 leases, failover 10 s: lease-table writes per lease per minute (renewal every 3.33 s = 18.0)",
+        "writes/lease/min",
+        &[per_minute],
+        None,
     );
 }

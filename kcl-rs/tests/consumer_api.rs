@@ -57,6 +57,10 @@ impl RecordProcessor for Prober {
         let _ = self
             .report
             .send((format!("checkpoint now {}", cp.last_checkpoint()), Ok(())));
+        let owner = cp.ownership();
+        let _ = self
+            .report
+            .send((format!("owner {} {}", owner.worker_id, owner.epoch), Ok(())));
     }
 }
 
@@ -80,7 +84,7 @@ async fn checkpointer_rejects_positions_it_must_not_accept() {
     let cancel = CancellationToken::new();
     let run = tokio::spawn(worker.run(cancel.clone()));
     let mut outcomes = Vec::new();
-    while outcomes.len() < 8 {
+    while outcomes.len() < 9 {
         outcomes.push(
             tokio::time::timeout(WAIT, rx.recv())
                 .await
@@ -116,6 +120,16 @@ async fn checkpointer_rejects_positions_it_must_not_accept() {
     );
     assert_eq!(lease.pending_checkpoint, None);
     assert_eq!(lease.owner, None, "released at shutdown");
+    // The ownership epoch is the counter the take left: every later write (renewals,
+    // the checkpoints above, the release) bumped the counter past it.
+    let (owner, epoch) = outcomes[8].0["owner ".len()..].split_once(' ').unwrap();
+    assert_eq!(owner, "prober");
+    let epoch: u64 = epoch.parse().unwrap();
+    assert!(
+        epoch >= 1 && epoch + 3 <= lease.counter,
+        "epoch {epoch}, counter {}",
+        lease.counter
+    );
 
     // A restarted processor starts after it.
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench --workspace --bench producer` (RECORDS=n user records per
 //! throughput case, default 200,000; SECONDS=n of writing per single-shard case,
-//! default 10).
+//! default 10). Besides the human lines, one `BENCH {json}` line per figure for
+//! `.ci/bench-report`.
 //!
 //! The producer (its task, the SDK and its HTTP connections) runs on a current-thread
 //! runtime on the main thread, whose CPU time (`getrusage(RUSAGE_THREAD)`) is the
@@ -42,6 +43,55 @@ fn cpu_time(who: libc::c_int) -> Duration {
     };
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The machine-readable line `.ci/bench-report` reads: every sample of one figure, its
+/// unit and its goal, if any (`(op, value, text)`, `op` `"<="` or `">="`).
+fn result_line(
+    figure: &str,
+    label: &str,
+    unit: &str,
+    samples: &[f64],
+    goal: Option<(&str, f64, &str)>,
+) {
+    let goal =
+        goal.map(|(op, value, text)| serde_json::json!({"op": op, "value": value, "text": text}));
+    println!(
+        "BENCH {}",
+        serde_json::json!({
+            "bench": "producer",
+            "figure": figure,
+            "label": label,
+            "unit": unit,
+            "samples": samples,
+            "goal": goal,
+        })
+    );
+}
+
+/// The three `BENCH` lines of one throughput case.
+fn throughput_lines(case: &str, label: &str, t: &Throughput) {
+    result_line(
+        &format!("{case}_records_per_s"),
+        &format!("{label}: user records/s"),
+        "records/s",
+        &[t.records_per_second],
+        None,
+    );
+    result_line(
+        &format!("{case}_producer_cpu"),
+        &format!("{label}: producer CPU per user record"),
+        "µs",
+        &[t.cpu_per_record.as_secs_f64() * 1e6],
+        None,
+    );
+    result_line(
+        &format!("{case}_process_cpu"),
+        &format!("{label}: process CPU per user record (emulator included)"),
+        "µs",
+        &[t.process_cpu_per_record.as_secs_f64() * 1e6],
+        None,
+    );
 }
 
 fn config(stream: &str) -> ProducerConfigBuilder {
@@ -289,6 +339,12 @@ fn main() {
                 t.cpu_per_record.as_secs_f64() * 1e6,
                 t.process_cpu_per_record.as_secs_f64() * 1e6,
             );
+            let on = if aggregation { "on" } else { "off" };
+            throughput_lines(
+                &format!("throughput_{size}_aggregation_{on}"),
+                &format!("{size} B, aggregation {on}, 4 shards"),
+                &t,
+            );
         }
     }
     // The reference: what the SDK and the emulator do without the producer.
@@ -302,6 +358,11 @@ fn main() {
         t.records_per_second,
         t.cpu_per_record.as_secs_f64() * 1e6,
         t.process_cpu_per_record.as_secs_f64() * 1e6,
+    );
+    throughput_lines(
+        "bare_loop_368",
+        "368 B, bare SDK loop (500 plain records per call, 4 in flight)",
+        &t,
     );
     emulator.block_on(aws.shutdown());
 
@@ -324,6 +385,28 @@ fn main() {
             r.encoded_per_record,
             bound,
             100.0 * r.records_per_second / bound,
+        );
+        let case = format!("one shard, rate limit {rate_limit}%");
+        result_line(
+            &format!("one_shard_{rate_limit}_records_per_s"),
+            &format!("{case}: user records/s"),
+            "records/s",
+            &[r.records_per_second],
+            None,
+        );
+        result_line(
+            &format!("one_shard_{rate_limit}_bound"),
+            &format!("{case}: physical bound (1 MiB/s ÷ encoded bytes per user record)"),
+            "records/s",
+            &[bound],
+            None,
+        );
+        result_line(
+            &format!("one_shard_{rate_limit}_of_bound"),
+            &format!("{case}: absorbed share of the physical bound"),
+            "% of bound",
+            &[100.0 * r.records_per_second / bound],
+            Some((">=", 90.0, "within 10% of the bound")),
         );
     }
     emulator.block_on(aws.shutdown());

@@ -127,6 +127,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         settle_timeout: Duration::from_secs(120),
         track_latency: false,
         workers_after_production: false,
+        audit_dir: None,
+        local_aws: None,
     };
     let say: scenario::Narrator = Arc::new(|line: &str| println!("{line}"));
     let report = scenario::run(config, say).await?;

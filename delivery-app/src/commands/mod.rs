@@ -1,5 +1,6 @@
 //! One module per subcommand, and the options several share.
 
+pub mod chaos;
 pub mod create_stream;
 pub mod demo;
 pub mod local;

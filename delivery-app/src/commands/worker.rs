@@ -25,6 +25,10 @@ pub struct WorkerArgs {
     /// per second per shard).
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
+    /// Append a JSON line per statistics transaction and per checkpoint to this file
+    /// (what `chaos` checks).
+    #[arg(long)]
+    audit_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
@@ -35,6 +39,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
         worker_id: args.worker_id.clone(),
         failover: Duration::from_millis(args.failover_ms),
         poll: Duration::from_millis(args.poll_ms),
+        audit_file: args.audit_file.clone(),
     };
     let cancel = CancellationToken::new();
     let mut running = tokio::spawn({

@@ -6,6 +6,7 @@
 //! Every step waits on a condition (simulation progress, a lease owned, the stream
 //! ACTIVE, the statistics caught up) with a deadline; nothing relies on a fixed sleep.
 
+mod aws_process;
 mod latency;
 mod workers;
 
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use aws_process::LocalAwsProcess;
 pub use latency::{LatencyTracker, percentile};
 pub use workers::{WorkerLauncher, WorkerProcess};
 
@@ -45,6 +47,18 @@ pub enum Step {
     Merge,
     /// Stop every worker gracefully (SIGTERM) and start them all again.
     RestartAll,
+    /// SIGKILL worker slot `n` (numbered from 0), if it runs.
+    KillWorker(usize),
+    /// Start worker slot `n`, with a new id, if it does not run.
+    StartWorker(usize),
+    /// SIGSTOP worker slot `n` until the others own all its leases (at least the
+    /// failover time), then SIGCONT: a zombie that wakes up believing it still holds
+    /// them.
+    PauseWorker(usize),
+    /// Stop worker slot `n` gracefully (SIGTERM) and start it again with a new id.
+    BounceWorker(usize),
+    /// Restart the local AWS process ([`ScenarioConfig::local_aws`]).
+    RestartAws,
 }
 
 /// A run's settings.
@@ -85,6 +99,11 @@ pub struct ScenarioConfig {
     /// Start the workers only once every event is written (to measure the consumers
     /// alone on a full stream); steps then run before they start.
     pub workers_after_production: bool,
+    /// Each worker appends what it writes to `<dir>/<id>.jsonl` (see [`crate::audit`]).
+    pub audit_dir: Option<PathBuf>,
+    /// The local AWS, when it runs as a separate process that [`Step::RestartAws`]
+    /// restarts.
+    pub local_aws: Option<Arc<tokio::sync::Mutex<LocalAwsProcess>>>,
 }
 
 /// What a run found.
@@ -177,6 +196,7 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
             exe: config.exe.clone(),
             args,
             log_dir: config.log_dir.clone(),
+            audit_dir: config.audit_dir.clone(),
         },
         running: (0..config.workers).map(|_| None).collect(),
         restarts: 0,
@@ -454,6 +474,70 @@ async fn perform(
                 "{} ({} open shards before)",
                 describe(&action),
                 open.len()
+            ))
+        }
+        Step::KillWorker(n) => {
+            let mut process = fleet.running[*n].take().ok_or("the worker does not run")?;
+            process.signal(libc::SIGKILL)?;
+            process.wait(Duration::from_secs(10)).await;
+            Ok(format!("killed worker {} (SIGKILL)", process.id))
+        }
+        Step::StartWorker(n) => {
+            if fleet.running[*n].is_some() {
+                return Err("the worker runs already".into());
+            }
+            fleet.restarts += 1;
+            Ok(format!("started worker {}", fleet.start(*n)?))
+        }
+        Step::PauseWorker(n) => {
+            let process = fleet.running[*n]
+                .as_ref()
+                .ok_or("the worker does not run")?;
+            let paused = Instant::now();
+            process.signal(libc::SIGSTOP)?;
+            // Until nobody could believe the leases are still its, and then until the
+            // others own every one of them.
+            tokio::time::sleep(config.failover.mul_f64(1.2)).await;
+            let deadline = paused + config.failover * 4 + Duration::from_secs(10);
+            loop {
+                let all = leases.list_leases().await.unwrap_or_default();
+                let mine = all.iter().any(|l| {
+                    l.owner.as_deref() == Some(process.id.as_str())
+                        || l.checkpoint_owner.as_deref() == Some(process.id.as_str())
+                });
+                if !mine || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            process.signal(libc::SIGCONT)?;
+            Ok(format!(
+                "paused worker {} (SIGSTOP) for {:.1}s, past the {:.1}s failover, then let it \
+                 continue (SIGCONT) as a zombie",
+                process.id,
+                paused.elapsed().as_secs_f64(),
+                config.failover.as_secs_f64()
+            ))
+        }
+        Step::BounceWorker(n) => {
+            let process = fleet.running[*n].take().ok_or("the worker does not run")?;
+            let old = process.id.clone();
+            process.stop(Duration::from_secs(30)).await;
+            fleet.restarts += 1;
+            let id = fleet.start(*n)?;
+            Ok(format!(
+                "stopped worker {old} gracefully (SIGTERM) and started {id}"
+            ))
+        }
+        Step::RestartAws => {
+            let aws = config
+                .local_aws
+                .as_ref()
+                .ok_or("the local AWS does not run as a separate process")?;
+            let down = aws.lock().await.restart().await?;
+            Ok(format!(
+                "restarted the local AWS process (Kinesis and DynamoDB down {:.1}s, state kept)",
+                down.as_secs_f64()
             ))
         }
         Step::RestartAll => {

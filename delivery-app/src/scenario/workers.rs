@@ -1,6 +1,7 @@
 //! Statistics workers as separate processes (`delivery-app worker ...`): started,
 //! crashed with SIGKILL, stopped with SIGTERM, restarted.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct WorkerLauncher {
     pub args: Vec<String>,
     /// Where each worker's stderr goes (`<id>.log`); inherited when `None`.
     pub log_dir: Option<PathBuf>,
+    /// Where each worker writes its audit log (`<id>.jsonl`); none when `None`.
+    pub audit_dir: Option<PathBuf>,
 }
 
 impl WorkerLauncher {
@@ -76,6 +79,12 @@ impl WorkerLauncher {
             .arg("worker")
             .args(&self.args)
             .args(["--worker-id", id])
+            .args(self.audit_dir.iter().flat_map(|dir| {
+                [
+                    OsString::from("--audit-file"),
+                    dir.join(format!("{id}.jsonl")).into(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -98,10 +98,21 @@ pub(super) fn bad_event(
         _ => real(
             // The creation again, after the order is done: a duplicate.
             order.completed_ms,
-            order.created_json.clone(),
+            duplicate(&order.created_json, &env.event_id),
             Reason::DuplicateEvent,
         ),
     }
+}
+
+/// `event` again as another event: the same fields but `event_id`. A semantic
+/// duplicate, which the consumer dead-letters, unlike a byte-identical copy (a
+/// producer's redelivery), which it skips. Deterministic: the same input and id give
+/// the same bytes.
+fn duplicate(event: &[u8], event_id: &str) -> Vec<u8> {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(event).expect("the simulator's own JSON");
+    json["event_id"] = serde_json::Value::String(event_id.to_string());
+    serde_json::to_vec(&json).expect("serialisable")
 }
 
 fn clone_envelope<'a>(env: &Envelope<'a>) -> Envelope<'a> {

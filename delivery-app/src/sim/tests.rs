@@ -58,6 +58,55 @@ fn the_ground_truth_is_what_a_consumer_computes() {
 }
 
 #[test]
+fn the_injected_duplicate_is_another_event_and_a_redelivery_is_not() {
+    let config = SimConfig {
+        duration_ms: 30_000,
+        bad_events: 21,
+        ..SimConfig::default()
+    };
+    let events: Vec<SimEvent> = Simulation::new(config.clone()).collect();
+    // Deterministic: the same seed gives the same bytes.
+    assert_eq!(events, Simulation::new(config).collect::<Vec<_>>());
+    let duplicates: Vec<&SimEvent> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Bad(Reason::DuplicateEvent))
+        .collect();
+    assert_eq!(duplicates.len(), 3);
+    for dup in &duplicates {
+        let original = events
+            .iter()
+            .find(|e| e.kind == EventKind::Created && e.order_id == dup.order_id)
+            .expect("the duplicated order was created");
+        assert_ne!(
+            dup.data, original.data,
+            "a semantic duplicate has other bytes"
+        );
+        assert_eq!(parse(&dup.data), parse(&original.data));
+        let id = |data: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(data).unwrap()["event_id"].clone()
+        };
+        assert_ne!(id(&dup.data), id(&original.data));
+    }
+    // The consumer dead-letters the injected duplicates, and skips a producer's exact
+    // copy of any event: the ground truth still holds.
+    let mut with_copies = events.clone();
+    let copies: Vec<SimEvent> = events
+        .iter()
+        .filter(|e| !matches!(e.kind, EventKind::Bad(_)))
+        .step_by(50)
+        .cloned()
+        .collect();
+    with_copies.extend(copies.iter().cloned());
+    let consumed = consume(&with_copies);
+    let plain = consume(&events);
+    assert_eq!(consumed.summary(), plain.summary());
+    assert_eq!(consumed.dead_letters, plain.dead_letters);
+    assert_eq!(consumed.dead_letters[&Reason::DuplicateEvent], 3);
+    assert_eq!(consumed.redeliveries_skipped, copies.len() as u64);
+    assert_eq!(plain.redeliveries_skipped, 0);
+}
+
+#[test]
 fn every_order_keeps_one_partition_key_and_its_order() {
     let config = SimConfig {
         duration_ms: 10_000,

@@ -2,7 +2,9 @@
 //! a planned [`Chunk`] as `TransactWriteItems` entries, and the items read back.
 //!
 //! - Orders table, key `order_id`: `created_at`, `price_cents`, `pickup_x/y`,
-//!   `dropoff_x/y`, `created_shard`; `assigned_at`, `driver_id`; `completed_at`.
+//!   `dropoff_x/y`, `created_shard`; `assigned_at`, `driver_id`; `completed_at`; and
+//!   `event_digests`, a number set of the [`digest`](super::plan::digest)s of the
+//!   events applied (`ADD`ed with each transition), which recognises redeliveries.
 //! - Statistics table, key `pk` = `stats#<shard id>`, one item per shard: the
 //!   watermark `applied_seq`/`applied_sub` (last record applied), the counters, one
 //!   `dl_<reason>` per dead-letter reason, and `regions`: the orders per pickup region
@@ -28,6 +30,8 @@ pub const ORDER_KEY: &str = "order_id";
 pub const STATS_KEY: &str = "pk";
 /// Key attribute of the dead-letter table.
 pub const DEAD_LETTER_KEY: &str = "dl_id";
+/// Number set attribute of an order: the digests of the events applied to it.
+pub const EVENT_DIGESTS: &str = "event_digests";
 
 /// The statistics item key of a shard.
 pub fn stats_key(shard_id: &str) -> String {
@@ -43,6 +47,8 @@ pub struct StatsTables {
     pub stats: String,
     /// Rejected records.
     pub dead_letters: String,
+    /// The kcl-rs lease table, whose items fence the writes.
+    pub leases: String,
 }
 
 impl StatsTables {
@@ -52,6 +58,7 @@ impl StatsTables {
             orders: format!("{app}-Orders"),
             stats: format!("{app}-Stats"),
             dead_letters: format!("{app}-DeadLetters"),
+            leases: app.to_string(),
         }
     }
 }
@@ -93,7 +100,7 @@ fn s(v: impl Into<String>) -> AttributeValue {
 }
 
 /// The counters of a statistics item, by attribute name.
-fn counters(t: &Totals) -> [(&'static str, i64); 10] {
+fn counters(t: &Totals) -> [(&'static str, i64); 11] {
     let x = &t.sums;
     [
         ("events", x.events as i64),
@@ -106,6 +113,7 @@ fn counters(t: &Totals) -> [(&'static str, i64); 10] {
         ("completion_ms_sum", x.completion_ms_sum),
         ("cross_shard_completions", t.cross_shard_completions as i64),
         ("foreign_records_skipped", t.foreign_records_skipped as i64),
+        ("redeliveries_skipped", t.redeliveries_skipped as i64),
     ]
 }
 
@@ -122,6 +130,7 @@ fn set_counter(t: &mut Totals, name: &str, v: i64) -> bool {
         "completion_ms_sum" => x.completion_ms_sum = v,
         "cross_shard_completions" => t.cross_shard_completions = v as u64,
         "foreign_records_skipped" => t.foreign_records_skipped = v as u64,
+        "redeliveries_skipped" => t.redeliveries_skipped = v as u64,
         _ => return false,
     }
     true
@@ -175,13 +184,15 @@ pub fn decode_regions(text: &str) -> Result<std::collections::BTreeMap<Region, u
 
 /// The transaction for `chunk`: the shard's statistics item first (conditioned on the
 /// watermark being `previous`; `regions` is the shard's region counts after the chunk),
-/// then one write per order, then the dead letters.
+/// then one write per order, then the dead letters, and last the check that `writer`
+/// still holds the shard's lease (see [`kcl::leases::dynamo::ownership_check`]).
 pub fn transact_items(
     tables: &StatsTables,
     shard_id: &str,
     previous: Option<&ExtendedSequenceNumber>,
     regions: &std::collections::BTreeMap<Region, u64>,
     chunk: &Chunk,
+    writer: &str,
     now_ms: i64,
 ) -> Result<Vec<TransactWriteItem>, BuildError> {
     let mut items = Vec::with_capacity(chunk.items());
@@ -202,6 +213,16 @@ pub fn transact_items(
                 .build(),
         );
     }
+    // Last, so that a cancellation reason at this index means the lease moved.
+    items.push(
+        TransactWriteItem::builder()
+            .condition_check(kcl::leases::dynamo::ownership_check(
+                &tables.leases,
+                shard_id,
+                writer,
+            ))
+            .build(),
+    );
     Ok(items)
 }
 
@@ -329,6 +350,10 @@ fn order_write(
     if let Some(completed_at) = order.completed_at {
         attributes.push(("completed_at", n(completed_at)));
     }
+    // Never empty here (every transition adds its digest), and DynamoDB has no empty
+    // sets.
+    let digests = (!order.digests.is_empty())
+        .then(|| AttributeValue::Ns(order.digests.iter().map(u64::to_string).collect()));
     if order.expect == Expect::Absent {
         // A new order: the whole item, put if absent (cheaper than an update).
         let mut put = Put::builder()
@@ -340,16 +365,27 @@ fn order_write(
         for (name, value) in attributes {
             put = put.item(name, value);
         }
+        if let Some(digests) = digests {
+            put = put.item(EVENT_DIGESTS, digests);
+        }
         return Ok(TransactWriteItem::builder().put(put.build()?).build());
     }
     let sets: Vec<String> = attributes
         .into_iter()
         .map(|(name, value)| format!("{} = {}", p.name(name), p.value(value)))
         .collect();
+    let mut expression = format!("SET {}", sets.join(", "));
+    if let Some(digests) = digests {
+        expression.push_str(&format!(
+            " ADD {} {}",
+            p.name(EVENT_DIGESTS),
+            p.value(digests)
+        ));
+    }
     let update = Update::builder()
         .table_name(&tables.orders)
         .key(ORDER_KEY, key)
-        .update_expression(format!("SET {}", sets.join(", ")))
+        .update_expression(expression)
         .condition_expression(condition)
         .set_expression_attribute_names(Some(p.names.clone()))
         .set_expression_attribute_values(p.values())
@@ -473,8 +509,27 @@ pub fn decode_order(item: &Item) -> Result<(String, OrderState), String> {
                 .to_string(),
             assigned: item.contains_key("assigned_at"),
             completed: item.contains_key("completed_at"),
+            applied: digests(item, id)?,
         },
     ))
+}
+
+/// The digests of an order item's `event_digests` (none when absent: an order stored
+/// before digests were kept).
+fn digests(item: &Item, id: &str) -> Result<Vec<u64>, String> {
+    match item.get(EVENT_DIGESTS) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::Ns(values)) => values
+            .iter()
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("order {id}: digest {v:?} is not a 64-bit number"))
+            })
+            .collect(),
+        Some(other) => Err(format!(
+            "order {id}: {EVENT_DIGESTS} is not a number set: {other:?}"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,16 @@
 //! completed. A valid event is a transition; an event that does not fit the order's
 //! state is a dead letter with its reason. Every order a chunk depends on gets exactly
 //! one item in the transaction (DynamoDB forbids two operations on one item): an
-//! `Update` when it changes, a `ConditionCheck` when only a rejection depended on it.
-//! Either is conditioned on the state the plan assumed, so a plan made from a stale
-//! read is cancelled, never applied.
+//! `Update` when it changes, a `ConditionCheck` when only a rejection or a skipped
+//! redelivery depended on it. Either is conditioned on the state the plan assumed, so a
+//! plan made from a stale read is cancelled, never applied.
+//!
+//! Kinesis producers are at-least-once: when a `PutRecords` answer is lost, the same
+//! user record is put again and the stream holds two byte-identical copies at different
+//! positions. Every order therefore keeps the [`digest`]s of the events applied to it
+//! (at most three), and a record whose digest is among them is skipped and counted
+//! ([`Totals::redeliveries_skipped`]), not dead-lettered. A duplicate with other bytes
+//! (another event about the same thing) is still a `duplicate_event` dead letter.
 
 use std::collections::HashMap;
 
@@ -43,8 +50,27 @@ pub struct ParsedRecord {
     pub parsed: Option<Result<Event, Rejection>>,
 }
 
+/// The stable 64-bit FNV-1a hash of a record's bytes: what identifies an exact copy of
+/// an applied event. Stable across builds and platforms (unlike std's `DefaultHasher`),
+/// since it is stored.
+///
+/// ```
+/// use delivery_app::stats::plan::digest;
+///
+/// assert_eq!(digest(b""), 0xcbf2_9ce4_8422_2325);
+/// assert_eq!(digest(b"a"), 0xaf63_dc4c_8601_ec8c);
+/// ```
+pub fn digest(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
 /// What the statistics need to know about a created order. Immutable once created,
-/// except the two flags, which only go from false to true.
+/// except the two flags, which only go from false to true, and the digests, which only
+/// grow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderState {
     /// Event time of the creation, ms.
@@ -57,6 +83,10 @@ pub struct OrderState {
     pub assigned: bool,
     /// Whether a completion was applied.
     pub completed: bool,
+    /// The [`digest`]s of the events applied to it (creation, assignment, completion:
+    /// at most three), in the order applied. Orders stored before digests were kept
+    /// have none.
+    pub applied: Vec<u64>,
 }
 
 /// The stored state a write is conditioned on.
@@ -121,6 +151,9 @@ pub struct OrderWrite {
     pub assigned: Option<Assignment>,
     /// `completed_at`, set by a completion.
     pub completed_at: Option<i64>,
+    /// The [`digest`]s of the events this transaction applies to the order, added to
+    /// its stored ones. Empty exactly when it is check-only.
+    pub digests: Vec<u64>,
 }
 
 impl OrderWrite {
@@ -169,9 +202,10 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Items in the transaction, counting the shard's statistics item.
+    /// Items in the transaction, counting the shard's statistics item and the check
+    /// that the writer still holds the shard's lease.
     pub fn items(&self) -> usize {
-        1 + self.orders.len() + self.dead_letters.len()
+        2 + self.orders.len() + self.dead_letters.len()
     }
 }
 
@@ -196,8 +230,31 @@ enum Transition {
     Complete(i64),
 }
 
-/// Applies an event to an order's state: the transition, or why it does not fit.
-fn decide(event: &Event, state: &Option<OrderState>) -> Result<Transition, (Reason, String)> {
+/// What a valid event does to its order.
+enum Decision {
+    /// It fits: apply it.
+    Apply(Transition),
+    /// The record is an exact copy of an event already applied to the order (its
+    /// digest is among the order's): skip it, count it, change nothing.
+    Redelivery,
+    /// It does not fit: a dead letter, with why.
+    Reject(Reason, String),
+}
+
+/// Applies an event, whose record's bytes have digest `digest`, to an order's state:
+/// a redelivery first, then the transition or why it does not fit.
+fn decide(event: &Event, digest: u64, state: &Option<OrderState>) -> Decision {
+    if state.as_ref().is_some_and(|s| s.applied.contains(&digest)) {
+        return Decision::Redelivery;
+    }
+    match transition(event, state) {
+        Ok(t) => Decision::Apply(t),
+        Err((reason, detail)) => Decision::Reject(reason, detail),
+    }
+}
+
+/// The transition an event (not a redelivery) makes, or why it does not fit.
+fn transition(event: &Event, state: &Option<OrderState>) -> Result<Transition, (Reason, String)> {
     match (event, state) {
         (
             Event::Created {
@@ -288,8 +345,8 @@ pub fn plan_chunk(
     let mut bytes = ITEM_OVERHEAD;
     for record in records {
         let (order, outcome) = match &record.parsed {
-            None => (None, None),
-            Some(Err(rejection)) => (None, Some(Err(rejection.clone()))),
+            None => (None, Outcome::Foreign),
+            Some(Err(rejection)) => (None, Outcome::Rejected(rejection.clone())),
             Some(Ok(event)) => {
                 let id = event.order_id();
                 let state = chunk.after.get(id).unwrap_or_else(|| {
@@ -297,17 +354,22 @@ pub fn plan_chunk(
                         .get(id)
                         .unwrap_or_else(|| panic!("no state fetched for order {id}"))
                 });
-                let outcome = decide(event, state).map_err(|(reason, detail)| Rejection {
-                    reason,
-                    detail,
-                    order_id: Some(id.to_string()),
-                });
-                (Some(id), Some(outcome.map(|t| (t, event))))
+                let record_digest = digest(&record.raw);
+                let outcome = match decide(event, record_digest, state) {
+                    Decision::Apply(t) => Outcome::Apply(t, record_digest),
+                    Decision::Redelivery => Outcome::Redelivery,
+                    Decision::Reject(reason, detail) => Outcome::Rejected(Rejection {
+                        reason,
+                        detail,
+                        order_id: Some(id.to_string()),
+                    }),
+                };
+                (Some(id), outcome)
             }
         };
         // Items and bytes this record adds.
         let new_op = order.is_some_and(|id| !op_index.contains_key(id));
-        let dead = matches!(outcome, Some(Err(_)));
+        let dead = matches!(outcome, Outcome::Rejected(_));
         let added_items = usize::from(new_op) + usize::from(dead);
         let added_bytes = usize::from(new_op) * ITEM_OVERHEAD
             + if dead {
@@ -335,12 +397,16 @@ pub fn plan_chunk(
                 created: None,
                 assigned: None,
                 completed_at: None,
+                digests: Vec::new(),
             });
             chunk.after.insert(id.to_string(), before);
         }
         match outcome {
-            None => chunk.delta.foreign_records_skipped += 1,
-            Some(Err(rejection)) => {
+            Outcome::Foreign => chunk.delta.foreign_records_skipped += 1,
+            // The order's op (a check unless something else changes it) stays: the
+            // decision depended on its state.
+            Outcome::Redelivery => chunk.delta.redeliveries_skipped += 1,
+            Outcome::Rejected(rejection) => {
                 *chunk
                     .delta
                     .dead_letters
@@ -350,12 +416,13 @@ pub fn plan_chunk(
                     .dead_letters
                     .push(dead_letter(shard_id, record, rejection));
             }
-            Some(Ok((transition, event))) => {
-                let id = event.order_id();
+            Outcome::Apply(transition, digest) => {
+                let id = order.expect("a valid event has an order");
                 let op = &mut chunk.orders[op_index[id]];
                 let state = chunk.after.get_mut(id).expect("inserted above");
                 let delta = &mut chunk.delta;
                 delta.sums.events += 1;
+                op.digests.push(digest);
                 match transition {
                     Transition::Create(creation) => {
                         delta.sums.orders_created += 1;
@@ -367,6 +434,7 @@ pub fn plan_chunk(
                             created_shard: shard_id.to_string(),
                             assigned: false,
                             completed: false,
+                            applied: vec![digest],
                         });
                         op.created = Some(creation);
                     }
@@ -375,6 +443,7 @@ pub fn plan_chunk(
                         delta.sums.orders_assigned += 1;
                         delta.sums.response_ms_sum += assignment.assigned_at - s.created_at;
                         s.assigned = true;
+                        s.applied.push(digest);
                         op.assigned = Some(assignment);
                     }
                     Transition::Complete(completed_at) => {
@@ -386,6 +455,7 @@ pub fn plan_chunk(
                             delta.cross_shard_completions += 1;
                         }
                         s.completed = true;
+                        s.applied.push(digest);
                         op.completed_at = Some(completed_at);
                     }
                 }
@@ -393,6 +463,18 @@ pub fn plan_chunk(
         }
     }
     chunk
+}
+
+/// What planning does with one record.
+enum Outcome {
+    /// A user record of a foreign aggregate: skipped.
+    Foreign,
+    /// An exact copy of an event applied to its order: skipped.
+    Redelivery,
+    /// A dead letter.
+    Rejected(Rejection),
+    /// A transition, and the digest of the record that makes it.
+    Apply(Transition, u64),
 }
 
 fn dead_letter(shard_id: &str, record: &ParsedRecord, rejection: Rejection) -> DeadLetter {

@@ -5,19 +5,22 @@
 //! by this or an earlier owner: a replay), parse the rest, plan transactions of at
 //! most 100 items and apply them in shard order, each advancing the watermark it is
 //! conditioned on; then checkpoint. A crash between a transaction and the checkpoint
-//! only causes a replay that the watermark drops. A cancelled transaction (a zombie
-//! owner, or an order changed elsewhere) is re-read and re-planned, never forced.
+//! only causes a replay that the watermark drops. Every transaction also checks that
+//! this worker still holds the shard's lease: a worker that lost it (a zombie after a
+//! pause) has its transaction refused and abandons the batch. A transaction cancelled
+//! otherwise (an order changed elsewhere) is re-read and re-planned, never forced.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kcl::checkpoint::{Checkpointer, ExtendedSequenceNumber};
+use kcl::checkpoint::{Checkpointer, ExtendedSequenceNumber, LeaseOwnership};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::retrieval::KinesisClientRecord;
 
 use super::plan::{OrderState, ParsedRecord, plan_chunk, referenced_orders};
-use super::store::{StatsStore, StoreError};
+use super::store::{StatsStore, StoreError, now_ms};
+use crate::audit::{AttemptResult, AuditLog};
 use crate::events::{Event, Region, parse};
 
 /// Orders kept in a processor's cache before it is emptied.
@@ -103,6 +106,7 @@ pub struct StatsProcessor {
     shard_id: String,
     store: Arc<StatsStore>,
     ranges: Arc<ShardRanges>,
+    audit: Option<Arc<AuditLog>>,
     range: Option<(u128, u128)>,
     /// The last record applied, once read from the statistics item.
     watermark: Option<Option<ExtendedSequenceNumber>>,
@@ -114,12 +118,18 @@ pub struct StatsProcessor {
 }
 
 impl StatsProcessor {
-    /// A processor for `shard_id`.
-    pub fn new(shard_id: &str, store: Arc<StatsStore>, ranges: Arc<ShardRanges>) -> Self {
+    /// A processor for `shard_id`, recording its writes in `audit` if given.
+    pub fn new(
+        shard_id: &str,
+        store: Arc<StatsStore>,
+        ranges: Arc<ShardRanges>,
+        audit: Option<Arc<AuditLog>>,
+    ) -> Self {
         StatsProcessor {
             shard_id: shard_id.to_string(),
             store,
             ranges,
+            audit,
             range: None,
             watermark: None,
             regions: BTreeMap::new(),
@@ -131,8 +141,16 @@ impl StatsProcessor {
     pub fn factory(
         store: Arc<StatsStore>,
         ranges: Arc<ShardRanges>,
+        audit: Option<Arc<AuditLog>>,
     ) -> impl Fn(&str) -> StatsProcessor + Send + Sync + 'static {
-        move |shard: &str| StatsProcessor::new(shard, Arc::clone(&store), Arc::clone(&ranges))
+        move |shard: &str| {
+            StatsProcessor::new(
+                shard,
+                Arc::clone(&store),
+                Arc::clone(&ranges),
+                audit.clone(),
+            )
+        }
     }
 
     /// Retries `call` until it succeeds, pausing longer each time.
@@ -205,8 +223,9 @@ impl StatsProcessor {
     }
 
     /// Applies `records` (after the watermark, in shard order) transaction by
-    /// transaction.
-    async fn apply(&mut self, mut records: Vec<ParsedRecord>) {
+    /// transaction, as `owner`. Returns false if the lease turned out to be lost (the
+    /// rest of the batch is then left to the new owner).
+    async fn apply(&mut self, mut records: Vec<ParsedRecord>, owner: &LeaseOwnership) -> bool {
         let started = std::time::Instant::now();
         let count = records.len();
         let mut transactions = 0;
@@ -222,10 +241,36 @@ impl StatsProcessor {
             for (region, n) in &chunk.delta.regions {
                 *regions.entry(*region).or_default() += n;
             }
+            let attempt = self.audit.as_ref().map(|log| {
+                log.attempt(
+                    &self.shard_id,
+                    owner,
+                    previous.as_ref(),
+                    &chunk.last,
+                    chunk.records,
+                )
+            });
             let applied = self
                 .store
-                .apply(&self.shard_id, previous.as_ref(), &regions, &chunk)
+                .apply(
+                    &self.shard_id,
+                    previous.as_ref(),
+                    &regions,
+                    &chunk,
+                    &owner.worker_id,
+                )
                 .await;
+            if let (Some(log), Some(id)) = (&self.audit, attempt) {
+                log.outcome(
+                    id,
+                    match &applied {
+                        Ok(()) => AttemptResult::Applied,
+                        Err(StoreError::LeaseLost) => AttemptResult::LeaseLost,
+                        Err(StoreError::Conflict { .. }) => AttemptResult::Conflict,
+                        Err(_) => AttemptResult::Failed,
+                    },
+                );
+            }
             match applied {
                 Ok(()) => {
                     pause = Duration::from_millis(50);
@@ -246,6 +291,12 @@ impl StatsProcessor {
                         }
                         states.insert(id, state);
                     }
+                }
+                Err(StoreError::LeaseLost) => {
+                    tracing::info!(shard = %self.shard_id, "lease lost: transaction refused, batch abandoned");
+                    self.cache.clear();
+                    self.watermark = None;
+                    return false;
                 }
                 Err(StoreError::Conflict { reasons }) => {
                     tracing::info!(shard = %self.shard_id, %reasons, "transaction cancelled by a condition; re-reading");
@@ -274,6 +325,23 @@ impl StatsProcessor {
             total_ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );
+        true
+    }
+
+    /// Checkpoints everything delivered, recording an accepted checkpoint in the audit
+    /// log.
+    async fn checkpoint(&self, checkpointer: &mut Checkpointer, what: &str) {
+        let before = checkpointer.last_checkpoint().clone();
+        let start_ms = now_ms();
+        match checkpointer.checkpoint().await {
+            Ok(()) => {
+                let after = checkpointer.last_checkpoint();
+                if let Some(log) = self.audit.as_ref().filter(|_| *after != before) {
+                    log.checkpoint(&self.shard_id, &checkpointer.ownership(), after, start_ms);
+                }
+            }
+            Err(e) => tracing::info!(shard = %self.shard_id, error = %e, "{what} not written"),
+        }
     }
 }
 
@@ -316,12 +384,10 @@ impl RecordProcessor for StatsProcessor {
                 raw: r.data,
             })
             .collect();
-        if !records.is_empty() {
-            self.apply(records).await;
+        if !records.is_empty() && !self.apply(records, &checkpointer.ownership()).await {
+            return;
         }
-        if let Err(e) = checkpointer.checkpoint().await {
-            tracing::info!(shard = %self.shard_id, error = %e, "checkpoint not written");
-        }
+        self.checkpoint(checkpointer, "checkpoint").await;
     }
 
     async fn lease_lost(&mut self) {
@@ -329,9 +395,7 @@ impl RecordProcessor for StatsProcessor {
     }
 
     async fn shutdown_requested(&mut self, checkpointer: &mut Checkpointer) {
-        if let Err(e) = checkpointer.checkpoint().await {
-            tracing::info!(shard = %self.shard_id, error = %e, "final checkpoint not written");
-        }
+        self.checkpoint(checkpointer, "final checkpoint").await;
     }
 }
 

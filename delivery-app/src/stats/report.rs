@@ -21,12 +21,16 @@ pub struct StatsJson {
     pub avg_completion_ms: Option<f64>,
     /// Dead letters per reason.
     pub dead_letters: std::collections::BTreeMap<Reason, u64>,
-    /// Records accounted for (events + dead letters + skipped foreign copies).
+    /// Records accounted for (events + dead letters + skipped foreign copies + skipped
+    /// redeliveries).
     pub records: u64,
     /// Orders completed in another shard than they were created in.
     pub cross_shard_completions: u64,
     /// Foreign copies skipped.
     pub foreign_records_skipped: u64,
+    /// Exact copies of applied events (producer retries) skipped. Not compared with the
+    /// ground truth.
+    pub redeliveries_skipped: u64,
     /// Per shard: id, events, dead letters.
     pub shards: Vec<ShardJson>,
     /// Comparison with a ground truth, when one was given.
@@ -60,7 +64,8 @@ pub struct TruthComparison {
     pub expected_dead_letters: std::collections::BTreeMap<Reason, u64>,
 }
 
-/// Compares stored statistics with a ground truth.
+/// Compares stored statistics with a ground truth: the summary and the dead letters.
+/// The skip counters (foreign copies, redeliveries) are not part of the ground truth.
 pub fn compare(stats: &StoredStats, truth: &GroundTruth) -> TruthComparison {
     let mut differences: Vec<String> = stats
         .totals
@@ -91,6 +96,7 @@ pub fn to_json(stats: &StoredStats, truth: Option<&GroundTruth>) -> StatsJson {
         records: stats.totals.records(),
         cross_shard_completions: stats.totals.cross_shard_completions,
         foreign_records_skipped: stats.totals.foreign_records_skipped,
+        redeliveries_skipped: stats.totals.redeliveries_skipped,
         shards: stats
             .shards
             .iter()
@@ -187,19 +193,26 @@ pub fn to_table(stats: &StoredStats, truth: Option<&GroundTruth>) -> String {
             .collect();
         let _ = writeln!(out, "\nDead letters by reason: {}", parts.join(", "));
     }
+    let mut skipped = String::new();
+    if stats.totals.foreign_records_skipped > 0 {
+        let _ = write!(
+            skipped,
+            "; {} foreign record copies skipped",
+            thousands(stats.totals.foreign_records_skipped)
+        );
+    }
+    if stats.totals.redeliveries_skipped > 0 {
+        let _ = write!(
+            skipped,
+            "; {} redelivered copies of applied events skipped",
+            thousands(stats.totals.redeliveries_skipped)
+        );
+    }
     let _ = writeln!(
         out,
-        "\n{} shard(s) applied records; {} order(s) completed in another shard than created{}",
+        "\n{} shard(s) applied records; {} order(s) completed in another shard than created{skipped}",
         stats.shards.len(),
         thousands(stats.totals.cross_shard_completions),
-        if stats.totals.foreign_records_skipped > 0 {
-            format!(
-                "; {} foreign record copies skipped",
-                stats.totals.foreign_records_skipped
-            )
-        } else {
-            String::new()
-        }
     );
     if let Some(truth) = truth {
         let comparison = compare(stats, truth);
@@ -244,4 +257,42 @@ pub fn live_line(stats: &StoredStats) -> String {
         seconds(s.avg_completion_ms()),
         top.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimConfig;
+    use crate::stats::summary::Totals;
+
+    #[test]
+    fn redeliveries_are_shown_but_not_compared_with_the_truth() {
+        let mut totals = Totals::default();
+        totals.sums.events = 3;
+        totals.sums.orders_created = 1;
+        totals.dead_letters.insert(Reason::DuplicateEvent, 1);
+        totals.redeliveries_skipped = 2;
+        let stats = StoredStats {
+            shards: Vec::new(),
+            totals: totals.clone(),
+        };
+        let truth = GroundTruth {
+            config: SimConfig::default(),
+            records: 4,
+            summary: totals.summary(),
+            dead_letters: totals.dead_letters.clone(),
+        };
+        assert!(compare(&stats, &truth).matches);
+        let json = to_json(&stats, Some(&truth));
+        assert_eq!(json.redeliveries_skipped, 2);
+        assert_eq!(json.records, 6);
+        let text = serde_json::to_string(&json).unwrap();
+        assert!(text.contains(r#""redeliveries_skipped":2"#), "{text}");
+        let table = to_table(&stats, Some(&truth));
+        assert!(
+            table.contains("2 redelivered copies of applied events skipped"),
+            "{table}"
+        );
+        assert!(table.contains("MATCH"), "{table}");
+    }
 }

@@ -32,6 +32,10 @@ pub enum StoreError {
         /// The cancellation reasons DynamoDB gave, per item.
         reasons: String,
     },
+    /// The writer no longer holds the shard's lease (the transaction's lease check
+    /// failed): another worker processes the shard now. Nothing was written; stop.
+    #[error("the shard's lease is no longer this worker's; nothing written")]
+    LeaseLost,
     /// Throttling, a conflicting transaction in progress, a 5xx or the network.
     #[error("DynamoDB temporarily unavailable: {0}")]
     Transient(String),
@@ -252,7 +256,7 @@ impl StatsStore {
                     .set_keys(Some(keys))
                     .consistent_read(true)
                     .projection_expression(
-                        "order_id, created_at, price_cents, created_shard, assigned_at, completed_at",
+                        "order_id, created_at, price_cents, created_shard, assigned_at, completed_at, event_digests",
                     )
                     .build()
                     .map_err(|e| StoreError::Fatal(e.to_string()))?,
@@ -293,20 +297,28 @@ impl StatsStore {
         Ok(states)
     }
 
-    /// Applies `chunk` of `shard_id` in one transaction, if the shard's watermark is
-    /// still `previous` and every order is in the state the plan assumed. `regions` are
-    /// the shard's orders per region after the chunk (its stored counts, which go with
-    /// `previous`, plus the chunk's).
+    /// Applies `chunk` of `shard_id` in one transaction, if `writer` still holds the
+    /// shard's lease, the shard's watermark is still `previous` and every order is in
+    /// the state the plan assumed. `regions` are the shard's orders per region after
+    /// the chunk (its stored counts, which go with `previous`, plus the chunk's).
     pub async fn apply(
         &self,
         shard_id: &str,
         previous: Option<&ExtendedSequenceNumber>,
         regions: &BTreeMap<Region, u64>,
         chunk: &Chunk,
+        writer: &str,
     ) -> Result<(), StoreError> {
-        let items =
-            items::transact_items(&self.tables, shard_id, previous, regions, chunk, now_ms())
-                .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let items = items::transact_items(
+            &self.tables,
+            shard_id,
+            previous,
+            regions,
+            chunk,
+            writer,
+            now_ms(),
+        )
+        .map_err(|e| StoreError::Fatal(e.to_string()))?;
         match self
             .client
             .transact_write_items()
@@ -325,6 +337,10 @@ impl StatsStore {
                         .map(|r| r.code().unwrap_or("None"))
                         .collect();
                     let reasons = codes.join(", ");
+                    // The lease check is the last item.
+                    if codes.last() == Some(&"ConditionalCheckFailed") {
+                        return Err(StoreError::LeaseLost);
+                    }
                     if codes.contains(&"ConditionalCheckFailed") {
                         return Err(StoreError::Conflict { reasons });
                     }

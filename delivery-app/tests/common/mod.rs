@@ -70,6 +70,8 @@ pub fn scenario(
         settle_timeout: Duration::from_secs(90),
         track_latency: false,
         workers_after_production: false,
+        audit_dir: None,
+        local_aws: None,
     }
 }
 

@@ -58,6 +58,19 @@ pub enum CheckpointError {
     },
 }
 
+/// The worker holding a shard's lease, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseOwnership {
+    /// The worker id, as written to `leaseOwner` (and to `checkpointOwner` while it
+    /// hands the lease over).
+    pub worker_id: String,
+    /// The `leaseCounter` the worker's acquiring write left. Every lease write bumps
+    /// the counter, so of two ownerships of one shard the later has the larger epoch:
+    /// a write tagged with an epoch smaller than one already seen comes from an owner
+    /// that had lost the lease.
+    pub epoch: u64,
+}
+
 /// Records progress in the shard's lease. Handed to
 /// [`RecordProcessor`](crate::processor::RecordProcessor) callbacks.
 ///
@@ -91,6 +104,15 @@ impl Checkpointer {
     /// The shard this checkpointer writes for.
     pub fn shard_id(&self) -> &str {
         &self.shard_id
+    }
+
+    /// Who this checkpointer writes as. Use it to fence your own side effects by the
+    /// lease: see [`ownership_check`](crate::leases::dynamo::ownership_check).
+    pub fn ownership(&self) -> LeaseOwnership {
+        LeaseOwnership {
+            worker_id: self.handle.worker_id().to_string(),
+            epoch: self.handle.epoch(),
+        }
     }
 
     /// The last committed checkpoint.

@@ -7,7 +7,7 @@
 
 mod checkpointer;
 
-pub use checkpointer::{CheckpointError, Checkpointer};
+pub use checkpointer::{CheckpointError, Checkpointer, LeaseOwnership};
 
 use std::cmp::Ordering;
 use std::fmt;

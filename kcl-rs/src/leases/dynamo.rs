@@ -18,14 +18,51 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableDescription, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
+    ReturnValue, ScalarAttributeType, TableDescription, TableStatus,
 };
 use tokio::time::Instant;
 
 use super::item::{self, Item};
 use super::lease::Lease;
 use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+
+/// A `ConditionCheck` on the lease of `shard_id` in `lease_table` that holds only while
+/// `worker_id` may checkpoint the shard: it owns the lease and is not handing it to
+/// another worker, or it is the previous owner finishing a graceful handoff.
+///
+/// Put it in the same `TransactWriteItems` as a processor's own writes (an output
+/// table, a watermark), with the worker id from
+/// [`Checkpointer::ownership`](crate::checkpoint::Checkpointer::ownership), and those
+/// writes are fenced like the checkpoint itself: after the lease moved to another
+/// worker (a pause, a partition, a slow batch) the transaction is cancelled with
+/// `ConditionalCheckFailed` on this item instead of racing the new owner. It checks
+/// the owner, not the counter, so renewals do not cancel it.
+///
+/// ```
+/// use kcl::leases::dynamo::ownership_check;
+///
+/// let check = ownership_check("my-app", "shardId-000000000001", "worker-7");
+/// assert_eq!(check.table_name(), "my-app");
+/// let key = check.key().get("leaseKey").unwrap();
+/// assert_eq!(key.as_s().unwrap(), "shardId-000000000001");
+/// let names = check.expression_attribute_names().unwrap();
+/// assert!(names.values().any(|n| n == "leaseOwner"));
+/// assert!(names.values().any(|n| n == "checkpointOwner"));
+/// ```
+pub fn ownership_check(lease_table: &str, shard_id: &str, worker_id: &str) -> ConditionCheck {
+    ConditionCheck::builder()
+        .table_name(lease_table)
+        .key(item::LEASE_KEY, item::string(shard_id))
+        .condition_expression(
+            "(#owner = :me AND attribute_not_exists(#cp_owner)) OR #cp_owner = :me",
+        )
+        .expression_attribute_names("#owner", item::LEASE_OWNER)
+        .expression_attribute_names("#cp_owner", item::CHECKPOINT_OWNER)
+        .expression_attribute_values(":me", item::string(worker_id))
+        .build()
+        .expect("table name, key and condition are set")
+}
 
 /// How long [`LeaseStore::ensure_tables`] waits for a table to become ACTIVE.
 const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(60);

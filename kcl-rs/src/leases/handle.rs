@@ -107,6 +107,8 @@ struct Inner {
 pub struct LeaseHandle {
     key: String,
     worker_id: String,
+    /// The lease counter our acquiring write left (see [`LeaseHandle::epoch`]).
+    epoch: u64,
     store: Arc<dyn LeaseStore>,
     failover_time: Duration,
     inner: Mutex<Inner>,
@@ -145,6 +147,7 @@ impl LeaseHandle {
         Arc::new(LeaseHandle {
             key: lease.key.clone(),
             worker_id: worker_id.to_string(),
+            epoch: lease.counter,
             store,
             failover_time,
             inner: Mutex::new(Inner {
@@ -159,6 +162,18 @@ impl LeaseHandle {
     /// The lease key (shard id).
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The worker this handle writes as (`leaseOwner`, `checkpointOwner`).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// This ownership's epoch: the `leaseCounter` our acquiring write (take or handoff
+    /// request) left. Every write bumps the counter, so a later acquisition by anyone,
+    /// this worker included, has a larger epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The current phase.

@@ -21,6 +21,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -121,6 +123,9 @@ pub enum LocalAwsError {
     },
 }
 
+/// How long [`LocalAws::shutdown`] waits for open connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Running local AWS servers. Stop them with [`LocalAws::shutdown`]; dropping the value
 /// also stops them (without waiting).
 pub struct LocalAws {
@@ -219,11 +224,17 @@ impl LocalAws {
     }
 
     /// Stops accepting connections, lets requests in flight finish, and waits for both
-    /// servers to stop.
+    /// servers to stop: at most [`SHUTDOWN_GRACE`], after which connections still open
+    /// (clients keep idle connections for reuse) are dropped. Every accepted write is
+    /// already stored by then, so a `data_dir` loses nothing.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut task in self.tasks.drain(..) {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 }
@@ -239,9 +250,12 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
         Some(dir) => {
             let state_dir = dir.join("kinesis");
             create_dir(&state_dir, "Kinesis")?;
+            // ferrokinesis appends the whole state to its write-ahead log at every
+            // change and empties the log at each snapshot: snapshots every second keep
+            // the log, and so a restart's replay, short.
             Some(ferrokinesis::store::DurableStateOptions {
                 state_dir,
-                snapshot_interval_secs: 30,
+                snapshot_interval_secs: 1,
                 max_retained_bytes: None,
             })
         }
@@ -271,7 +285,38 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
     }
     // A full PutRecords (500 records, 5 MiB of data) is about 7 MB of JSON once base64
     // encoded; real Kinesis takes it, axum's default 2 MB body limit would not.
-    Ok(app.layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024)))
+    let order = Arc::new(tokio::sync::RwLock::new(()));
+    Ok(app
+        .layer(axum::middleware::from_fn(move |request, next| {
+            reads_after_writes(Arc::clone(&order), request, next)
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024)))
+}
+
+/// ferrokinesis gives a PutRecord(s) call its sequence numbers before it stores the
+/// records, and a GetRecords that runs in between returns nothing and an iterator past
+/// them: a caught-up reader would skip those records for good (with `data_dir` the gap
+/// is a whole state write long). Real Kinesis never skips. So here a GetRecords waits
+/// until the writes in flight are stored; writes still run concurrently.
+async fn reads_after_writes(
+    order: Arc<tokio::sync::RwLock<()>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let target = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if target.ends_with(".GetRecords") {
+        let _exclusive = order.write().await;
+        next.run(request).await
+    } else if target.ends_with(".PutRecords") || target.ends_with(".PutRecord") {
+        let _shared = order.read().await;
+        next.run(request).await
+    } else {
+        next.run(request).await
+    }
 }
 
 async fn bind(service: &'static str, port: u16) -> Result<TcpListener, LocalAwsError> {

@@ -70,15 +70,20 @@ fn transactions_use_exactly_the_placeholders_they_define() {
             created_shard: "parent".into(),
             assigned: true,
             completed: false,
+            applied: vec![7],
         }),
     );
     let chunk = plan_chunk("s1", &recs, &states);
     let tables = StatsTables::for_application("App");
     for previous in [None, Some(ExtendedSequenceNumber::at("499", 0))] {
         let regions = chunk.delta.regions.clone();
-        let items = transact_items(&tables, "s1", previous.as_ref(), &regions, &chunk, 1).unwrap();
-        // stats + o1 (update) + o2 (check) + o3 (update) + 2 dead letters
-        assert_eq!(items.len(), 6);
+        let items =
+            transact_items(&tables, "s1", previous.as_ref(), &regions, &chunk, "w1", 1).unwrap();
+        // stats + o1 (update) + o2 (check) + o3 (update) + 2 dead letters + lease check
+        assert_eq!(items.len(), 7);
+        assert_eq!(items.len(), chunk.items());
+        let fence = items.last().and_then(|i| i.condition_check()).unwrap();
+        assert_eq!(fence.table_name(), "App");
         for item in &items {
             if let Some(u) = item.update() {
                 assert_placeholders(
@@ -158,12 +163,19 @@ fn orders_decode() {
         ("price_cents", AttributeValue::N("250".into())),
         ("created_shard", AttributeValue::S("s0".into())),
         ("completed_at", AttributeValue::N("30".into())),
+        (
+            "event_digests",
+            AttributeValue::Ns(vec!["18446744073709551615".into(), "12".into()]),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let (id, state) = decode_order(&item).unwrap();
     assert_eq!(id, "o1");
+    let mut applied = state.applied.clone();
+    applied.sort_unstable();
+    assert_eq!(applied, vec![12, u64::MAX]);
     assert_eq!(
         state,
         OrderState {
@@ -171,7 +183,138 @@ fn orders_decode() {
             price_cents: 250,
             created_shard: "s0".into(),
             assigned: false,
-            completed: true
+            completed: true,
+            applied: state.applied.clone(),
         }
     );
+    // An order stored before digests were kept has none; a malformed set is an error.
+    let mut legacy = item.clone();
+    legacy.remove("event_digests");
+    assert_eq!(decode_order(&legacy).unwrap().1.applied, Vec::<u64>::new());
+    for bad in [
+        AttributeValue::Ns(vec!["-1".into()]),
+        AttributeValue::Ns(vec!["1.5".into()]),
+        AttributeValue::N("3".into()),
+    ] {
+        let mut bad_item = item.clone();
+        bad_item.insert("event_digests".into(), bad);
+        assert!(decode_order(&bad_item).is_err());
+    }
+}
+
+/// The number set of an order write, whichever way the write carries it.
+fn digests_of(write: &TransactWriteItem) -> Option<Vec<u64>> {
+    let set = match (write.put(), write.update()) {
+        (Some(put), _) => put.item().get(EVENT_DIGESTS).cloned(),
+        (_, Some(update)) => {
+            let expression = update.update_expression();
+            let names = update.expression_attribute_names().unwrap();
+            let name = names
+                .iter()
+                .find(|(_, attribute)| attribute.as_str() == EVENT_DIGESTS)
+                .map(|(placeholder, _)| placeholder.clone())?;
+            // `... ADD #aN :vN`
+            let (_, added) = expression.split_once(" ADD ")?;
+            let mut parts = added.split_whitespace();
+            assert_eq!(parts.next(), Some(name.as_str()), "{expression}");
+            let value = parts.next().unwrap();
+            update
+                .expression_attribute_values()
+                .unwrap()
+                .get(value)
+                .cloned()
+        }
+        _ => None,
+    }?;
+    let mut digests: Vec<u64> = set
+        .as_ns()
+        .expect("a number set")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    digests.sort_unstable();
+    Some(digests)
+}
+
+#[test]
+fn order_writes_add_the_digests_of_the_events_they_apply() {
+    let created = r#"{"type":"order_created","order_id":"o1","created_at":10,"pickup":{"x":1,"y":2},"dropoff":{"x":3,"y":4},"price_cents":250}"#;
+    let assigned = r#"{"type":"order_assigned","order_id":"o2","driver_id":"d","assigned_at":20}"#;
+    let completed = r#"{"type":"order_completed","order_id":"o2","completed_at":30}"#;
+    let recs = records(&[created, assigned, completed, created]);
+    let mut states: HashMap<_, _> = referenced_orders(&recs)
+        .into_iter()
+        .map(|id| (id, None))
+        .collect();
+    let o2 = OrderState {
+        created_at: 5,
+        price_cents: 100,
+        created_shard: "s0".into(),
+        assigned: false,
+        completed: false,
+        applied: vec![99],
+    };
+    states.insert("o2".to_string(), Some(o2));
+    let chunk = plan_chunk("s1", &recs, &states);
+    assert_eq!(chunk.delta.redeliveries_skipped, 1);
+    let tables = StatsTables::for_application("App");
+    let items = transact_items(&tables, "s1", None, &chunk.delta.regions, &chunk, "w1", 1).unwrap();
+    // stats, o1 (put), o2 (update), lease check
+    assert_eq!(items.len(), 4);
+    let d = |json: &str| crate::stats::plan::digest(json.as_bytes());
+    // A new order: put with its digests.
+    assert!(items[1].put().is_some());
+    assert_eq!(digests_of(&items[1]), Some(vec![d(created)]));
+    // An existing one: ADDed, next to the SET, still conditioned on its state.
+    let update = items[2].update().unwrap();
+    assert!(
+        update.update_expression().starts_with("SET "),
+        "{}",
+        update.update_expression()
+    );
+    assert!(update.condition_expression().is_some());
+    let mut expected = vec![d(assigned), d(completed)];
+    expected.sort_unstable();
+    assert_eq!(digests_of(&items[2]), Some(expected));
+    assert_placeholders(
+        &[
+            Some(update.update_expression()),
+            update.condition_expression(),
+        ],
+        update.expression_attribute_names(),
+        update.expression_attribute_values(),
+    );
+    // What the write stores decodes back to the state after the chunk.
+    let mut stored: HashMap<String, AttributeValue> = items[1].put().unwrap().item().clone();
+    let (_, state) = decode_order(&stored).unwrap();
+    assert_eq!(Some(state), chunk.after["o1"]);
+    stored.remove(EVENT_DIGESTS);
+    assert!(decode_order(&stored).unwrap().1.applied.is_empty());
+}
+
+#[test]
+fn a_check_only_write_adds_no_digest() {
+    let created = r#"{"type":"order_created","order_id":"o1","created_at":10,"pickup":{"x":1,"y":2},"dropoff":{"x":3,"y":4},"price_cents":250}"#;
+    let recs = records(&[created]);
+    let states = HashMap::from([(
+        "o1".to_string(),
+        Some(OrderState {
+            created_at: 10,
+            price_cents: 250,
+            created_shard: "s0".into(),
+            assigned: false,
+            completed: false,
+            applied: vec![crate::stats::plan::digest(created.as_bytes())],
+        }),
+    )]);
+    let chunk = plan_chunk("s1", &recs, &states);
+    let tables = StatsTables::for_application("App");
+    let items = transact_items(&tables, "s1", None, &chunk.delta.regions, &chunk, "w1", 1).unwrap();
+    assert_eq!(items.len(), 3);
+    let check = items[1].condition_check().expect("a check");
+    assert_eq!(check.table_name(), "App-Orders");
+    assert!(!check.condition_expression().contains("event_digests"));
+    let stats = items[0].update().unwrap();
+    let names = stats.expression_attribute_names().unwrap();
+    assert!(names.values().any(|n| n == "redeliveries_skipped"));
 }

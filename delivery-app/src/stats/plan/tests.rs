@@ -1,5 +1,6 @@
 use super::*;
 use crate::events::parse;
+use crate::stats::summary::Summary;
 
 fn rec(n: u64, json: &str) -> ParsedRecord {
     ParsedRecord {
@@ -42,6 +43,7 @@ fn present(created_at: i64, price: i64, shard: &str, assigned: bool) -> Option<O
         created_shard: shard.into(),
         assigned,
         completed: false,
+        applied: Vec::new(),
     })
 }
 
@@ -98,8 +100,8 @@ fn scenarios() {
             cross_shard: 0,
         },
         Case {
-            name: "a second creation is a duplicate",
-            records: vec![created(0, "o1", 100, 5), created(1, "o1", 100, 5)],
+            name: "a second creation (other bytes) is a duplicate",
+            records: vec![created(0, "o1", 100, 5), created(1, "o1", 100, 6)],
             known: vec![],
             events: 1,
             dead: vec![Reason::DuplicateEvent],
@@ -254,11 +256,11 @@ fn chunks_stop_at_one_hundred_items() {
         .collect();
     let states = states_for(&records, &[]);
     let first = plan_chunk("s0", &records, &states);
-    assert_eq!(first.records, 99);
+    assert_eq!(first.records, 98);
     assert_eq!(first.items(), MAX_TRANSACTION_ITEMS);
-    assert_eq!(first.last, records[98].position);
-    let second = plan_chunk("s0", &records[99..], &states);
-    assert_eq!(second.records, 51);
+    assert_eq!(first.last, records[97].position);
+    let second = plan_chunk("s0", &records[98..], &states);
+    assert_eq!(second.records, 52);
     assert_eq!(
         first.delta.sums.orders_created + second.delta.sums.orders_created,
         150
@@ -267,13 +269,13 @@ fn chunks_stop_at_one_hundred_items() {
 
 #[test]
 fn a_rejection_and_its_check_count_two_items() {
-    // 49 orders assigned before created: 49 checks + 49 dead letters + stats = 99; the
-    // 50th would need two more.
+    // 49 orders assigned before created: 49 checks + 49 dead letters + stats + lease
+    // check = 100; the 50th would need two more.
     let records: Vec<_> = (0..60).map(|n| assigned(n, &format!("o{n}"), 1)).collect();
     let states = states_for(&records, &[]);
     let chunk = plan_chunk("s0", &records, &states);
     assert_eq!(chunk.records, 49);
-    assert_eq!(chunk.items(), 99);
+    assert_eq!(chunk.items(), 100);
 }
 
 #[test]
@@ -314,6 +316,7 @@ fn states_after_follow_the_transitions() {
     let records = vec![created(0, "o1", 100, 5), assigned(1, "o1", 120)];
     let states = states_for(&records, &[]);
     let chunk = plan_chunk("s7", &records, &states);
+    let digests = vec![digest(&records[0].raw), digest(&records[1].raw)];
     assert_eq!(
         chunk.after["o1"],
         Some(OrderState {
@@ -322,6 +325,222 @@ fn states_after_follow_the_transitions() {
             created_shard: "s7".into(),
             assigned: true,
             completed: false,
+            applied: digests.clone(),
         })
     );
+    assert_eq!(chunk.orders[0].digests, digests);
+}
+
+#[test]
+fn digests_are_fnv_1a_64() {
+    // Reference values of the FNV-1a 64-bit hash.
+    assert_eq!(digest(b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(digest(b"a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(digest(b"foobar"), 0x8594_4171_f739_67e8);
+    assert_ne!(digest(b"ab"), digest(b"ba"));
+}
+
+/// A copy of `record` at another position: what a producer puts again after a lost
+/// answer.
+fn copy(n: u64, record: &ParsedRecord) -> ParsedRecord {
+    rec(n, std::str::from_utf8(&record.raw).unwrap())
+}
+
+/// The state of `o1` (created at 100, price 700, in `s0`) after `applied`.
+fn with_applied(applied: &[&ParsedRecord], assigned: bool, completed: bool) -> OrderState {
+    OrderState {
+        created_at: 100,
+        price_cents: 700,
+        created_shard: "s0".into(),
+        assigned,
+        completed,
+        applied: applied.iter().map(|r| digest(&r.raw)).collect(),
+    }
+}
+
+/// Exact copies of applied events are skipped and counted; other duplicates are dead
+/// letters.
+#[test]
+fn redeliveries() {
+    struct Case {
+        name: &'static str,
+        records: Vec<ParsedRecord>,
+        /// The state of `o1` before the records.
+        before: Option<OrderState>,
+        events: u64,
+        skipped: u64,
+        dead: Vec<Reason>,
+        /// `o1`'s op: whether it is check-only and how many digests it adds.
+        check_only: bool,
+        digests: usize,
+        /// `o1`'s state after the chunk; `None`: unchanged.
+        after: Option<OrderState>,
+    }
+    let c = created(0, "o1", 100, 700);
+    let a = assigned(1, "o1", 130);
+    let d = completed(2, "o1", 400);
+    let cases = vec![
+        Case {
+            name: "an exact copy of an applied creation",
+            records: vec![copy(10, &c)],
+            before: Some(with_applied(&[&c], false, false)),
+            events: 0,
+            skipped: 1,
+            dead: vec![],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "an exact copy of an applied assignment",
+            records: vec![copy(10, &a)],
+            before: Some(with_applied(&[&c, &a], true, false)),
+            events: 0,
+            skipped: 1,
+            dead: vec![],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "an exact copy of an applied completion",
+            records: vec![copy(10, &d)],
+            before: Some(with_applied(&[&c, &a, &d], true, true)),
+            events: 0,
+            skipped: 1,
+            dead: vec![],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "a copy of the creation after the order is completed",
+            records: vec![copy(10, &c)],
+            before: Some(with_applied(&[&c, &a, &d], true, true)),
+            events: 0,
+            skipped: 1,
+            dead: vec![],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "copies later in the same chunk",
+            records: vec![
+                c.clone(),
+                copy(3, &c),
+                a.clone(),
+                copy(4, &a),
+                copy(5, &c),
+                d.clone(),
+                copy(6, &d),
+            ],
+            before: None,
+            events: 3,
+            skipped: 4,
+            dead: vec![],
+            check_only: false,
+            digests: 3,
+            after: Some(with_applied(&[&c, &a, &d], true, true)),
+        },
+        Case {
+            name: "a copy of a stored event next to a new transition",
+            records: vec![d.clone(), copy(3, &a)],
+            before: Some(with_applied(&[&c, &a], true, false)),
+            events: 1,
+            skipped: 1,
+            dead: vec![],
+            check_only: false,
+            digests: 1,
+            after: Some(with_applied(&[&c, &a, &d], true, true)),
+        },
+        Case {
+            name: "the same order and type with other bytes is a duplicate",
+            records: vec![
+                created(10, "o1", 100, 701),
+                assigned(11, "o1", 131),
+                completed(12, "o1", 401),
+            ],
+            before: Some(with_applied(&[&c, &a, &d], true, true)),
+            events: 0,
+            skipped: 0,
+            dead: vec![Reason::DuplicateEvent; 3],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "an order stored without digests cannot tell a copy",
+            records: vec![copy(10, &c)],
+            before: Some(with_applied(&[], false, false)),
+            events: 0,
+            skipped: 0,
+            dead: vec![Reason::DuplicateEvent],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "a copy of a rejected event is rejected again",
+            records: vec![copy(10, &a), copy(11, &a)],
+            before: None,
+            events: 0,
+            skipped: 0,
+            dead: vec![Reason::AssignedBeforeCreated; 2],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let states = states_for(&case.records, &[("o1", case.before.clone())]);
+        let chunk = plan_chunk("s0", &case.records, &states);
+        assert_eq!(chunk.records, case.records.len(), "{name}");
+        assert_eq!(chunk.delta.sums.events, case.events, "{name}");
+        assert_eq!(chunk.delta.redeliveries_skipped, case.skipped, "{name}");
+        let dead: Vec<Reason> = chunk.dead_letters.iter().map(|d| d.reason).collect();
+        assert_eq!(dead, case.dead, "{name}");
+        assert_eq!(chunk.orders.len(), 1, "{name}");
+        let op = &chunk.orders[0];
+        assert_eq!(op.expect, Expect::of(&case.before), "{name}");
+        assert_eq!(op.is_check_only(), case.check_only, "{name}");
+        assert_eq!(op.digests.len(), case.digests, "{name}");
+        assert_eq!(
+            chunk.after["o1"],
+            case.after.or(case.before.clone()),
+            "{name}"
+        );
+        // Items: stats, the order's op, the dead letters, the lease check.
+        assert_eq!(chunk.items(), 3 + case.dead.len(), "{name}");
+    }
+}
+
+#[test]
+fn a_redelivery_alone_still_checks_its_order() {
+    let c = created(0, "o1", 100, 700);
+    let records = vec![copy(1, &c)];
+    let before = with_applied(&[&c], true, false);
+    let states = states_for(&records, &[("o1", Some(before.clone()))]);
+    let chunk = plan_chunk("s0", &records, &states);
+    assert_eq!(
+        chunk.orders,
+        vec![OrderWrite {
+            order_id: "o1".into(),
+            expect: Expect::Present {
+                assigned: true,
+                completed: false,
+            },
+            created: None,
+            assigned: None,
+            completed_at: None,
+            digests: vec![],
+        }]
+    );
+    assert_eq!(chunk.delta.redeliveries_skipped, 1);
+    assert_eq!(chunk.delta.records(), 1);
+    assert_eq!(chunk.delta.sums, Summary::default());
+    assert!(chunk.delta.regions.is_empty());
+    assert_eq!(chunk.last, records[0].position);
+    assert_eq!(chunk.after["o1"], Some(before));
 }

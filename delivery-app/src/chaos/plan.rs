@@ -1,0 +1,274 @@
+//! The faults of a chaos run: a pure function of the seed and the settings, so a run
+//! can be repeated fault for fault.
+//!
+//! Faults come at gaps drawn uniformly between half and one and a half times the mean
+//! (so a run's fault count is predictable from its length). The first ones go through every
+//! kind once, in a seeded order, so that even a short run injects each kind; after
+//! that the kind is drawn at random among those that make sense at that point (the
+//! plan tracks which workers run and how many shards are open). A killed worker is
+//! started again a few seconds later, and at least one worker always runs.
+
+use std::fmt;
+
+use crate::scenario::Step;
+use crate::sim::SimRng;
+
+/// The kinds of fault, as the summary counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// SIGKILL a worker (it is started again a few seconds later).
+    Kill,
+    /// SIGSTOP a worker past the failover time, then SIGCONT: a zombie.
+    Zombie,
+    /// SIGTERM a worker and start it again.
+    Graceful,
+    /// Split a shard.
+    Split,
+    /// Merge two shards.
+    Merge,
+    /// Restart the local AWS process.
+    AwsRestart,
+}
+
+impl FaultKind {
+    /// Every kind, in summary order.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Kill,
+        FaultKind::Zombie,
+        FaultKind::Graceful,
+        FaultKind::Split,
+        FaultKind::Merge,
+        FaultKind::AwsRestart,
+    ];
+
+    /// The fault kind of a step (`None`: a recovery, such as restarting a killed worker).
+    pub fn of(step: &Step) -> Option<FaultKind> {
+        match step {
+            Step::Kill | Step::KillWorker(_) => Some(FaultKind::Kill),
+            Step::PauseWorker(_) => Some(FaultKind::Zombie),
+            Step::BounceWorker(_) | Step::RestartAll => Some(FaultKind::Graceful),
+            Step::Split => Some(FaultKind::Split),
+            Step::Merge => Some(FaultKind::Merge),
+            Step::RestartAws => Some(FaultKind::AwsRestart),
+            Step::Restart | Step::StartWorker(_) => None,
+        }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FaultKind, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.to_string() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault kind {s:?}; the kinds are {}",
+                    FaultKind::ALL.map(|k| k.to_string()).join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Zombie => "zombie",
+            FaultKind::Graceful => "graceful",
+            FaultKind::Split => "split",
+            FaultKind::Merge => "merge",
+            FaultKind::AwsRestart => "aws-restart",
+        })
+    }
+}
+
+/// What the plan is made from.
+#[derive(Clone, Debug)]
+pub struct PlanSettings {
+    /// Seed of every choice.
+    pub seed: u64,
+    /// Real seconds of event production; faults fall in the first 90% of it.
+    pub seconds: f64,
+    /// Mean seconds between two faults.
+    pub mean_gap: f64,
+    /// Worker processes.
+    pub workers: usize,
+    /// Open shards at the start.
+    pub shards: usize,
+    /// Never split beyond this many open shards.
+    pub max_shards: usize,
+    /// Never merge below this many.
+    pub min_shards: usize,
+    /// The kinds of fault to inject (an AWS restart needs the local AWS to run as a
+    /// process of its own).
+    pub kinds: Vec<FaultKind>,
+}
+
+/// The steps of a run, each at a fraction (0–1) of the event production, in order.
+pub fn plan(settings: &PlanSettings) -> Vec<(f64, Step)> {
+    let mut rng = SimRng::new(settings.seed ^ 0xC4A0_5EED);
+    let mut running = vec![true; settings.workers];
+    let mut open = settings.shards;
+    // Killed workers and when to start them again (seconds).
+    let mut restarts: Vec<(f64, usize)> = Vec::new();
+    let mut first_round: Vec<FaultKind> = FaultKind::ALL
+        .into_iter()
+        .filter(|k| settings.kinds.contains(k))
+        .collect();
+    shuffle(&mut first_round, &mut rng);
+    first_round.reverse(); // popped from the back
+
+    let end = settings.seconds * 0.9;
+    let mut steps = Vec::new();
+    let mut t = settings.mean_gap * (0.5 + rng.unit());
+    while t < end {
+        restarts.sort_by(|a, b| b.0.total_cmp(&a.0));
+        while let Some(&(at, n)) = restarts.last().filter(|(at, _)| *at <= t) {
+            restarts.pop();
+            running[n] = true;
+            steps.push((at / settings.seconds, Step::StartWorker(n)));
+        }
+        let live: Vec<usize> = (0..running.len()).filter(|n| running[*n]).collect();
+        let possible = |kind: &FaultKind| {
+            settings.kinds.contains(kind)
+                && match kind {
+                    FaultKind::Kill | FaultKind::Zombie | FaultKind::Graceful => live.len() >= 2,
+                    FaultKind::Split => open < settings.max_shards,
+                    FaultKind::Merge => open > settings.min_shards,
+                    FaultKind::AwsRestart => true,
+                }
+        };
+        let kind = match first_round.pop() {
+            Some(kind) if possible(&kind) => Some(kind),
+            _ => {
+                let candidates: Vec<FaultKind> =
+                    FaultKind::ALL.into_iter().filter(|k| possible(k)).collect();
+                (!candidates.is_empty())
+                    .then(|| candidates[rng.between(0, candidates.len() as i64 - 1) as usize])
+            }
+        };
+        if let Some(kind) = kind {
+            let victim = live[rng.between(0, live.len() as i64 - 1) as usize];
+            let step = match kind {
+                FaultKind::Kill => {
+                    let n = victim;
+                    running[n] = false;
+                    restarts.push((t + 1.0 + rng.unit() * 3.0, n));
+                    Step::KillWorker(n)
+                }
+                FaultKind::Zombie => Step::PauseWorker(victim),
+                FaultKind::Graceful => Step::BounceWorker(victim),
+                FaultKind::Split => {
+                    open += 1;
+                    Step::Split
+                }
+                FaultKind::Merge => {
+                    open -= 1;
+                    Step::Merge
+                }
+                FaultKind::AwsRestart => Step::RestartAws,
+            };
+            steps.push((t / settings.seconds, step));
+        }
+        t += settings.mean_gap * (0.5 + rng.unit());
+    }
+    restarts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, n) in restarts {
+        steps.push(((at / settings.seconds).min(0.95), Step::StartWorker(n)));
+    }
+    steps
+}
+
+fn shuffle<T>(items: &mut [T], rng: &mut SimRng) {
+    for i in (1..items.len()).rev() {
+        let j = rng.between(0, i as i64) as usize;
+        items.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(seed: u64) -> PlanSettings {
+        PlanSettings {
+            seed,
+            seconds: 60.0,
+            mean_gap: 4.0,
+            workers: 4,
+            shards: 4,
+            max_shards: 8,
+            min_shards: 2,
+            kinds: FaultKind::ALL.to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_the_chosen_kinds_are_planned() {
+        let mut s = settings(3);
+        s.kinds = vec![FaultKind::Split, FaultKind::Merge];
+        let steps = plan(&s);
+        assert!(steps.len() >= 10);
+        assert!(
+            steps
+                .iter()
+                .all(|(_, step)| matches!(step, Step::Split | Step::Merge)),
+            "{steps:?}"
+        );
+        assert_eq!(
+            "aws-restart".parse::<FaultKind>(),
+            Ok(FaultKind::AwsRestart)
+        );
+        assert!("reboot".parse::<FaultKind>().is_err());
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan_and_another_seed_another() {
+        assert_eq!(plan(&settings(7)), plan(&settings(7)));
+        assert_ne!(plan(&settings(7)), plan(&settings(8)));
+    }
+
+    #[test]
+    fn a_short_run_injects_every_kind_and_keeps_its_invariants() {
+        for seed in 0..200 {
+            let s = settings(seed);
+            let steps = plan(&s);
+            let mut kinds = std::collections::BTreeSet::new();
+            let mut running = [true; 4];
+            let mut open = s.shards;
+            let mut last = 0.0;
+            for (at, step) in &steps {
+                assert!(*at >= last && *at < 1.0, "seed {seed}: order {steps:?}");
+                last = *at;
+                kinds.extend(FaultKind::of(step));
+                match step {
+                    Step::KillWorker(n) => {
+                        assert!(running[*n], "seed {seed}: kill of a stopped worker");
+                        running[*n] = false;
+                    }
+                    Step::StartWorker(n) => {
+                        assert!(!running[*n], "seed {seed}: start of a running worker");
+                        running[*n] = true;
+                    }
+                    Step::PauseWorker(n) | Step::BounceWorker(n) => {
+                        assert!(running[*n], "seed {seed}: {step:?} of a stopped worker")
+                    }
+                    Step::Split => open += 1,
+                    Step::Merge => open -= 1,
+                    _ => {}
+                }
+                assert!(running.iter().any(|r| *r), "seed {seed}: nobody runs");
+                assert!((2..=8).contains(&open), "seed {seed}: {open} shards");
+            }
+            assert!(running.iter().all(|r| *r), "seed {seed}: not restarted");
+            let faults = steps
+                .iter()
+                .filter(|(_, s)| FaultKind::of(s).is_some())
+                .count();
+            assert!(faults >= 10, "seed {seed}: only {faults} faults");
+            assert_eq!(kinds.len(), FaultKind::ALL.len(), "seed {seed}: {kinds:?}");
+        }
+    }
+}

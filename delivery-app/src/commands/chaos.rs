@@ -1,0 +1,101 @@
+//! `delivery-app chaos`: the application under seeded faults, then proof that every
+//! guarantee held (see `delivery_app::chaos`). Prints one summary line; exits non-zero
+//! when a check fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use delivery_app::chaos::plan::FaultKind;
+use delivery_app::chaos::{self, ChaosConfig};
+use delivery_app::scenario::Narrator;
+
+use super::{CommandError, SimArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Seed of the faults: the same seed gives the same faults in the same order.
+    #[arg(long, default_value_t = 1)]
+    fault_seed: u64,
+    /// Real seconds of event production; the faults fall in the first 90% of it.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Simulated seconds per real second (10: about 330 events a second).
+    #[arg(long, default_value_t = 10.0)]
+    speed: f64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Shards at the start (splits and merges keep between half and twice this many).
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Mean seconds between two faults.
+    #[arg(long, default_value_t = 4.0)]
+    fault_every: f64,
+    /// Lease failover time of the workers, ms.
+    #[arg(long, default_value_t = 3_000)]
+    failover_ms: u64,
+    /// Folder for the local AWS's data, the logs and the audit logs (emptied first;
+    /// default: a new temporary folder).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// The kinds of fault to inject, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,zombie,graceful,split,merge,aws-restart"
+    )]
+    faults: Vec<FaultKind>,
+    /// Keep the stream in memory in a local AWS process of its own, never restarted
+    /// (an AWS restart then restarts DynamoDB only). For long runs: the embedded
+    /// Kinesis's persistence rewrites its whole state at every put.
+    #[arg(long)]
+    memory_kinesis: bool,
+    /// Print each fault as it happens.
+    #[arg(long)]
+    verbose: bool,
+}
+
+pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
+    if args.workers < 2 {
+        return Err("--workers must be at least 2 (faults stop one at a time)".into());
+    }
+    if args.shards < 1 || args.seconds <= 0.0 || args.speed <= 0.0 || args.fault_every <= 0.0 {
+        return Err("--shards, --seconds, --speed and --fault-every must be positive".into());
+    }
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("delivery-chaos-{}", std::process::id()))
+    });
+    let config = ChaosConfig {
+        exe: std::env::current_exe()?,
+        dir: dir.clone(),
+        seed: args.fault_seed,
+        seconds: args.seconds,
+        speed: args.speed,
+        sim: args.sim.config(args.seconds * args.speed, 14),
+        workers: args.workers,
+        shards: args.shards,
+        mean_gap: args.fault_every,
+        failover: Duration::from_millis(args.failover_ms),
+        kinds: args.faults.clone(),
+        memory_kinesis: args.memory_kinesis,
+    };
+    let verbose = args.verbose;
+    let say: Narrator = Arc::new(move |line: &str| {
+        if verbose {
+            println!("{line}");
+        }
+    });
+    let report = chaos::run(&config, say).await?;
+    for violation in report.findings.violations.iter().take(20) {
+        println!("violation: {violation}");
+    }
+    println!("{}", report.summary(&config));
+    println!("logs and audit logs in {}", dir.display());
+    if report.passed() {
+        Ok(())
+    } else {
+        Err("the chaos run found a broken guarantee".into())
+    }
+}
