@@ -66,6 +66,18 @@ pub enum AuditEntry {
         /// When it was accepted.
         end_ms: i64,
     },
+    /// A checkpoint the worker did not write because the lease was no longer its (a
+    /// zombie stopped by kcl-rs, locally or by the lease table's condition).
+    CheckpointRefused {
+        /// The shard.
+        shard: String,
+        /// The writer.
+        worker: String,
+        /// Its lease epoch.
+        epoch: u64,
+        /// When it was refused.
+        at_ms: i64,
+    },
 }
 
 /// The outcome of a statistics transaction.
@@ -155,6 +167,16 @@ impl AuditLog {
         });
     }
 
+    /// Records a checkpoint refused because the lease was lost.
+    pub fn checkpoint_refused(&self, shard: &str, owner: &LeaseOwnership) {
+        self.write(&AuditEntry::CheckpointRefused {
+            shard: shard.to_string(),
+            worker: owner.worker_id.clone(),
+            epoch: owner.epoch,
+            at_ms: now_ms(),
+        });
+    }
+
     fn write(&self, entry: &AuditEntry) {
         let mut line = serde_json::to_string(entry).expect("audit entries serialize");
         line.push('\n');
@@ -206,8 +228,13 @@ mod tests {
         let id = log.attempt("s1", &owner, None, &last, 3);
         log.outcome(id, AttemptResult::Applied);
         log.checkpoint("s1", &owner, &last, 5);
+        log.checkpoint_refused("s1", &owner);
         let entries = read(&path).unwrap();
-        assert_eq!(entries.len(), 3);
+        assert_eq!(entries.len(), 4);
+        assert!(matches!(
+            &entries[3],
+            AuditEntry::CheckpointRefused { epoch: 7, .. }
+        ));
         assert!(matches!(
             &entries[0],
             AuditEntry::Attempt { id: 1, previous: None, last, records: 3, epoch: 7, .. } if last == "42.0"

@@ -84,6 +84,8 @@ pub struct Findings {
     pub refused_conflict: u64,
     /// Checkpoints accepted.
     pub checkpoints: u64,
+    /// Checkpoints refused because the worker had lost the lease.
+    pub refused_checkpoints: u64,
     /// Parent → child pairs whose order was checked.
     pub handovers: usize,
     /// Writes checked against the lease observations.
@@ -102,6 +104,11 @@ pub fn check(
     let mut findings = Findings::default();
     let (attempts, checkpoints) = join(logs);
     findings.checkpoints = checkpoints.len() as u64;
+    findings.refused_checkpoints = logs
+        .values()
+        .flatten()
+        .filter(|e| matches!(e, AuditEntry::CheckpointRefused { .. }))
+        .count() as u64;
     for a in &attempts {
         match a.outcome {
             Some((AttemptResult::Applied, _)) => findings.applied += 1,
@@ -189,7 +196,7 @@ fn join(logs: &BTreeMap<String, Vec<AuditEntry>>) -> (Vec<Attempt>, Vec<Checkpoi
                     start_ms,
                     ..
                 } => checkpoints.push((shard.clone(), worker.clone(), *epoch, *start_ms)),
-                AuditEntry::Outcome { .. } => {}
+                AuditEntry::Outcome { .. } | AuditEntry::CheckpointRefused { .. } => {}
             }
         }
     }

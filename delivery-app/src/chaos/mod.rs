@@ -98,7 +98,8 @@ impl ChaosReport {
             "chaos {}: seed {}, {:.0}s, {} workers, {total} faults ({kinds}); {} events, \
              statistics {}; {} transactions on {} shards applied once in order, {} \
              parent→child handovers in order; {} writes and checkpoints checked against \
-             the leases, {} violations; {} zombie transactions refused; {:.0}s in all",
+             the leases, {} violations; refused from workers that had lost the lease: {} \
+             transactions, {} checkpoints; {:.0}s in all",
             if self.passed() { "PASS" } else { "FAIL" },
             config.seed,
             config.seconds,
@@ -115,6 +116,7 @@ impl ChaosReport {
             thousands(f.fenced_writes_checked),
             f.violations.len(),
             f.refused_lease_lost,
+            f.refused_checkpoints,
             self.elapsed.as_secs_f64(),
         )
     }

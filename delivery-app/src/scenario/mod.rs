@@ -536,7 +536,7 @@ async fn perform(
                 .ok_or("the local AWS does not run as a separate process")?;
             let down = aws.lock().await.restart().await?;
             Ok(format!(
-                "restarted the local AWS process (Kinesis and DynamoDB down {:.1}s, state kept)",
+                "restarted the local AWS process (down {:.2}s, its state kept on disk)",
                 down.as_secs_f64()
             ))
         }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kcl::checkpoint::{Checkpointer, ExtendedSequenceNumber, LeaseOwnership};
+use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, LeaseOwnership};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::retrieval::KinesisClientRecord;
 
@@ -340,7 +340,12 @@ impl StatsProcessor {
                     log.checkpoint(&self.shard_id, &checkpointer.ownership(), after, start_ms);
                 }
             }
-            Err(e) => tracing::info!(shard = %self.shard_id, error = %e, "{what} not written"),
+            Err(e) => {
+                tracing::info!(shard = %self.shard_id, error = %e, "{what} not written");
+                if let (Some(log), CheckpointError::LeaseLost { .. }) = (&self.audit, &e) {
+                    log.checkpoint_refused(&self.shard_id, &checkpointer.ownership());
+                }
+            }
         }
     }
 }

@@ -63,6 +63,19 @@ impl History {
         self
     }
 
+    fn refused(&mut self, worker: &str, epoch: u64, shard: &str, at: i64) -> &mut Self {
+        self.logs
+            .entry(worker.to_string())
+            .or_default()
+            .push(AuditEntry::CheckpointRefused {
+                shard: shard.into(),
+                worker: worker.into(),
+                epoch,
+                at_ms: at,
+            });
+        self
+    }
+
     fn seen(
         &mut self,
         shard: &str,
@@ -127,6 +140,7 @@ fn clean() -> History {
             320,
             Some(AttemptResult::LeaseLost),
         )
+        .refused("w1", 3, "p", 325)
         .checkpoint("w2", 9, "p", 330)
         .tx("w2", 4, "c", None, "40.0", 7, 400, OK);
     h
@@ -144,6 +158,7 @@ fn a_clean_history_passes_and_is_counted() {
     assert_eq!(f.applied, 4);
     assert_eq!(f.refused_lease_lost, 1);
     assert_eq!(f.checkpoints, 2);
+    assert_eq!(f.refused_checkpoints, 1);
     assert_eq!(f.shards, 2);
     assert_eq!(f.handovers, 1);
     assert_eq!(f.fenced_writes_checked, 6);
