@@ -89,6 +89,49 @@ impl Clients {
         }
     }
 
+    /// Wraps SDK clients built elsewhere — other timeouts, retry settings or HTTP
+    /// client — for [`Worker::new`](crate::worker::Worker::new). `endpoints` only names
+    /// the services in [`Clients::verify`]'s errors.
+    ///
+    /// ```
+    /// # async fn example() {
+    /// use std::time::Duration;
+    /// use aws_config::timeout::TimeoutConfig;
+    /// use kcl::aws::{Clients, Endpoints, sdk_config};
+    ///
+    /// let endpoints = Endpoints::local("http://127.0.0.1:4567", "http://127.0.0.1:8000");
+    /// let config = sdk_config(&endpoints).await;
+    /// let kinesis = aws_sdk_kinesis::config::Builder::from(&config)
+    ///     .endpoint_url("http://127.0.0.1:4567")
+    ///     .timeout_config(
+    ///         TimeoutConfig::builder()
+    ///             .operation_attempt_timeout(Duration::from_secs(2))
+    ///             .build(),
+    ///     )
+    ///     .build();
+    /// let dynamodb = aws_sdk_dynamodb::config::Builder::from(&config)
+    ///     .endpoint_url("http://127.0.0.1:8000")
+    ///     .build();
+    /// let clients = Clients::from_sdk(
+    ///     aws_sdk_kinesis::Client::from_conf(kinesis),
+    ///     aws_sdk_dynamodb::Client::from_conf(dynamodb),
+    ///     endpoints,
+    /// );
+    /// assert_eq!(clients.endpoints().kinesis.as_deref(), Some("http://127.0.0.1:4567"));
+    /// # }
+    /// ```
+    pub fn from_sdk(
+        kinesis: aws_sdk_kinesis::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        endpoints: Endpoints,
+    ) -> Clients {
+        Clients {
+            kinesis,
+            dynamodb,
+            endpoints,
+        }
+    }
+
     /// The endpoints these clients were built for.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints

@@ -787,3 +787,138 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
     consumers::assert_per_key_order(&log.snapshot());
     env.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------
+// (e) A whole worker whose GetRecords calls time out
+
+/// Forwards every record's data, in the order delivered, and checkpoints each batch.
+struct Forwarder {
+    seen: mpsc::UnboundedSender<String>,
+}
+
+impl RecordProcessor for Forwarder {
+    async fn process_records(&mut self, input: ProcessRecordsInput, cp: &mut Checkpointer) {
+        for record in &input.records {
+            let _ = self
+                .seen
+                .send(String::from_utf8_lossy(&record.data).into_owned());
+        }
+        cp.checkpoint().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_get_records_calls_time_out_delivers_every_record_once_in_order() {
+    const RECORDS: usize = 60;
+    let env = Env::start(41).await;
+    let stream = env.stream(1).await;
+    let direct = env.direct().await.kinesis;
+    for i in 0..RECORDS {
+        direct
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(Blob::new(format!("r{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    // A third of the GetRecords calls hang past the worker's 300 ms attempt timeout;
+    // the SDK gives up on them, the reader retries with the same iterator.
+    env.kinesis.plan().add(
+        Rule::kinesis(
+            "GetRecords",
+            Fault::Timeout {
+                hold: Duration::from_secs(2),
+            },
+        )
+        .with_probability(0.35),
+    );
+    let faulty = env.faulty();
+    let config = kcl::aws::sdk_config(&faulty).await;
+    let kinesis = aws_sdk_kinesis::config::Builder::from(&config)
+        .endpoint_url(env.kinesis.url())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_millis(300))
+                .build(),
+        )
+        .build();
+    let clients = Clients::from_sdk(
+        aws_sdk_kinesis::Client::from_conf(kinesis),
+        Clients::connect(&faulty).await.dynamodb,
+        faulty,
+    );
+    let app = unique("timeouts");
+    let worker_config = WorkerConfig::builder(&stream, &app)
+        .worker_id("worker-1")
+        .initial_position(InitialPosition::TrimHorizon)
+        .failover_time(FAILOVER)
+        .idle_time_between_reads(Duration::from_millis(50))
+        // Small batches: many GetRecords calls, so many meet a timeout.
+        .max_records(5)
+        .build()
+        .unwrap();
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let worker = Worker::new(worker_config, &clients, move |_: &str| Forwarder {
+        seen: tx.clone(),
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    let mut delivered = Vec::new();
+    while delivered.len() < RECORDS {
+        let data = tokio::time::timeout(DEADLINE, seen.recv())
+            .await
+            .expect("records keep coming despite the timeouts")
+            .unwrap();
+        delivered.push(data);
+    }
+    let expected: Vec<String> = (0..RECORDS).map(|i| format!("r{i}")).collect();
+    assert_eq!(delivered, expected, "every record once, in order");
+    let timeouts = env
+        .kinesis
+        .counts()
+        .injected(&kinesis_target("GetRecords"), FaultKind::Timeout);
+    assert!(timeouts >= 3, "only {timeouts} GetRecords calls timed out");
+
+    // Nothing more arrives, the lease stayed with the worker, and the checkpoint is at
+    // the last record.
+    env.kinesis.plan().clear();
+    let leases = env.direct_store(&app).await;
+    let last = direct
+        .get_shard_iterator()
+        .stream_name(&stream)
+        .shard_id(
+            kcl::stream::list_shards(&direct, &stream).await.unwrap()[0]
+                .shard_id
+                .clone(),
+        )
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap();
+    let records = direct
+        .get_records()
+        .shard_iterator(last.shard_iterator().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let last_sequence = records
+        .records()
+        .last()
+        .unwrap()
+        .sequence_number()
+        .to_string();
+    wait_for("the last record checkpointed", DEADLINE, || async {
+        let all = leases.list_leases().await.unwrap();
+        (all.len() == 1
+            && all[0].owner.as_deref() == Some("worker-1")
+            && all[0].checkpoint == ExtendedSequenceNumber::at(last_sequence.clone(), 0))
+        .then_some(())
+    })
+    .await;
+    assert!(seen.try_recv().is_err(), "a record delivered twice");
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    env.shutdown().await;
+}
