@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::process::Command;
 
-use common::unique;
+use kcl::local::testing::unique;
 
 const EXE: &str = env!("CARGO_BIN_EXE_delivery-app");
 

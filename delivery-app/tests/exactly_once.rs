@@ -18,7 +18,7 @@ use common::{assert_exact, narrator, scenario};
 
 /// Orders per test: a few thousand events.
 fn orders() -> u64 {
-    if common::external_kinesis() {
+    if kcl::local::testing::external_kinesis() {
         700
     } else {
         1_000

@@ -11,7 +11,7 @@ mod common;
 use common::consumers::{
     InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, produce,
 };
-use common::{unique, wait_for};
+use kcl::local::testing::{unique, wait_for};
 
 const KEYS: usize = 15;
 const WAIT: Duration = Duration::from_secs(120);

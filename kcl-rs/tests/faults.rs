@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::consumers::{self, InProcess, Log};
-use common::{unique, wait_for};
+use kcl::local::testing::{unique, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const FAILOVER: Duration = Duration::from_secs(3);
@@ -87,6 +87,23 @@ impl Env {
         kcl::stream::create_stream(&self.direct().await.kinesis, &stream, shards, DEADLINE)
             .await
             .unwrap();
+        stream
+    }
+
+    /// A 1-shard stream holding `records` records, "r0", "r1", ..., put directly.
+    async fn stream_with_records(&self, records: usize) -> String {
+        let stream = self.stream(1).await;
+        let direct = self.direct().await.kinesis;
+        for i in 0..records {
+            direct
+                .put_record()
+                .stream_name(&stream)
+                .partition_key("k")
+                .data(Blob::new(format!("r{i}")))
+                .send()
+                .await
+                .unwrap();
+        }
         stream
     }
 
@@ -591,18 +608,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 async fn reader_with_records(env: &Env, records: usize) -> ShardReader {
-    let stream = env.stream(1).await;
+    let stream = env.stream_with_records(records).await;
     let direct = env.direct().await.kinesis;
-    for i in 0..records {
-        direct
-            .put_record()
-            .stream_name(&stream)
-            .partition_key("k")
-            .data(Blob::new(format!("r{i}")))
-            .send()
-            .await
-            .unwrap();
-    }
     let shard_id = kcl::stream::list_shards(&direct, &stream).await.unwrap()[0]
         .shard_id
         .clone();
@@ -811,18 +818,8 @@ impl RecordProcessor for Forwarder {
 async fn a_worker_whose_get_records_calls_time_out_delivers_every_record_once_in_order() {
     const RECORDS: usize = 60;
     let env = Env::start(41).await;
-    let stream = env.stream(1).await;
+    let stream = env.stream_with_records(RECORDS).await;
     let direct = env.direct().await.kinesis;
-    for i in 0..RECORDS {
-        direct
-            .put_record()
-            .stream_name(&stream)
-            .partition_key("k")
-            .data(Blob::new(format!("r{i}")))
-            .send()
-            .await
-            .unwrap();
-    }
     // A third of the GetRecords calls hang past the worker's 300 ms attempt timeout;
     // the SDK gives up on them, the reader retries with the same iterator.
     env.kinesis.plan().add(

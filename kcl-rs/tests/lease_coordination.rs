@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{unique, wait_for};
+use kcl::local::testing::{unique, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -13,22 +13,9 @@ use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::memory::MemoryLeaseStore;
 use kcl::leases::{Change, Expect, Lease, LeaseError, LeaseStore, ShardLoad};
+use kcl::local::testing::unique;
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::sync::Barrier;
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 fn trim_horizon(key: &str) -> Lease {
     Lease::new(

@@ -14,7 +14,7 @@ use kcl::local::{KinesisBackend, LocalAws, LocalAwsOptions};
 use kcl::stream;
 
 mod common;
-use common::unique;
+use kcl::local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
 

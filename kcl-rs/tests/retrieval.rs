@@ -17,7 +17,7 @@ use kcl::stream;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::unique;
+use kcl::local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -12,7 +12,7 @@ use kcl::shard_sync::ShardSyncer;
 use kcl::stream;
 
 mod common;
-use common::unique;
+use kcl::local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
 

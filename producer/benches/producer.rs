@@ -45,8 +45,11 @@ fn cpu_time(who: libc::c_int) -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
-/// The machine-readable line `.ci/bench-report` reads: every sample of one figure, its
-/// unit and its goal, if any (`(op, value, text)`, `op` `"<="` or `">="`).
+// One format for every bench of the workspace: the kcl-rs benches' helper.
+#[path = "../../kcl-rs/benches/common/mod.rs"]
+mod report;
+
+/// The machine-readable line `.ci/bench-report` reads, for this bench.
 fn result_line(
     figure: &str,
     label: &str,
@@ -54,19 +57,7 @@ fn result_line(
     samples: &[f64],
     goal: Option<(&str, f64, &str)>,
 ) {
-    let goal =
-        goal.map(|(op, value, text)| serde_json::json!({"op": op, "value": value, "text": text}));
-    println!(
-        "BENCH {}",
-        serde_json::json!({
-            "bench": "producer",
-            "figure": figure,
-            "label": label,
-            "unit": unit,
-            "samples": samples,
-            "goal": goal,
-        })
-    );
+    report::result_line("producer", figure, label, unit, samples, goal);
 }
 
 /// The three `BENCH` lines of one throughput case.

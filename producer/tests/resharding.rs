@@ -7,8 +7,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{config, deaggregate_all, external, payload, read_raw, start, tag_of};
+use common::{config, deaggregate_all, payload, read_raw, start, tag_of};
 use kcl::local::LocalAwsOptions;
+use kcl::local::testing::external_kinesis;
 use kcl::stream::{self, ShardInfo};
 use producer::{Producer, WRONG_SHARD};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ fn open_children_of<'a>(shards: &'a [ShardInfo], parent: &str) -> Vec<&'a ShardI
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_while_writing_lose_nothing() {
-    let (max_count, pause) = if external() {
+    let (max_count, pause) = if external_kinesis() {
         (100_000, 40)
     } else {
         (200_000, 10)

@@ -10,8 +10,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Rng, config, deaggregate_all, external, payload, read_raw, start, tag_of};
+use common::{Rng, config, deaggregate_all, payload, read_raw, start, tag_of};
 use kcl::local::LocalAwsOptions;
+use kcl::local::testing::external_kinesis;
 use producer::{Producer, RecordFuture};
 
 /// What was put: partition key, explicit hash key.
@@ -45,7 +46,11 @@ fn size_of(rng: &mut Rng) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_records_come_back_exactly_once_in_order_per_key() {
-    let (count, shards) = if external() { (3_000, 2) } else { (100_000, 4) };
+    let (count, shards) = if external_kinesis() {
+        (3_000, 2)
+    } else {
+        (100_000, 4)
+    };
     let (aws, kinesis, stream) = start(LocalAwsOptions::from_env(), "roundtrip", shards).await;
     let producer = Producer::new(config(&stream).build().unwrap(), kinesis.clone());
 
@@ -177,7 +182,7 @@ async fn user_records_come_back_exactly_once_in_order_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_aggregation_every_user_record_is_a_plain_kinesis_record() {
-    let count = if external() { 500 } else { 5_000 };
+    let count = if external_kinesis() { 500 } else { 5_000 };
     let (aws, kinesis, stream) = start(LocalAwsOptions::from_env(), "plain", 2).await;
     let config = config(&stream).aggregation(false).build().unwrap();
     let producer = Producer::new(config, kinesis.clone());

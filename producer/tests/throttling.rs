@@ -9,8 +9,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{config, external, payload, read_all, start, tag_of};
+use common::{config, payload, read_all, start, tag_of};
 use kcl::local::LocalAwsOptions;
+use kcl::local::testing::external_kinesis;
 use producer::{Producer, UserRecordResult};
 
 const THROTTLED: &str = "ProvisionedThroughputExceededException";
@@ -82,7 +83,7 @@ async fn run(aggregation: bool, rate_limit: u32, count: usize, size: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_plain_records_are_retried_until_written() {
-    if external() {
+    if external_kinesis() {
         eprintln!("skipped: write limits can only be switched on in the embedded Kinesis");
         return;
     }
@@ -92,7 +93,7 @@ async fn throttled_plain_records_are_retried_until_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_aggregates_are_retried_until_written() {
-    if external() {
+    if external_kinesis() {
         eprintln!("skipped: write limits can only be switched on in the embedded Kinesis");
         return;
     }

@@ -143,22 +143,15 @@ pub fn check(
             epoch: a.epoch,
             start_ms: a.start_ms,
         })
-        .chain(checkpoints.iter().map(|c| Write {
-            what: "checkpoint",
-            shard: &c.0,
-            worker: &c.1,
-            epoch: c.2,
-            start_ms: c.3,
-        }))
+        .chain(checkpoints)
         .collect();
     findings.fenced_writes_checked = writes.len() as u64;
     no_stale_writes(&writes, observations, &mut findings.violations);
     findings
 }
 
-type Checkpoint = (String, String, u64, i64);
-
-fn join(logs: &BTreeMap<String, Vec<AuditEntry>>) -> (Vec<Attempt>, Vec<Checkpoint>) {
+/// The statistics transactions with their outcomes, and the accepted checkpoints.
+fn join(logs: &BTreeMap<String, Vec<AuditEntry>>) -> (Vec<Attempt>, Vec<Write<'_>>) {
     let mut attempts = Vec::new();
     let mut checkpoints = Vec::new();
     for entries in logs.values() {
@@ -195,7 +188,13 @@ fn join(logs: &BTreeMap<String, Vec<AuditEntry>>) -> (Vec<Attempt>, Vec<Checkpoi
                     epoch,
                     start_ms,
                     ..
-                } => checkpoints.push((shard.clone(), worker.clone(), *epoch, *start_ms)),
+                } => checkpoints.push(Write {
+                    what: "checkpoint",
+                    shard,
+                    worker,
+                    epoch: *epoch,
+                    start_ms: *start_ms,
+                }),
                 AuditEntry::Outcome { .. } | AuditEntry::CheckpointRefused { .. } => {}
             }
         }

@@ -138,15 +138,13 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
     }
     let aws = LocalAwsProcess::start(&config.exe, Some(&data), &logs.join("local-aws.log")).await?;
     let mut endpoints = aws.endpoints();
-    let kinesis = match config.memory_kinesis {
-        true => {
-            let kinesis =
-                LocalAwsProcess::start(&config.exe, None, &logs.join("local-kinesis.log")).await?;
-            endpoints.kinesis = kinesis.endpoints().kinesis;
-            Some(kinesis)
-        }
-        false => None,
-    };
+    let mut kinesis = None;
+    if config.memory_kinesis {
+        let process =
+            LocalAwsProcess::start(&config.exe, None, &logs.join("local-kinesis.log")).await?;
+        endpoints.kinesis = process.endpoints().kinesis;
+        kinesis = Some(process);
+    }
     say(&format!(
         "local AWS processes: Kinesis {} ({}), DynamoDB {} (state in {})",
         endpoints.kinesis.as_deref().unwrap_or_default(),

@@ -47,15 +47,16 @@ pub enum Step {
     Merge,
     /// Stop every worker gracefully (SIGTERM) and start them all again.
     RestartAll,
-    /// SIGKILL worker slot `n` (numbered from 0), if it runs.
+    /// SIGKILL worker slot `n` (numbered from 0); an error if it does not run.
     KillWorker(usize),
-    /// Start worker slot `n`, with a new id, if it does not run.
+    /// Start worker slot `n` with a new id; an error if it runs.
     StartWorker(usize),
-    /// SIGSTOP worker slot `n` until the others own all its leases (at least the
+    /// SIGSTOP worker slot `n` (which must run) until the others own all its leases (at least the
     /// failover time), then SIGCONT: a zombie that wakes up believing it still holds
     /// them.
     PauseWorker(usize),
-    /// Stop worker slot `n` gracefully (SIGTERM) and start it again with a new id.
+    /// Stop worker slot `n` (which must run) gracefully (SIGTERM) and start it again
+    /// with a new id.
     BounceWorker(usize),
     /// Restart the local AWS process ([`ScenarioConfig::local_aws`]).
     RestartAws,
@@ -428,8 +429,7 @@ async fn perform(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
             let mut process = fleet.running[victim].take().expect("running");
-            process.signal(libc::SIGKILL)?;
-            process.wait(Duration::from_secs(10)).await;
+            process.kill().await?;
             fleet.killed = Some(victim);
             Ok(format!(
                 "killed worker {} (SIGKILL) while it held {}; its shards are taken over after \
@@ -478,8 +478,7 @@ async fn perform(
         }
         Step::KillWorker(n) => {
             let mut process = fleet.running[*n].take().ok_or("the worker does not run")?;
-            process.signal(libc::SIGKILL)?;
-            process.wait(Duration::from_secs(10)).await;
+            process.kill().await?;
             Ok(format!("killed worker {} (SIGKILL)", process.id))
         }
         Step::StartWorker(n) => {

@@ -43,6 +43,13 @@ impl WorkerProcess {
             .and_then(Result::ok)
     }
 
+    /// SIGKILL, and wait (up to 10 s) until it is gone.
+    pub async fn kill(&mut self) -> std::io::Result<()> {
+        self.signal(libc::SIGKILL)?;
+        self.wait(Duration::from_secs(10)).await;
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         let _ = self.signal(libc::SIGTERM);

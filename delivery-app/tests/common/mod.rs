@@ -6,28 +6,8 @@ use std::time::Duration;
 
 use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
 use delivery_app::sim::{KeyStrategy, SimConfig};
-use kcl::local::{EXTERNAL_KINESIS_ENV, LocalAws};
-
-/// A name unique across tests and test processes (streams and tables are shared when
-/// tests run against an external Kinesis).
-pub fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether Kinesis is an external emulator (kinesis-mock): slower, so smaller runs.
-pub fn external_kinesis() -> bool {
-    std::env::var(EXTERNAL_KINESIS_ENV).is_ok_and(|v| !v.trim().is_empty())
-}
+use kcl::local::LocalAws;
+use kcl::local::testing::unique;
 
 /// Messages of the scenario, prefixed with the test's name, on stderr.
 pub fn narrator(test: &'static str) -> Narrator {

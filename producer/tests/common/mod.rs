@@ -6,30 +6,10 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use kcl::local::{KinesisBackend, LocalAws, LocalAwsOptions};
+use kcl::local::testing::unique;
+use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::stream::{self, ShardInfo};
 use producer::{ProducerConfig, ProducerConfigBuilder};
-
-/// A name unique across tests and test processes (streams are shared when tests run
-/// against an external Kinesis).
-pub fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether the tests run against an external Kinesis (kinesis-mock in CI).
-pub fn external() -> bool {
-    LocalAwsOptions::from_env().kinesis != KinesisBackend::Embedded
-}
 
 /// Starts the local AWS (embedded, or the external Kinesis from the environment) and
 /// creates a stream with `shards` shards.
