@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use kcl::kpl::{Aggregator, DeaggregationError, UserRecord, deaggregate, is_aggregated};
+use kcl::local::testing::base64_decode;
 use serde_json::Value;
 
 /// Every vector `generate.py` writes, so a missing file fails rather than shrinks the test.
@@ -53,26 +54,6 @@ fn load(name: &'static str) -> Vector {
         records,
         expected_error: json["expected_error"].as_str().map(str::to_owned),
     }
-}
-
-/// Standard padded base64, enough for the fixtures (no base64 crate in the workspace).
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0);
-    for byte in text.bytes().filter(|&b| b != b'=') {
-        let value = ALPHABET
-            .iter()
-            .position(|&a| a == byte)
-            .expect("base64 character");
-        acc = (acc << 6) | value as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 fn encode_with_ours(records: &[UserRecord]) -> Vec<u8> {

@@ -13,8 +13,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{Rng, base64_decode, base64_encode, config, payload, read_raw, start};
+use common::{Rng, config, payload, read_raw, start};
 use kcl::local::LocalAwsOptions;
+use kcl::local::testing::{base64_decode, base64_encode};
 use producer::Producer;
 use serde_json::Value;
 

@@ -1,6 +1,7 @@
 //! Helpers for tests against the local AWS: names that never collide, waiting on a
-//! condition with a deadline, which Kinesis the tests run against, and replaying a kept
-//! fuzz corpus. Used by this workspace's own tests; handy for a consumer's tests too.
+//! condition with a deadline, which Kinesis the tests run against, replaying a kept
+//! fuzz corpus, and base64 for fixtures. Used by this workspace's own tests; handy for
+//! a consumer's tests too.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -91,4 +92,50 @@ pub fn replay_corpus(
         failed.is_empty(),
         "inputs failing the fuzz checks: {failed:?}"
     );
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard padded base64, for test fixtures (no base64 crate in the workspace).
+///
+/// ```
+/// use kcl::local::testing::{base64_decode, base64_encode};
+/// assert_eq!(base64_encode(b"Ma"), "TWE=");
+/// assert_eq!(base64_decode("TWE="), b"Ma");
+/// ```
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard padded base64 (panics on a character outside the alphabet).
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for byte in text.bytes().filter(|&b| b != b'=') {
+        let value = BASE64
+            .iter()
+            .position(|&a| a == byte)
+            .expect("base64 character");
+        acc = (acc << 6) | value as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
