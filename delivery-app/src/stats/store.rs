@@ -356,36 +356,20 @@ impl StatsStore {
     /// Every shard's statistics item and their sum, read consistently.
     pub async fn read(&self) -> Result<StoredStats, StoreError> {
         let mut stored = StoredStats::default();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.tables.stats)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| classify(e, &format!("Scan {}", self.tables.stats)))?;
-            for item in page.items() {
-                let is_stats = item
-                    .get(STATS_KEY)
-                    .and_then(|k| k.as_s().ok())
-                    .is_some_and(|k| k.starts_with("stats#"));
-                if !is_stats {
-                    continue;
-                }
-                let shard = decode_stats(item).map_err(|what| StoreError::Malformed {
-                    table: self.tables.stats.clone(),
-                    what,
-                })?;
-                stored.totals.add(&shard.totals);
-                stored.shards.push(shard);
+        for item in self.scan_stats(None).await? {
+            let is_stats = item
+                .get(STATS_KEY)
+                .and_then(|k| k.as_s().ok())
+                .is_some_and(|k| k.starts_with("stats#"));
+            if !is_stats {
+                continue;
             }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
+            let shard = decode_stats(&item).map_err(|what| StoreError::Malformed {
+                table: self.tables.stats.clone(),
+                what,
+            })?;
+            stored.totals.add(&shard.totals);
+            stored.shards.push(shard);
         }
         stored.shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
         Ok(stored)
@@ -395,6 +379,30 @@ impl StatsStore {
     /// without the counters: cheap enough to poll.
     pub async fn watermarks(&self) -> Result<HashMap<String, ExtendedSequenceNumber>, StoreError> {
         let mut out = HashMap::new();
+        let rows = self
+            .scan_stats(Some("shard_id, applied_seq, applied_sub"))
+            .await?;
+        for item in rows {
+            let shard = item.get("shard_id").and_then(|v| v.as_s().ok());
+            let watermark =
+                items::decode_watermark(&item).map_err(|what| StoreError::Malformed {
+                    table: self.tables.stats.clone(),
+                    what,
+                })?;
+            if let (Some(shard), Some(watermark)) = (shard, watermark) {
+                out.insert(shard.clone(), watermark);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every item of the statistics table (only the `projection` attributes if given),
+    /// read consistently, following `LastEvaluatedKey` across pages.
+    async fn scan_stats(
+        &self,
+        projection: Option<&str>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut items = Vec::new();
         let mut start = None;
         loop {
             let page = self
@@ -402,28 +410,18 @@ impl StatsStore {
                 .scan()
                 .table_name(&self.tables.stats)
                 .consistent_read(true)
-                .projection_expression("shard_id, applied_seq, applied_sub")
+                .set_projection_expression(projection.map(str::to_string))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| classify(e, &format!("Scan {}", self.tables.stats)))?;
-            for item in page.items() {
-                let shard = item.get("shard_id").and_then(|v| v.as_s().ok());
-                let watermark =
-                    items::decode_watermark(item).map_err(|what| StoreError::Malformed {
-                        table: self.tables.stats.clone(),
-                        what,
-                    })?;
-                if let (Some(shard), Some(watermark)) = (shard, watermark) {
-                    out.insert(shard.clone(), watermark);
-                }
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
+            let next = page.last_evaluated_key().filter(|k| !k.is_empty()).cloned();
+            items.extend(page.items.unwrap_or_default());
+            match next {
+                Some(key) => start = Some(key),
+                None => return Ok(items),
             }
         }
-        Ok(out)
     }
 
     /// Up to `limit` dead letters (in no particular order).
