@@ -38,7 +38,7 @@
 //! # }
 //! ```
 
-mod layer;
+pub mod layer;
 mod plan;
 
 use std::convert::Infallible;
