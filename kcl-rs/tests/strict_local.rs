@@ -435,3 +435,60 @@ async fn a_shard_closed_around_the_proxy_is_learned_from_the_first_listing() {
     .await;
     aws.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_works_in_front_of_an_external_kinesis() {
+    let external = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+    let options = LocalAwsOptions {
+        kinesis: kcl::local::KinesisBackend::External(external.endpoints().kinesis.unwrap()),
+        ..LocalAwsOptions::strict()
+    };
+    let aws = LocalAws::start(options).await.unwrap();
+    assert_ne!(aws.endpoints().kinesis, aws.direct_endpoints().kinesis);
+    let name = new_stream(&aws, 1).await;
+    let client = single_attempt(&aws).await;
+    let it = iterator(&client, &name, &shard_id(0)).await;
+    let (outcomes, elapsed) = get_records_loop(&client, &it, 10).await;
+    assert!((5..=most_admitted(5.0, elapsed)).contains(&accepted(&outcomes)));
+    assert_eq!(
+        aws.strict().unwrap().refusals("GetRecords"),
+        (10 - accepted(&outcomes)) as u64
+    );
+    aws.shutdown().await;
+    external.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_limited_per_shard_by_the_embedded_kinesis() {
+    if kcl::local::testing::external_kinesis() {
+        return; // an external Kinesis enforces its own write limits, or none
+    }
+    let aws = strict_aws(KinesisLimits::default()).await;
+    let name = new_stream(&aws, 1).await;
+    let client = single_attempt(&aws).await;
+    // 1,500 records to one shard at once: over its 1,000 records per second.
+    let mut failed = 0;
+    for batch in 0..3 {
+        let entries = (0..500).map(|i| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key("k")
+                .data(Blob::new(format!("{batch}-{i}")))
+                .build()
+                .unwrap()
+        });
+        let put = client
+            .put_records()
+            .stream_name(&name)
+            .set_records(Some(entries.collect()))
+            .send()
+            .await
+            .unwrap();
+        failed += put
+            .records()
+            .iter()
+            .filter(|r| r.error_code() == Some("ProvisionedThroughputExceededException"))
+            .count();
+    }
+    assert!(failed >= 400, "{failed} of 1,500 refused");
+    aws.shutdown().await;
+}
