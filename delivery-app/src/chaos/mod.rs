@@ -61,6 +61,9 @@ pub struct ChaosConfig {
     /// Kinesis rewrites its whole state on disk at every put, which a long run cannot
     /// afford.)
     pub memory_kinesis: bool,
+    /// Run the local AWS strict (`local --strict`): AWS's read, control-plane and write
+    /// limits, retention, transaction conflicts.
+    pub strict: bool,
 }
 
 /// What a chaos run found.
@@ -95,12 +98,13 @@ impl ChaosReport {
             .join(", ");
         let f = &self.findings;
         format!(
-            "chaos {}: seed {}, {:.0}s, {} workers, {total} faults ({kinds}); {} events, \
+            "chaos {}{}: seed {}, {:.0}s, {} workers, {total} faults ({kinds}); {} events, \
              statistics {}; {} transactions on {} shards applied once in order, {} \
              parent→child handovers in order; {} writes and checkpoints checked against \
              the leases, {} violations; refused from workers that had lost the lease: {} \
              transactions, {} checkpoints; {:.0}s in all",
             if self.passed() { "PASS" } else { "FAIL" },
+            if config.strict { " (strict AWS)" } else { "" },
             config.seed,
             config.seconds,
             config.workers,
@@ -136,12 +140,23 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
     if data.exists() {
         std::fs::remove_dir_all(&data)?;
     }
-    let aws = LocalAwsProcess::start(&config.exe, Some(&data), &logs.join("local-aws.log")).await?;
+    let aws = LocalAwsProcess::start(
+        &config.exe,
+        Some(&data),
+        &logs.join("local-aws.log"),
+        config.strict,
+    )
+    .await?;
     let mut endpoints = aws.endpoints();
     let mut kinesis = None;
     if config.memory_kinesis {
-        let process =
-            LocalAwsProcess::start(&config.exe, None, &logs.join("local-kinesis.log")).await?;
+        let process = LocalAwsProcess::start(
+            &config.exe,
+            None,
+            &logs.join("local-kinesis.log"),
+            config.strict,
+        )
+        .await?;
         endpoints.kinesis = process.endpoints().kinesis;
         kinesis = Some(process);
     }

@@ -52,6 +52,10 @@ pub struct ChaosArgs {
     /// Kinesis's persistence rewrites its whole state at every put.
     #[arg(long)]
     memory_kinesis: bool,
+    /// Run the local AWS in strict mode (`local --strict`): AWS's read, control-plane
+    /// and write limits and its other refusals, as real AWS would.
+    #[arg(long)]
+    strict: bool,
     /// Print each fault as it happens.
     #[arg(long)]
     verbose: bool,
@@ -80,6 +84,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
         failover: Duration::from_millis(args.failover_ms),
         kinds: args.faults.clone(),
         memory_kinesis: args.memory_kinesis,
+        strict: args.strict,
     };
     let verbose = args.verbose;
     let say: Narrator = Arc::new(move |line: &str| {

@@ -24,15 +24,18 @@ pub struct LocalAwsProcess {
     dynamodb_port: u16,
     child: Option<Child>,
     restarts: usize,
+    strict: bool,
 }
 
 impl LocalAwsProcess {
     /// Starts `exe local` on two free loopback ports, keeping its state in
-    /// `data_dir` (in memory without) and appending its stderr to `log`.
+    /// `data_dir` (in memory without) and appending its stderr to `log`; with `strict`,
+    /// as `local --strict` (AWS's read, control-plane and write limits enforced).
     pub async fn start(
         exe: &Path,
         data_dir: Option<&Path>,
         log: &Path,
+        strict: bool,
     ) -> Result<Self, ScenarioError> {
         let mut process = LocalAwsProcess {
             exe: exe.to_path_buf(),
@@ -42,6 +45,7 @@ impl LocalAwsProcess {
             dynamodb_port: free_port()?,
             child: None,
             restarts: 0,
+            strict,
         };
         process.spawn().await?;
         Ok(process)
@@ -109,6 +113,9 @@ impl LocalAwsProcess {
             .arg("local")
             .args(["--kinesis-port", &self.kinesis_port.to_string()])
             .args(["--dynamodb-port", &self.dynamodb_port.to_string()]);
+        if self.strict {
+            command.arg("--strict");
+        }
         if let Some(dir) = &self.data_dir {
             std::fs::create_dir_all(dir)?;
             command.arg("--data-dir").arg(dir);
