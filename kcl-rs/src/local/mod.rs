@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::{Clients, Endpoints};
 
 pub mod faults;
+pub mod strict;
 pub mod testing;
 
 /// Environment variable naming an external Kinesis endpoint (for example kinesis-mock)
