@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+mod layer;
 mod plan;
 
 use std::convert::Infallible;
@@ -46,17 +47,16 @@ use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use layer::{Answer, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse, action_of};
+use layer::{Upstream, end_to_end};
 pub use plan::{
     Call, DYNAMODB_TARGET_PREFIX, Fault, FaultCounts, FaultInjector, FaultKind, FaultPlan,
     KINESIS_TARGET_PREFIX, Rule, RuleId, dynamodb_target, kinesis_target,
@@ -71,10 +71,10 @@ pub struct FaultProxy<I: FaultInjector = FaultPlan> {
 }
 
 struct Shared<I> {
-    /// `http://host:port` of the upstream, without a trailing slash.
-    upstream: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: Upstream,
     injector: I,
+    /// Run in order after the injector let a request through; see [`ProxyLayer`].
+    layers: Vec<Arc<dyn ProxyLayer>>,
     counts: Mutex<FaultCounts>,
     cancel: CancellationToken,
 }
@@ -85,13 +85,24 @@ impl<I: FaultInjector> FaultProxy<I> {
     /// about each one first. Fails if the URL is not plain `http` with a host, or if
     /// no port can be bound.
     pub async fn start(upstream_url: &str, injector: I) -> std::io::Result<FaultProxy<I>> {
-        let upstream = parse_upstream(upstream_url)?;
+        FaultProxy::start_layered(upstream_url, injector, Vec::new()).await
+    }
+
+    /// Like [`FaultProxy::start`], with `layers` stacked behind the injector: a request
+    /// the injector lets through (no fault, or latency) goes to `layers[0]`, whose
+    /// [`Forward`] leads to `layers[1]`, and so on to the service. See [`ProxyLayer`].
+    pub async fn start_layered(
+        upstream_url: &str,
+        injector: I,
+        layers: Vec<Arc<dyn ProxyLayer>>,
+    ) -> std::io::Result<FaultProxy<I>> {
+        let upstream = Upstream::new(parse_upstream(upstream_url)?);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream,
-            client: Client::builder(TokioExecutor::new()).build_http(),
             injector,
+            layers,
             counts: Mutex::new(FaultCounts::default()),
             cancel: CancellationToken::new(),
         });
@@ -159,7 +170,8 @@ impl<I: FaultInjector> std::fmt::Debug for FaultProxy<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultProxy")
             .field("addr", &self.addr)
-            .field("upstream", &self.shared.upstream)
+            .field("upstream", &self.shared.upstream.url)
+            .field("layers", &self.shared.layers.len())
             .finish()
     }
 }
@@ -222,13 +234,13 @@ async fn serve_connection<I: FaultInjector>(stream: TcpStream, shared: Arc<Share
     }
 }
 
-type ProxyResponse = Response<Full<Bytes>>;
+type HttpResponse = Response<Full<Bytes>>;
 
 async fn handle<I: FaultInjector>(
     shared: Arc<Shared<I>>,
     close: CancellationToken,
     request: Request<Incoming>,
-) -> Result<ProxyResponse, Infallible> {
+) -> Result<HttpResponse, Infallible> {
     let operation = request
         .headers()
         .get("x-amz-target")
@@ -248,109 +260,75 @@ async fn handle<I: FaultInjector>(
     if let Some(fault) = &fault {
         tracing::debug!(%operation, ?fault, "fault proxy: injecting");
     }
+    let request = ProxyRequest {
+        operation,
+        method: parts.method,
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        headers: end_to_end(parts.headers),
+        body,
+    };
+    let forward = |request| Forward::new(&shared.layers, &shared.upstream).send(request);
     match fault {
-        None => Ok(shared.forward(parts, body).await),
+        None => answer(forward(request).await, &close).await,
         Some(Fault::Latency { delay }) => {
             tokio::time::sleep(delay).await;
-            Ok(shared.forward(parts, body).await)
+            answer(forward(request).await, &close).await
         }
         Some(Fault::Error {
             status,
             code,
             message,
-        }) => Ok(error_response(&operation, status, &code, &message)),
+        }) => Ok(into_response(ProxyResponse::aws_error(
+            &request.operation,
+            status,
+            &code,
+            &message,
+        ))),
         Some(Fault::Timeout { hold }) => {
             tokio::time::sleep(hold).await;
             close_unanswered(&close).await
         }
         Some(Fault::DropConnection) => close_unanswered(&close).await,
         Some(Fault::DropResponse) => {
-            let _ = shared.forward(parts, body).await;
+            let _ = forward(request).await;
             close_unanswered(&close).await
         }
     }
 }
 
+/// Writes `answer`, or closes the connection when it says so.
+async fn answer(answer: Answer, close: &CancellationToken) -> Result<HttpResponse, Infallible> {
+    match answer {
+        Answer::Respond(response) => Ok(into_response(response)),
+        Answer::Close => close_unanswered(close).await,
+    }
+}
+
+fn into_response(answer: ProxyResponse) -> HttpResponse {
+    let mut response = Response::new(Full::new(answer.body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response
+}
+
 /// Closes the connection without an answer: the connection task drops it.
-async fn close_unanswered(close: &CancellationToken) -> Result<ProxyResponse, Infallible> {
+async fn close_unanswered(close: &CancellationToken) -> Result<HttpResponse, Infallible> {
     close.cancel();
     std::future::pending().await
 }
 
-impl<I> Shared<I> {
-    async fn forward(&self, parts: hyper::http::request::Parts, body: Bytes) -> ProxyResponse {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method;
-        *request.headers_mut() = end_to_end(parts.headers);
-        match format!("{}{path}", self.upstream).parse() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => return bad_gateway(&format!("cannot forward to path {path:?}")),
-        }
-        let response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(e) => return bad_gateway(&format!("upstream {}: {e}", self.upstream)),
-        };
-        let (parts, body) = response.into_parts();
-        match body.collect().await {
-            Ok(collected) => {
-                let mut response = Response::new(Full::new(collected.to_bytes()));
-                *response.status_mut() = parts.status;
-                *response.headers_mut() = end_to_end(parts.headers);
-                response
-            }
-            Err(e) => bad_gateway(&format!("upstream {} answer cut: {e}", self.upstream)),
-        }
-    }
-}
-
-/// The headers without the hop-by-hop ones, which concern one connection only. The
-/// body is forwarded whole, so its length is set anew by hyper.
-fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
-    let hop_by_hop: [HeaderName; 8] = [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ];
-    for name in hop_by_hop {
-        headers.remove(name);
-    }
-    headers.remove(header::CONTENT_LENGTH);
-    headers
-}
-
-/// An AWS JSON error answer, shaped as the service whose operation it is sends it.
-fn error_response(operation: &str, status: u16, code: &str, message: &str) -> ProxyResponse {
-    let content_type = if operation.starts_with(DYNAMODB_TARGET_PREFIX) {
-        "application/x-amz-json-1.0"
-    } else {
-        "application/x-amz-json-1.1"
-    };
-    let body = serde_json::json!({ "__type": code, "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        HeaderName::from_static("x-amzn-requestid"),
-        HeaderValue::from_static("fault-proxy"),
-    );
-    response
-}
-
-fn bad_gateway(message: &str) -> ProxyResponse {
-    tracing::debug!(%message, "fault proxy: bad gateway");
-    error_response("", 502, "BadGateway", &format!("fault proxy: {message}"))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::layer::end_to_end;
     use super::*;
+    use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+    fn error_response(operation: &str, status: u16, code: &str, message: &str) -> HttpResponse {
+        into_response(ProxyResponse::aws_error(operation, status, code, message))
+    }
 
     #[test]
     fn upstream_must_be_plain_http_with_a_host() {

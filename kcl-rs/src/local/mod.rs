@@ -2,7 +2,8 @@
 //! over their real wire protocols on 127.0.0.1, for tests, demos and local development.
 //!
 //! Enabled by the `local` feature; production builds leave it off and compile no
-//! emulator. [`faults`] puts a fault-injecting proxy in front of either server.
+//! emulator. [`faults`] puts a fault-injecting proxy in front of either server;
+//! [`strict`] (on with [`LocalAwsOptions::strict`]) makes both as strict as real AWS.
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
@@ -33,6 +34,8 @@ use crate::aws::{Clients, Endpoints};
 pub mod faults;
 pub mod strict;
 pub mod testing;
+
+use strict::{StrictAws, StrictOptions};
 
 /// Environment variable naming an external Kinesis endpoint (for example kinesis-mock)
 /// that [`LocalAwsOptions::from_env`] uses instead of the embedded emulator.
@@ -68,6 +71,10 @@ pub struct LocalAwsOptions {
     /// Seconds a shard iterator stays valid in the embedded Kinesis (real Kinesis: 300).
     /// Tests of iterator expiry lower it; ignored for an external Kinesis.
     pub iterator_ttl_seconds: u64,
+    /// Strict mode: proxies in front of both services refuse what real AWS refuses
+    /// (see [`strict`]), and the embedded Kinesis enforces its write limits whatever
+    /// `enforce_limits` says. `None` (the default) serves the gentle emulators as they are.
+    pub strict: Option<StrictOptions>,
 }
 
 impl Default for LocalAwsOptions {
@@ -81,6 +88,7 @@ impl Default for LocalAwsOptions {
             stream_transition_ms: 50,
             kinesis: KinesisBackend::Embedded,
             iterator_ttl_seconds: 300,
+            strict: None,
         }
     }
 }
@@ -97,6 +105,19 @@ impl LocalAwsOptions {
             options.kinesis = KinesisBackend::External(url.trim().to_string());
         }
         options
+    }
+
+    /// [`LocalAwsOptions::from_env`] in strict mode with AWS's limits
+    /// ([`StrictOptions::default`]); change them with [`LocalAwsOptions::with_strict`] or
+    /// at run time through [`LocalAws::strict`].
+    pub fn strict() -> Self {
+        LocalAwsOptions::from_env().with_strict(StrictOptions::default())
+    }
+
+    /// These options in strict mode with `strict`.
+    pub fn with_strict(mut self, strict: StrictOptions) -> Self {
+        self.strict = Some(strict);
+        self
     }
 }
 
@@ -134,6 +155,7 @@ pub struct LocalAws {
     kinesis_url: String,
     dynamodb_addr: SocketAddr,
     kinesis_addr: Option<SocketAddr>,
+    strict: Option<StrictAws>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -193,29 +215,60 @@ impl LocalAws {
             }
         };
 
+        let strict = match &options.strict {
+            Some(strict) => {
+                let dynamodb_url = format!("http://{dynamodb_addr}");
+                let proxies = StrictAws::start(strict, &kinesis_url, &dynamodb_url).await;
+                Some(proxies.map_err(|source| LocalAwsError::Bind {
+                    service: "strict proxy",
+                    port: 0,
+                    source,
+                })?)
+            }
+            None => None,
+        };
+
         Ok(LocalAws {
             kinesis_url,
             dynamodb_addr,
             kinesis_addr,
+            strict,
             cancel,
             tasks,
         })
     }
 
-    /// Endpoint URLs for [`Clients::connect`] or for other processes.
+    /// Endpoint URLs for [`Clients::connect`] or for other processes: in strict mode
+    /// those of the strict proxies.
     pub fn endpoints(&self) -> Endpoints {
+        match &self.strict {
+            Some(strict) => strict.endpoints(),
+            None => self.direct_endpoints(),
+        }
+    }
+
+    /// The servers' own endpoints, around the strict proxies if any: for setting up
+    /// and looking without meeting strict limits.
+    pub fn direct_endpoints(&self) -> Endpoints {
         Endpoints::local(
             self.kinesis_url.clone(),
             format!("http://{}", self.dynamodb_addr),
         )
     }
 
-    /// The embedded Kinesis address, or `None` when Kinesis is external.
+    /// The strict proxies (refusal counts, retention and limits to change at run
+    /// time), or `None` when strict mode is off.
+    pub fn strict(&self) -> Option<&StrictAws> {
+        self.strict.as_ref()
+    }
+
+    /// The embedded Kinesis address (not the strict proxy's), or `None` when Kinesis is
+    /// external.
     pub fn kinesis_addr(&self) -> Option<SocketAddr> {
         self.kinesis_addr
     }
 
-    /// The DynamoDB address.
+    /// The DynamoDB address (not the strict proxy's).
     pub fn dynamodb_addr(&self) -> SocketAddr {
         self.dynamodb_addr
     }
@@ -230,6 +283,9 @@ impl LocalAws {
     /// (clients keep idle connections for reuse) are dropped. Every accepted write is
     /// already stored by then, so a `data_dir` loses nothing.
     pub async fn shutdown(mut self) {
+        if let Some(strict) = self.strict.take() {
+            strict.shutdown().await;
+        }
         self.cancel.cancel();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for mut task in self.tasks.drain(..) {
@@ -268,7 +324,7 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
         delete_stream_ms: options.stream_transition_ms,
         update_stream_ms: options.stream_transition_ms,
         shard_limit: options.shard_limit,
-        enforce_limits: options.enforce_limits,
+        enforce_limits: options.enforce_limits || options.strict.is_some(),
         iterator_ttl_seconds: options.iterator_ttl_seconds,
         durable,
         ..Default::default()
