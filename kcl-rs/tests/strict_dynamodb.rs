@@ -360,6 +360,41 @@ async fn calls_the_documented_policy_does_not_allow_are_denied_as_aws_denies_the
         .unwrap_err();
     assert_eq!(other.code(), Some("AccessDeniedException"));
 
+    // A GetRecords names only its iterator: it is checked on the iterator's stream.
+    strict.iam().set_principals(Principals::new().with(
+        WORKER_KEY,
+        "kcl-worker",
+        worker_policy(&stream, &app).without_action("kinesis:GetRecords"),
+    ));
+    let iterator = worker
+        .kinesis
+        .get_shard_iterator()
+        .stream_name(&stream)
+        .shard_id("shardId-000000000000")
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap();
+    let read = worker
+        .kinesis
+        .get_records()
+        .shard_iterator(iterator.shard_iterator().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_sdk_kinesis::error::ProvideErrorMetadata::code(&read),
+        Some("AccessDeniedException")
+    );
+    let message = aws_sdk_kinesis::error::ProvideErrorMetadata::message(&read).unwrap();
+    assert!(
+        message.contains(&format!(
+            "not authorized to perform: kinesis:GetRecords on resource: \
+             arn:aws:kinesis:us-east-1:{DEFAULT_ACCOUNT_ID}:stream/{stream} "
+        )),
+        "{message}"
+    );
+
     // The administrator is not restricted.
     admin
         .kinesis
@@ -377,6 +412,10 @@ async fn calls_the_documented_policy_does_not_allow_are_denied_as_aws_denies_the
         1
     );
     assert_eq!(strict.refusals_of("Scan", RefusalKind::AccessDenied), 1);
+    assert_eq!(
+        strict.refusals_of("GetRecords", RefusalKind::AccessDenied),
+        1
+    );
     aws.shutdown().await;
 }
 
@@ -454,6 +493,22 @@ async fn a_worker_signed_as_the_documented_worker_policy_is_never_denied() {
     .await;
     cancel.cancel();
     run.await.unwrap().unwrap();
+    // Every kind of call the worker makes was checked against the policy; GetRecords
+    // by the stream of its iterator.
+    for operation in [
+        "ListShards",
+        "GetShardIterator",
+        "GetRecords",
+        "DescribeTable",
+        "Scan",
+        "PutItem",
+        "UpdateItem",
+    ] {
+        assert!(
+            strict.iam().checked(operation) > 0,
+            "{operation} never checked"
+        );
+    }
     assert_eq!(
         strict.refusal_counts().kind(RefusalKind::AccessDenied),
         0,

@@ -8,7 +8,8 @@
 //! iterator lifetime), the request is forwarded unchecked and the service answers it
 //! as it would any unknown iterator.
 
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Value, json};
 
@@ -18,6 +19,7 @@ use super::{RefusalKind, Refusals};
 use crate::aws::LOCAL_REGION;
 use crate::local::faults::{
     Answer, DYNAMODB_TARGET_PREFIX, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse,
+    action_of,
 };
 
 /// The strict IAM [`ProxyLayer`], one for both proxies. Principals can change at run
@@ -28,6 +30,9 @@ pub struct StrictIam {
     account_id: String,
     kinesis: Option<Arc<StrictKinesis>>,
     refusals: Arc<Refusals>,
+    /// Requests of restricted principals checked (allowed or denied), per
+    /// `X-Amz-Target`: a test that sees no refusal can tell "allowed" from "unchecked".
+    checked: Mutex<BTreeMap<String, u64>>,
 }
 
 impl StrictIam {
@@ -44,7 +49,24 @@ impl StrictIam {
             account_id,
             kinesis,
             refusals,
+            checked: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Requests of restricted principals checked so far for `operation` (an
+    /// `X-Amz-Target`, or the bare action such as `"GetRecords"`), allowed or denied.
+    /// Requests whose resource could not be told (an unknown iterator) are not counted.
+    pub fn checked(&self, operation: &str) -> u64 {
+        self.checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|(target, _)| {
+                target.as_str() == operation
+                    || (!operation.contains('.') && action_of(target) == operation)
+            })
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The principals in force.
@@ -63,8 +85,8 @@ impl StrictIam {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = principals;
     }
 
-    /// Whether `request` may pass; the answer to send in its place when not.
-    fn check(&self, request: &ProxyRequest) -> Result<(), Answer> {
+    /// The answer to send in place of `request` when it is denied; `None` lets it pass.
+    fn denial(&self, request: &ProxyRequest) -> Option<Answer> {
         let credential = request
             .headers
             .get(hyper::header::AUTHORIZATION)
@@ -74,10 +96,7 @@ impl StrictIam {
             .principals
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(credential) = credential.filter(|c| principals.get(&c.access_key_id).is_some())
-        else {
-            return Ok(());
-        };
+        let credential = credential.filter(|c| principals.get(&c.access_key_id).is_some())?;
         let region = if credential.region.is_empty() {
             LOCAL_REGION.to_string()
         } else {
@@ -95,24 +114,30 @@ impl StrictIam {
             known_stream.as_deref(),
         ) {
             Ok(permissions) => permissions,
-            Err(RequestError::UnknownStream(_)) => return Ok(()),
+            Err(RequestError::UnknownStream(_)) => return None,
             // Malformed: the service refuses it with its own validation error.
             Err(why) => {
                 tracing::debug!(operation = %request.operation, %why, "strict IAM: not checked");
-                return Ok(());
+                return None;
             }
         };
+        *self
+            .checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(request.operation.clone())
+            .or_default() += 1;
         match principals.authorize(
             Some(&credential.access_key_id),
             &permissions,
             &self.account_id,
         ) {
-            Ok(()) => Ok(()),
+            Ok(()) => None,
             Err(denied) => {
                 tracing::debug!(operation = %request.operation, message = %denied.message, "strict IAM: denied");
                 self.refusals
                     .record(&request.operation, RefusalKind::AccessDenied);
-                Err(Answer::Respond(access_denied(
+                Some(Answer::Respond(access_denied(
                     &request.operation,
                     &denied.message,
                 )))
@@ -149,9 +174,9 @@ fn access_denied(operation: &str, message: &str) -> ProxyResponse {
 impl ProxyLayer for StrictIam {
     fn call<'a>(&'a self, request: ProxyRequest, forward: Forward<'a>) -> LayerFuture<'a> {
         Box::pin(async move {
-            match self.check(&request) {
-                Ok(()) => forward.send(request).await,
-                Err(denied) => denied,
+            match self.denial(&request) {
+                None => forward.send(request).await,
+                Some(denied) => denied,
             }
         })
     }

@@ -357,6 +357,14 @@ impl KeySchemas {
             .cloned()
     }
 
+    /// Forgets the schema of `table` (deleted: it may come back with another).
+    pub fn remove(&self, table: &str) {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(table);
+    }
+
     /// Remembers the schema of `table`.
     pub fn insert(&self, table: &str, schema: KeySchema) {
         self.tables

@@ -168,6 +168,14 @@ impl ProxyLayer for StrictDynamoDb {
     fn call<'a>(&'a self, request: ProxyRequest, forward: Forward<'a>) -> LayerFuture<'a> {
         Box::pin(async move {
             let describe = request.operation == dynamodb_target("DescribeTable");
+            if request.operation == dynamodb_target("DeleteTable")
+                && let Some(table) = request
+                    .json()
+                    .and_then(|body| body["TableName"].as_str().map(str::to_string))
+            {
+                // A table created again under the name may have another key.
+                self.schemas.remove(&table);
+            }
             match self.writes_of(&request).await {
                 Writes::Nothing => {}
                 Writes::Item(item) => {
