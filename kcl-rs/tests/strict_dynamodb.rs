@@ -82,7 +82,7 @@ async fn strict_aws(hold: Duration) -> LocalAws {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_writes_of_an_item_in_a_transaction_in_flight_conflict() {
-    let aws = strict_aws(Duration::from_secs(2)).await;
+    let aws = strict_aws(Duration::from_secs(5)).await;
     let strict = aws.strict().unwrap();
     let clients = aws.clients().await;
     let table = unique("orders");
@@ -166,7 +166,7 @@ async fn single_writes_of_an_item_in_a_transaction_in_flight_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_transactions_cancel_the_later_one_with_reason_transaction_conflict() {
-    let aws = strict_aws(Duration::from_secs(2)).await;
+    let aws = strict_aws(Duration::from_secs(5)).await;
     let strict = aws.strict().unwrap();
     let clients = aws.clients().await;
     let table = unique("orders");
@@ -250,6 +250,67 @@ async fn overlapping_transactions_cancel_the_later_one_with_reason_transaction_c
     assert_eq!(
         strict.refusals_of("TransactWriteItems", RefusalKind::TransactionConflict),
         1
+    );
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_hold_writes_racing_transactions_conflict() {
+    let aws = LocalAws::start(LocalAwsOptions::strict()).await.unwrap();
+    let strict = aws.strict().unwrap();
+    let clients = aws.clients().await;
+    let table = unique("orders");
+    create_table(&clients, &table).await;
+
+    let done = CancellationToken::new();
+    let transactions = {
+        let dynamodb = clients.dynamodb.clone();
+        let item = update(&table, "hot");
+        let done = done.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                dynamodb
+                    .transact_write_items()
+                    .transact_items(item.clone())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            done.cancel();
+        })
+    };
+    let mut conflicts = 0;
+    let mut written = 0;
+    while !done.is_cancelled() {
+        let result = clients
+            .dynamodb
+            .update_item()
+            .table_name(&table)
+            .key("id", s("hot"))
+            .update_expression("SET m = :m")
+            .expression_attribute_values(":m", AttributeValue::N("1".into()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => written += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some("TransactionConflictException"));
+                conflicts += 1;
+            }
+        }
+    }
+    transactions.await.unwrap();
+    assert!(
+        conflicts > 0,
+        "no conflict in 20 transactions ({written} writes)"
+    );
+    assert_eq!(
+        strict.refusals_of("UpdateItem", RefusalKind::TransactionConflict),
+        conflicts
+    );
+    assert_eq!(
+        strict.dynamodb().limits(),
+        kcl::local::strict::DynamoDbLimits::default()
     );
     aws.shutdown().await;
 }
