@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use kcl::local::strict::{KinesisLimits, StrictOptions};
 use kcl::local::{LocalAws, LocalAwsOptions};
 
 use super::{CommandError, shutdown_signal};
@@ -28,6 +29,34 @@ pub struct LocalArgs {
     /// MergeShards.
     #[arg(long, default_value_t = 500)]
     transition_ms: u64,
+    /// Strict mode: refuse what real AWS refuses (read and control-plane rate limits,
+    /// retention), write limits on; the ports above are then strict proxies'.
+    #[arg(long)]
+    strict: bool,
+    /// Strict mode: seconds records and closed shards are kept (AWS: 86400).
+    #[arg(long, requires = "strict", default_value_t = 86_400)]
+    retention_secs: u64,
+    /// Strict mode: GetRecords calls per second per shard (AWS: 5; 0 for no limit).
+    #[arg(long, requires = "strict", default_value_t = 5)]
+    get_records_per_shard: u32,
+    /// Strict mode: KiB of records GetRecords may return per second per shard (AWS:
+    /// 2048; 0 for no limit).
+    #[arg(long, requires = "strict", default_value_t = 2048)]
+    read_kib_per_shard: u64,
+}
+
+impl LocalArgs {
+    fn strict_options(&self) -> Option<StrictOptions> {
+        self.strict.then(|| StrictOptions {
+            kinesis: KinesisLimits {
+                retention: std::time::Duration::from_secs(self.retention_secs),
+                get_records_per_shard: self.get_records_per_shard,
+                read_bytes_per_shard: self.read_kib_per_shard * 1024,
+                ..KinesisLimits::default()
+            },
+            ..StrictOptions::default()
+        })
+    }
 }
 
 pub async fn run(args: LocalArgs) -> Result<(), CommandError> {
@@ -38,12 +67,14 @@ pub async fn run(args: LocalArgs) -> Result<(), CommandError> {
         shard_limit: args.shard_limit,
         enforce_limits: args.enforce_limits,
         stream_transition_ms: args.transition_ms,
+        strict: args.strict_options(),
         ..LocalAwsOptions::default()
     })
     .await?;
     let endpoints = aws.endpoints();
     println!(
-        "local AWS ready: Kinesis {} DynamoDB {} (region {}, any credentials){}",
+        "local AWS ready{}: Kinesis {} DynamoDB {} (region {}, any credentials){}",
+        if args.strict { " (strict)" } else { "" },
         endpoints.kinesis.as_deref().unwrap_or_default(),
         endpoints.dynamodb.as_deref().unwrap_or_default(),
         kcl::aws::LOCAL_REGION,
@@ -54,6 +85,11 @@ pub async fn run(args: LocalArgs) -> Result<(), CommandError> {
     );
     shutdown_signal().await;
     println!("shutting down local AWS");
+    if let Some(strict) = aws.strict() {
+        for ((operation, kind), count) in strict.refusal_counts().snapshot() {
+            println!("strict refusals: {operation} {kind:?}: {count}");
+        }
+    }
     aws.shutdown().await;
     Ok(())
 }

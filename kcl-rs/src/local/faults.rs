@@ -38,7 +38,7 @@
 //! # }
 //! ```
 
-mod layer;
+pub mod layer;
 mod plan;
 
 use std::convert::Infallible;
@@ -96,8 +96,19 @@ impl<I: FaultInjector> FaultProxy<I> {
         injector: I,
         layers: Vec<Arc<dyn ProxyLayer>>,
     ) -> std::io::Result<FaultProxy<I>> {
+        FaultProxy::start_layered_on(0, upstream_url, injector, layers).await
+    }
+
+    /// Like [`FaultProxy::start_layered`], listening on 127.0.0.1:`port` (0 picks a
+    /// free one): for a proxy that stands where clients expect the service.
+    pub async fn start_layered_on(
+        port: u16,
+        upstream_url: &str,
+        injector: I,
+        layers: Vec<Arc<dyn ProxyLayer>>,
+    ) -> std::io::Result<FaultProxy<I>> {
         let upstream = Upstream::new(parse_upstream(upstream_url)?);
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream,

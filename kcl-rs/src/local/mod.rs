@@ -53,9 +53,10 @@ pub enum KinesisBackend {
 /// How to start [`LocalAws`]. The defaults suit tests: ephemeral ports, in memory.
 #[derive(Clone, Debug)]
 pub struct LocalAwsOptions {
-    /// Kinesis port on 127.0.0.1; 0 picks a free one.
+    /// Kinesis port on 127.0.0.1; 0 picks a free one. In strict mode the strict proxy
+    /// listens there, and the server on a free port behind it.
     pub kinesis_port: u16,
-    /// DynamoDB port on 127.0.0.1; 0 picks a free one.
+    /// DynamoDB port on 127.0.0.1; 0 picks a free one. In strict mode, as `kinesis_port`.
     pub dynamodb_port: u16,
     /// Folder for durable state (`kinesis/` and `dynamodb.sqlite`); `None` keeps all in memory.
     pub data_dir: Option<PathBuf>,
@@ -165,9 +166,14 @@ impl LocalAws {
     pub async fn start(options: LocalAwsOptions) -> Result<LocalAws, LocalAwsError> {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
+        // In strict mode the asked ports are the proxies': clients connect there.
+        let (kinesis_port, dynamodb_port) = match options.strict {
+            Some(_) => (0, 0),
+            None => (options.kinesis_port, options.dynamodb_port),
+        };
 
-        let dynamo_listener = bind("DynamoDB", options.dynamodb_port).await?;
-        let dynamodb_addr = local_addr("DynamoDB", &dynamo_listener, options.dynamodb_port)?;
+        let dynamo_listener = bind("DynamoDB", dynamodb_port).await?;
+        let dynamodb_addr = local_addr("DynamoDB", &dynamo_listener, dynamodb_port)?;
         let db = match &options.data_dir {
             Some(dir) => {
                 create_dir(dir, "DynamoDB")?;
@@ -199,8 +205,8 @@ impl LocalAws {
         let (kinesis_url, kinesis_addr) = match &options.kinesis {
             KinesisBackend::External(url) => (url.clone(), None),
             KinesisBackend::Embedded => {
-                let listener = bind("Kinesis", options.kinesis_port).await?;
-                let addr = local_addr("Kinesis", &listener, options.kinesis_port)?;
+                let listener = bind("Kinesis", kinesis_port).await?;
+                let addr = local_addr("Kinesis", &listener, kinesis_port)?;
                 let app = kinesis_app(&options)?;
                 let stop = cancel.clone();
                 tasks.push(tokio::spawn(async move {
@@ -218,10 +224,11 @@ impl LocalAws {
         let strict = match &options.strict {
             Some(strict) => {
                 let dynamodb_url = format!("http://{dynamodb_addr}");
-                let proxies = StrictAws::start(strict, &kinesis_url, &dynamodb_url).await;
-                Some(proxies.map_err(|source| LocalAwsError::Bind {
-                    service: "strict proxy",
-                    port: 0,
+                let ports = (options.kinesis_port, options.dynamodb_port);
+                let proxies = StrictAws::start_on(strict, ports, &kinesis_url, &dynamodb_url);
+                Some(proxies.await.map_err(|source| LocalAwsError::Bind {
+                    service: "strict proxies",
+                    port: options.kinesis_port,
                     source,
                 })?)
             }

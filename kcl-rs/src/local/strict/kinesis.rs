@@ -122,6 +122,18 @@ enum Pass {
     Other,
 }
 
+/// The operations the layer limits or learns from; others pass untouched.
+const WATCHED: [&str; 8] = [
+    "GetShardIterator",
+    "GetRecords",
+    "ListShards",
+    "DescribeStream",
+    "DescribeStreamSummary",
+    "SplitShard",
+    "MergeShards",
+    "DeleteStream",
+];
+
 fn rate(per_second: f64) -> Option<Rate> {
     (per_second > 0.0).then(|| Rate::per_second(per_second))
 }
@@ -453,6 +465,10 @@ impl StrictKinesis {
 impl ProxyLayer for StrictKinesis {
     fn call<'a>(&'a self, request: ProxyRequest, forward: Forward<'a>) -> LayerFuture<'a> {
         Box::pin(async move {
+            if !WATCHED.contains(&request.action()) {
+                // Writes and the rest: nothing to limit or learn, no body to parse.
+                return forward.send(request).await;
+            }
             let body = request.json().unwrap_or(Value::Null);
             let admitted = self.lock().admit(
                 request.action(),

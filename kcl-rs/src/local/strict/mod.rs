@@ -189,9 +189,21 @@ pub struct StrictAws {
 }
 
 impl StrictAws {
-    /// Starts a strict proxy on 127.0.0.1 in front of each endpoint (`http://host:port`).
+    /// Starts a strict proxy on 127.0.0.1 (ephemeral ports) in front of each endpoint
+    /// (`http://host:port`).
     pub async fn start(
         options: &StrictOptions,
+        kinesis_url: &str,
+        dynamodb_url: &str,
+    ) -> std::io::Result<StrictAws> {
+        StrictAws::start_on(options, (0, 0), kinesis_url, dynamodb_url).await
+    }
+
+    /// Like [`StrictAws::start`], the proxies listening on 127.0.0.1 at `ports`
+    /// (Kinesis, DynamoDB; 0 picks a free one).
+    pub async fn start_on(
+        options: &StrictOptions,
+        ports: (u16, u16),
         kinesis_url: &str,
         dynamodb_url: &str,
     ) -> std::io::Result<StrictAws> {
@@ -215,10 +227,21 @@ impl StrictAws {
         // IAM first: AWS authorises a request before it throttles or conflicts it.
         let kinesis_layers: Vec<Arc<dyn ProxyLayer>> = vec![iam.clone(), kinesis.clone()];
         let dynamodb_layers: Vec<Arc<dyn ProxyLayer>> = vec![iam.clone(), dynamodb.clone()];
-        let kinesis_proxy =
-            FaultProxy::start_layered(kinesis_url, FaultPlan::default(), kinesis_layers).await?;
-        let dynamodb_proxy =
-            FaultProxy::start_layered(dynamodb_url, FaultPlan::default(), dynamodb_layers).await?;
+        let (kinesis_port, dynamodb_port) = ports;
+        let kinesis_proxy = FaultProxy::start_layered_on(
+            kinesis_port,
+            kinesis_url,
+            FaultPlan::default(),
+            kinesis_layers,
+        )
+        .await?;
+        let dynamodb_proxy = FaultProxy::start_layered_on(
+            dynamodb_port,
+            dynamodb_url,
+            FaultPlan::default(),
+            dynamodb_layers,
+        )
+        .await?;
         Ok(StrictAws {
             kinesis_proxy,
             dynamodb_proxy,
