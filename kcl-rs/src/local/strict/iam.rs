@@ -6,6 +6,41 @@
 //! A [`Principals`] table binds access key ids to a name and a [`Policy`]; a request
 //! signed with any other key is unrestricted (the test harness's administrator), so a
 //! test restricts exactly the clients it builds for a principal.
+//!
+//! ```
+//! use kcl::local::strict::iam::{ArnScope, Placeholders, Policy, Principals, required_permissions};
+//!
+//! // A Markdown section holding the policy in a json fence, as docs/iam-policy.md does.
+//! let fence = "`".repeat(3);
+//! let markdown = format!(
+//!     "## Orders writer\n{fence}json\n{}\n{fence}\n",
+//!     r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+//!        "Action": ["dynamodb:UpdateItem"],
+//!        "Resource": "arn:aws:dynamodb:REGION:ACCOUNT:table/APP"}]}"#
+//! );
+//! let names = Placeholders {
+//!     region: "us-east-1".into(),
+//!     account: "000000000000".into(),
+//!     stream: "orders".into(),
+//!     app: "orders".into(),
+//!     key_id: String::new(),
+//! };
+//! let policy = Policy::from_markdown(&markdown, "Orders writer", &names).unwrap();
+//! let principals = Principals::new().with("AKIDWRITER", "writer", policy);
+//!
+//! // A transaction is authorised per item: Update needs UpdateItem, ConditionCheck
+//! // needs ConditionCheckItem, which this policy lacks.
+//! let body = br#"{"TransactItems": [
+//!     {"Update": {"TableName": "orders", "Key": {"id": {"S": "1"}}, "UpdateExpression": "SET n = :n"}},
+//!     {"ConditionCheck": {"TableName": "orders", "Key": {"id": {"S": "2"}}, "ConditionExpression": "attribute_exists(id)"}}]}"#;
+//! let scope = ArnScope { region: "us-east-1".into(), account: "000000000000".into() };
+//! let needed =
+//!     required_permissions("DynamoDB_20120810.TransactWriteItems", body, &scope, None).unwrap();
+//! let denied = principals.authorize(Some("AKIDWRITER"), &needed, "000000000000").unwrap_err();
+//! assert_eq!(denied.permission.action, "dynamodb:ConditionCheckItem");
+//! // Keys not in the table (the test harness's administrator) are not restricted.
+//! assert!(principals.authorize(Some("AKIDADMIN"), &needed, "000000000000").is_ok());
+//! ```
 
 mod policy;
 mod request;
