@@ -552,6 +552,29 @@ async fn a_worker_signed_as_the_documented_worker_policy_is_never_denied() {
         || async { (records.lock().unwrap().len() >= 20).then_some(()) },
     )
     .await;
+    // A reshard makes the worker end a shard and read its children: lease creation,
+    // parent checks and SHARD_END checkpoints under the same policy.
+    kcl::stream::split_shard(
+        &admin.kinesis,
+        &stream,
+        "shardId-000000000000",
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    common::consumers::produce(&admin, &stream, 4, 5..10).await;
+    wait_for(
+        "the records put after the split delivered",
+        Duration::from_secs(60),
+        || async {
+            let records = records.lock().unwrap();
+            (0..4)
+                .all(|k| records.contains(&format!("k{k}:9")))
+                .then_some(())
+        },
+    )
+    .await;
     cancel.cancel();
     run.await.unwrap().unwrap();
     // Every kind of call the worker makes was checked against the policy; GetRecords
@@ -564,6 +587,7 @@ async fn a_worker_signed_as_the_documented_worker_policy_is_never_denied() {
         "Scan",
         "PutItem",
         "UpdateItem",
+        "GetItem",
     ] {
         assert!(
             strict.iam().checked(operation) > 0,
