@@ -433,6 +433,21 @@ impl StrictKinesis {
         self.lock().trimmed
     }
 
+    /// The stream of a shard iterator this layer saw handed out, while it lives: what
+    /// IAM checks a GetRecords against.
+    pub fn stream_of_iterator(&self, iterator: &str) -> Option<String> {
+        let state = self.lock();
+        state
+            .iterators
+            .get(iterator, Instant::now())
+            .map(|shard| shard.stream.clone())
+    }
+
+    /// The stream of a ListShards `NextToken` this layer saw handed out, while it lives.
+    pub fn stream_of_list_token(&self, token: &str) -> Option<String> {
+        self.lock().list_tokens.get(token, Instant::now()).cloned()
+    }
+
     /// When the layer saw `shard` of `stream` close, if it did.
     pub fn shard_closed_at(&self, stream: &str, shard: &str) -> Option<SystemTime> {
         self.lock()

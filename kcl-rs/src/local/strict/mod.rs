@@ -13,8 +13,17 @@
 //! and 2 MiB/s, GetShardIterator 5/s), control-plane limits (ListShards per stream,
 //! DescribeStream and DescribeStreamSummary per account), and retention (records
 //! trimmed, closed shards deleted) with a retention settable at run time. Writes are
-//! limited by the emulator itself (`enforce_limits`). Every refusal is counted per
-//! operation and [`RefusalKind`].
+//! limited by the emulator itself (`enforce_limits`).
+//!
+//! DynamoDB ([`dynamodb::StrictDynamoDb`]): transaction conflicts, with transactions
+//! held in flight a settable moment ([`DynamoDbLimits::transaction_hold`]) so that they
+//! really meet other writes ([`conflicts`]).
+//!
+//! IAM ([`access::StrictIam`], in front of both services): requests signed with an
+//! access key bound in [`StrictOptions::principals`] are authorised against that
+//! principal's policy, and denied with AWS's `AccessDeniedException` ([`iam`]);
+//! [`LocalAws::clients_as`](super::LocalAws::clients_as) builds clients signed with such
+//! a key. Every refusal is counted per operation and [`RefusalKind`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
@@ -36,7 +45,11 @@
 //! # }
 //! ```
 
+pub mod access;
+pub mod conflicts;
+pub mod dynamodb;
 pub mod expiring;
+pub mod iam;
 pub mod kinesis;
 pub mod rate;
 pub mod retention;
@@ -46,7 +59,10 @@ use std::sync::{Arc, Mutex};
 
 use super::faults::{FaultPlan, FaultProxy, ProxyLayer, action_of};
 use crate::aws::Endpoints;
+use iam::Principals;
 
+pub use access::StrictIam;
+pub use dynamodb::{DynamoDbLimits, StrictDynamoDb};
 pub use kinesis::{KinesisLimits, StrictKinesis};
 
 /// The account id strict answers name in their messages (the emulators' default).
@@ -57,8 +73,14 @@ pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
 pub struct StrictOptions {
     /// Kinesis limits and retention.
     pub kinesis: KinesisLimits,
-    /// The account id named in error messages ("... under account 000000000000").
+    /// The account id named in error messages ("... under account 000000000000") and
+    /// in the ARNs IAM checks.
     pub account_id: String,
+    /// DynamoDB behaviour: how long transactions are held in flight.
+    pub dynamodb: DynamoDbLimits,
+    /// Access key id → IAM principal restricted to its policy; requests signed with
+    /// any other key are unrestricted. Empty by default.
+    pub principals: Principals,
 }
 
 impl Default for StrictOptions {
@@ -66,6 +88,8 @@ impl Default for StrictOptions {
         StrictOptions {
             kinesis: KinesisLimits::default(),
             account_id: DEFAULT_ACCOUNT_ID.to_string(),
+            dynamodb: DynamoDbLimits::default(),
+            principals: Principals::default(),
         }
     }
 }
@@ -159,6 +183,8 @@ pub struct StrictAws {
     kinesis_proxy: FaultProxy,
     dynamodb_proxy: FaultProxy,
     kinesis: Arc<StrictKinesis>,
+    dynamodb: Arc<StrictDynamoDb>,
+    iam: Arc<StrictIam>,
     refusals: Arc<Refusals>,
 }
 
@@ -187,9 +213,20 @@ impl StrictAws {
             options.account_id.clone(),
             Arc::clone(&refusals),
         ));
-        let kinesis_layers: Vec<Arc<dyn ProxyLayer>> = vec![kinesis.clone()];
-        // DynamoDB's strict layers (transaction conflicts, IAM) stack here.
-        let dynamodb_layers: Vec<Arc<dyn ProxyLayer>> = Vec::new();
+        let dynamodb = Arc::new(StrictDynamoDb::new(
+            options.dynamodb.clone(),
+            dynamodb_url,
+            Arc::clone(&refusals),
+        ));
+        let iam = Arc::new(StrictIam::new(
+            options.principals.clone(),
+            options.account_id.clone(),
+            Some(Arc::clone(&kinesis)),
+            Arc::clone(&refusals),
+        ));
+        // IAM first: AWS authorises a request before it throttles or conflicts it.
+        let kinesis_layers: Vec<Arc<dyn ProxyLayer>> = vec![iam.clone(), kinesis.clone()];
+        let dynamodb_layers: Vec<Arc<dyn ProxyLayer>> = vec![iam.clone(), dynamodb.clone()];
         let (kinesis_port, dynamodb_port) = ports;
         let kinesis_proxy = FaultProxy::start_layered_on(
             kinesis_port,
@@ -209,6 +246,8 @@ impl StrictAws {
             kinesis_proxy,
             dynamodb_proxy,
             kinesis,
+            dynamodb,
+            iam,
             refusals,
         })
     }
@@ -221,6 +260,16 @@ impl StrictAws {
     /// The Kinesis layer: its limits and retention, changeable at run time.
     pub fn kinesis(&self) -> &StrictKinesis {
         &self.kinesis
+    }
+
+    /// The DynamoDB layer: its transaction hold, changeable at run time.
+    pub fn dynamodb(&self) -> &StrictDynamoDb {
+        &self.dynamodb
+    }
+
+    /// The IAM layer: its principals, changeable at run time.
+    pub fn iam(&self) -> &StrictIam {
+        &self.iam
     }
 
     /// The refusal counts of every layer.
