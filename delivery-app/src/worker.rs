@@ -10,7 +10,7 @@ use kcl::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::stats::{ShardRanges, StatsProcessor, StatsStore};
+use crate::stats::{Halt, ShardRanges, StatsProcessor, StatsStore};
 
 /// Settings of a statistics worker.
 #[derive(Clone, Debug)]
@@ -34,7 +34,10 @@ pub struct WorkerOptions {
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs a worker until `cancel`, then shuts it down gracefully (processors
-/// checkpoint, leases are released for the others to take at once).
+/// checkpoint, leases are released for the others to take at once). Returns an error
+/// naming the table, the call and what is wrong when DynamoDB fails in a way retrying
+/// cannot fix (access denied, a missing table, a refusal no record explains): the
+/// worker then stops on its own, gracefully, instead of retrying for ever.
 pub async fn run_worker(
     clients: &Clients,
     options: &WorkerOptions,
@@ -58,12 +61,18 @@ pub async fn run_worker(
     }
     let config = builder.build()?;
     tracing::info!(worker = %config.worker_id, stream = %options.stream, app = %options.app, "statistics worker starting");
+    // A child token: a processor's fatal error stops this worker, not the caller's
+    // other tasks; the caller's cancellation still reaches every processor.
+    let halt = Halt::new(cancel.child_token());
     Worker::new(
         config,
         clients,
-        StatsProcessor::factory(store, ranges, audit),
+        StatsProcessor::factory(store, ranges, audit, halt.clone()),
     )
-    .run(cancel)
+    .run(halt.token().clone())
     .await?;
-    Ok(())
+    match halt.error() {
+        Some(error) => Err(format!("the statistics worker stopped: {error}").into()),
+        None => Ok(()),
+    }
 }

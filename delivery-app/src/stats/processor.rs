@@ -9,6 +9,13 @@
 //! this worker still holds the shard's lease: a worker that lost it (a zombie after a
 //! pause) has its transaction refused and abandons the batch. A transaction cancelled
 //! otherwise (an order changed elsewhere) is re-read and re-planned, never forced.
+//!
+//! Every record ends somewhere: applied, skipped (a replay, a redelivery, a foreign
+//! aggregate's copy) or a dead letter, whether the parser, the plan (a sum that would
+//! overflow) or DynamoDB itself (a refused transaction, isolated by
+//! [`isolate`](super::isolate)) rejects it. Every retry names what ends it: success,
+//! the lease moving (the transaction's check), an error retrying cannot fix (which stops
+//! the worker through [`Halt`]) or cancellation (shutdown).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,11 +24,15 @@ use std::time::Duration;
 use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, LeaseOwnership};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::retrieval::KinesisClientRecord;
+use tokio_util::sync::CancellationToken;
 
-use super::plan::{OrderState, ParsedRecord, plan_chunk, referenced_orders};
+use super::halt::Halt;
+use super::isolate::{AfterRefusal, after_refusal};
+use super::plan::{OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders};
 use super::store::{StatsStore, StoreError, now_ms};
+use super::summary::Summary;
 use crate::audit::{AttemptResult, AuditLog};
-use crate::events::{Event, Region, parse};
+use crate::events::{Event, Reason, Region, Rejection, parse};
 
 /// Orders kept in a processor's cache before it is emptied.
 const CACHE_LIMIT: usize = 200_000;
@@ -46,30 +57,60 @@ impl ShardRanges {
         }
     }
 
-    /// The range of `shard_id`, listing the shards (again, with retries) when unknown.
-    pub async fn range_of(&self, shard_id: &str) -> (u128, u128) {
+    /// The range of `shard_id`, listing the shards (again, with retries) when unknown;
+    /// `None` once `cancel` is cancelled.
+    pub async fn range_of(
+        &self,
+        shard_id: &str,
+        cancel: &CancellationToken,
+    ) -> Option<(u128, u128)> {
         let mut pause = Duration::from_millis(100);
         loop {
             if let Some(range) = self.known.lock().expect("not poisoned").get(shard_id) {
-                return *range;
+                return Some(*range);
             }
-            match kcl::stream::list_shards(&self.kinesis, &self.stream).await {
+            let listed = tokio::select! {
+                listed = kcl::stream::list_shards(&self.kinesis, &self.stream) => listed,
+                _ = cancel.cancelled() => return None,
+            };
+            match listed {
                 Ok(shards) => {
                     let mut known = self.known.lock().expect("not poisoned");
                     for s in shards {
                         known.insert(s.shard_id, (s.starting_hash_key, s.ending_hash_key));
                     }
                     if let Some(range) = known.get(shard_id) {
-                        return *range;
+                        return Some(*range);
                     }
                     tracing::warn!(shard = shard_id, "shard not listed yet");
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot list shards"),
             }
-            tokio::time::sleep(pause).await;
+            if !pause_unless_cancelled(pause, cancel).await {
+                return None;
+            }
             pause = (pause * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Sleeps `pause`; false if `cancel` fired first.
+async fn pause_unless_cancelled(pause: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+/// Why a processor stops working on a batch before its end.
+#[derive(Debug)]
+enum Stop {
+    /// The worker is shutting down.
+    Cancelled,
+    /// The lease moved: the new owner resumes from the checkpoint.
+    LeaseLost,
+    /// An error retrying cannot fix and no record explains: the worker stops.
+    Fatal(StoreError),
 }
 
 /// Whether a user record's hash key is in `range`. Kinesis routes a plain record by its
@@ -107,32 +148,40 @@ pub struct StatsProcessor {
     store: Arc<StatsStore>,
     ranges: Arc<ShardRanges>,
     audit: Option<Arc<AuditLog>>,
+    halt: Halt,
     range: Option<(u128, u128)>,
     /// The last record applied, once read from the statistics item.
     watermark: Option<Option<ExtendedSequenceNumber>>,
     /// The shard's orders per pickup region, as stored with `watermark`.
     regions: BTreeMap<Region, u64>,
+    /// The shard's sums, as stored with `watermark`: what overflow is checked against.
+    sums: Summary,
     /// Created orders as this processor last wrote or read them. Only a hint: every
     /// write is conditioned on the state, so a stale entry costs a retry, not a count.
     cache: HashMap<String, OrderState>,
 }
 
 impl StatsProcessor {
-    /// A processor for `shard_id`, recording its writes in `audit` if given.
+    /// A processor for `shard_id`, recording its writes in `audit` if given, stopping
+    /// its retries when `halt`'s token is cancelled and stopping the worker through
+    /// `halt` on an error no record explains.
     pub fn new(
         shard_id: &str,
         store: Arc<StatsStore>,
         ranges: Arc<ShardRanges>,
         audit: Option<Arc<AuditLog>>,
+        halt: Halt,
     ) -> Self {
         StatsProcessor {
             shard_id: shard_id.to_string(),
             store,
             ranges,
             audit,
+            halt,
             range: None,
             watermark: None,
             regions: BTreeMap::new(),
+            sums: Summary::default(),
             cache: HashMap::new(),
         }
     }
@@ -142,6 +191,7 @@ impl StatsProcessor {
         store: Arc<StatsStore>,
         ranges: Arc<ShardRanges>,
         audit: Option<Arc<AuditLog>>,
+        halt: Halt,
     ) -> impl Fn(&str) -> StatsProcessor + Send + Sync + 'static {
         move |shard: &str| {
             StatsProcessor::new(
@@ -149,40 +199,53 @@ impl StatsProcessor {
                 Arc::clone(&store),
                 Arc::clone(&ranges),
                 audit.clone(),
+                halt.clone(),
             )
         }
     }
 
-    /// Retries `call` until it succeeds, pausing longer each time.
-    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
+    /// Calls `call` until it succeeds, pausing longer after each transient failure.
+    /// Ends with the value, with [`Stop::Fatal`] on an error retrying cannot fix, or
+    /// with [`Stop::Cancelled`] when the worker stops (even mid-call: a call to an
+    /// unreachable DynamoDB can take the SDK's whole timeout).
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        let cancel = self.halt.token().clone();
         let mut pause = Duration::from_millis(50);
         loop {
-            match call().await {
-                Ok(v) => return v,
-                Err(e) => {
+            let result = tokio::select! {
+                result = call() => result,
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => {
                     tracing::warn!(shard = %self.shard_id, error = %e, "{what} failed; retrying")
                 }
+                Err(e) => return Err(Stop::Fatal(e)),
             }
-            tokio::time::sleep(pause).await;
+            if !pause_unless_cancelled(pause, &cancel).await {
+                return Err(Stop::Cancelled);
+            }
             pause = (pause * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// Reads the shard's statistics item: the watermark and the region counts.
-    async fn reload_watermark(&mut self) -> Option<ExtendedSequenceNumber> {
+    /// Reads the shard's statistics item: the watermark, the sums and the region counts.
+    async fn reload_watermark(&mut self) -> Result<Option<ExtendedSequenceNumber>, Stop> {
         let store = Arc::clone(&self.store);
         let shard = self.shard_id.clone();
         let stats = self
             .retry("reading the watermark", || store.shard_stats(&shard))
-            .await
+            .await?
             .unwrap_or_default();
         self.regions = stats.totals.regions;
+        self.sums = stats.totals.sums;
         self.watermark = Some(stats.watermark.clone());
-        stats.watermark
+        Ok(stats.watermark)
     }
 
     /// The states of the orders `records` refer to: from the cache, assumed absent for
@@ -192,7 +255,7 @@ impl StatsProcessor {
         &mut self,
         records: &[ParsedRecord],
         forced: &HashSet<String>,
-    ) -> HashMap<String, Option<OrderState>> {
+    ) -> Result<HashMap<String, Option<OrderState>>, Stop> {
         let mut first_is_creation: HashMap<&str, bool> = HashMap::new();
         for r in records {
             if let Some(Ok(event)) = &r.parsed {
@@ -216,26 +279,37 @@ impl StatsProcessor {
             let store = Arc::clone(&self.store);
             let read = self
                 .retry("reading orders", || store.order_states(&to_read))
-                .await;
+                .await?;
             states.extend(read);
         }
-        states
+        Ok(states)
     }
 
     /// Applies `records` (after the watermark, in shard order) transaction by
-    /// transaction, as `owner`. Returns false if the lease turned out to be lost (the
-    /// rest of the batch is then left to the new owner).
-    async fn apply(&mut self, mut records: Vec<ParsedRecord>, owner: &LeaseOwnership) -> bool {
+    /// transaction, as `owner`. Ends when every record is applied or dead-lettered, or
+    /// with why it stopped before (the rest of the batch is then left to the next
+    /// owner of the lease).
+    async fn apply(
+        &mut self,
+        mut records: Vec<ParsedRecord>,
+        owner: &LeaseOwnership,
+    ) -> Result<(), Stop> {
         let started = std::time::Instant::now();
         let count = records.len();
         let mut transactions = 0;
         let mut forced = HashSet::new();
-        let mut states = self.states_for(&records, &forced).await;
+        let mut states = self.states_for(&records, &forced).await?;
         let read = started.elapsed();
         let mut pause = Duration::from_millis(50);
+        // Lowered while a refused transaction is bisected (see `isolate`).
+        let mut max_records = usize::MAX;
         while !records.is_empty() {
             transactions += 1;
-            let chunk = plan_chunk(&self.shard_id, &records, &states);
+            let limits = PlanLimits {
+                stored: self.sums.clone(),
+                max_records,
+            };
+            let chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
             let previous = self.watermark.clone().flatten();
             let mut regions = self.regions.clone();
             for (region, n) in &chunk.delta.regions {
@@ -250,16 +324,18 @@ impl StatsProcessor {
                     chunk.records,
                 )
             });
-            let applied = self
-                .store
-                .apply(
+            let applied = tokio::select! {
+                applied = self.store.apply(
                     &self.shard_id,
                     previous.as_ref(),
                     &regions,
                     &chunk,
                     &owner.worker_id,
-                )
-                .await;
+                ) => applied,
+                // A transaction abandoned mid-flight may still commit; its watermark
+                // condition makes the next owner's replay of it harmless.
+                _ = self.halt.token().cancelled() => return Err(Stop::Cancelled),
+            };
             if let (Some(log), Some(id)) = (&self.audit, attempt) {
                 log.outcome(
                     id,
@@ -275,6 +351,7 @@ impl StatsProcessor {
                 Ok(()) => {
                     pause = Duration::from_millis(50);
                     self.regions = regions;
+                    self.sums.add(&chunk.delta.sums);
                     self.watermark = Some(Some(chunk.last.clone()));
                     records.drain(..chunk.records);
                     if self.cache.len() > CACHE_LIMIT {
@@ -296,11 +373,11 @@ impl StatsProcessor {
                     tracing::info!(shard = %self.shard_id, "lease lost: transaction refused, batch abandoned");
                     self.cache.clear();
                     self.watermark = None;
-                    return false;
+                    return Err(Stop::LeaseLost);
                 }
                 Err(StoreError::Conflict { reasons }) => {
                     tracing::info!(shard = %self.shard_id, %reasons, "transaction cancelled by a condition; re-reading");
-                    let watermark = self.reload_watermark().await;
+                    let watermark = self.reload_watermark().await?;
                     if let Some(w) = &watermark {
                         records.retain(|r| r.position.compare(w).is_gt());
                     }
@@ -308,13 +385,48 @@ impl StatsProcessor {
                         self.cache.remove(&order.order_id);
                         forced.insert(order.order_id.clone());
                     }
-                    states = self.states_for(&records, &forced).await;
+                    states = self.states_for(&records, &forced).await?;
                 }
-                Err(e) => {
+                Err(StoreError::Refused { operation, message }) => {
+                    let first_is_dead_letter = chunk
+                        .dead_letters
+                        .first()
+                        .is_some_and(|d| d.position == records[0].position);
+                    match after_refusal(chunk.records, first_is_dead_letter) {
+                        AfterRefusal::Bisect { max_records: limit } => {
+                            tracing::warn!(shard = %self.shard_id, %message, records = chunk.records, "transaction refused; retrying with {limit} records to find the record DynamoDB refuses");
+                            max_records = limit;
+                        }
+                        AfterRefusal::DeadLetterFirst => {
+                            let record = &mut records[0];
+                            tracing::warn!(shard = %self.shard_id, position = ?record.position, %message, "DynamoDB refuses this record's writes; dead-lettering it");
+                            let order_id = match &record.parsed {
+                                Some(Ok(event)) => Some(event.order_id().to_string()),
+                                _ => None,
+                            };
+                            record.parsed = Some(Err(Rejection::new(
+                                Reason::RejectedByDynamodb,
+                                message,
+                                order_id.as_deref(),
+                            )));
+                            max_records = usize::MAX;
+                        }
+                        AfterRefusal::Stop => {
+                            return Err(Stop::Fatal(StoreError::Fatal(format!(
+                                "DynamoDB refused {operation} even with nothing but a \
+                                 dead letter in it, so no record explains it: {message}"
+                            ))));
+                        }
+                    }
+                }
+                Err(e) if e.is_transient() => {
                     tracing::warn!(shard = %self.shard_id, error = %e, "applying a transaction failed; retrying");
-                    tokio::time::sleep(pause).await;
+                    if !pause_unless_cancelled(pause, self.halt.token()).await {
+                        return Err(Stop::Cancelled);
+                    }
                     pause = (pause * 2).min(MAX_BACKOFF);
                 }
+                Err(e) => return Err(Stop::Fatal(e)),
             }
         }
         tracing::debug!(
@@ -325,7 +437,7 @@ impl StatsProcessor {
             total_ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );
-        true
+        Ok(())
     }
 
     /// Checkpoints everything delivered, recording an accepted checkpoint in the audit
@@ -350,27 +462,27 @@ impl StatsProcessor {
     }
 }
 
-impl RecordProcessor for StatsProcessor {
-    async fn initialize(&mut self, input: InitializationInput) {
-        self.shard_id = input.shard_id;
-    }
-
-    async fn process_records(
+impl StatsProcessor {
+    /// The batch's records after the watermark, parsed (`None`: nothing to apply).
+    async fn process(
         &mut self,
         input: ProcessRecordsInput,
-        checkpointer: &mut Checkpointer,
-    ) {
+    ) -> Result<Option<Vec<ParsedRecord>>, Stop> {
         let range = match self.range {
             Some(range) => range,
             None => {
-                let range = self.ranges.range_of(&self.shard_id).await;
+                let range = self
+                    .ranges
+                    .range_of(&self.shard_id, self.halt.token())
+                    .await
+                    .ok_or(Stop::Cancelled)?;
                 self.range = Some(range);
                 range
             }
         };
         let watermark = match self.watermark.clone() {
             Some(w) => w,
-            None => self.reload_watermark().await,
+            None => self.reload_watermark().await?,
         };
         // Judged on whole aggregates, before the watermark may cut one.
         let foreign = foreign_aggregates(&input.records, range);
@@ -389,10 +501,50 @@ impl RecordProcessor for StatsProcessor {
                 raw: r.data,
             })
             .collect();
-        if !records.is_empty() && !self.apply(records, &checkpointer.ownership()).await {
-            return;
+        Ok((!records.is_empty()).then_some(records))
+    }
+
+    /// A batch left unfinished: nothing is checkpointed, so the next owner of the lease
+    /// replays it (the watermark drops what was applied). A fatal error stops the
+    /// worker.
+    fn stopped(&mut self, stop: Stop) {
+        match stop {
+            Stop::Cancelled => {
+                tracing::info!(shard = %self.shard_id, "stopping mid-batch; the next owner replays it")
+            }
+            Stop::LeaseLost => {}
+            Stop::Fatal(error) => {
+                self.watermark = None;
+                self.halt.fail(&self.shard_id, &error);
+            }
         }
-        self.checkpoint(checkpointer, "checkpoint").await;
+    }
+}
+
+impl RecordProcessor for StatsProcessor {
+    async fn initialize(&mut self, input: InitializationInput) {
+        self.shard_id = input.shard_id;
+    }
+
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let owner = checkpointer.ownership();
+        match self.process(input).await.map(|records| (records, owner)) {
+            Ok((records, owner)) => {
+                let applied = match records {
+                    Some(records) => self.apply(records, &owner).await,
+                    None => Ok(()),
+                };
+                match applied {
+                    Ok(()) => self.checkpoint(checkpointer, "checkpoint").await,
+                    Err(stop) => self.stopped(stop),
+                }
+            }
+            Err(stop) => self.stopped(stop),
+        }
     }
 
     async fn lease_lost(&mut self) {
