@@ -1,0 +1,203 @@
+//! What DynamoDB refuses, and what no record explains, against an in-process worker
+//! whose DynamoDB calls go through a fault proxy: a `ValidationException` on one
+//! record's transaction is bisected down to that record, which alone becomes a dead
+//! letter while the shard moves on; access denied stops the worker with an error
+//! naming the call, the table and the missing permission.
+//!
+//! The embedded DynamoDB accepts what real DynamoDB refuses (keys over 2,048 bytes,
+//! items over 400 KB), and the parser now rejects such records before any write, so
+//! the refusal is injected: the proxy answers a `ValidationException` to every
+//! `TransactWriteItems` whose body holds a marker that only the order write of one
+//! assignment carries (its driver id; a dead letter stores the record's bytes as a
+//! base64 binary, without the marker in clear).
+
+use std::time::Duration;
+
+use delivery_app::events::Reason;
+use delivery_app::stats::StatsStore;
+use delivery_app::worker::{WorkerOptions, run_worker};
+use kcl::aws::{Clients, Endpoints};
+use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
+use kcl::local::testing::{unique, wait_for};
+use kcl::local::{LocalAws, LocalAwsOptions};
+use tokio_util::sync::CancellationToken;
+
+const MARKER: &str = "poison-driver";
+
+/// A local AWS, a fault proxy in front of its DynamoDB, a one-shard stream holding
+/// `events` (all with one partition key, so in order), and the clients a worker uses.
+async fn setup(events: &[String]) -> (LocalAws, FaultProxy, Clients, String, String) {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let proxy = FaultProxy::start(endpoints.dynamodb.as_deref().unwrap(), FaultPlan::new(7))
+        .await
+        .unwrap();
+    let clients = Clients::connect(&Endpoints::local(
+        endpoints.kinesis.clone().unwrap(),
+        proxy.url(),
+    ))
+    .await;
+    let stream = unique("refusals");
+    let app = unique("refusals-app");
+    kcl::stream::create_stream(&clients.kinesis, &stream, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for event in events {
+        clients
+            .kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(aws_sdk_kinesis::primitives::Blob::new(event.as_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
+    (aws, proxy, clients, stream, app)
+}
+
+fn options(stream: &str, app: &str) -> WorkerOptions {
+    WorkerOptions {
+        stream: stream.into(),
+        app: app.into(),
+        worker_id: Some("w1".into()),
+        failover: Duration::from_secs(3),
+        poll: Duration::from_millis(100),
+        audit_file: None,
+    }
+}
+
+fn created(order: &str) -> String {
+    format!(
+        r#"{{"type":"order_created","order_id":"{order}","created_at":1000,"pickup":{{"x":1,"y":2}},"dropoff":{{"x":3,"y":4}},"price_cents":250}}"#
+    )
+}
+
+fn assigned(order: &str, driver: &str) -> String {
+    format!(
+        r#"{{"type":"order_assigned","order_id":"{order}","driver_id":"{driver}","assigned_at":1500}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
+    let mut events = Vec::new();
+    for n in 0..20 {
+        events.push(created(&format!("o{n}")));
+    }
+    for n in 0..20 {
+        let driver = if n == 13 {
+            format!("{MARKER}-13")
+        } else {
+            format!("d{n}")
+        };
+        events.push(assigned(&format!("o{n}"), &driver));
+    }
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    proxy.plan().add(
+        Rule::dynamodb(
+            "TransactWriteItems",
+            Fault::error(
+                400,
+                "ValidationException",
+                "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of 2048 bytes",
+            ),
+        )
+        .when_body_contains(MARKER),
+    );
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (clients, options, cancel) = (clients.clone(), options(&stream, &app), cancel.clone());
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    let store = StatsStore::new(aws.clients().await.dynamodb, &app);
+    let stats = wait_for(
+        "every record applied or dead-lettered",
+        Duration::from_secs(60),
+        || {
+            let store = store.clone();
+            async move {
+                let stats = store.read().await.ok()?;
+                (stats.totals.records() >= 40).then_some(stats)
+            }
+        },
+    )
+    .await;
+    assert_eq!(stats.totals.sums.orders_created, 20);
+    assert_eq!(stats.totals.sums.orders_assigned, 19);
+    assert_eq!(stats.totals.sums.response_ms_sum, 19 * 500);
+    assert_eq!(
+        stats.totals.dead_letters.get(&Reason::RejectedByDynamodb),
+        Some(&1),
+        "{:?}",
+        stats.totals.dead_letters
+    );
+    assert_eq!(stats.totals.dead_letter_count(), 1);
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].raw.contains(MARKER), "{:?}", dead[0]);
+    assert!(
+        dead[0].detail.contains("ValidationException"),
+        "{:?}",
+        dead[0]
+    );
+    // The watermark passed the refused record: it is at the last record of the shard.
+    assert_eq!(stats.shards.len(), 1);
+    assert!(stats.shards[0].watermark.is_some());
+    assert!(
+        proxy.injected(
+            &dynamodb_target("TransactWriteItems"),
+            kcl::local::faults::FaultKind::ClientError
+        ) >= 2
+    );
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops within 30 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_denied_stops_the_worker_with_the_missing_permission() {
+    let events = vec![created("o1"), created("o2")];
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    proxy.plan().add(Rule::dynamodb(
+        "TransactWriteItems",
+        Fault::error(
+            400,
+            "AccessDeniedException",
+            format!(
+                "User: arn:aws:sts::123456789012:assumed-role/stats/w1 is not authorized to \
+                 perform: dynamodb:ConditionCheckItem on resource: \
+                 arn:aws:dynamodb:us-east-1:123456789012:table/{app} because no \
+                 identity-based policy allows the dynamodb:ConditionCheckItem action"
+            ),
+        ),
+    ));
+    let worker = tokio::spawn({
+        let (clients, options) = (clients.clone(), options(&stream, &app));
+        async move { run_worker(&clients, &options, CancellationToken::new()).await }
+    });
+    let result = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops on its own")
+        .unwrap();
+    let error = result
+        .expect_err("access denied is not retried for ever")
+        .to_string();
+    assert!(error.contains("TransactWriteItems"), "{error}");
+    assert!(error.contains(&format!("{app}-Stats")), "{error}");
+    assert!(
+        error.contains("missing permission is dynamodb:ConditionCheckItem"),
+        "{error}"
+    );
+    // Nothing was applied, and the single try was not repeated.
+    let store = StatsStore::new(aws.clients().await.dynamodb, &app);
+    assert_eq!(store.read().await.unwrap().totals.records(), 0);
+    assert_eq!(proxy.calls(&dynamodb_target("TransactWriteItems")), 1);
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}
