@@ -3,6 +3,7 @@
 pub mod chaos;
 pub mod create_stream;
 pub mod demo;
+pub mod failure;
 pub mod local;
 pub mod produce;
 pub mod reshard;
@@ -61,6 +62,11 @@ impl SimArgs {
         }
     }
 }
+
+/// How long a command may take to stop after Ctrl-C or SIGTERM before it gives up on
+/// a clean stop and exits anyway: under the 30 s a supervisor (systemd, Kubernetes,
+/// ECS) usually grants before SIGKILL, whatever DynamoDB or Kinesis do meanwhile.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
