@@ -59,6 +59,7 @@ impl SimArgs {
             region_ms: self.region_ms,
             keys: self.keys,
             bad_events: self.bad_events.unwrap_or(bad_events),
+            hostile_events: false,
         }
     }
 }
