@@ -36,7 +36,7 @@ pub struct ProduceArgs {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<(), CommandError> {
-    let clients = args.aws.clients().await?;
+    let clients = args.aws.clients(Some(&args.names.stream), None).await?;
     let stream = &args.names.stream;
     if let Err(e) = kcl::stream::list_shards(&clients.kinesis, stream).await {
         return Err(format!(

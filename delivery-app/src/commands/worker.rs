@@ -46,7 +46,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
     let mut running = tokio::spawn({
         let cancel = cancel.clone();
         async move {
-            let clients = args.aws.clients().await?;
+            let clients = args
+                .aws
+                .clients(Some(&args.names.stream), Some(&args.names.app))
+                .await?;
             run_worker(&clients, &options, cancel).await
         }
     });
