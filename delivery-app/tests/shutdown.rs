@@ -231,3 +231,135 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_away() {
     s.aws.shutdown().await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_produce_whose_kinesis_went_silent() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let proxy = FaultProxy::start(endpoints.kinesis.as_deref().unwrap(), FaultPlan::new(5))
+        .await
+        .unwrap();
+    let clients = aws.clients().await;
+    let stream = unique("produce-silent");
+    kcl::stream::create_stream(&clients.kinesis, &stream, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("produce-silent"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut produce = Command::new(EXE)
+        .args(["produce", "--kinesis-endpoint", &proxy.url()])
+        .args([
+            "--dynamodb-endpoint",
+            endpoints.dynamodb.as_deref().unwrap(),
+        ])
+        .args(["--stream", &stream, "--speed", "10", "--sim-seconds", "600"])
+        .arg("--truth-file")
+        .arg(dir.join("truth.json"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let put = kcl::local::faults::kinesis_target("PutRecords");
+    wait_for("events put", Duration::from_secs(60), || async {
+        (proxy.calls(&put) >= 1).then_some(())
+    })
+    .await;
+    // Kinesis holds every request from now on.
+    proxy.plan().add(Rule::new(
+        "Kinesis_20131202.*",
+        Fault::Timeout {
+            hold: Duration::from_secs(600),
+        },
+    ));
+    wait_for("a put held", Duration::from_secs(60), || async {
+        (proxy.injected(&put, FaultKind::Timeout) >= 1).then_some(())
+    })
+    .await;
+    let took = terminate(&mut produce).await;
+    eprintln!("produce exited {took:?} after SIGTERM");
+    proxy.shutdown().await;
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_demo_and_its_workers() {
+    // An AWS that outlives the demo (as `delivery-app local` does): its workers would
+    // run on if the demo left them behind.
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let dir = std::env::temp_dir().join(unique("demo-stop"));
+    let mut demo = Command::new(EXE)
+        .args(["demo", "--seconds", "60", "--log-dir"])
+        .arg(&dir)
+        .args(["--kinesis-endpoint", endpoints.kinesis.as_deref().unwrap()])
+        .args([
+            "--dynamodb-endpoint",
+            endpoints.dynamodb.as_deref().unwrap(),
+        ])
+        .args([
+            "--stream",
+            &unique("demo-stop"),
+            "--app",
+            &unique("demo-stop-app"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Until its workers run: the first live line comes after they started.
+    let stdout = demo.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("worker processes") {
+                return line;
+            }
+        }
+        panic!("the demo ended before starting its workers");
+    })
+    .await
+    .expect("the demo starts its workers");
+    assert!(started.contains("started"), "{started}");
+    // Each worker holds its log open while it runs (checked through /proc).
+    let logs: Vec<PathBuf> = wait_for(
+        "the workers' logs open",
+        Duration::from_secs(30),
+        || async {
+            let logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            (logs.len() == 3 && any_process_has_open(&logs)).then_some(logs)
+        },
+    )
+    .await;
+    let took = terminate(&mut demo).await;
+    eprintln!("demo exited {took:?} after SIGTERM");
+    // Its workers went with it.
+    wait_for(
+        "no process writing the workers' logs",
+        Duration::from_secs(10),
+        || async { (!any_process_has_open(&logs)).then_some(()) },
+    )
+    .await;
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether any process of this user has one of `files` open (Linux `/proc`).
+fn any_process_has_open(files: &[PathBuf]) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
+        .flat_map(|fds| fds.filter_map(Result::ok))
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| files.contains(&target))
+}
