@@ -201,3 +201,40 @@ async fn access_denied_stops_the_worker_with_the_missing_permission() {
     proxy.shutdown().await;
     aws.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_table_stops_the_worker_naming_it() {
+    let events = vec![created("o1")];
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    // The statistics table vanishes after the start (deleted by hand, say): its reads
+    // answer ResourceNotFoundException.
+    proxy.plan().add(
+        Rule::dynamodb(
+            "GetItem",
+            Fault::error(
+                400,
+                "ResourceNotFoundException",
+                "Requested resource not found",
+            ),
+        )
+        .when_body_contains(format!("{app}-Stats")),
+    );
+    let worker = tokio::spawn({
+        let (clients, options) = (clients.clone(), options(&stream, &app));
+        async move { run_worker(&clients, &options, CancellationToken::new()).await }
+    });
+    let result = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops on its own")
+        .unwrap();
+    let error = result
+        .expect_err("a missing table is not retried for ever")
+        .to_string();
+    assert!(
+        error.contains(&format!("GetItem on {app}-Stats")),
+        "{error}"
+    );
+    assert!(error.contains("does not exist"), "{error}");
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}
