@@ -21,9 +21,9 @@ use std::collections::HashMap;
 
 use kcl::checkpoint::ExtendedSequenceNumber;
 
-use crate::events::{Event, MAX_DETAIL_BYTES, MAX_ID_BYTES, Reason, Region, Rejection, truncate};
+use crate::events::{Event, Reason, Region, Rejection};
 
-use super::size::{self, LEASE_ITEM_BOUND, MAX_PARTITION_KEY_BYTES};
+use super::size::{self, LEASE_ITEM_BOUND};
 use super::summary::{Summary, Totals};
 
 pub use super::size::MAX_TRANSACTION_BYTES;
@@ -527,72 +527,9 @@ enum Outcome {
     Apply(Transition, u64),
 }
 
-/// Why applying `t` to an order in `state` would make a sum of the shard overflow
-/// (counted from `stored` plus the chunk's `delta`), or `None` when every sum fits.
-fn overflow(
-    t: &Transition,
-    state: &Option<OrderState>,
-    stored: &Summary,
-    delta: &Summary,
-) -> Option<String> {
-    let add = |name: &str, stored: i64, delta: i64, value: Option<i64>| -> Option<String> {
-        let fits = value.and_then(|v| stored.checked_add(delta)?.checked_add(v));
-        fits.is_none().then(|| match value {
-            None => format!("the time difference for {name} does not fit in 64 bits"),
-            Some(v) => format!("adding {v} to {name} would overflow 64 bits"),
-        })
-    };
-    let created_at = state.as_ref().map(|s| s.created_at);
-    match t {
-        Transition::Create(c) => add(
-            "created_price_cents",
-            stored.created_price_cents,
-            delta.created_price_cents,
-            Some(c.price_cents),
-        ),
-        Transition::Assign(a) => add(
-            "response_ms_sum",
-            stored.response_ms_sum,
-            delta.response_ms_sum,
-            created_at.and_then(|c| a.assigned_at.checked_sub(c)),
-        ),
-        Transition::Complete(completed_at) => add(
-            "completion_ms_sum",
-            stored.completion_ms_sum,
-            delta.completion_ms_sum,
-            created_at.and_then(|c| completed_at.checked_sub(c)),
-        )
-        .or_else(|| {
-            add(
-                "completed_price_cents",
-                stored.completed_price_cents,
-                delta.completed_price_cents,
-                state.as_ref().map(|s| s.price_cents),
-            )
-        }),
-    }
-}
+mod reject;
 
-/// The dead letter of `record`, every field capped so that the item always fits (see
-/// [`size::dead_letter_bound`]).
-fn dead_letter(shard_id: &str, record: &ParsedRecord, rejection: Rejection) -> DeadLetter {
-    let (seq, sub) = (
-        record.position.position.as_str(),
-        record.position.sub_sequence,
-    );
-    DeadLetter {
-        id: format!("{shard_id}#{seq}#{sub}"),
-        position: record.position.clone(),
-        partition_key: truncate(&record.partition_key, MAX_PARTITION_KEY_BYTES).to_string(),
-        reason: rejection.reason,
-        detail: truncate(&rejection.detail, MAX_DETAIL_BYTES).to_string(),
-        order_id: rejection
-            .order_id
-            .map(|id| truncate(&id, MAX_ID_BYTES).to_string()),
-        raw: record.raw[..record.raw.len().min(MAX_DEAD_LETTER_RAW)].to_vec(),
-        raw_len: record.raw.len(),
-    }
-}
+use reject::{dead_letter, overflow};
 
 #[cfg(test)]
 mod tests;
