@@ -238,3 +238,51 @@ async fn a_missing_table_stops_the_worker_naming_it() {
     proxy.shutdown().await;
     aws.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_denied_worker_process_exits_non_zero_naming_the_permission() {
+    let events = vec![created("o1")];
+    let (aws, proxy, _clients, stream, app) = setup(&events).await;
+    proxy.plan().add(Rule::dynamodb(
+        "TransactWriteItems",
+        Fault::error(
+            400,
+            "AccessDeniedException",
+            format!(
+                "User: arn:aws:iam::123456789012:user/stats is not authorized to perform: \
+                 dynamodb:PutItem on resource: arn:aws:dynamodb:us-east-1:123456789012:table/{app}-Orders"
+            ),
+        ),
+    ));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_delivery-app"))
+        .args([
+            "worker",
+            "--kinesis-endpoint",
+            aws.endpoints().kinesis.as_deref().unwrap(),
+        ])
+        .args([
+            "--dynamodb-endpoint",
+            &proxy.url(),
+            "--stream",
+            &stream,
+            "--app",
+            &app,
+        ])
+        .args(["--failover-ms", "3000", "--poll-ms", "100"])
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the worker exits on its own")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the missing permission is dynamodb:PutItem"),
+        "{err}"
+    );
+    assert!(err.contains("hint: docs/iam-policy.md"), "{err}");
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}
