@@ -44,6 +44,11 @@ pub struct SimArgs {
     /// Stop creating orders after this many (in-flight orders still finish).
     #[arg(long)]
     pub orders: Option<u64>,
+    /// Also put, once, the records DynamoDB would refuse or the sums could not hold (a
+    /// 3,000-byte order id, a 500 KB driver id, 98 assignments with 50 KB driver ids, a
+    /// completion that overflows the sums); each must end up in the dead-letter table.
+    #[arg(long)]
+    pub hostile_events: bool,
 }
 
 impl SimArgs {
@@ -59,7 +64,7 @@ impl SimArgs {
             region_ms: self.region_ms,
             keys: self.keys,
             bad_events: self.bad_events.unwrap_or(bad_events),
-            hostile_events: false,
+            hostile_events: self.hostile_events,
         }
     }
 }
