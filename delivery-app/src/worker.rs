@@ -30,6 +30,9 @@ pub struct WorkerOptions {
     pub audit_file: Option<std::path::PathBuf>,
 }
 
+/// How long a stopping worker may take to checkpoint and release its leases.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// Errors of a worker.
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -64,13 +67,32 @@ pub async fn run_worker(
     // A child token: a processor's fatal error stops this worker, not the caller's
     // other tasks; the caller's cancellation still reaches every processor.
     let halt = Halt::new(cancel.child_token());
-    Worker::new(
+    let worker = Worker::new(
         config,
         clients,
         StatsProcessor::factory(store, ranges, audit, halt.clone()),
-    )
-    .run(halt.token().clone())
-    .await?;
+    );
+    let stopping = halt.token().clone();
+    tokio::select! {
+        result = worker.run(halt.token().clone()) => result?,
+        // A clean stop waits on DynamoDB (checkpoints, lease release) and, for a shard
+        // whose last batch was left unfinished, never ends (see
+        // `StatsProcessor::shard_ended`): past `STOP_GRACE` the worker is dropped; its
+        // leases expire and their next owners replay what was not checkpointed.
+        _ = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {
+            if halt.error().is_none() {
+                return Err(format!(
+                    "the worker did not stop cleanly within {} s; its leases expire after \
+                     the failover time",
+                    STOP_GRACE.as_secs()
+                )
+                .into());
+            }
+        }
+    }
     match halt.error() {
         Some(error) => Err(format!("the statistics worker stopped: {error}").into()),
         None => Ok(()),

@@ -286,3 +286,82 @@ async fn a_denied_worker_process_exits_non_zero_naming_the_permission() {
     proxy.shutdown().await;
     aws.shutdown().await;
 }
+
+/// A worker stopped while it retries the last batch of a closed shard must not let the
+/// framework write SHARD_END for it (kcl-rs writes it after that batch, whatever the
+/// processor did): the batch was not applied, and the next owner must replay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.push(created(&format!("o{n}")));
+    }
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    let parent = "shardId-000000000000";
+    kcl::stream::split_shard(
+        &clients.kinesis,
+        &stream,
+        parent,
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // Every statistics transaction fails as a 5xx: the processor retries the parent's
+    // only batch, which is also its last.
+    proxy.plan().add(Rule::dynamodb(
+        "TransactWriteItems",
+        Fault::internal_server_error(),
+    ));
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (clients, options, cancel) = (clients.clone(), options(&stream, &app), cancel.clone());
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    let target = dynamodb_target("TransactWriteItems");
+    wait_for(
+        "the processor retrying",
+        Duration::from_secs(60),
+        || async {
+            (proxy.injected(&target, kcl::local::faults::FaultKind::ServerError) >= 4).then_some(())
+        },
+    )
+    .await;
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops within 30 s");
+    let direct = aws.clients().await;
+    let leases = kcl::leases::DynamoLeaseStore::new(direct.dynamodb.clone(), &app);
+    let lease = kcl::leases::LeaseStore::get_lease(&leases, parent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !lease.checkpoint.is_shard_end(),
+        "SHARD_END written for an unapplied batch"
+    );
+
+    // The next owner applies it, once the first worker's lease expired: its tasks
+    // outlive the dropped worker in this process (a process would have exited), so its
+    // DynamoDB goes away with the proxy.
+    proxy.shutdown().await;
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let mut options = options(&stream, &app);
+        options.worker_id = Some("w2".into());
+        let (clients, cancel) = (direct.clone(), cancel.clone());
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    let store = StatsStore::new(direct.dynamodb.clone(), &app);
+    let stats = wait_for("every order applied", Duration::from_secs(60), || async {
+        let stats = store.read().await.ok()?;
+        (stats.totals.records() >= 10).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats.totals.sums.orders_created, 10);
+    assert_eq!(stats.totals.dead_letter_count(), 0);
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    aws.shutdown().await;
+}

@@ -40,12 +40,32 @@ const CACHE_LIMIT: usize = 200_000;
 /// Longest pause between retries of a failed DynamoDB call.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a call already sent may still take once the worker stops: with DynamoDB
+/// answering, a batch in flight finishes (and is checkpointed); with DynamoDB silent,
+/// the SDK's own timeouts would take a minute.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
+
+/// Completes [`IN_FLIGHT_GRACE`] after `cancel` fires.
+async fn in_flight_grace_over(cancel: &CancellationToken) {
+    cancel.cancelled().await;
+    tokio::time::sleep(IN_FLIGHT_GRACE).await;
+}
+
 /// Sleeps `pause`; false if `cancel` fired first.
 async fn pause_unless_cancelled(pause: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(pause) => true,
         _ = cancel.cancelled() => false,
     }
+}
+
+/// Why a batch was left unfinished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abandoned {
+    /// The worker stops (shutdown, or an error that stops it).
+    Stopping,
+    /// The transaction's lease check failed.
+    LeaseLost,
 }
 
 /// Why a processor stops working on a batch before its end.
@@ -73,6 +93,10 @@ pub struct StatsProcessor {
     regions: BTreeMap<Region, u64>,
     /// The shard's sums, as stored with `watermark`: what overflow is checked against.
     sums: Summary,
+    /// Why a batch was left unfinished, once one was: from then on this processor
+    /// applies and checkpoints nothing (a later batch would leave a gap behind it), and
+    /// the next owner replays from the last checkpoint.
+    abandoned: Option<Abandoned>,
     /// Created orders as this processor last wrote or read them. Only a hint: every
     /// write is conditioned on the state, so a stale entry costs a retry, not a count.
     cache: HashMap<String, OrderState>,
@@ -99,6 +123,7 @@ impl StatsProcessor {
             watermark: None,
             regions: BTreeMap::new(),
             sums: Summary::default(),
+            abandoned: None,
             cache: HashMap::new(),
         }
     }
@@ -123,8 +148,9 @@ impl StatsProcessor {
 
     /// Calls `call` until it succeeds, pausing longer after each transient failure.
     /// Ends with the value, with [`Stop::Fatal`] on an error retrying cannot fix, or
-    /// with [`Stop::Cancelled`] when the worker stops (even mid-call: a call to an
-    /// unreachable DynamoDB can take the SDK's whole timeout).
+    /// with [`Stop::Cancelled`] when the worker stops: no retry after that, and a call
+    /// in flight gets [`IN_FLIGHT_GRACE`] (a call to a silent DynamoDB can take the
+    /// SDK's whole timeout).
     async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
@@ -135,7 +161,7 @@ impl StatsProcessor {
         loop {
             let result = tokio::select! {
                 result = call() => result,
-                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = in_flight_grace_over(&cancel) => return Err(Stop::Cancelled),
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -251,7 +277,7 @@ impl StatsProcessor {
                 ) => applied,
                 // A transaction abandoned mid-flight may still commit; its watermark
                 // condition makes the next owner's replay of it harmless.
-                _ = self.halt.token().cancelled() => return Err(Stop::Cancelled),
+                _ = in_flight_grace_over(self.halt.token()) => return Err(Stop::Cancelled),
             };
             if let (Some(log), Some(id)) = (&self.audit, attempt) {
                 log.outcome(
@@ -425,16 +451,18 @@ impl StatsProcessor {
     /// replays it (the watermark drops what was applied). A fatal error stops the
     /// worker.
     fn stopped(&mut self, stop: Stop) {
-        match stop {
+        self.abandoned = Some(match stop {
             Stop::Cancelled => {
-                tracing::info!(shard = %self.shard_id, "stopping mid-batch; the next owner replays it")
+                tracing::info!(shard = %self.shard_id, "stopping mid-batch; the next owner replays it");
+                Abandoned::Stopping
             }
-            Stop::LeaseLost => {}
+            Stop::LeaseLost => Abandoned::LeaseLost,
             Stop::Fatal(error) => {
                 self.watermark = None;
                 self.halt.fail(&self.shard_id, &error);
+                Abandoned::Stopping
             }
-        }
+        });
     }
 }
 
@@ -448,6 +476,9 @@ impl RecordProcessor for StatsProcessor {
         input: ProcessRecordsInput,
         checkpointer: &mut Checkpointer,
     ) {
+        if self.abandoned.is_some() {
+            return;
+        }
         let owner = checkpointer.ownership();
         let applied = match self.process(input).await {
             Ok(Some(records)) => self.apply(records, &owner).await,
@@ -465,7 +496,25 @@ impl RecordProcessor for StatsProcessor {
         self.cache.clear();
     }
 
+    async fn shard_ended(&mut self, _checkpointer: &mut Checkpointer) {
+        // kcl-rs writes SHARD_END when this returns, whatever the processor did; after
+        // the shard's last batch was left unfinished because the worker is stopping,
+        // that would skip its records for good (the children start, nobody replays the
+        // parent). Never returning keeps the lease's checkpoint where it is; the
+        // worker's shutdown is bounded (`run_worker`), the lease expires and the next
+        // owner replays the batch. After a refused lease check, the framework's
+        // SHARD_END write is refused by the same lease condition.
+        if self.abandoned == Some(Abandoned::Stopping) {
+            tracing::info!(shard = %self.shard_id, "last batch unfinished: leaving SHARD_END to the next owner");
+            std::future::pending::<()>().await;
+        }
+    }
+
     async fn shutdown_requested(&mut self, checkpointer: &mut Checkpointer) {
-        self.checkpoint(checkpointer, "final checkpoint").await;
+        // A checkpoint covers every record delivered; after an unfinished batch only
+        // the watermark knows how far the statistics got.
+        if self.abandoned.is_none() {
+            self.checkpoint(checkpointer, "final checkpoint").await;
+        }
     }
 }
