@@ -2,7 +2,21 @@
 //! or real AWS with `--real-aws`; and the stream and application names. Shared by the
 //! subcommands as flattened clap arguments.
 
+use aws_sdk_dynamodb::error::SdkError;
 use kcl::aws::{Clients, Endpoints, UnreachableError};
+
+/// The innermost cause of an error, in words (for a connection failure, what the OS
+/// said; for a timeout, that it timed out).
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = err;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    match inner.to_string() {
+        text if text.is_empty() => err.to_string(),
+        text => text,
+    }
+}
 
 /// Endpoint options of every subcommand that talks to AWS.
 #[derive(clap::Args, Clone, Debug)]
@@ -48,11 +62,56 @@ impl AwsArgs {
         endpoints
     }
 
-    /// Clients for these endpoints, checked with one cheap call each so that a wrong
-    /// URL or a stopped `local` is one clear error.
-    pub async fn clients(&self) -> Result<Clients, UnreachableError> {
-        let clients = Clients::connect(&self.endpoints()).await;
-        clients.verify().await?;
+    /// Clients for these endpoints, checked with one cheap call to each service the
+    /// command uses, so that a wrong URL or a stopped `local` is one clear error:
+    /// `ListShards` on `stream` for Kinesis, `DescribeTable` on `table` for DynamoDB.
+    /// Both are calls on the command's own resources (not the account-wide
+    /// `ListStreams`/`ListTables`), and any answer of the service, even "not found" or
+    /// "access denied", proves it reachable: the command's own calls then say what is
+    /// wrong with the resource.
+    pub async fn clients(
+        &self,
+        stream: Option<&str>,
+        table: Option<&str>,
+    ) -> Result<Clients, UnreachableError> {
+        let endpoints = self.endpoints();
+        let clients = Clients::connect(&endpoints).await;
+        let name = |e: &Option<String>| e.clone().unwrap_or_else(|| "AWS default".to_string());
+        if let Some(stream) = stream {
+            let probe = clients
+                .kinesis
+                .list_shards()
+                .stream_name(stream)
+                .max_results(1)
+                .send()
+                .await;
+            if let Err(e) = probe
+                && !matches!(e, SdkError::ServiceError(_))
+            {
+                return Err(UnreachableError {
+                    service: "Kinesis",
+                    endpoint: name(&endpoints.kinesis),
+                    message: innermost(&e),
+                });
+            }
+        }
+        if let Some(table) = table {
+            let probe = clients
+                .dynamodb
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await;
+            if let Err(e) = probe
+                && !matches!(e, SdkError::ServiceError(_))
+            {
+                return Err(UnreachableError {
+                    service: "DynamoDB",
+                    endpoint: name(&endpoints.dynamodb),
+                    message: innermost(&e),
+                });
+            }
+        }
         Ok(clients)
     }
 

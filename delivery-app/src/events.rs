@@ -142,11 +142,34 @@ pub enum Reason {
     CompletedBeforeCreated,
     /// A second creation, assignment or completion of the same order.
     DuplicateEvent,
+    /// An order id or driver id longer than [`MAX_ID_BYTES`]: DynamoDB refuses keys
+    /// over 2,048 bytes and items over 400 KB, and no real id is that long.
+    FieldTooLong,
+    /// A time difference or a sum of the statistics that would not fit in 64 bits.
+    SumOverflow,
+    /// DynamoDB refused the record's writes (a `ValidationException`) although the plan
+    /// found nothing wrong with it: isolated by re-planning without it.
+    RejectedByDynamodb,
 }
 
 impl Reason {
     /// Every reason, in a stable order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 10] = [
+        Reason::MalformedJson,
+        Reason::UnknownEventType,
+        Reason::RegionOffGrid,
+        Reason::NegativePrice,
+        Reason::AssignedBeforeCreated,
+        Reason::CompletedBeforeCreated,
+        Reason::DuplicateEvent,
+        Reason::FieldTooLong,
+        Reason::SumOverflow,
+        Reason::RejectedByDynamodb,
+    ];
+
+    /// The reasons of the simulator's ordinary bad events (`--bad-events`), one kind
+    /// after the other.
+    pub const SIMULATED: [Reason; 7] = [
         Reason::MalformedJson,
         Reason::UnknownEventType,
         Reason::RegionOffGrid,
@@ -166,6 +189,9 @@ impl Reason {
             Reason::AssignedBeforeCreated => "assigned_before_created",
             Reason::CompletedBeforeCreated => "completed_before_created",
             Reason::DuplicateEvent => "duplicate_event",
+            Reason::FieldTooLong => "field_too_long",
+            Reason::SumOverflow => "sum_overflow",
+            Reason::RejectedByDynamodb => "rejected_by_dynamodb",
         }
     }
 
@@ -193,13 +219,44 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>, order_id: Option<&str>) -> Rejection {
+    /// A rejection whose detail and order id are cut to [`MAX_DETAIL_BYTES`] and
+    /// [`MAX_ID_BYTES`]: both are stored in the dead letter, which must fit in an item
+    /// whatever the record holds.
+    pub fn new(reason: Reason, detail: impl Into<String>, order_id: Option<&str>) -> Rejection {
         Rejection {
             reason,
-            detail: detail.into(),
-            order_id: order_id.map(str::to_string),
+            detail: truncate(&detail.into(), MAX_DETAIL_BYTES).to_string(),
+            order_id: order_id.map(|id| truncate(id, MAX_ID_BYTES).to_string()),
         }
     }
+}
+
+/// The longest order id or driver id accepted, in bytes. DynamoDB limits a partition
+/// key to 2,048 bytes and an item to 400 KB; a bound far below both keeps every item
+/// and transaction size computable in advance.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The longest [`Rejection::detail`] kept, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character
+/// boundary.
+///
+/// ```
+/// use delivery_app::events::truncate;
+/// assert_eq!(truncate("héllo", 2), "h");
+/// assert_eq!(truncate("héllo", 3), "hé");
+/// assert_eq!(truncate("hi", 10), "hi");
+/// ```
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A `T` read from a JSON object only: serde's derived `Deserialize` for a struct also
@@ -282,6 +339,9 @@ pub fn parse(data: &[u8]) -> Result<Event, Rejection> {
         ));
     }
     let order_id = match raw.order_id.as_deref() {
+        Some(id) if id.len() > MAX_ID_BYTES => {
+            return Err(too_long("order_id", id, None));
+        }
         Some(id) if !id.is_empty() => id.to_string(),
         _ => {
             return Err(Rejection::new(
@@ -323,6 +383,9 @@ pub fn parse(data: &[u8]) -> Result<Event, Rejection> {
         }
         ORDER_ASSIGNED => {
             let driver_id = raw.driver_id.ok_or_else(|| missing("driver_id"))?;
+            if driver_id.len() > MAX_ID_BYTES {
+                return Err(too_long("driver_id", &driver_id, Some(&order_id)));
+            }
             let assigned_at = raw.assigned_at.ok_or_else(|| missing("assigned_at"))?;
             Ok(Event::Assigned {
                 order_id,
@@ -338,6 +401,19 @@ pub fn parse(data: &[u8]) -> Result<Event, Rejection> {
             })
         }
     }
+}
+
+/// An id over [`MAX_ID_BYTES`]; the dead letter keeps the order id only when it is
+/// not the field at fault.
+fn too_long(field: &str, value: &str, order_id: Option<&str>) -> Rejection {
+    Rejection::new(
+        Reason::FieldTooLong,
+        format!(
+            "{field} is {} bytes long, over the {MAX_ID_BYTES}-byte limit",
+            value.len()
+        ),
+        order_id,
+    )
 }
 
 fn on_grid(field: &str, raw: &RawRegion, order_id: &str) -> Result<Region, Rejection> {
@@ -429,6 +505,50 @@ mod tests {
                 Err(reason) => assert_eq!(got.unwrap_err().reason, *reason, "{input}"),
             }
         }
+    }
+
+    #[test]
+    fn ids_over_the_bound_are_too_long() {
+        let id = |n: usize| "o".repeat(n);
+        let created = |order: &str| {
+            format!(
+                r#"{{"type":"order_created","order_id":"{order}","created_at":1,"pickup":{{"x":0,"y":0}},"dropoff":{{"x":0,"y":0}},"price_cents":1}}"#
+            )
+        };
+        let assigned = |driver: &str| {
+            format!(
+                r#"{{"type":"order_assigned","order_id":"o1","driver_id":"{driver}","assigned_at":2}}"#
+            )
+        };
+        let cases: Vec<(String, Option<Reason>)> = vec![
+            (created(&id(MAX_ID_BYTES)), None),
+            (created(&id(MAX_ID_BYTES + 1)), Some(Reason::FieldTooLong)),
+            (created(&id(3_000)), Some(Reason::FieldTooLong)),
+            (assigned(&id(MAX_ID_BYTES)), None),
+            (assigned(&id(MAX_ID_BYTES + 1)), Some(Reason::FieldTooLong)),
+            (assigned(&id(500 * 1024)), Some(Reason::FieldTooLong)),
+        ];
+        for (input, expected) in cases {
+            let got = parse(input.as_bytes());
+            assert_eq!(
+                got.as_ref().err().map(|r| r.reason),
+                expected,
+                "{}",
+                &input[..60]
+            );
+            if let Err(rejection) = got {
+                assert!(rejection.detail.len() <= MAX_DETAIL_BYTES);
+                assert!(rejection.order_id.is_none_or(|o| o.len() <= MAX_ID_BYTES));
+            }
+        }
+    }
+
+    #[test]
+    fn a_rejection_keeps_bounded_fields_whatever_the_record() {
+        let huge_type = format!(r#"{{"type":"{}","order_id":"o1"}}"#, "t".repeat(100_000));
+        let rejection = parse(huge_type.as_bytes()).unwrap_err();
+        assert_eq!(rejection.reason, Reason::UnknownEventType);
+        assert!(rejection.detail.len() <= MAX_DETAIL_BYTES);
     }
 
     #[test]

@@ -174,3 +174,48 @@ async fn help_explains_every_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("did not answer"), "{err}");
 }
+
+/// A failed command prints its error chain in words, without the SDK's Debug dumps,
+/// and a hint: create the stream, or start the local AWS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_words_with_a_hint() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let cli = Cli {
+        common: vec![
+            "--kinesis-endpoint".into(),
+            endpoints.kinesis.clone().unwrap(),
+            "--dynamodb-endpoint".into(),
+            endpoints.dynamodb.clone().unwrap(),
+            "--stream".into(),
+            unique("missing-stream"),
+        ],
+    };
+    let out = cli.run(&["produce", "--sim-seconds", "1"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
+    assert!(err.contains("hint: create the stream first"), "{err}");
+    for dump in ["ServiceError {", "Response {", "raw:", "\u{1b}["] {
+        assert!(!err.contains(dump), "{dump:?} in:\n{err}");
+    }
+
+    let unreachable = Cli {
+        common: vec![
+            "--kinesis-endpoint".into(),
+            "http://127.0.0.1:1".into(),
+            "--dynamodb-endpoint".into(),
+            "http://127.0.0.1:1".into(),
+        ],
+    };
+    let out = unreachable.run(&["worker"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(
+        err.contains("hint: is `delivery-app local` running?"),
+        "{err}"
+    );
+    assert!(!err.contains("DispatchFailure {"), "{err}");
+    aws.shutdown().await;
+}

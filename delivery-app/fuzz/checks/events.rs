@@ -5,7 +5,7 @@
 //!
 //! Each input is checked twice:
 //! - As it is (`check_bytes`): `events::parse` never panics. An accepted event is valid
-//!   (non-empty order id, regions on the grid, no negative price), was a JSON object
+//!   (non-empty order id and ids within `MAX_ID_BYTES`, regions on the grid, no negative price), was a JSON object
 //!   saying exactly that event, and parses back the same from its wire encoding. Input
 //!   that is not UTF-8, not JSON or not an object is malformed; for an object, the
 //!   outcome is the one the documented rules give (`expected`, written independently over
@@ -35,11 +35,12 @@ pub fn check(data: &[u8]) {
 }
 
 /// The reasons `parse` itself gives; the others come from the order's state.
-const PARSER_REASONS: [Reason; 4] = [
+const PARSER_REASONS: [Reason; 5] = [
     Reason::MalformedJson,
     Reason::UnknownEventType,
     Reason::RegionOffGrid,
     Reason::NegativePrice,
+    Reason::FieldTooLong,
 ];
 
 fn check_bytes(data: &[u8]) {
@@ -196,6 +197,10 @@ fn assert_malformed(parsed: &Result<Event, Rejection>, why: &str) {
 /// What the parser promises of every event it accepts.
 fn check_valid(event: &Event) {
     assert!(!event.order_id().is_empty());
+    assert!(event.order_id().len() <= events::MAX_ID_BYTES);
+    if let Event::Assigned { driver_id, .. } = event {
+        assert!(driver_id.len() <= events::MAX_ID_BYTES);
+    }
     if let Event::Created {
         pickup,
         dropoff,
@@ -214,7 +219,8 @@ fn check_valid(event: &Event) {
 /// The documented outcome for a JSON object without repeated keys: malformed when a
 /// field is of the wrong type (every field the parser knows, whatever the event's type:
 /// docs/delivery-stats.md) or a required one is missing (or null); then an unknown
-/// `type`, an empty `order_id`, off-grid regions (pickup first) and a negative price.
+/// `type`, an `order_id` over `MAX_ID_BYTES` (then a `driver_id` over it, once present),
+/// an empty `order_id`, off-grid regions (pickup first) and a negative price.
 fn expected(object: &Map<String, Value>) -> Result<Event, Reason> {
     let field = |name: &str| object.get(name).filter(|v| !v.is_null());
     let text = |name: &str| field(name).and_then(Value::as_str);
@@ -235,6 +241,9 @@ fn expected(object: &Map<String, Value>) -> Result<Event, Reason> {
     let kind = text("type").ok_or(Reason::MalformedJson)?;
     if ![ORDER_CREATED, ORDER_ASSIGNED, ORDER_COMPLETED].contains(&kind) {
         return Err(Reason::UnknownEventType);
+    }
+    if text("order_id").is_some_and(|id| id.len() > events::MAX_ID_BYTES) {
+        return Err(Reason::FieldTooLong);
     }
     let order_id = text("order_id")
         .filter(|id| !id.is_empty())
@@ -264,6 +273,9 @@ fn expected(object: &Map<String, Value>) -> Result<Event, Reason> {
             })
         }
         ORDER_ASSIGNED => match (text("driver_id"), int("assigned_at")) {
+            (Some(driver_id), _) if driver_id.len() > events::MAX_ID_BYTES => {
+                Err(Reason::FieldTooLong)
+            }
             (Some(driver_id), Some(assigned_at)) => Ok(Event::Assigned {
                 order_id,
                 driver_id: driver_id.to_string(),

@@ -18,7 +18,7 @@ pub struct CreateStreamArgs {
 }
 
 pub async fn run(args: CreateStreamArgs) -> Result<(), CommandError> {
-    let clients = args.aws.clients().await?;
+    let clients = args.aws.clients(Some(&args.names.stream), None).await?;
     let stream = &args.names.stream;
     kcl::stream::create_stream(
         &clients.kinesis,

@@ -14,7 +14,7 @@ use delivery_app::stats::summary::thousands;
 use kcl::aws::Endpoints;
 use kcl::local::{LocalAws, LocalAwsOptions};
 
-use super::{CommandError, SimArgs};
+use super::{CommandError, SimArgs, shutdown_signal};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -131,7 +131,18 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         local_aws: None,
     };
     let say: scenario::Narrator = Arc::new(|line: &str| println!("{line}"));
-    let report = scenario::run(config, say).await?;
+    let report = tokio::select! {
+        report = scenario::run(config, say) => report?,
+        _ = shutdown_signal() => {
+            // Dropping the run kills its worker processes (they are spawned with
+            // kill-on-drop); the in-process AWS gets a bounded moment to stop.
+            println!("interrupted: stopping the workers and the local AWS");
+            if let Some(aws) = local {
+                let _ = tokio::time::timeout(Duration::from_secs(5), aws.shutdown()).await;
+            }
+            return Err("interrupted".into());
+        }
+    };
     println!(
         "\nFinal statistics (DynamoDB, summed over {} shard items) beside the simulator's ground truth:\n",
         report.stats.shards.len()

@@ -3,6 +3,7 @@
 pub mod chaos;
 pub mod create_stream;
 pub mod demo;
+pub mod failure;
 pub mod local;
 pub mod produce;
 pub mod reshard;
@@ -43,6 +44,11 @@ pub struct SimArgs {
     /// Stop creating orders after this many (in-flight orders still finish).
     #[arg(long)]
     pub orders: Option<u64>,
+    /// Also put, once, the records DynamoDB would refuse or the sums could not hold (a
+    /// 3,000-byte order id, a 500 KB driver id, 98 assignments with 50 KB driver ids, a
+    /// completion that overflows the sums); each must end up in the dead-letter table.
+    #[arg(long)]
+    pub hostile_events: bool,
 }
 
 impl SimArgs {
@@ -58,9 +64,15 @@ impl SimArgs {
             region_ms: self.region_ms,
             keys: self.keys,
             bad_events: self.bad_events.unwrap_or(bad_events),
+            hostile_events: self.hostile_events,
         }
     }
 }
+
+/// How long a command may take to stop after Ctrl-C or SIGTERM before it gives up on
+/// a clean stop and exits anyway: under the 30 s a supervisor (systemd, Kubernetes,
+/// ECS) usually grants before SIGKILL, whatever DynamoDB or Kinesis do meanwhile.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -12,7 +12,7 @@ use delivery_app::stats::summary::{money, seconds, thousands};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{CommandError, SimArgs, shutdown_signal};
+use super::{CommandError, SHUTDOWN_GRACE, SimArgs, shutdown_signal};
 
 #[derive(clap::Args, Debug)]
 pub struct ProduceArgs {
@@ -36,7 +36,7 @@ pub struct ProduceArgs {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<(), CommandError> {
-    let clients = args.aws.clients().await?;
+    let clients = args.aws.clients(Some(&args.names.stream), None).await?;
     let stream = &args.names.stream;
     if let Err(e) = kcl::stream::list_shards(&clients.kinesis, stream).await {
         return Err(format!(
@@ -71,13 +71,25 @@ pub async fn run(args: ProduceArgs) -> Result<(), CommandError> {
         }
     });
     let mut interrupted = false;
+    // Once interrupted, the events in flight get until then to be acknowledged.
+    let mut give_up = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let (truth, finished) = loop {
         tokio::select! {
             done = &mut producing => break done?,
             _ = shutdown_signal(), if !interrupted => {
                 eprintln!("\ninterrupted: finishing the events in flight; the ground truth covers what was put");
                 interrupted = true;
+                give_up = tokio::time::Instant::now() + SHUTDOWN_GRACE;
                 cancel.cancel();
+            }
+            _ = tokio::time::sleep_until(give_up), if interrupted => {
+                producing.abort();
+                return Err(format!(
+                    "the events in flight were not acknowledged within {} s of the \
+                     interruption (Kinesis not answering?); no ground truth written",
+                    SHUTDOWN_GRACE.as_secs()
+                )
+                .into());
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 let p = *progress.borrow_and_update();

@@ -74,7 +74,10 @@ fn shard_id(text: &str) -> String {
 }
 
 pub async fn run(args: ReshardArgs) -> Result<(), CommandError> {
-    let clients = args.aws.clients().await?;
+    let clients = args
+        .aws
+        .clients(Some(&args.names.stream), Some(&args.names.app))
+        .await?;
     let stream = args.names.stream.clone();
     let leases: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
         clients.dynamodb.clone(),

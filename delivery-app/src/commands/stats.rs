@@ -39,7 +39,8 @@ pub async fn run(args: StatsArgs) -> Result<(), CommandError> {
         }
         None => None,
     };
-    let clients = args.aws.clients().await?;
+    let stats_table = format!("{}-Stats", args.names.app);
+    let clients = args.aws.clients(None, Some(&stats_table)).await?;
     let store = StatsStore::new(clients.dynamodb.clone(), &args.names.app);
     let stats = store.read().await.map_err(|e| {
         format!(

@@ -6,7 +6,7 @@ use delivery_app::connect::{AwsArgs, NameArgs};
 use delivery_app::worker::{WorkerOptions, run_worker};
 use tokio_util::sync::CancellationToken;
 
-use super::{CommandError, shutdown_signal};
+use super::{CommandError, SHUTDOWN_GRACE, shutdown_signal};
 
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
@@ -32,7 +32,6 @@ pub struct WorkerArgs {
 }
 
 pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
-    let clients = args.aws.clients().await?;
     let options = WorkerOptions {
         stream: args.names.stream.clone(),
         app: args.names.app.clone(),
@@ -42,9 +41,17 @@ pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
         audit_file: args.audit_file.clone(),
     };
     let cancel = CancellationToken::new();
+    // Connecting is inside the task too: a signal while the endpoints do not answer
+    // stops the worker as well.
     let mut running = tokio::spawn({
         let cancel = cancel.clone();
-        async move { run_worker(&clients, &options, cancel).await }
+        async move {
+            let clients = args
+                .aws
+                .clients(Some(&args.names.stream), Some(&args.names.app))
+                .await?;
+            run_worker(&clients, &options, cancel).await
+        }
     });
     tokio::select! {
         result = &mut running => return result?,
@@ -52,5 +59,18 @@ pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
     }
     tracing::info!("stopping: checkpointing and releasing leases");
     cancel.cancel();
-    running.await?
+    // A clean stop writes checkpoints and releases leases; with DynamoDB unreachable
+    // those calls only time out. Past the grace the process exits anyway: what was not
+    // checkpointed is replayed by the next owner, and the statistics' watermark drops
+    // what was already applied.
+    match tokio::time::timeout(SHUTDOWN_GRACE, running).await {
+        Ok(result) => result?,
+        Err(_) => Err(format!(
+            "the worker did not stop cleanly within {} s (DynamoDB or Kinesis not \
+             answering?); its leases expire after the failover time and the next owner \
+             resumes from the last checkpoint",
+            SHUTDOWN_GRACE.as_secs()
+        )
+        .into()),
+    }
 }

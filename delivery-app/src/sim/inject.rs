@@ -6,7 +6,7 @@ use crate::events::{Reason, Region};
 
 use super::rng::SimRng;
 use super::wire::{self, Envelope};
-use super::{EPOCH_MS, EventKind, SimEvent};
+use super::{EPOCH_MS, Effect, EventKind, SimEvent};
 
 /// The real order a bad event is injected next to.
 pub(super) struct Order {
@@ -121,5 +121,90 @@ fn clone_envelope<'a>(env: &Envelope<'a>) -> Envelope<'a> {
         order_id: env.order_id,
         trace_id: env.trace_id.clone(),
         pick: env.pick,
+    }
+}
+
+/// Driver ids of the batch of oversized assignments: 50 KB each, 98 of them (about
+/// 5 MB of dead letters: more than one transaction's 4 MB and exactly its 100 items
+/// with the statistics item and the lease check).
+const BATCH_DRIVER_BYTES: usize = 50 * 1024;
+/// How many oversized assignments the batch holds.
+pub(super) const BATCH_ASSIGNMENTS: usize = 98;
+
+/// The records DynamoDB would refuse or the sums could not hold, all valid-looking
+/// JSON, put next to `order` (a real order, in its shard): a creation with a 3,000-byte
+/// order id, an assignment of `order` with a 500 KB driver id, a batch of
+/// [`BATCH_ASSIGNMENTS`] assignments of `order` with 50 KB driver ids (each
+/// `field_too_long`), and an order created at `i64::MIN / 2` (valid, counted) whose
+/// completion's time difference does not fit in 64 bits (`sum_overflow`). `parts`
+/// gives each event its event id, trace id and random pick.
+pub(super) fn hostile_events(
+    order: &Order,
+    ancient_id: &str,
+    mut parts: impl FnMut() -> (String, String, u64),
+) -> Vec<(SimEvent, Effect)> {
+    let mut envelope = |order_id| envelope_for(order_id, parts());
+    let at = order.created_ms;
+    let ok = order.pickup;
+    let bad = |at_ms, order_id: &str, data: Vec<u8>, reason| {
+        (
+            SimEvent {
+                at_ms,
+                order_id: order_id.to_string(),
+                partition_key: order.partition_key.clone(),
+                data,
+                kind: EventKind::Bad(reason),
+            },
+            Effect::Bad(reason),
+        )
+    };
+    let mut out = Vec::new();
+    let long_id = format!("{}-{}", order.order_id, "x".repeat(3_000));
+    let env = envelope(&long_id);
+    let created = wire::created(&env, order.created_at, ok, ok, 1_000);
+    out.push(bad(
+        at,
+        &format!("{}-long", order.order_id),
+        created,
+        Reason::FieldTooLong,
+    ));
+    let env = envelope(&order.order_id);
+    let driver = "d".repeat(500 * 1024);
+    let assigned = wire::assigned(&env, &driver, order.created_at + 1, ok, 0);
+    out.push(bad(at, &order.order_id, assigned, Reason::FieldTooLong));
+    let driver = "d".repeat(BATCH_DRIVER_BYTES);
+    for n in 0..BATCH_ASSIGNMENTS {
+        let env = envelope(&order.order_id);
+        let assigned = wire::assigned(&env, &driver, order.created_at + 2 + n as i64, ok, 0);
+        out.push(bad(at, &order.order_id, assigned, Reason::FieldTooLong));
+    }
+    // Ancient but valid: its creation counts like any other.
+    let env = envelope(ancient_id);
+    let price = 1_234;
+    out.push((
+        SimEvent {
+            at_ms: at,
+            order_id: ancient_id.to_string(),
+            partition_key: order.partition_key.clone(),
+            data: wire::created(&env, i64::MIN / 2, ok, ok, price),
+            kind: EventKind::Created,
+        },
+        Effect::Created {
+            price_cents: price,
+            pickup: ok,
+        },
+    ));
+    let env = envelope(ancient_id);
+    let completed = wire::completed(&env, i64::MAX / 2 + 1_000, "driver-001", ok, 0);
+    out.push(bad(at, ancient_id, completed, Reason::SumOverflow));
+    out
+}
+
+fn envelope_for(order_id: &str, (event_id, trace_id, pick): (String, String, u64)) -> Envelope<'_> {
+    Envelope {
+        event_id,
+        order_id,
+        trace_id,
+        pick,
     }
 }

@@ -69,6 +69,11 @@ pub struct SimConfig {
     /// Bad events to mix in (malformed JSON, unknown types, off-grid regions, negative
     /// prices, events before their order's creation, duplicates), spread over the run.
     pub bad_events: u64,
+    /// Also put, once at 30% of the orders, the records DynamoDB would refuse or the
+    /// sums could not hold (see `inject::hostile_events`): 100 oversized ids and an
+    /// order whose completion overflows the sums.
+    #[serde(default)]
+    pub hostile_events: bool,
 }
 
 impl Default for SimConfig {
@@ -82,6 +87,7 @@ impl Default for SimConfig {
             region_ms: 20,
             keys: KeyStrategy::Order,
             bad_events: 0,
+            hostile_events: false,
         }
     }
 }
@@ -365,6 +371,24 @@ impl Simulation {
         let more = next < self.config.duration_ms
             && self.config.max_orders.is_none_or(|max| self.orders < max);
         self.next_arrival = more.then_some(next);
+        if self.config.hostile_events
+            && self.orders == (self.config.expected_orders() * 3 / 10).max(1)
+        {
+            let ancient = format!("ancient{}-{:07}", self.config.seed, self.orders);
+            let rng = &mut self.rng;
+            let (seed, events) = (self.config.seed, &mut self.events);
+            let hostile = inject::hostile_events(&order, &ancient, || {
+                *events += 1;
+                (
+                    format!("evt-{seed}-{events:09}"),
+                    rng.hex128(),
+                    rng.next_u64(),
+                )
+            });
+            for (event, effect) in hostile {
+                self.schedule(event.at_ms, event, effect);
+            }
+        }
         // Bad events spread over the run; whatever is left goes in with the last order.
         while self.injected < self.config.bad_events
             && (self.orders.is_multiple_of(self.inject_every) || self.next_arrival.is_none())

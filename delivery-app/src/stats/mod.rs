@@ -2,20 +2,30 @@
 //!
 //! - [`summary`]: the statistics as exact integers, and the top-10 list.
 //! - [`plan`]: which DynamoDB writes one transaction makes for a run of records (pure).
+//! - [`size`]: DynamoDB's item and transaction size rules, for the plan.
 //! - [`items`]: how those writes and the stored items look in DynamoDB.
 //! - [`store`]: the tables and the calls.
+//! - [`isolate`]: which record explains a refused transaction (pure).
+//! - [`halt`]: how a processor stops its worker on an error no record explains.
+//! - [`ranges`]: which records of a shard belong to it (hash key ranges).
 //! - [`processor`]: the kcl-rs record processor that ties them together.
 //! - [`report`]: what `delivery-app stats` prints.
 //!
 //! The design, and why it is exactly once, is in `docs/delivery-stats.md`.
 
+pub mod halt;
+pub mod isolate;
 pub mod items;
 pub mod plan;
 pub mod processor;
+pub mod ranges;
 pub mod report;
+pub mod size;
 pub mod store;
 pub mod summary;
 
-pub use processor::{ShardRanges, StatsProcessor};
+pub use halt::Halt;
+pub use processor::StatsProcessor;
+pub use ranges::ShardRanges;
 pub use store::{StatsStore, StoreError, StoredStats};
 pub use summary::{Summary, Totals};

@@ -23,18 +23,36 @@ use kcl::checkpoint::ExtendedSequenceNumber;
 
 use crate::events::{Event, Reason, Region, Rejection};
 
-use super::summary::Totals;
+use super::size::{self, LEASE_ITEM_BOUND};
+use super::summary::{Summary, Totals};
+
+pub use super::size::MAX_TRANSACTION_BYTES;
 
 /// DynamoDB's limit on items in one transaction.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
-/// A budget under DynamoDB's 4 MB per transaction.
-pub const MAX_TRANSACTION_BYTES: usize = 3 * 1024 * 1024;
 /// Raw bytes kept in a dead letter; longer records are truncated (the item limit is
 /// 400 KB, and a Kinesis record can be 1 MiB).
 pub const MAX_DEAD_LETTER_RAW: usize = 64 * 1024;
-/// Estimated bytes of an order item or of a dead letter's attributes besides its raw
-/// bytes.
-const ITEM_OVERHEAD: usize = 512;
+
+/// What bounds a plan besides DynamoDB's limits.
+#[derive(Clone, Debug)]
+pub struct PlanLimits {
+    /// The shard's sums as stored with its watermark: a transition that would make one
+    /// of them overflow is a [`Reason::SumOverflow`] dead letter, since the stored
+    /// counters must stay readable as 64-bit integers.
+    pub stored: Summary,
+    /// At most this many records (at least one): how a refused transaction is bisected.
+    pub max_records: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            stored: Summary::default(),
+            max_records: usize::MAX,
+        }
+    }
+}
 
 /// One user record of the shard, parsed.
 #[derive(Clone, Debug)]
@@ -326,11 +344,28 @@ fn transition(event: &Event, state: &Option<OrderState>) -> Result<Transition, (
 ///
 /// The chunk takes records while the transaction stays within
 /// [`MAX_TRANSACTION_ITEMS`] items and [`MAX_TRANSACTION_BYTES`]; it always takes at
-/// least one.
+/// least one. [`plan_chunk_within`] with no stored sums and no record limit.
 pub fn plan_chunk(
     shard_id: &str,
     records: &[ParsedRecord],
     states: &HashMap<String, Option<OrderState>>,
+) -> Chunk {
+    plan_chunk_within(shard_id, records, states, &PlanLimits::default())
+}
+
+/// [`plan_chunk`] within `limits`: at most `limits.max_records` records, and sums that
+/// stay within 64 bits counted from `limits.stored`.
+///
+/// The bytes are counted with [`size`]'s rules: the shard's statistics item and the
+/// lease item at their largest, each order item at its largest for its id, each dead
+/// letter exactly. Every one of them fits in an item by construction (ids are bounded
+/// by the parser, dead letters are capped), so only the transaction can overflow, and
+/// then the chunk ends before the record.
+pub fn plan_chunk_within(
+    shard_id: &str,
+    records: &[ParsedRecord],
+    states: &HashMap<String, Option<OrderState>>,
+    limits: &PlanLimits,
 ) -> Chunk {
     assert!(!records.is_empty(), "plan_chunk needs records");
     let mut chunk = Chunk {
@@ -342,8 +377,11 @@ pub fn plan_chunk(
         after: HashMap::new(),
     };
     let mut op_index: HashMap<String, usize> = HashMap::new();
-    let mut bytes = ITEM_OVERHEAD;
+    let mut bytes = size::stats_item_bound(shard_id) + LEASE_ITEM_BOUND;
     for record in records {
+        if chunk.records >= limits.max_records.max(1) {
+            break;
+        }
         let (order, outcome) = match &record.parsed {
             None => (None, Outcome::Foreign),
             Some(Err(rejection)) => (None, Outcome::Rejected(rejection.clone())),
@@ -356,7 +394,17 @@ pub fn plan_chunk(
                 });
                 let record_digest = digest(&record.raw);
                 let outcome = match decide(event, record_digest, state) {
-                    Decision::Apply(t) => Outcome::Apply(t, record_digest),
+                    Decision::Apply(t) => {
+                        let sums = &chunk.delta.sums;
+                        match overflow(&t, state, &limits.stored, sums) {
+                            None => Outcome::Apply(t, record_digest),
+                            Some(detail) => Outcome::Rejected(Rejection::new(
+                                Reason::SumOverflow,
+                                detail,
+                                Some(id),
+                            )),
+                        }
+                    }
                     Decision::Redelivery => Outcome::Redelivery,
                     Decision::Reject(reason, detail) => Outcome::Rejected(Rejection {
                         reason,
@@ -369,14 +417,15 @@ pub fn plan_chunk(
         };
         // Items and bytes this record adds.
         let new_op = order.is_some_and(|id| !op_index.contains_key(id));
-        let dead = matches!(outcome, Outcome::Rejected(_));
-        let added_items = usize::from(new_op) + usize::from(dead);
-        let added_bytes = usize::from(new_op) * ITEM_OVERHEAD
-            + if dead {
-                ITEM_OVERHEAD + record.raw.len().min(MAX_DEAD_LETTER_RAW)
-            } else {
-                0
-            };
+        let dead = match &outcome {
+            Outcome::Rejected(rejection) => Some(dead_letter(shard_id, record, rejection.clone())),
+            _ => None,
+        };
+        let added_items = usize::from(new_op) + usize::from(dead.is_some());
+        let added_bytes = order.filter(|_| new_op).map_or(0, size::order_item_bound)
+            + dead
+                .as_ref()
+                .map_or(0, |d| size::dead_letter_item(shard_id, d));
         if chunk.records > 0
             && (chunk.items() + added_items > MAX_TRANSACTION_ITEMS
                 || bytes + added_bytes > MAX_TRANSACTION_BYTES)
@@ -414,7 +463,7 @@ pub fn plan_chunk(
                     .or_default() += 1;
                 chunk
                     .dead_letters
-                    .push(dead_letter(shard_id, record, rejection));
+                    .push(dead.expect("made above for a rejection"));
             }
             Outcome::Apply(transition, digest) => {
                 let id = order.expect("a valid event has an order");
@@ -441,6 +490,7 @@ pub fn plan_chunk(
                     Transition::Assign(assignment) => {
                         let s = state.as_mut().expect("decided on a created order");
                         delta.sums.orders_assigned += 1;
+                        // Checked by `overflow` before the record was taken.
                         delta.sums.response_ms_sum += assignment.assigned_at - s.created_at;
                         s.assigned = true;
                         s.applied.push(digest);
@@ -477,22 +527,11 @@ enum Outcome {
     Apply(Transition, u64),
 }
 
-fn dead_letter(shard_id: &str, record: &ParsedRecord, rejection: Rejection) -> DeadLetter {
-    let (seq, sub) = (
-        record.position.position.as_str(),
-        record.position.sub_sequence,
-    );
-    DeadLetter {
-        id: format!("{shard_id}#{seq}#{sub}"),
-        position: record.position.clone(),
-        partition_key: record.partition_key.clone(),
-        reason: rejection.reason,
-        detail: rejection.detail,
-        order_id: rejection.order_id,
-        raw: record.raw[..record.raw.len().min(MAX_DEAD_LETTER_RAW)].to_vec(),
-        raw_len: record.raw.len(),
-    }
-}
+mod reject;
+
+use reject::{dead_letter, overflow};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;

@@ -9,96 +9,74 @@
 //! this worker still holds the shard's lease: a worker that lost it (a zombie after a
 //! pause) has its transaction refused and abandons the batch. A transaction cancelled
 //! otherwise (an order changed elsewhere) is re-read and re-planned, never forced.
+//!
+//! Every record ends somewhere: applied, skipped (a replay, a redelivery, a foreign
+//! aggregate's copy) or a dead letter, whether the parser, the plan (a sum that would
+//! overflow) or DynamoDB itself (a refused transaction, isolated by
+//! [`isolate`](super::isolate)) rejects it. Every retry names what ends it: success,
+//! the lease moving (the transaction's check), an error retrying cannot fix (which stops
+//! the worker through [`Halt`]) or cancellation (shutdown).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, LeaseOwnership};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
-use kcl::retrieval::KinesisClientRecord;
+use tokio_util::sync::CancellationToken;
 
-use super::plan::{OrderState, ParsedRecord, plan_chunk, referenced_orders};
+use super::halt::Halt;
+use super::isolate::{AfterRefusal, after_refusal};
+pub use super::ranges::{ShardRanges, foreign_aggregates, in_range};
+
+use super::plan::{OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders};
 use super::store::{StatsStore, StoreError, now_ms};
+use super::summary::Summary;
 use crate::audit::{AttemptResult, AuditLog};
-use crate::events::{Event, Region, parse};
+use crate::events::{Event, Reason, Region, Rejection, parse};
 
 /// Orders kept in a processor's cache before it is emptied.
 const CACHE_LIMIT: usize = 200_000;
 /// Longest pause between retries of a failed DynamoDB call.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The hash key ranges of a stream's shards, shared by a worker's processors.
+/// How long a call already sent may still take once the worker stops: with DynamoDB
+/// answering, a batch in flight finishes (and is checkpointed); with DynamoDB silent,
+/// the SDK's own timeouts would take a minute.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
+
+/// Completes [`IN_FLIGHT_GRACE`] after `cancel` fires.
+async fn in_flight_grace_over(cancel: &CancellationToken) {
+    cancel.cancelled().await;
+    tokio::time::sleep(IN_FLIGHT_GRACE).await;
+}
+
+/// Sleeps `pause`; false if `cancel` fired first.
+async fn pause_unless_cancelled(pause: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+/// Why a batch was left unfinished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abandoned {
+    /// The worker stops (shutdown, or an error that stops it).
+    Stopping,
+    /// The transaction's lease check failed.
+    LeaseLost,
+}
+
+/// Why a processor stops working on a batch before its end.
 #[derive(Debug)]
-pub struct ShardRanges {
-    kinesis: aws_sdk_kinesis::Client,
-    stream: String,
-    known: Mutex<HashMap<String, (u128, u128)>>,
-}
-
-impl ShardRanges {
-    /// Ranges of `stream`'s shards, listed on demand.
-    pub fn new(kinesis: aws_sdk_kinesis::Client, stream: impl Into<String>) -> ShardRanges {
-        ShardRanges {
-            kinesis,
-            stream: stream.into(),
-            known: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The range of `shard_id`, listing the shards (again, with retries) when unknown.
-    pub async fn range_of(&self, shard_id: &str) -> (u128, u128) {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            if let Some(range) = self.known.lock().expect("not poisoned").get(shard_id) {
-                return *range;
-            }
-            match kcl::stream::list_shards(&self.kinesis, &self.stream).await {
-                Ok(shards) => {
-                    let mut known = self.known.lock().expect("not poisoned");
-                    for s in shards {
-                        known.insert(s.shard_id, (s.starting_hash_key, s.ending_hash_key));
-                    }
-                    if let Some(range) = known.get(shard_id) {
-                        return *range;
-                    }
-                    tracing::warn!(shard = shard_id, "shard not listed yet");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot list shards"),
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_BACKOFF);
-        }
-    }
-}
-
-/// Whether a user record's hash key is in `range`. Kinesis routes a plain record by its
-/// own key, so only sub-records of an aggregate can be outside.
-pub fn in_range(record: &KinesisClientRecord, range: (u128, u128)) -> bool {
-    if !record.aggregated {
-        return true;
-    }
-    let hash = record
-        .explicit_hash_key
-        .as_deref()
-        .and_then(kcl::kpl::parse_explicit_hash_key)
-        .unwrap_or_else(|| kcl::kpl::partition_key_hash(&record.partition_key));
-    (range.0..=range.1).contains(&hash)
-}
-
-/// The aggregates (by sequence number) stored in a shard that does not own all their
-/// user records. A producer aggregating with a stale shard map after a split puts such
-/// an aggregate in the wrong child, notices, and puts *all* its user records again,
-/// routed right; the Java KCL drops the whole aggregate in the wrong shard, and so do
-/// we, so each user record counts once. Every record of an aggregate is in the same
-/// batch: a processor checkpoints only after whole batches, so a resumed shard starts
-/// at an aggregate's first user record.
-pub fn foreign_aggregates(records: &[KinesisClientRecord], range: (u128, u128)) -> HashSet<String> {
-    records
-        .iter()
-        .filter(|r| !in_range(r, range))
-        .map(|r| r.sequence_number.clone())
-        .collect()
+enum Stop {
+    /// The worker is shutting down.
+    Cancelled,
+    /// The lease moved: the new owner resumes from the checkpoint.
+    LeaseLost,
+    /// An error retrying cannot fix and no record explains: the worker stops.
+    Fatal(StoreError),
 }
 
 /// Applies one shard's events to the statistics. Made by [`StatsProcessor::factory`].
@@ -107,32 +85,45 @@ pub struct StatsProcessor {
     store: Arc<StatsStore>,
     ranges: Arc<ShardRanges>,
     audit: Option<Arc<AuditLog>>,
+    halt: Halt,
     range: Option<(u128, u128)>,
     /// The last record applied, once read from the statistics item.
     watermark: Option<Option<ExtendedSequenceNumber>>,
     /// The shard's orders per pickup region, as stored with `watermark`.
     regions: BTreeMap<Region, u64>,
+    /// The shard's sums, as stored with `watermark`: what overflow is checked against.
+    sums: Summary,
+    /// Why a batch was left unfinished, once one was: from then on this processor
+    /// applies and checkpoints nothing (a later batch would leave a gap behind it), and
+    /// the next owner replays from the last checkpoint.
+    abandoned: Option<Abandoned>,
     /// Created orders as this processor last wrote or read them. Only a hint: every
     /// write is conditioned on the state, so a stale entry costs a retry, not a count.
     cache: HashMap<String, OrderState>,
 }
 
 impl StatsProcessor {
-    /// A processor for `shard_id`, recording its writes in `audit` if given.
+    /// A processor for `shard_id`, recording its writes in `audit` if given, stopping
+    /// its retries when `halt`'s token is cancelled and stopping the worker through
+    /// `halt` on an error no record explains.
     pub fn new(
         shard_id: &str,
         store: Arc<StatsStore>,
         ranges: Arc<ShardRanges>,
         audit: Option<Arc<AuditLog>>,
+        halt: Halt,
     ) -> Self {
         StatsProcessor {
             shard_id: shard_id.to_string(),
             store,
             ranges,
             audit,
+            halt,
             range: None,
             watermark: None,
             regions: BTreeMap::new(),
+            sums: Summary::default(),
+            abandoned: None,
             cache: HashMap::new(),
         }
     }
@@ -142,6 +133,7 @@ impl StatsProcessor {
         store: Arc<StatsStore>,
         ranges: Arc<ShardRanges>,
         audit: Option<Arc<AuditLog>>,
+        halt: Halt,
     ) -> impl Fn(&str) -> StatsProcessor + Send + Sync + 'static {
         move |shard: &str| {
             StatsProcessor::new(
@@ -149,40 +141,54 @@ impl StatsProcessor {
                 Arc::clone(&store),
                 Arc::clone(&ranges),
                 audit.clone(),
+                halt.clone(),
             )
         }
     }
 
-    /// Retries `call` until it succeeds, pausing longer each time.
-    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
+    /// Calls `call` until it succeeds, pausing longer after each transient failure.
+    /// Ends with the value, with [`Stop::Fatal`] on an error retrying cannot fix, or
+    /// with [`Stop::Cancelled`] when the worker stops: no retry after that, and a call
+    /// in flight gets [`IN_FLIGHT_GRACE`] (a call to a silent DynamoDB can take the
+    /// SDK's whole timeout).
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        let cancel = self.halt.token().clone();
         let mut pause = Duration::from_millis(50);
         loop {
-            match call().await {
-                Ok(v) => return v,
-                Err(e) => {
+            let result = tokio::select! {
+                result = call() => result,
+                _ = in_flight_grace_over(&cancel) => return Err(Stop::Cancelled),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => {
                     tracing::warn!(shard = %self.shard_id, error = %e, "{what} failed; retrying")
                 }
+                Err(e) => return Err(Stop::Fatal(e)),
             }
-            tokio::time::sleep(pause).await;
+            if !pause_unless_cancelled(pause, &cancel).await {
+                return Err(Stop::Cancelled);
+            }
             pause = (pause * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// Reads the shard's statistics item: the watermark and the region counts.
-    async fn reload_watermark(&mut self) -> Option<ExtendedSequenceNumber> {
+    /// Reads the shard's statistics item: the watermark, the sums and the region counts.
+    async fn reload_watermark(&mut self) -> Result<Option<ExtendedSequenceNumber>, Stop> {
         let store = Arc::clone(&self.store);
         let shard = self.shard_id.clone();
         let stats = self
             .retry("reading the watermark", || store.shard_stats(&shard))
-            .await
+            .await?
             .unwrap_or_default();
         self.regions = stats.totals.regions;
+        self.sums = stats.totals.sums;
         self.watermark = Some(stats.watermark.clone());
-        stats.watermark
+        Ok(stats.watermark)
     }
 
     /// The states of the orders `records` refer to: from the cache, assumed absent for
@@ -192,7 +198,7 @@ impl StatsProcessor {
         &mut self,
         records: &[ParsedRecord],
         forced: &HashSet<String>,
-    ) -> HashMap<String, Option<OrderState>> {
+    ) -> Result<HashMap<String, Option<OrderState>>, Stop> {
         let mut first_is_creation: HashMap<&str, bool> = HashMap::new();
         for r in records {
             if let Some(Ok(event)) = &r.parsed {
@@ -216,26 +222,37 @@ impl StatsProcessor {
             let store = Arc::clone(&self.store);
             let read = self
                 .retry("reading orders", || store.order_states(&to_read))
-                .await;
+                .await?;
             states.extend(read);
         }
-        states
+        Ok(states)
     }
 
     /// Applies `records` (after the watermark, in shard order) transaction by
-    /// transaction, as `owner`. Returns false if the lease turned out to be lost (the
-    /// rest of the batch is then left to the new owner).
-    async fn apply(&mut self, mut records: Vec<ParsedRecord>, owner: &LeaseOwnership) -> bool {
+    /// transaction, as `owner`. Ends when every record is applied or dead-lettered, or
+    /// with why it stopped before (the rest of the batch is then left to the next
+    /// owner of the lease).
+    async fn apply(
+        &mut self,
+        mut records: Vec<ParsedRecord>,
+        owner: &LeaseOwnership,
+    ) -> Result<(), Stop> {
         let started = std::time::Instant::now();
         let count = records.len();
         let mut transactions = 0;
         let mut forced = HashSet::new();
-        let mut states = self.states_for(&records, &forced).await;
+        let mut states = self.states_for(&records, &forced).await?;
         let read = started.elapsed();
         let mut pause = Duration::from_millis(50);
+        // Lowered while a refused transaction is bisected (see `isolate`).
+        let mut max_records = usize::MAX;
         while !records.is_empty() {
             transactions += 1;
-            let chunk = plan_chunk(&self.shard_id, &records, &states);
+            let limits = PlanLimits {
+                stored: self.sums.clone(),
+                max_records,
+            };
+            let chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
             let previous = self.watermark.clone().flatten();
             let mut regions = self.regions.clone();
             for (region, n) in &chunk.delta.regions {
@@ -250,16 +267,18 @@ impl StatsProcessor {
                     chunk.records,
                 )
             });
-            let applied = self
-                .store
-                .apply(
+            let applied = tokio::select! {
+                applied = self.store.apply(
                     &self.shard_id,
                     previous.as_ref(),
                     &regions,
                     &chunk,
                     &owner.worker_id,
-                )
-                .await;
+                ) => applied,
+                // A transaction abandoned mid-flight may still commit; its watermark
+                // condition makes the next owner's replay of it harmless.
+                _ = in_flight_grace_over(self.halt.token()) => return Err(Stop::Cancelled),
+            };
             if let (Some(log), Some(id)) = (&self.audit, attempt) {
                 log.outcome(
                     id,
@@ -275,6 +294,7 @@ impl StatsProcessor {
                 Ok(()) => {
                     pause = Duration::from_millis(50);
                     self.regions = regions;
+                    self.sums.add(&chunk.delta.sums);
                     self.watermark = Some(Some(chunk.last.clone()));
                     records.drain(..chunk.records);
                     if self.cache.len() > CACHE_LIMIT {
@@ -296,11 +316,11 @@ impl StatsProcessor {
                     tracing::info!(shard = %self.shard_id, "lease lost: transaction refused, batch abandoned");
                     self.cache.clear();
                     self.watermark = None;
-                    return false;
+                    return Err(Stop::LeaseLost);
                 }
                 Err(StoreError::Conflict { reasons }) => {
                     tracing::info!(shard = %self.shard_id, %reasons, "transaction cancelled by a condition; re-reading");
-                    let watermark = self.reload_watermark().await;
+                    let watermark = self.reload_watermark().await?;
                     if let Some(w) = &watermark {
                         records.retain(|r| r.position.compare(w).is_gt());
                     }
@@ -308,13 +328,48 @@ impl StatsProcessor {
                         self.cache.remove(&order.order_id);
                         forced.insert(order.order_id.clone());
                     }
-                    states = self.states_for(&records, &forced).await;
+                    states = self.states_for(&records, &forced).await?;
                 }
-                Err(e) => {
+                Err(StoreError::Refused { operation, message }) => {
+                    let first_is_dead_letter = chunk
+                        .dead_letters
+                        .first()
+                        .is_some_and(|d| d.position == records[0].position);
+                    match after_refusal(chunk.records, first_is_dead_letter) {
+                        AfterRefusal::Bisect { max_records: limit } => {
+                            tracing::warn!(shard = %self.shard_id, %message, records = chunk.records, "transaction refused; retrying with {limit} records to find the record DynamoDB refuses");
+                            max_records = limit;
+                        }
+                        AfterRefusal::DeadLetterFirst => {
+                            let record = &mut records[0];
+                            tracing::warn!(shard = %self.shard_id, position = ?record.position, %message, "DynamoDB refuses this record's writes; dead-lettering it");
+                            let order_id = match &record.parsed {
+                                Some(Ok(event)) => Some(event.order_id().to_string()),
+                                _ => None,
+                            };
+                            record.parsed = Some(Err(Rejection::new(
+                                Reason::RejectedByDynamodb,
+                                message,
+                                order_id.as_deref(),
+                            )));
+                            max_records = usize::MAX;
+                        }
+                        AfterRefusal::Stop => {
+                            return Err(Stop::Fatal(StoreError::Fatal(format!(
+                                "DynamoDB refused {operation} even with nothing but a \
+                                 dead letter in it, so no record explains it: {message}"
+                            ))));
+                        }
+                    }
+                }
+                Err(e) if e.is_transient() => {
                     tracing::warn!(shard = %self.shard_id, error = %e, "applying a transaction failed; retrying");
-                    tokio::time::sleep(pause).await;
+                    if !pause_unless_cancelled(pause, self.halt.token()).await {
+                        return Err(Stop::Cancelled);
+                    }
                     pause = (pause * 2).min(MAX_BACKOFF);
                 }
+                Err(e) => return Err(Stop::Fatal(e)),
             }
         }
         tracing::debug!(
@@ -325,7 +380,7 @@ impl StatsProcessor {
             total_ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );
-        true
+        Ok(())
     }
 
     /// Checkpoints everything delivered, recording an accepted checkpoint in the audit
@@ -350,27 +405,27 @@ impl StatsProcessor {
     }
 }
 
-impl RecordProcessor for StatsProcessor {
-    async fn initialize(&mut self, input: InitializationInput) {
-        self.shard_id = input.shard_id;
-    }
-
-    async fn process_records(
+impl StatsProcessor {
+    /// The batch's records after the watermark, parsed (`None`: nothing to apply).
+    async fn process(
         &mut self,
         input: ProcessRecordsInput,
-        checkpointer: &mut Checkpointer,
-    ) {
+    ) -> Result<Option<Vec<ParsedRecord>>, Stop> {
         let range = match self.range {
             Some(range) => range,
             None => {
-                let range = self.ranges.range_of(&self.shard_id).await;
+                let range = self
+                    .ranges
+                    .range_of(&self.shard_id, self.halt.token())
+                    .await
+                    .ok_or(Stop::Cancelled)?;
                 self.range = Some(range);
                 range
             }
         };
         let watermark = match self.watermark.clone() {
             Some(w) => w,
-            None => self.reload_watermark().await,
+            None => self.reload_watermark().await?,
         };
         // Judged on whole aggregates, before the watermark may cut one.
         let foreign = foreign_aggregates(&input.records, range);
@@ -389,67 +444,77 @@ impl RecordProcessor for StatsProcessor {
                 raw: r.data,
             })
             .collect();
-        if !records.is_empty() && !self.apply(records, &checkpointer.ownership()).await {
+        Ok((!records.is_empty()).then_some(records))
+    }
+
+    /// A batch left unfinished: nothing is checkpointed, so the next owner of the lease
+    /// replays it (the watermark drops what was applied). A fatal error stops the
+    /// worker.
+    fn stopped(&mut self, stop: Stop) {
+        self.abandoned = Some(match stop {
+            Stop::Cancelled => {
+                tracing::info!(shard = %self.shard_id, "stopping mid-batch; the next owner replays it");
+                Abandoned::Stopping
+            }
+            Stop::LeaseLost => Abandoned::LeaseLost,
+            Stop::Fatal(error) => {
+                self.watermark = None;
+                self.halt.fail(&self.shard_id, &error);
+                Abandoned::Stopping
+            }
+        });
+    }
+}
+
+impl RecordProcessor for StatsProcessor {
+    async fn initialize(&mut self, input: InitializationInput) {
+        self.shard_id = input.shard_id;
+    }
+
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+        checkpointer: &mut Checkpointer,
+    ) {
+        if self.abandoned.is_some() {
             return;
         }
-        self.checkpoint(checkpointer, "checkpoint").await;
+        let owner = checkpointer.ownership();
+        let applied = match self.process(input).await {
+            Ok(Some(records)) => self.apply(records, &owner).await,
+            Ok(None) => Ok(()),
+            Err(stop) => Err(stop),
+        };
+        match applied {
+            Ok(()) => self.checkpoint(checkpointer, "checkpoint").await,
+            // Not checkpointed: the next owner replays the batch.
+            Err(stop) => self.stopped(stop),
+        }
     }
 
     async fn lease_lost(&mut self) {
         self.cache.clear();
     }
 
+    async fn shard_ended(&mut self, _checkpointer: &mut Checkpointer) {
+        // kcl-rs writes SHARD_END when this returns, whatever the processor did; after
+        // the shard's last batch was left unfinished because the worker is stopping,
+        // that would skip its records for good (the children start, nobody replays the
+        // parent). Never returning keeps the lease's checkpoint where it is; the
+        // worker's shutdown is bounded (`run_worker`), the lease expires and the next
+        // owner replays the batch. After a refused lease check, the framework's
+        // SHARD_END write is refused by the same lease condition.
+        if self.abandoned == Some(Abandoned::Stopping) {
+            tracing::info!(shard = %self.shard_id, "last batch unfinished: leaving SHARD_END to the next owner");
+            std::future::pending::<()>().await;
+        }
+    }
+
     async fn shutdown_requested(&mut self, checkpointer: &mut Checkpointer) {
-        self.checkpoint(checkpointer, "final checkpoint").await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(aggregated: bool, key: &str, explicit: Option<&str>) -> KinesisClientRecord {
-        KinesisClientRecord {
-            sequence_number: format!("{}", 1 + u8::from(aggregated)),
-            sub_sequence_number: 0,
-            aggregated,
-            partition_key: key.into(),
-            explicit_hash_key: explicit.map(str::to_string),
-            data: Vec::new(),
-            approximate_arrival_timestamp: None,
+        // A checkpoint covers every record delivered; after an unfinished batch only
+        // the watermark knows how far the statistics got.
+        if self.abandoned.is_none() {
+            self.checkpoint(checkpointer, "final checkpoint").await;
         }
-    }
-
-    #[test]
-    fn only_aggregated_records_outside_the_range_are_foreign() {
-        let hash = kcl::kpl::partition_key_hash("k");
-        let around = (hash - 1, hash + 1);
-        let below = (0, hash - 1);
-        let cases = [
-            (record(false, "k", None), below, true),
-            (record(true, "k", None), around, true),
-            (record(true, "k", None), below, false),
-            (record(true, "k", Some("5")), below, true),
-            (record(true, "k", Some("5")), around, false),
-        ];
-        for (i, (r, range, expected)) in cases.into_iter().enumerate() {
-            assert_eq!(in_range(&r, range), expected, "case {i}");
-        }
-    }
-
-    #[test]
-    fn one_foreign_sub_record_makes_its_whole_aggregate_foreign() {
-        let hash = kcl::kpl::partition_key_hash("k");
-        let range = (hash - 1, hash + 1);
-        let mut inside = record(true, "k", None);
-        inside.sequence_number = "7".into();
-        let mut outside = record(true, "k", Some("5"));
-        outside.sequence_number = "7".into();
-        outside.sub_sequence_number = 1;
-        let mut other = record(true, "k", None);
-        other.sequence_number = "8".into();
-        let plain = record(false, "x", None);
-        let foreign = foreign_aggregates(&[inside, outside, other, plain], range);
-        assert_eq!(foreign, HashSet::from(["7".to_string()]));
     }
 }

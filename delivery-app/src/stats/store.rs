@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
@@ -22,71 +21,9 @@ use super::plan::{Chunk, OrderState};
 use super::summary::Totals;
 use crate::events::{Reason, Region};
 
-/// Errors of the statistics store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A condition of the transaction failed: another writer applied these records or
-    /// changed one of these orders. Nothing was written; re-read and plan again.
-    #[error("transaction cancelled by a condition: {reasons}")]
-    Conflict {
-        /// The cancellation reasons DynamoDB gave, per item.
-        reasons: String,
-    },
-    /// The writer no longer holds the shard's lease (the transaction's lease check
-    /// failed): another worker processes the shard now. Nothing was written; stop.
-    #[error("the shard's lease is no longer this worker's; nothing written")]
-    LeaseLost,
-    /// Throttling, a conflicting transaction in progress, a 5xx or the network.
-    #[error("DynamoDB temporarily unavailable: {0}")]
-    Transient(String),
-    /// Anything else: a missing table, access denied, a request DynamoDB rejects.
-    #[error("DynamoDB error: {0}")]
-    Fatal(String),
-    /// A stored item that is not what this application writes.
-    #[error("malformed item in {table}: {what}")]
-    Malformed {
-        /// The table.
-        table: String,
-        /// What is wrong.
-        what: String,
-    },
-}
+mod error;
 
-impl StoreError {
-    /// Whether retrying the same request may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
-    }
-}
-
-const TRANSIENT_CODES: &[&str] = &[
-    "ThrottlingException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "TransactionInProgressException",
-    "TransactionConflictException",
-];
-
-fn classify<E, R>(err: SdkError<E, R>, context: &str) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let transient = match &err {
-        SdkError::ServiceError(_) => err.code().is_some_and(|c| TRANSIENT_CODES.contains(&c)),
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-        SdkError::DispatchFailure(f) => !f.is_user(),
-        _ => false,
-    };
-    let message = format!("{context}: {}", DisplayErrorContext(&err));
-    if transient {
-        StoreError::Transient(message)
-    } else {
-        StoreError::Fatal(message)
-    }
-}
+pub use error::{Cancellation, StoreError, TRANSIENT_CODES, cancellation, classify, denied_action};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -180,7 +117,7 @@ impl StatsStore {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(classify(e, &format!("CreateTable {table}"))),
+            Err(e) => return Err(classify(e, "CreateTable", table)),
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -190,7 +127,7 @@ impl StatsStore {
                 .table_name(table)
                 .send()
                 .await
-                .map_err(|e| classify(e, &format!("DescribeTable {table}")))?;
+                .map_err(|e| classify(e, "DescribeTable", table))?;
             let status = described.table().and_then(|t| t.table_status().cloned());
             if status == Some(TableStatus::Active) {
                 return Ok(());
@@ -226,7 +163,7 @@ impl StatsStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| classify(e, &format!("GetItem {}", self.tables.stats)))?;
+            .map_err(|e| classify(e, "GetItem", &self.tables.stats))?;
         match out.item() {
             None => Ok(None),
             Some(item) => decode_stats(item)
@@ -269,7 +206,7 @@ impl StatsStore {
                     .request_items(&self.tables.orders, keys)
                     .send()
                     .await
-                    .map_err(|e| classify(e, &format!("BatchGetItem {}", self.tables.orders)))?;
+                    .map_err(|e| classify(e, "BatchGetItem", &self.tables.orders))?;
                 for item in out
                     .responses()
                     .and_then(|r| r.get(&self.tables.orders))
@@ -328,6 +265,13 @@ impl StatsStore {
         {
             Ok(_) => Ok(()),
             Err(e) => {
+                let tables = format!(
+                    "{}, {}, {} and {}",
+                    self.tables.stats,
+                    self.tables.orders,
+                    self.tables.dead_letters,
+                    self.tables.leases
+                );
                 if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
                     e.as_service_error()
                 {
@@ -337,18 +281,32 @@ impl StatsStore {
                         .map(|r| r.code().unwrap_or("None"))
                         .collect();
                     let reasons = codes.join(", ");
-                    // The lease check is the last item.
-                    if codes.last() == Some(&"ConditionalCheckFailed") {
-                        return Err(StoreError::LeaseLost);
-                    }
-                    if codes.contains(&"ConditionalCheckFailed") {
-                        return Err(StoreError::Conflict { reasons });
-                    }
-                    return Err(StoreError::Transient(format!(
-                        "TransactWriteItems cancelled: [{reasons}]"
-                    )));
+                    let detail = || {
+                        cancelled
+                            .cancellation_reasons()
+                            .iter()
+                            .filter_map(|r| r.message())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    };
+                    return Err(match cancellation(&codes) {
+                        Cancellation::LeaseLost => StoreError::LeaseLost,
+                        Cancellation::Conflict => StoreError::Conflict { reasons },
+                        Cancellation::Transient => StoreError::Transient(format!(
+                            "TransactWriteItems cancelled: [{reasons}]"
+                        )),
+                        Cancellation::Refused => StoreError::Refused {
+                            operation: format!("TransactWriteItems on {tables}"),
+                            message: format!("cancelled: [{reasons}] {}", detail()),
+                        },
+                        Cancellation::Unknown => StoreError::Fatal(format!(
+                            "TransactWriteItems on {tables} cancelled for reasons this \
+                             application does not know: [{reasons}] {}",
+                            detail()
+                        )),
+                    });
                 }
-                Err(classify(e, "TransactWriteItems"))
+                Err(classify(e, "TransactWriteItems", &tables))
             }
         }
     }
@@ -414,7 +372,7 @@ impl StatsStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| classify(e, &format!("Scan {}", self.tables.stats)))?;
+                .map_err(|e| classify(e, "Scan", &self.tables.stats))?;
             let next = page.last_evaluated_key().filter(|k| !k.is_empty()).cloned();
             items.extend(page.items.unwrap_or_default());
             match next {
@@ -436,7 +394,7 @@ impl StatsStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| classify(e, &format!("Scan {}", self.tables.dead_letters)))?;
+                .map_err(|e| classify(e, "Scan", &self.tables.dead_letters))?;
             for item in page.items().iter().take(limit - out.len()) {
                 let text = |k: &str| {
                     item.get(k)

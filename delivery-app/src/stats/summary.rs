@@ -96,6 +96,27 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// Adds another summary's sums and counts (not the top list). Each shard's sums
+    /// fit in 64 bits (the plan dead-letters what would overflow them), but sums over
+    /// shards could still exceed them: they saturate rather than wrap or panic, so an
+    /// impossible total shows as the largest number, not as a small wrong one.
+    pub fn add(&mut self, o: &Summary) {
+        self.events = self.events.saturating_add(o.events);
+        self.orders_created = self.orders_created.saturating_add(o.orders_created);
+        self.created_price_cents = self
+            .created_price_cents
+            .saturating_add(o.created_price_cents);
+        self.orders_assigned = self.orders_assigned.saturating_add(o.orders_assigned);
+        self.response_ms_sum = self.response_ms_sum.saturating_add(o.response_ms_sum);
+        self.orders_completed = self.orders_completed.saturating_add(o.orders_completed);
+        self.completed_price_cents = self
+            .completed_price_cents
+            .saturating_add(o.completed_price_cents);
+        self.completion_ms_sum = self.completion_ms_sum.saturating_add(o.completion_ms_sum);
+    }
+}
+
 fn ratio(sum: i64, count: u64) -> Option<f64> {
     (count > 0).then(|| sum as f64 / count as f64)
 }
@@ -125,15 +146,7 @@ pub struct Totals {
 impl Totals {
     /// Adds another shard's (or delta's) counters.
     pub fn add(&mut self, other: &Totals) {
-        let (s, o) = (&mut self.sums, &other.sums);
-        s.events += o.events;
-        s.orders_created += o.orders_created;
-        s.created_price_cents += o.created_price_cents;
-        s.orders_assigned += o.orders_assigned;
-        s.response_ms_sum += o.response_ms_sum;
-        s.orders_completed += o.orders_completed;
-        s.completed_price_cents += o.completed_price_cents;
-        s.completion_ms_sum += o.completion_ms_sum;
+        self.sums.add(&other.sums);
         for (region, n) in &other.regions {
             *self.regions.entry(*region).or_default() += n;
         }
