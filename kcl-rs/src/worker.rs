@@ -10,7 +10,7 @@ use crate::aws::Clients;
 use crate::config::WorkerConfig;
 use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
-use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_shard_consumer};
+use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_supervised};
 use crate::processor::RecordProcessorFactory;
 use crate::shard_sync::{ShardSyncError, ShardSyncer};
 
@@ -159,7 +159,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 event = events.recv() => {
                     let Some(LeaseEvent::Acquired { handle, lease }) = event else { break };
                     tracing::info!(shard = %lease.key, worker = %config.worker_id, checkpoint = %lease.checkpoint, "processing shard");
-                    consumers.spawn(run_shard_consumer(
+                    consumers.spawn(run_supervised(
                         Arc::clone(&ctx),
                         handle,
                         lease,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{Checkpointer, ExtendedSequenceNumber, SequencePosition};
+use crate::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
 use crate::config::{InitialPosition, WorkerConfig};
 use crate::leases::handle::{LeaseHandle, LeasePhase};
 use crate::leases::{Lease, LeaseError, LeaseStore};
@@ -18,6 +18,7 @@ use crate::retrieval::{ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, 
 use crate::shard_sync::ShardSyncer;
 
 use super::load::LoadMeter;
+use super::supervise::{let_go, let_go_limit};
 
 /// The states of a shard consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,8 @@ struct ShardConsumer<P: RecordProcessor> {
     checkpointer: Checkpointer,
     prefetcher: Option<Prefetcher>,
     reader_cancel: CancellationToken,
+    /// Stops the prefetcher however the consumer ends, a panic included.
+    _reader_guard: tokio_util::sync::DropGuard,
     outcome: Option<ConsumerOutcome>,
     load: LoadMeter,
 }
@@ -85,6 +88,7 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
     factory: Arc<F>,
     shutdown: CancellationToken,
 ) -> ConsumerOutcome {
+    let reader_cancel = CancellationToken::new();
     let mut consumer = ShardConsumer::<F::Processor> {
         checkpointer: Checkpointer::new(&lease.key, Arc::clone(&handle), lease.checkpoint.clone()),
         phase: handle.watch_phase(),
@@ -94,7 +98,8 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
         shutdown,
         processor: None,
         prefetcher: None,
-        reader_cancel: CancellationToken::new(),
+        _reader_guard: reader_cancel.clone().drop_guard(),
+        reader_cancel,
         outcome: None,
         load: LoadMeter::new(Instant::now()),
     };
@@ -318,9 +323,21 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 self.outcome = Some(ConsumerOutcome::ShardEnded);
                 ConsumerState::Done
             }
-            Err(e) => {
-                tracing::warn!(shard = %self.lease.key, error = %e, "SHARD_END checkpoint failed");
+            Err(CheckpointError::LeaseLost { .. }) => {
                 self.outcome = Some(ConsumerOutcome::LeaseLost);
+                ConsumerState::Done
+            }
+            Err(e) => {
+                // The children wait on this SHARD_END. Keeping the lease (renewed, with
+                // nobody reading) would stall them for as long as this worker lives:
+                // let it go, so a consumer reads the shard to its end again and writes
+                // it. The sync creates the children's leases meanwhile.
+                tracing::warn!(shard = %self.lease.key, error = %e, "SHARD_END checkpoint failed; letting the lease go");
+                self.ctx.syncer.request_sync();
+                let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await;
+                self.outcome = Some(ConsumerOutcome::Failed(format!(
+                    "SHARD_END checkpoint failed: {e}"
+                )));
                 ConsumerState::Done
             }
         }
@@ -340,20 +357,16 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         if let Some(processor) = self.processor.as_mut() {
             processor.shutdown_requested(&mut self.checkpointer).await;
         }
-        match self.handle.hand_over().await {
-            Ok(()) => {
-                if self.outcome.is_none() {
-                    self.outcome = Some(if state == ConsumerState::HandingOff {
-                        ConsumerOutcome::HandedOver
-                    } else {
-                        ConsumerOutcome::ShutDown
-                    });
-                }
+        if let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await {
+            if self.outcome.is_none() {
+                self.outcome = Some(if state == ConsumerState::HandingOff {
+                    ConsumerOutcome::HandedOver
+                } else {
+                    ConsumerOutcome::ShutDown
+                });
             }
-            Err(e) => {
-                tracing::warn!(shard = %self.lease.key, error = %e, "could not let the lease go");
-                self.outcome.get_or_insert(ConsumerOutcome::LeaseLost);
-            }
+        } else {
+            self.outcome.get_or_insert(ConsumerOutcome::LeaseLost);
         }
         ConsumerState::Done
     }

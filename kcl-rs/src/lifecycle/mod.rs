@@ -14,6 +14,8 @@
 
 mod consumer;
 mod load;
+mod supervise;
 
-pub(crate) use consumer::{ConsumerContext, run_shard_consumer};
+pub(crate) use consumer::ConsumerContext;
 pub use consumer::{ConsumerOutcome, ConsumerState};
+pub(crate) use supervise::run_supervised;
