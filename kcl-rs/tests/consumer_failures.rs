@@ -11,7 +11,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::Checkpointer;
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
-use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule};
+use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, kinesis_target};
 use kcl::local::testing::{unique, wait_for};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
@@ -273,6 +273,62 @@ async fn a_failed_shard_end_checkpoint_lets_the_lease_go_and_the_children_procee
     })
     .await;
     assert_eq!(deliveries.count_with_prefix("p"), 5);
+    worker.stop().await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_gone_from_the_stream_is_ended_and_its_children_proceed() {
+    let env = Env::start().await;
+    let (name, parent) = env.split_stream().await;
+    let app = unique("gone-app");
+    // As real Kinesis answers for a closed shard trimmed past the retention period.
+    env.kinesis.injector().add(
+        Rule::kinesis(
+            "GetShardIterator",
+            Fault::error(
+                400,
+                "ResourceNotFoundException",
+                format!(
+                    "Shard {parent} in stream {name} under account 000000000000 does not exist"
+                ),
+            ),
+        )
+        .when_body_contains(&parent),
+    );
+    let clients = Clients::connect(&Endpoints::local(
+        env.kinesis.url(),
+        env.aws.endpoints().dynamodb.unwrap(),
+    ))
+    .await;
+    let deliveries = Deliveries::default();
+    let worker = Running::start(
+        config(&name, &app, "w"),
+        &clients,
+        &deliveries,
+        &Arc::new(AtomicBool::new(false)),
+    );
+    let store = env.store(&app).await;
+    wait_for(
+        "the gone parent checkpointed at SHARD_END",
+        2 * FAILOVER,
+        || async {
+            (checkpoint_of(&store, &parent).await.as_deref() == Some("SHARD_END")).then_some(())
+        },
+    )
+    .await;
+    wait_for("every child record", WAIT, || async {
+        (deliveries.count_with_prefix("c") == 20).then_some(())
+    })
+    .await;
+    assert_eq!(
+        deliveries.count_with_prefix("p"),
+        0,
+        "the parent's records are gone"
+    );
+    // One GetShardIterator per shard: no release-and-retake loop on the gone parent.
+    let iterators = env.kinesis.calls(&kinesis_target("GetShardIterator"));
+    assert!(iterators <= 4, "{iterators} GetShardIterator calls");
     worker.stop().await;
     env.shutdown().await;
 }

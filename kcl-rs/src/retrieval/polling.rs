@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::backoff::{backoff_bound, full_jitter};
 use super::error::{Failure, RetrievalError, classify};
+use super::gone;
 use super::record::{Deaggregated, KinesisClientRecord, deaggregate_records, skip_through};
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 
@@ -126,13 +127,17 @@ impl Batch {
 /// did not call for 5 minutes) is re-acquired at the last delivered record with the
 /// same skip rule, or at the start position if nothing was delivered yet (for `LATEST`
 /// that means latest as of the re-acquisition, as in the Java KCL). Anything else
-/// (stream or shard not found, access denied, invalid argument) is a
-/// [`RetrievalError`].
+/// (stream not found, access denied, invalid argument) is a [`RetrievalError`].
 ///
 /// Pacing: after a call that returns nothing while caught up, the next one waits
 /// [`RetrievalConfig::idle_time_between_reads`]; a reader that is behind calls again at
 /// once. Real Kinesis allows 5 GetRecords per second per shard, shared by every
 /// polling consumer of the shard.
+///
+/// A shard Kinesis answers `ResourceNotFoundException` for while its stream exists
+/// (a closed shard trimmed past the retention period) is read as ended: the next batch
+/// reports `shard_end`, with the children ListShards shows. A missing stream stays a
+/// [`RetrievalError::ResourceNotFound`].
 ///
 /// [`next_batch`](Self::next_batch) is cancel-safe: dropping its future (for example in
 /// `tokio::select!`) loses no record and delivers none twice; the next call carries on.
@@ -285,7 +290,9 @@ impl ShardReader {
                         return Ok(Batch::shard_end());
                     }
                     Err(failure) => {
-                        self.handle_failure(failure).await?;
+                        if let Some(batch) = self.recover(failure).await? {
+                            return Ok(batch);
+                        }
                         continue;
                     }
                 },
@@ -304,7 +311,9 @@ impl ShardReader {
                 }
                 Err(err) => {
                     let failure = classify(&err, "GetRecords", &self.shard_id);
-                    self.handle_failure(failure).await?;
+                    if let Some(batch) = self.recover(failure).await? {
+                        return Ok(batch);
+                    }
                 }
             }
         }
@@ -389,6 +398,44 @@ impl ShardReader {
         tracing::trace!(shard_id = %self.shard_id, ?delay, failures = self.failures, %message, "backoff");
         tokio::time::sleep(delay).await;
         Ok(())
+    }
+
+    /// Handles a failed call: a shard gone from an existing stream ends the shard (see
+    /// the `gone` module); everything else goes to the backoff or is returned.
+    async fn recover(&mut self, failure: Failure) -> Result<Option<Batch>, RetrievalError> {
+        let Failure::Fatal(error @ RetrievalError::ResourceNotFound { .. }) = failure else {
+            self.handle_failure(failure).await?;
+            return Ok(None);
+        };
+        let view = gone::look(&self.client, &self.stream_name).await;
+        match gone::judge(&self.shard_id, &view) {
+            gone::Verdict::Ended(children) => {
+                tracing::warn!(shard_id = %self.shard_id, %error, "shard gone from the stream (trimmed); reading it as ended");
+                self.iterator = None;
+                self.ended = true;
+                Ok(Some(Batch {
+                    child_shards: children,
+                    ..Batch::shard_end()
+                }))
+            }
+            gone::Verdict::Fatal => self
+                .handle_failure(Failure::Fatal(error))
+                .await
+                .map(|()| None),
+            gone::Verdict::Retry => {
+                let message = match view {
+                    gone::StreamView::Unknown(message) => message,
+                    _ => error.to_string(),
+                };
+                // Ends with an answer either way, or with the reader's cancellation.
+                self.handle_failure(Failure::Retry {
+                    throttled: false,
+                    message: format!("{error}; cannot look at the stream: {message}"),
+                })
+                .await
+                .map(|()| None)
+            }
+        }
     }
 
     /// Turns a GetRecords answer into a batch and advances the reader. Runs without an
