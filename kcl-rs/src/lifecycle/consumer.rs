@@ -204,6 +204,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         let retrieval = RetrievalConfig {
             max_records: config.max_records,
             idle_time_between_reads: config.idle_time_between_reads,
+            min_time_between_get_records: config.min_time_between_get_records,
             at_timestamp: match config.initial_position {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,

@@ -43,6 +43,14 @@ pub struct RetrievalConfig {
     /// every call, which costs latency and throughput when behind; here a reader that
     /// is behind and exceeds the limit is throttled and backs off instead.
     pub idle_time_between_reads: Duration,
+    /// The least time from the start of one GetRecords call to the start of the next,
+    /// unless the call returned a full batch (`max_records` records: the shard holds
+    /// more, and a reader that is behind reads on at once; real Kinesis throttles it
+    /// past the limit and the backoff paces it). Default: 200 ms, so a reader on a
+    /// trickling shard, whose every call returns a few records, stays within the
+    /// service's 5 GetRecords per second per shard instead of looping at round-trip
+    /// speed. The Java KCL waits its idle time between every call.
+    pub min_time_between_get_records: Duration,
     /// Where an `AT_TIMESTAMP` start position starts. Required for that position,
     /// ignored for the others. Default: `None`.
     pub at_timestamp: Option<SystemTime>,
@@ -58,6 +66,7 @@ impl Default for RetrievalConfig {
         RetrievalConfig {
             max_records: GET_RECORDS_MAX,
             idle_time_between_reads: Duration::from_millis(200),
+            min_time_between_get_records: Duration::from_millis(200),
             at_timestamp: None,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -129,10 +138,12 @@ impl Batch {
 /// that means latest as of the re-acquisition, as in the Java KCL). Anything else
 /// (stream not found, access denied, invalid argument) is a [`RetrievalError`].
 ///
-/// Pacing: after a call that returns nothing while caught up, the next one waits
-/// [`RetrievalConfig::idle_time_between_reads`]; a reader that is behind calls again at
-/// once. Real Kinesis allows 5 GetRecords per second per shard, shared by every
-/// polling consumer of the shard.
+/// Pacing: calls start at least [`RetrievalConfig::min_time_between_get_records`]
+/// apart (200 ms: 5 per second) unless the last one returned a full batch; after a call
+/// that returns nothing while caught up, the next one also waits
+/// [`RetrievalConfig::idle_time_between_reads`]. A reader that is behind (full
+/// batches) calls again at once. Real Kinesis allows 5 GetRecords per second per
+/// shard, shared by every polling consumer of the shard.
 ///
 /// A shard Kinesis answers `ResourceNotFoundException` for while its stream exists
 /// (a closed shard trimmed past the retention period) is read as ended: the next batch
@@ -297,6 +308,7 @@ impl ShardReader {
                     }
                 },
             };
+            let started = Instant::now();
             let response = self
                 .client
                 .get_records()
@@ -307,7 +319,7 @@ impl ShardReader {
             match response {
                 Ok(output) => {
                     self.failures = 0;
-                    return Ok(self.deliver(output));
+                    return Ok(self.deliver(output, started));
                 }
                 Err(err) => {
                     let failure = classify(&err, "GetRecords", &self.shard_id);
@@ -440,7 +452,7 @@ impl ShardReader {
 
     /// Turns a GetRecords answer into a batch and advances the reader. Runs without an
     /// await, so the reader's state moves all at once (cancel safety).
-    fn deliver(&mut self, output: GetRecordsOutput) -> Batch {
+    fn deliver(&mut self, output: GetRecordsOutput, started: Instant) -> Batch {
         let GetRecordsOutput {
             records,
             next_shard_iterator,
@@ -461,8 +473,13 @@ impl ShardReader {
         self.iterator = next_shard_iterator.filter(|i| !i.is_empty());
         let shard_end = self.iterator.is_none();
         self.ended = shard_end;
-        if !shard_end && fetched == 0 && millis_behind_latest.unwrap_or(0) == 0 {
-            self.next_call_at = Some(Instant::now() + self.config.idle_time_between_reads);
+        let full = i32::try_from(fetched).is_ok_and(|n| n >= self.config.max_records);
+        if !shard_end && !full {
+            let mut next = started + self.config.min_time_between_get_records;
+            if fetched == 0 && millis_behind_latest.unwrap_or(0) == 0 {
+                next = next.max(Instant::now() + self.config.idle_time_between_reads);
+            }
+            self.next_call_at = Some(next);
         }
         if shard_end {
             tracing::debug!(shard_id = %self.shard_id, "shard end reached");
