@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::{Clients, Endpoints};
@@ -330,5 +330,66 @@ async fn a_shard_gone_from_the_stream_is_ended_and_its_children_proceed() {
     let iterators = env.kinesis.calls(&kinesis_target("GetShardIterator"));
     assert!(iterators <= 4, "{iterators} GetShardIterator calls");
     worker.stop().await;
+    env.shutdown().await;
+}
+
+/// Never returns from a batch, nor from `shutdown_requested`.
+struct Stuck(Arc<AtomicBool>);
+
+impl RecordProcessor for Stuck {
+    async fn process_records(&mut self, _: ProcessRecordsInput, _: &mut Checkpointer) {
+        self.0.store(true, Ordering::SeqCst);
+        std::future::pending::<()>().await
+    }
+
+    async fn shutdown_requested(&mut self, _: &mut Checkpointer) {
+        std::future::pending::<()>().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_worker_returns_within_the_grace_when_nothing_answers() {
+    let env = Env::start().await;
+    let name = unique("stuck");
+    let app = unique("stuck-app");
+    stream::create_stream(&env.direct().await.kinesis, &name, 2, WAIT)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        env.put(&name, &format!("k{i}"), &format!("r{i}")).await;
+    }
+    let grace = Duration::from_secs(2);
+    let config = kcl::config::WorkerConfig::builder(&name, &app)
+        .worker_id("stuck")
+        .initial_position(kcl::config::InitialPosition::TrimHorizon)
+        .failover_time(FAILOVER)
+        .shutdown_grace(grace)
+        .build()
+        .unwrap();
+    let entered = Arc::new(AtomicBool::new(false));
+    let worker = Worker::new(config, &env.faulty().await, {
+        let entered = Arc::clone(&entered);
+        move |_: &str| Stuck(Arc::clone(&entered))
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    wait_for("a batch in the processor", WAIT, || async {
+        entered.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    // DynamoDB stops answering altogether.
+    env.dynamodb.injector().add(Rule::new(
+        "DynamoDB_20120810.*",
+        Fault::Timeout {
+            hold: Duration::from_secs(300),
+        },
+    ));
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let result = tokio::time::timeout(grace + Duration::from_secs(2), run)
+        .await
+        .expect("run returns within the grace");
+    result.unwrap().unwrap();
+    assert!(cancelled_at.elapsed() < grace + Duration::from_secs(2));
     env.shutdown().await;
 }
