@@ -16,8 +16,10 @@ use crate::processor::{
 };
 use crate::retrieval::{ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, spawn_prefetcher};
 use crate::shard_sync::ShardSyncer;
+use crate::stream::list_shards;
 
 use super::load::LoadMeter;
+use super::parents::{Listing, ParentLease, ParentStep, parent_step};
 use super::supervise::{let_go, let_go_limit};
 
 /// The states of a shard consumer.
@@ -136,23 +138,17 @@ impl<P: RecordProcessor> ShardConsumer<P> {
     }
 
     async fn wait_on_parents(&mut self) -> ConsumerState {
-        let parents = self.lease.parent_shard_ids.clone();
-        let mut pending: Vec<String> = parents;
+        let mut pending = self.lease.parent_shard_ids.clone();
         loop {
             if let Some(next) = self.interruption() {
                 return next;
             }
             let mut still = Vec::new();
+            // Listed at most once per round, and only when a parent lease is missing.
+            let mut listing = None;
             for parent in pending {
-                match self.ctx.store.get_lease(&parent).await {
-                    // A parent without a lease was never ours to read (or is long done).
-                    Ok(None) => {}
-                    Ok(Some(lease)) if lease.checkpoint.is_shard_end() => {}
-                    Ok(Some(_)) => still.push(parent),
-                    Err(e) => {
-                        tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot read parent lease");
-                        still.push(parent);
-                    }
+                if !self.parent_done(&parent, &mut listing).await {
+                    still.push(parent);
                 }
             }
             if still.is_empty() {
@@ -163,6 +159,48 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 _ = self.shutdown.cancelled() => {}
                 _ = self.phase.changed() => {}
                 _ = tokio::time::sleep(self.ctx.config.parent_poll_interval) => {}
+            }
+        }
+    }
+
+    /// One look at one parent (see `parents::parent_step`); `false` means wait.
+    async fn parent_done(&mut self, parent: &str, listing: &mut Option<Listing>) -> bool {
+        let lease = match self.ctx.store.get_lease(parent).await {
+            Ok(None) => ParentLease::Missing,
+            Ok(Some(lease)) if lease.checkpoint.is_shard_end() => ParentLease::Ended,
+            Ok(Some(_)) => ParentLease::InProgress,
+            Err(e) => {
+                tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot read parent lease");
+                ParentLease::Unreadable
+            }
+        };
+        loop {
+            match parent_step(parent, lease, &self.lease.checkpoint, listing.as_ref()) {
+                ParentStep::Done => return true,
+                ParentStep::Wait => return false,
+                ParentStep::ListShards => {
+                    let stream = &self.ctx.config.stream_name;
+                    *listing = Some(match list_shards(&self.ctx.kinesis, stream).await {
+                        Ok(shards) => Listing::Listed(shards),
+                        Err(e) => {
+                            tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot list shards for a missing parent lease");
+                            Listing::Failed
+                        }
+                    });
+                }
+                ParentStep::Create(lease) => {
+                    match self.ctx.store.create_lease(&lease).await {
+                        Ok(()) => {
+                            tracing::info!(shard = %self.lease.key, parent = %parent, "created the missing parent lease")
+                        }
+                        Err(LeaseError::ConditionFailed { .. }) => {}
+                        // Retried at the next look.
+                        Err(e) => {
+                            tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot create the missing parent lease")
+                        }
+                    }
+                    return false;
+                }
             }
         }
     }
@@ -302,7 +340,9 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 }
                 Err(LeaseError::ConditionFailed { .. }) => {}
                 Err(e) => {
-                    tracing::warn!(shard = %child.shard_id, error = %e, "cannot create child lease; shard sync will")
+                    // The shard sync retries it (with backoff while it fails).
+                    tracing::warn!(shard = %child.shard_id, error = %e, "cannot create child lease; shard sync will");
+                    self.ctx.syncer.request_sync();
                 }
             }
         }

@@ -14,6 +14,7 @@
 
 mod consumer;
 mod load;
+mod parents;
 mod supervise;
 
 pub(crate) use consumer::ConsumerContext;
