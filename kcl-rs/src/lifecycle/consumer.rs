@@ -54,7 +54,10 @@ pub enum ConsumerOutcome {
     ShutDown,
     /// The lease was handed over to the worker that asked.
     HandedOver,
-    /// Reading failed for good (e.g. the stream was deleted); the lease was released.
+    /// The consumer could not go on: reading failed for good (e.g. the stream was
+    /// deleted), the SHARD_END checkpoint could not be written, or the processor
+    /// panicked. The lease was released (or, if that failed, left to expire), so the
+    /// shard is read again from its checkpoint.
     Failed(String),
 }
 
