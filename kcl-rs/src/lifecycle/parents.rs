@@ -46,7 +46,7 @@ pub(crate) enum ParentStep {
     /// The parent's lease is missing: list the stream's shards, then decide again.
     ListShards,
     /// Create this lease for the parent (conditional: it may exist by now), then wait.
-    Create(Lease),
+    Create(Box<Lease>),
 }
 
 /// Decides for `parent` of a child whose checkpoint is `child_checkpoint`; `listing` is
@@ -92,7 +92,7 @@ pub(crate) fn parent_step(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    ParentStep::Create(lease)
+    ParentStep::Create(Box::new(lease))
 }
 
 #[cfg(test)]
@@ -171,7 +171,7 @@ mod tests {
                 Missing,
                 &th,
                 Some(&listed),
-                ParentStep::Create(s2),
+                ParentStep::Create(Box::new(s2)),
             ),
             (
                 "missing, trimmed away",
