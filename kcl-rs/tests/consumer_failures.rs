@@ -192,11 +192,13 @@ impl Running {
     }
 }
 
+/// The lease's checkpoint; `None` also while the worker has not created the table yet.
 async fn checkpoint_of(store: &DynamoLeaseStore, key: &str) -> Option<String> {
     store
         .get_lease(key)
         .await
-        .unwrap()
+        .ok()
+        .flatten()
         .map(|l| l.checkpoint.to_string())
 }
 
