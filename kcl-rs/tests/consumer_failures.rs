@@ -1,206 +1,24 @@
-//! Shard consumers that end other than cleanly — a panicking processor, a SHARD_END
-//! checkpoint that cannot be written, a shard gone from the stream — and a worker that
-//! must stop while everything hangs: no lease is left held with nobody reading it,
-//! children proceed, shutdown is bounded.
+//! Shard consumers that end other than cleanly — a panicking processor, a read error
+//! no retry fixes, a SHARD_END checkpoint that cannot be written, a shard gone from the
+//! stream — and a worker that must stop while everything hangs: no lease is left held
+//! with nobody reading it, children proceed, shutdown is bounded.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::Checkpointer;
-use kcl::leases::{DynamoLeaseStore, LeaseStore};
-use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, kinesis_target};
+use kcl::local::faults::{Fault, Rule, kinesis_target};
 use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
-use kcl::worker::{Worker, WorkerError};
+use kcl::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::consumers::{FAILOVER, config};
-
-const WAIT: Duration = Duration::from_secs(60);
-/// Room for the taking interval and a loaded machine on top of a bound under test.
-const SLACK: Duration = Duration::from_secs(1);
-
-struct Env {
-    aws: LocalAws,
-    kinesis: FaultProxy,
-    dynamodb: FaultProxy,
-}
-
-impl Env {
-    async fn start() -> Env {
-        let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-        let direct = aws.endpoints();
-        let kinesis = FaultProxy::start(direct.kinesis.as_deref().unwrap(), FaultPlan::new(1))
-            .await
-            .unwrap();
-        let dynamodb = FaultProxy::start(direct.dynamodb.as_deref().unwrap(), FaultPlan::new(2))
-            .await
-            .unwrap();
-        Env {
-            aws,
-            kinesis,
-            dynamodb,
-        }
-    }
-
-    async fn direct(&self) -> Clients {
-        self.aws.clients().await
-    }
-
-    /// Both services through their fault proxies.
-    async fn faulty(&self) -> Clients {
-        Clients::connect(&Endpoints::local(self.kinesis.url(), self.dynamodb.url())).await
-    }
-
-    async fn store(&self, app: &str) -> DynamoLeaseStore {
-        DynamoLeaseStore::new(self.direct().await.dynamodb, app)
-    }
-
-    async fn put(&self, stream: &str, key: &str, data: &str) {
-        self.direct()
-            .await
-            .kinesis
-            .put_record()
-            .stream_name(stream)
-            .partition_key(key)
-            .data(Blob::new(data.to_string()))
-            .send()
-            .await
-            .unwrap();
-    }
-
-    /// A one-shard stream with `p0..p4` in its parent shard, split in two, with
-    /// `c0..c19` (over many keys, so both children get some) written after the split.
-    /// Returns the stream and the parent's shard id.
-    async fn split_stream(&self) -> (String, String) {
-        let name = unique("failures");
-        let kinesis = self.direct().await.kinesis;
-        stream::create_stream(&kinesis, &name, 1, WAIT)
-            .await
-            .unwrap();
-        for i in 0..5 {
-            self.put(&name, &format!("k{i}"), &format!("p{i}")).await;
-        }
-        let parent = stream::list_shards(&kinesis, &name).await.unwrap()[0]
-            .shard_id
-            .clone();
-        stream::split_shard(&kinesis, &name, &parent, None, WAIT)
-            .await
-            .unwrap();
-        for i in 0..20 {
-            self.put(&name, &format!("k{i}"), &format!("c{i}")).await;
-        }
-        (name, parent)
-    }
-
-    async fn shutdown(self) {
-        self.kinesis.shutdown().await;
-        self.dynamodb.shutdown().await;
-        self.aws.shutdown().await;
-    }
-}
-
-/// Every delivery as `(shard, data)`, in order.
-#[derive(Clone, Default)]
-struct Deliveries(Arc<Mutex<Vec<(String, String)>>>);
-
-impl Deliveries {
-    fn data(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, d)| d.clone())
-            .collect()
-    }
-
-    fn count_with_prefix(&self, prefix: &str) -> usize {
-        let mut seen: Vec<String> = self
-            .data()
-            .into_iter()
-            .filter(|d| d.starts_with(prefix))
-            .collect();
-        seen.sort();
-        seen.dedup();
-        seen.len()
-    }
-}
-
-/// Records deliveries and checkpoints each batch. With `panic_once` armed, the first
-/// batch it sees panics instead (and disarms it).
-struct Tracker {
-    shard: String,
-    deliveries: Deliveries,
-    panic_once: Arc<AtomicBool>,
-}
-
-impl RecordProcessor for Tracker {
-    async fn process_records(&mut self, input: ProcessRecordsInput, cp: &mut Checkpointer) {
-        if self.panic_once.swap(false, Ordering::SeqCst) {
-            panic!("a processor bug");
-        }
-        for r in &input.records {
-            self.deliveries.0.lock().unwrap().push((
-                self.shard.clone(),
-                String::from_utf8_lossy(&r.data).into_owned(),
-            ));
-        }
-        let _ = cp.checkpoint().await;
-    }
-
-    async fn shutdown_requested(&mut self, cp: &mut Checkpointer) {
-        let _ = cp.checkpoint().await;
-    }
-}
-
-struct Running {
-    cancel: CancellationToken,
-    run: tokio::task::JoinHandle<Result<(), WorkerError>>,
-}
-
-impl Running {
-    fn start(
-        config: kcl::config::WorkerConfig,
-        clients: &Clients,
-        deliveries: &Deliveries,
-        panic_once: &Arc<AtomicBool>,
-    ) -> Running {
-        let (deliveries, panic_once) = (deliveries.clone(), Arc::clone(panic_once));
-        let worker = Worker::new(config, clients, move |shard: &str| Tracker {
-            shard: shard.to_string(),
-            deliveries: deliveries.clone(),
-            panic_once: Arc::clone(&panic_once),
-        });
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(worker.run(cancel.clone()));
-        Running { cancel, run }
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.run)
-            .await
-            .expect("the worker stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-/// The lease's checkpoint; `None` also while the worker has not created the table yet.
-async fn checkpoint_of(store: &DynamoLeaseStore, key: &str) -> Option<String> {
-    store
-        .get_lease(key)
-        .await
-        .ok()
-        .flatten()
-        .map(|l| l.checkpoint.to_string())
-}
+use common::faulty_worker::{Deliveries, Env, Running, SLACK, WAIT, checkpoint_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_processor_lets_its_lease_go_and_the_shard_is_read_again() {
@@ -228,6 +46,45 @@ async fn a_panicking_processor_lets_its_lease_go_and_the_shard_is_read_again() {
     // Not held alive with nobody reading: released (or expired) and read again.
     wait_for(
         "every record, read again after the panic",
+        2 * FAILOVER + SLACK,
+        || async { (deliveries.count_with_prefix("r") == 5).then_some(()) },
+    )
+    .await;
+    worker.stop().await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_error_no_retry_fixes_lets_the_lease_go_and_the_shard_is_read_again() {
+    let env = Env::start().await;
+    let name = unique("denied");
+    let app = unique("denied-app");
+    stream::create_stream(&env.direct().await.kinesis, &name, 1, WAIT)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        env.put(&name, "k", &format!("r{i}")).await;
+    }
+    let denied = env.kinesis.injector().add(
+        Rule::kinesis(
+            "GetRecords",
+            Fault::error(400, "AccessDeniedException", "injected: not allowed"),
+        )
+        .for_next(1),
+    );
+    let deliveries = Deliveries::default();
+    let worker = Running::start(
+        config(&name, &app, "w"),
+        &env.faulty().await,
+        &deliveries,
+        &Arc::new(AtomicBool::new(false)),
+    );
+    wait_for("the read to be denied", WAIT, || async {
+        (env.kinesis.injector().remaining(denied) == Some(0)).then_some(())
+    })
+    .await;
+    wait_for(
+        "every record, read again after the failure",
         2 * FAILOVER + SLACK,
         || async { (deliveries.count_with_prefix("r") == 5).then_some(()) },
     )
@@ -393,159 +250,5 @@ async fn cancelling_a_worker_returns_within_the_grace_when_nothing_answers() {
         .expect("run returns within the grace");
     result.unwrap().unwrap();
     assert!(cancelled_at.elapsed() < grace + Duration::from_secs(2));
-    env.shutdown().await;
-}
-
-/// Shards of a stream that went X → split into A and B → A and B merged into C.
-struct Lineage {
-    name: String,
-    x: String,
-    a: String,
-    b: String,
-    c: String,
-}
-
-/// Records `x*` in X, `m*` in A and B, `c*` in C.
-async fn split_and_merge(env: &Env) -> Lineage {
-    let name = unique("lineage");
-    let kinesis = env.direct().await.kinesis;
-    stream::create_stream(&kinesis, &name, 1, WAIT)
-        .await
-        .unwrap();
-    for i in 0..5 {
-        env.put(&name, &format!("k{i}"), &format!("x{i}")).await;
-    }
-    let x = stream::list_shards(&kinesis, &name).await.unwrap()[0]
-        .shard_id
-        .clone();
-    stream::split_shard(&kinesis, &name, &x, None, WAIT)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        env.put(&name, &format!("k{i}"), &format!("m{i}")).await;
-    }
-    let mut halves: Vec<_> = stream::list_shards(&kinesis, &name)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.is_open())
-        .collect();
-    halves.sort_by_key(|s| s.starting_hash_key);
-    let (a, b) = (halves[0].shard_id.clone(), halves[1].shard_id.clone());
-    stream::merge_shards(&kinesis, &name, &a, &b, WAIT)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        env.put(&name, &format!("k{i}"), &format!("c{i}")).await;
-    }
-    let c = stream::list_shards(&kinesis, &name)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.parents().len() == 2)
-        .unwrap()
-        .shard_id;
-    Lineage { name, x, a, b, c }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_merge_child_waits_for_a_parent_whose_lease_is_missing() {
-    let env = Env::start().await;
-    let lineage = split_and_merge(&env).await;
-    let app = unique("lineage-app");
-    // As if A's lease came from X's ChildShards and B's creation failed: the start
-    // sync of an application reading from LATEST then leases A and the merge child C
-    // (a leased parent), but not B (closed, with no leased parent).
-    let store = env.store(&app).await;
-    store.ensure_tables().await.unwrap();
-    let mut a = kcl::leases::Lease::new(
-        lineage.a.clone(),
-        kcl::checkpoint::ExtendedSequenceNumber::new(
-            kcl::checkpoint::SequencePosition::TrimHorizon,
-        ),
-    );
-    a.parent_shard_ids = vec![lineage.x.clone()];
-    store.create_lease(&a).await.unwrap();
-    let config = kcl::config::WorkerConfig::builder(&lineage.name, &app)
-        .worker_id("w")
-        .initial_position(kcl::config::InitialPosition::Latest)
-        .failover_time(FAILOVER)
-        .idle_time_between_reads(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let deliveries = Deliveries::default();
-    let worker = Running::start(
-        config,
-        &env.direct().await,
-        &deliveries,
-        &Arc::new(AtomicBool::new(false)),
-    );
-    wait_for(
-        "every record of A, B and C",
-        Duration::from_secs(30),
-        || async {
-            (deliveries.count_with_prefix("m") == 20 && deliveries.count_with_prefix("c") == 20)
-                .then_some(())
-        },
-    )
-    .await;
-    let log = deliveries.0.lock().unwrap().clone();
-    let last_of = |shard: &str| log.iter().rposition(|(s, _)| s == shard);
-    let first_of = |shard: &str| log.iter().position(|(s, _)| s == shard);
-    let child_first = first_of(&lineage.c).unwrap();
-    for parent in [&lineage.a, &lineage.b] {
-        assert!(
-            last_of(parent).unwrap() < child_first,
-            "{} delivered before its parent {parent} ended: {log:?}",
-            lineage.c
-        );
-    }
-    worker.stop().await;
-    env.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_child_lease_creation_is_retried_before_the_periodic_sync() {
-    let env = Env::start().await;
-    let name = unique("child-retry");
-    let app = unique("child-retry-app");
-    let kinesis = env.direct().await.kinesis;
-    stream::create_stream(&kinesis, &name, 1, WAIT)
-        .await
-        .unwrap();
-    env.put(&name, "k", "p0").await;
-    let deliveries = Deliveries::default();
-    let worker = Running::start(
-        config(&name, &app, "w"),
-        &env.faulty().await,
-        &deliveries,
-        &Arc::new(AtomicBool::new(false)),
-    );
-    wait_for("the first record", WAIT, || async {
-        (deliveries.count_with_prefix("p") == 1).then_some(())
-    })
-    .await;
-    // The quick sync at the parent's end fails to create the first child's lease (the
-    // SDK's three attempts); the periodic sync is a minute away.
-    let parent = stream::list_shards(&kinesis, &name).await.unwrap()[0]
-        .shard_id
-        .clone();
-    let first_child = format!("shardId-{:012}", 1);
-    env.dynamodb.injector().add(
-        Rule::dynamodb("PutItem", Fault::internal_server_error())
-            .when_body_contains(&first_child)
-            .for_next(3),
-    );
-    stream::split_shard(&kinesis, &name, &parent, None, WAIT)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        env.put(&name, &format!("k{i}"), &format!("c{i}")).await;
-    }
-    wait_for("every child record", Duration::from_secs(15), || async {
-        (deliveries.count_with_prefix("c") == 20).then_some(())
-    })
-    .await;
-    worker.stop().await;
     env.shutdown().await;
 }
