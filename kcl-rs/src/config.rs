@@ -76,6 +76,14 @@ pub struct WorkerConfig {
     pub max_records: i32,
     /// Pause between GetRecords calls when a shard is caught up. Default 200 ms.
     pub idle_time_between_reads: Duration,
+    /// Least time between the starts of two GetRecords calls on one shard, unless the
+    /// first returned a full batch (a reader that is behind reads on at once). Default
+    /// 200 ms: the service's 5 calls per second per shard.
+    pub min_time_between_get_records: Duration,
+    /// How long a cancelled [`Worker`](crate::worker::Worker) may spend shutting down
+    /// (processors checkpointing, leases released) before it stops waiting and
+    /// returns. Default 20 s.
+    pub shutdown_grace: Duration,
     /// Batches fetched ahead of the processor per shard. Default 2.
     pub prefetch_depth: usize,
     /// How often ListShards runs to discover new shards (it also runs at start and
@@ -106,6 +114,8 @@ impl WorkerConfig {
                 max_leases_per_worker: None,
                 max_records: 10_000,
                 idle_time_between_reads: Duration::from_millis(200),
+                min_time_between_get_records: Duration::from_millis(200),
+                shutdown_grace: Duration::from_secs(20),
                 prefetch_depth: 2,
                 shard_sync_interval: Duration::from_secs(60),
                 parent_poll_interval: Duration::from_millis(200),
@@ -157,6 +167,10 @@ impl WorkerConfigBuilder {
         max_records: i32,
         /// See [`WorkerConfig::idle_time_between_reads`].
         idle_time_between_reads: Duration,
+        /// See [`WorkerConfig::min_time_between_get_records`].
+        min_time_between_get_records: Duration,
+        /// See [`WorkerConfig::shutdown_grace`].
+        shutdown_grace: Duration,
         /// See [`WorkerConfig::prefetch_depth`].
         prefetch_depth: usize,
         /// See [`WorkerConfig::shard_sync_interval`].

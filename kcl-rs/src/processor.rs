@@ -8,6 +8,9 @@
 //! `SHARD_END` checkpoint after it returns), `lease_lost` (another worker has the lease:
 //! do not checkpoint) or `shutdown_requested` (this worker is stopping or handing the
 //! lease to another worker: checkpoint what you have processed).
+//!
+//! A callback that panics ends the shard's consumer without a checkpoint: the lease is
+//! let go and the shard is read again, by a new processor, from the last checkpoint.
 
 use std::future::Future;
 

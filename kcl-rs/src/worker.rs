@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::Clients;
 use crate::config::WorkerConfig;
 use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use crate::leases::handle::HandleError;
 use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
-use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_shard_consumer};
+use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_supervised};
 use crate::processor::RecordProcessorFactory;
 use crate::shard_sync::{ShardSyncError, ShardSyncer};
 
@@ -111,6 +112,14 @@ impl<F: RecordProcessorFactory> Worker<F> {
     /// leases, tells every processor (`shutdown_requested`, where it checkpoints),
     /// releases every lease and returns. An error is returned at once when the lease
     /// table or the stream cannot be used at start.
+    ///
+    /// Shutdown is bounded: `run` returns at most
+    /// [`WorkerConfig::shutdown_grace`] (default 20 s) after `cancel`, even when
+    /// DynamoDB does not answer or a processor does not return from a callback. Past
+    /// the grace, the processors still running are dropped where they are and leases
+    /// not yet released are left to expire (after the failover time). Whatever was not
+    /// checkpointed by then is processed again by the next owner of the shard, from the
+    /// last checkpoint written.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
         self.store.ensure_tables().await?;
@@ -159,7 +168,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 event = events.recv() => {
                     let Some(LeaseEvent::Acquired { handle, lease }) = event else { break };
                     tracing::info!(shard = %lease.key, worker = %config.worker_id, checkpoint = %lease.checkpoint, "processing shard");
-                    consumers.spawn(run_shard_consumer(
+                    consumers.spawn(run_supervised(
                         Arc::clone(&ctx),
                         handle,
                         lease,
@@ -185,25 +194,67 @@ impl<F: RecordProcessorFactory> Worker<F> {
             }
         }
 
-        // Graceful shutdown: no new leases, others see one worker fewer at once; each
-        // processor checkpoints and its consumer lets its lease go; renewal keeps the
-        // leases alive until then.
-        coordinator.stop_taking();
-        if let Err(e) = self.store.remove_worker(&config.worker_id).await {
-            tracing::warn!(error = %e, "could not remove the worker record");
+        // Graceful shutdown, bounded by the grace: no new leases; others see one worker
+        // fewer at once; each processor checkpoints and its consumer lets its lease go
+        // (renewal keeps the leases alive until then); what is still held is released.
+        // Past the grace everything left is dropped: leases not released expire after
+        // the failover time and the next owner reads from the last checkpoint.
+        let coordinator_abort = coordinator_task.as_ref().map(|t| t.abort_handle());
+        let sync_abort = sync_task.abort_handle();
+        let mut sync_task = sync_task;
+        let graceful = async {
+            coordinator.stop_taking();
+            let remove_worker = async {
+                if let Err(e) = self.store.remove_worker(&config.worker_id).await {
+                    tracing::warn!(error = %e, "could not remove the worker record");
+                }
+            };
+            // Concurrently: a DynamoDB that does not answer must not keep the
+            // processors from hearing of the shutdown.
+            let stop_consumers = async {
+                consumers_stop.cancel();
+                while consumers.join_next().await.is_some() {}
+            };
+            tokio::join!(remove_worker, stop_consumers);
+            background.cancel();
+            if let Some(task) = coordinator_task.as_mut() {
+                let _ = task.await;
+            }
+            let _ = (&mut sync_task).await;
+            release_held(&coordinator).await;
+        };
+        if tokio::time::timeout(config.shutdown_grace, graceful)
+            .await
+            .is_err()
+        {
+            tracing::warn!(worker = %config.worker_id, grace = ?config.shutdown_grace, "shutdown grace over; leases not released expire and are processed again from their checkpoints");
+            background.cancel();
+            consumers.abort_all();
+            if let Some(abort) = coordinator_abort {
+                abort.abort();
+            }
+            sync_abort.abort();
         }
-        consumers_stop.cancel();
-        while consumers.join_next().await.is_some() {}
-        background.cancel();
-        if let Some(task) = coordinator_task {
-            let _ = task.await;
-        }
-        let _ = sync_task.await;
-        coordinator.release_all().await?;
         tracing::info!(worker = %config.worker_id, "worker stopped");
         match failure {
             Some(e) => Err(e.into()),
             None => Ok(()),
+        }
+    }
+}
+
+/// Releases every lease the coordinator still holds, concurrently; failures are logged
+/// (those leases expire after the failover time).
+async fn release_held(coordinator: &LeaseCoordinator) {
+    let mut releases = JoinSet::new();
+    for handle in coordinator.held() {
+        releases.spawn(async move { (handle.key().to_string(), handle.hand_over().await) });
+    }
+    while let Some(Ok((key, result))) = releases.join_next().await {
+        match result {
+            Ok(()) => tracing::info!(lease = %key, "released lease"),
+            Err(HandleError::Lost { .. }) => {}
+            Err(e) => tracing::warn!(lease = %key, error = %e, "could not release lease"),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{Checkpointer, ExtendedSequenceNumber, SequencePosition};
+use crate::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
 use crate::config::{InitialPosition, WorkerConfig};
 use crate::leases::handle::{LeaseHandle, LeasePhase};
 use crate::leases::{Lease, LeaseError, LeaseStore};
@@ -16,8 +16,11 @@ use crate::processor::{
 };
 use crate::retrieval::{ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, spawn_prefetcher};
 use crate::shard_sync::ShardSyncer;
+use crate::stream::list_shards;
 
 use super::load::LoadMeter;
+use super::parents::{Listing, ParentLease, ParentStep, parent_step};
+use super::supervise::{let_go, let_go_limit};
 
 /// The states of a shard consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +54,10 @@ pub enum ConsumerOutcome {
     ShutDown,
     /// The lease was handed over to the worker that asked.
     HandedOver,
-    /// Reading failed for good (e.g. the stream was deleted); the lease was released.
+    /// The consumer could not go on: reading failed for good (e.g. the stream was
+    /// deleted), the SHARD_END checkpoint could not be written, or the processor
+    /// panicked. The lease was released (or, if that failed, left to expire), so the
+    /// shard is read again from its checkpoint.
     Failed(String),
 }
 
@@ -73,6 +79,8 @@ struct ShardConsumer<P: RecordProcessor> {
     checkpointer: Checkpointer,
     prefetcher: Option<Prefetcher>,
     reader_cancel: CancellationToken,
+    /// Stops the prefetcher however the consumer ends, a panic included.
+    _reader_guard: tokio_util::sync::DropGuard,
     outcome: Option<ConsumerOutcome>,
     load: LoadMeter,
 }
@@ -85,6 +93,7 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
     factory: Arc<F>,
     shutdown: CancellationToken,
 ) -> ConsumerOutcome {
+    let reader_cancel = CancellationToken::new();
     let mut consumer = ShardConsumer::<F::Processor> {
         checkpointer: Checkpointer::new(&lease.key, Arc::clone(&handle), lease.checkpoint.clone()),
         phase: handle.watch_phase(),
@@ -94,7 +103,8 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
         shutdown,
         processor: None,
         prefetcher: None,
-        reader_cancel: CancellationToken::new(),
+        _reader_guard: reader_cancel.clone().drop_guard(),
+        reader_cancel,
         outcome: None,
         load: LoadMeter::new(Instant::now()),
     };
@@ -131,23 +141,17 @@ impl<P: RecordProcessor> ShardConsumer<P> {
     }
 
     async fn wait_on_parents(&mut self) -> ConsumerState {
-        let parents = self.lease.parent_shard_ids.clone();
-        let mut pending: Vec<String> = parents;
+        let mut pending = self.lease.parent_shard_ids.clone();
         loop {
             if let Some(next) = self.interruption() {
                 return next;
             }
             let mut still = Vec::new();
+            // Listed at most once per round, and only when a parent lease is missing.
+            let mut listing = None;
             for parent in pending {
-                match self.ctx.store.get_lease(&parent).await {
-                    // A parent without a lease was never ours to read (or is long done).
-                    Ok(None) => {}
-                    Ok(Some(lease)) if lease.checkpoint.is_shard_end() => {}
-                    Ok(Some(_)) => still.push(parent),
-                    Err(e) => {
-                        tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot read parent lease");
-                        still.push(parent);
-                    }
+                if !self.parent_done(&parent, &mut listing).await {
+                    still.push(parent);
                 }
             }
             if still.is_empty() {
@@ -158,6 +162,48 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 _ = self.shutdown.cancelled() => {}
                 _ = self.phase.changed() => {}
                 _ = tokio::time::sleep(self.ctx.config.parent_poll_interval) => {}
+            }
+        }
+    }
+
+    /// One look at one parent (see `parents::parent_step`); `false` means wait.
+    async fn parent_done(&mut self, parent: &str, listing: &mut Option<Listing>) -> bool {
+        let lease = match self.ctx.store.get_lease(parent).await {
+            Ok(None) => ParentLease::Missing,
+            Ok(Some(lease)) if lease.checkpoint.is_shard_end() => ParentLease::Ended,
+            Ok(Some(_)) => ParentLease::InProgress,
+            Err(e) => {
+                tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot read parent lease");
+                ParentLease::Unreadable
+            }
+        };
+        loop {
+            match parent_step(parent, lease, &self.lease.checkpoint, listing.as_ref()) {
+                ParentStep::Done => return true,
+                ParentStep::Wait => return false,
+                ParentStep::ListShards => {
+                    let stream = &self.ctx.config.stream_name;
+                    *listing = Some(match list_shards(&self.ctx.kinesis, stream).await {
+                        Ok(shards) => Listing::Listed(shards),
+                        Err(e) => {
+                            tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot list shards for a missing parent lease");
+                            Listing::Failed
+                        }
+                    });
+                }
+                ParentStep::Create(lease) => {
+                    match self.ctx.store.create_lease(&lease).await {
+                        Ok(()) => {
+                            tracing::info!(shard = %self.lease.key, parent = %parent, "created the missing parent lease")
+                        }
+                        Err(LeaseError::ConditionFailed { .. }) => {}
+                        // Retried at the next look.
+                        Err(e) => {
+                            tracing::warn!(shard = %self.lease.key, parent = %parent, error = %e, "cannot create the missing parent lease")
+                        }
+                    }
+                    return false;
+                }
             }
         }
     }
@@ -199,6 +245,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         let retrieval = RetrievalConfig {
             max_records: config.max_records,
             idle_time_between_reads: config.idle_time_between_reads,
+            min_time_between_get_records: config.min_time_between_get_records,
             at_timestamp: match config.initial_position {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,
@@ -296,7 +343,9 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 }
                 Err(LeaseError::ConditionFailed { .. }) => {}
                 Err(e) => {
-                    tracing::warn!(shard = %child.shard_id, error = %e, "cannot create child lease; shard sync will")
+                    // The shard sync retries it (with backoff while it fails).
+                    tracing::warn!(shard = %child.shard_id, error = %e, "cannot create child lease; shard sync will");
+                    self.ctx.syncer.request_sync();
                 }
             }
         }
@@ -318,9 +367,21 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 self.outcome = Some(ConsumerOutcome::ShardEnded);
                 ConsumerState::Done
             }
-            Err(e) => {
-                tracing::warn!(shard = %self.lease.key, error = %e, "SHARD_END checkpoint failed");
+            Err(CheckpointError::LeaseLost { .. }) => {
                 self.outcome = Some(ConsumerOutcome::LeaseLost);
+                ConsumerState::Done
+            }
+            Err(e) => {
+                // The children wait on this SHARD_END. Keeping the lease (renewed, with
+                // nobody reading) would stall them for as long as this worker lives:
+                // let it go, so a consumer reads the shard to its end again and writes
+                // it. The sync creates the children's leases meanwhile.
+                tracing::warn!(shard = %self.lease.key, error = %e, "SHARD_END checkpoint failed; letting the lease go");
+                self.ctx.syncer.request_sync();
+                let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await;
+                self.outcome = Some(ConsumerOutcome::Failed(format!(
+                    "SHARD_END checkpoint failed: {e}"
+                )));
                 ConsumerState::Done
             }
         }
@@ -340,20 +401,16 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         if let Some(processor) = self.processor.as_mut() {
             processor.shutdown_requested(&mut self.checkpointer).await;
         }
-        match self.handle.hand_over().await {
-            Ok(()) => {
-                if self.outcome.is_none() {
-                    self.outcome = Some(if state == ConsumerState::HandingOff {
-                        ConsumerOutcome::HandedOver
-                    } else {
-                        ConsumerOutcome::ShutDown
-                    });
-                }
+        if let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await {
+            if self.outcome.is_none() {
+                self.outcome = Some(if state == ConsumerState::HandingOff {
+                    ConsumerOutcome::HandedOver
+                } else {
+                    ConsumerOutcome::ShutDown
+                });
             }
-            Err(e) => {
-                tracing::warn!(shard = %self.lease.key, error = %e, "could not let the lease go");
-                self.outcome.get_or_insert(ConsumerOutcome::LeaseLost);
-            }
+        } else {
+            self.outcome.get_or_insert(ConsumerOutcome::LeaseLost);
         }
         ConsumerState::Done
     }

@@ -1,19 +1,43 @@
 //! One shard consumer per held lease, driven as an explicit state machine:
 //!
 //! ```text
-//! WaitingOnParents ──parents at SHARD_END (or gone)──> Initializing ──> Processing
-//!        │                                                               │
-//!        │ lease lost / shutdown                 shard end ──> ShardEnded ──┐
-//!        v                                  lease lost ──> LeaseLost ───────┤
-//!      Done <───────────────────────────── shutdown ──> ShutdownRequested ──┤
-//!                                  handoff asked ──> HandingOff ────────────┘
+//! WaitingOnParents ──parents done──> Initializing ──> Processing ──shard end──> ShardEnded
+//!    │                                 │   │  └─checkpoint is SHARD_END──────────────^  │
+//!    │                                 │   └─lease item gone──> LeaseLost               │
+//!    │ lease lost / shutdown /         │                           ^                    │
+//!    │ handoff asked                   │        Processing ──lease lost─┘               │
+//!    v                                 v                                                │
+//!  (the matching state)     Processing ──shutdown, or reading failed──> ShutdownRequested
+//!                           Processing ──handoff asked──> HandingOff                    │
+//!                                                                                       v
+//!  ShardEnded, LeaseLost, ShutdownRequested, HandingOff ──────────────────────────> Done
 //! ```
+//!
+//! | from | to | when |
+//! |---|---|---|
+//! | WaitingOnParents | Initializing | every parent is done: its lease is at SHARD_END, or it has no lease and is not to be read (see `parents`); a missing parent still listed gets its lease created and is waited for |
+//! | WaitingOnParents, Initializing, Processing | ShutdownRequested / HandingOff / LeaseLost | the worker stops / another worker asked / the lease was lost |
+//! | Initializing | ShardEnded | the lease's checkpoint is already SHARD_END |
+//! | Initializing | LeaseLost | the lease item is gone |
+//! | Processing | ShardEnded | the shard was read to its end, or Kinesis no longer has it (trimmed) |
+//! | Processing | ShutdownRequested | reading failed for good (outcome `Failed`) |
+//! | ShardEnded | Done | SHARD_END written and the lease released (`ShardEnded`); or the write failed and the lease is let go (`Failed`), or it was lost (`LeaseLost`) |
+//! | LeaseLost, ShutdownRequested, HandingOff | Done | after the processor's callback; the lease is released or handed over |
+//!
+//! Whatever way a consumer ends (a processor panic included, caught by
+//! `supervise`), its lease is not left held with nobody reading: it is released, or,
+//! when the release fails or hangs past a third of the failover time, no longer
+//! renewed, so that it expires and the shard is read again within twice the failover
+//! time.
 //!
 //! Every exit is taken between batches, never in the middle of one: the batch in flight
 //! finishes first (the processor is not cancelled mid-write).
 
 mod consumer;
 mod load;
+mod parents;
+mod supervise;
 
-pub(crate) use consumer::{ConsumerContext, run_shard_consumer};
+pub(crate) use consumer::ConsumerContext;
 pub use consumer::{ConsumerOutcome, ConsumerState};
+pub(crate) use supervise::run_supervised;

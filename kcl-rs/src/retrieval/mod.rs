@@ -7,6 +7,8 @@
 //! - [`spawn_prefetcher`] (`prefetch`): a task that keeps the next batches ready so
 //!   GetRecords overlaps processing.
 //! - [`RetrievalError`] (`error`): the failures retrying cannot fix.
+//! - `gone`: a shard Kinesis answers ResourceNotFound for is read as ended when the
+//!   stream exists (trimmed past retention), as the Java KCL does.
 //!
 //! Resuming follows the Java KCL: a checkpoint `(S, n)` reads `AT_SEQUENCE_NUMBER S`
 //! and skips every user record at or before `(S, n)`, so a checkpoint in the middle of
@@ -14,6 +16,7 @@
 
 mod backoff;
 mod error;
+mod gone;
 mod polling;
 mod prefetch;
 mod record;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::backoff::{backoff_bound, full_jitter};
 use super::error::{Failure, RetrievalError, classify};
+use super::gone;
 use super::record::{Deaggregated, KinesisClientRecord, deaggregate_records, skip_through};
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 
@@ -42,6 +43,14 @@ pub struct RetrievalConfig {
     /// every call, which costs latency and throughput when behind; here a reader that
     /// is behind and exceeds the limit is throttled and backs off instead.
     pub idle_time_between_reads: Duration,
+    /// The least time from the start of one GetRecords call to the start of the next,
+    /// unless the call returned a full batch (`max_records` records: the shard holds
+    /// more, and a reader that is behind reads on at once; real Kinesis throttles it
+    /// past the limit and the backoff paces it). Default: 200 ms, so a reader on a
+    /// trickling shard, whose every call returns a few records, stays within the
+    /// service's 5 GetRecords per second per shard instead of looping at round-trip
+    /// speed. The Java KCL waits its idle time between every call.
+    pub min_time_between_get_records: Duration,
     /// Where an `AT_TIMESTAMP` start position starts. Required for that position,
     /// ignored for the others. Default: `None`.
     pub at_timestamp: Option<SystemTime>,
@@ -57,6 +66,7 @@ impl Default for RetrievalConfig {
         RetrievalConfig {
             max_records: GET_RECORDS_MAX,
             idle_time_between_reads: Duration::from_millis(200),
+            min_time_between_get_records: Duration::from_millis(200),
             at_timestamp: None,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -126,13 +136,19 @@ impl Batch {
 /// did not call for 5 minutes) is re-acquired at the last delivered record with the
 /// same skip rule, or at the start position if nothing was delivered yet (for `LATEST`
 /// that means latest as of the re-acquisition, as in the Java KCL). Anything else
-/// (stream or shard not found, access denied, invalid argument) is a
-/// [`RetrievalError`].
+/// (stream not found, access denied, invalid argument) is a [`RetrievalError`].
 ///
-/// Pacing: after a call that returns nothing while caught up, the next one waits
-/// [`RetrievalConfig::idle_time_between_reads`]; a reader that is behind calls again at
-/// once. Real Kinesis allows 5 GetRecords per second per shard, shared by every
-/// polling consumer of the shard.
+/// Pacing: calls start at least [`RetrievalConfig::min_time_between_get_records`]
+/// apart (200 ms: 5 per second) unless the last one returned a full batch; after a call
+/// that returns nothing while caught up, the next one also waits
+/// [`RetrievalConfig::idle_time_between_reads`]. A reader that is behind (full
+/// batches) calls again at once. Real Kinesis allows 5 GetRecords per second per
+/// shard, shared by every polling consumer of the shard.
+///
+/// A shard Kinesis answers `ResourceNotFoundException` for while its stream exists
+/// (a closed shard trimmed past the retention period) is read as ended: the next batch
+/// reports `shard_end`, with the children ListShards shows. A missing stream stays a
+/// [`RetrievalError::ResourceNotFound`].
 ///
 /// [`next_batch`](Self::next_batch) is cancel-safe: dropping its future (for example in
 /// `tokio::select!`) loses no record and delivers none twice; the next call carries on.
@@ -285,11 +301,14 @@ impl ShardReader {
                         return Ok(Batch::shard_end());
                     }
                     Err(failure) => {
-                        self.handle_failure(failure).await?;
+                        if let Some(batch) = self.recover(failure).await? {
+                            return Ok(batch);
+                        }
                         continue;
                     }
                 },
             };
+            let started = Instant::now();
             let response = self
                 .client
                 .get_records()
@@ -300,11 +319,13 @@ impl ShardReader {
             match response {
                 Ok(output) => {
                     self.failures = 0;
-                    return Ok(self.deliver(output));
+                    return Ok(self.deliver(output, started));
                 }
                 Err(err) => {
                     let failure = classify(&err, "GetRecords", &self.shard_id);
-                    self.handle_failure(failure).await?;
+                    if let Some(batch) = self.recover(failure).await? {
+                        return Ok(batch);
+                    }
                 }
             }
         }
@@ -391,9 +412,47 @@ impl ShardReader {
         Ok(())
     }
 
+    /// Handles a failed call: a shard gone from an existing stream ends the shard (see
+    /// the `gone` module); everything else goes to the backoff or is returned.
+    async fn recover(&mut self, failure: Failure) -> Result<Option<Batch>, RetrievalError> {
+        let Failure::Fatal(error @ RetrievalError::ResourceNotFound { .. }) = failure else {
+            self.handle_failure(failure).await?;
+            return Ok(None);
+        };
+        let view = gone::look(&self.client, &self.stream_name).await;
+        match gone::judge(&self.shard_id, &view) {
+            gone::Verdict::Ended(children) => {
+                tracing::warn!(shard_id = %self.shard_id, %error, "shard gone from the stream (trimmed); reading it as ended");
+                self.iterator = None;
+                self.ended = true;
+                Ok(Some(Batch {
+                    child_shards: children,
+                    ..Batch::shard_end()
+                }))
+            }
+            gone::Verdict::Fatal => self
+                .handle_failure(Failure::Fatal(error))
+                .await
+                .map(|()| None),
+            gone::Verdict::Retry => {
+                let message = match view {
+                    gone::StreamView::Unknown(message) => message,
+                    _ => error.to_string(),
+                };
+                // Ends with an answer either way, or with the reader's cancellation.
+                self.handle_failure(Failure::Retry {
+                    throttled: false,
+                    message: format!("{error}; cannot look at the stream: {message}"),
+                })
+                .await
+                .map(|()| None)
+            }
+        }
+    }
+
     /// Turns a GetRecords answer into a batch and advances the reader. Runs without an
     /// await, so the reader's state moves all at once (cancel safety).
-    fn deliver(&mut self, output: GetRecordsOutput) -> Batch {
+    fn deliver(&mut self, output: GetRecordsOutput, started: Instant) -> Batch {
         let GetRecordsOutput {
             records,
             next_shard_iterator,
@@ -414,8 +473,13 @@ impl ShardReader {
         self.iterator = next_shard_iterator.filter(|i| !i.is_empty());
         let shard_end = self.iterator.is_none();
         self.ended = shard_end;
-        if !shard_end && fetched == 0 && millis_behind_latest.unwrap_or(0) == 0 {
-            self.next_call_at = Some(Instant::now() + self.config.idle_time_between_reads);
+        let full = i32::try_from(fetched).is_ok_and(|n| n >= self.config.max_records);
+        if !shard_end && !full {
+            let mut next = started + self.config.min_time_between_get_records;
+            if fetched == 0 && millis_behind_latest.unwrap_or(0) == 0 {
+                next = next.max(Instant::now() + self.config.idle_time_between_reads);
+            }
+            self.next_call_at = Some(next);
         }
         if shard_end {
             tracing::debug!(shard_id = %self.shard_id, "shard end reached");

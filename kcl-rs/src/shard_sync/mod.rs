@@ -20,6 +20,9 @@ use crate::checkpoint::ExtendedSequenceNumber;
 use crate::leases::{Change, Expect, LeaseError, LeaseStore};
 use crate::stream::{StreamError, list_shards};
 
+/// The first retry delay after a failed sync.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -143,15 +146,27 @@ impl ShardSyncer {
     }
 
     /// Syncs every `interval` and whenever [`ShardSyncer::request_sync`] is called,
-    /// until `cancel`. Failures are logged and retried at the next round.
+    /// until `cancel`. A failed sync is retried sooner, after 1 s doubling up to
+    /// `interval`: it may be the creation of a child lease that a finished parent's
+    /// children are waiting for. Ends only with `cancel`.
     pub async fn run(&self, interval: Duration, cancel: CancellationToken) {
+        let mut retry = FIRST_RETRY;
         loop {
-            if let Err(e) = self.sync_once().await {
-                tracing::warn!(stream = %self.stream, error = %e, "shard sync failed; will retry");
-            }
+            let wait = match self.sync_once().await {
+                Ok(_) => {
+                    retry = FIRST_RETRY;
+                    interval
+                }
+                Err(e) => {
+                    let wait = retry.min(interval);
+                    tracing::warn!(stream = %self.stream, error = %e, retry_in = ?wait, "shard sync failed; will retry");
+                    retry = (retry * 2).min(interval);
+                    wait
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
             }
         }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod faulty_worker;
+
 pub mod consumers {
     //! Workers that record every delivery, in this process or as `kcl-record-worker`
     //! processes, and the checks made on what they delivered.
