@@ -62,3 +62,31 @@ async fn stop_on_signal(cancel: CancellationToken) {
     }
     cancel.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(args: &[&str]) -> Option<PathBuf> {
+        let args =
+            Args::try_parse_from(std::iter::once("kcl-multilang").chain(args.iter().copied()))
+                .ok()?;
+        args.properties_file.or(args.file)
+    }
+
+    #[test]
+    fn the_java_daemon_command_lines() {
+        let table: &[(&[&str], Option<&str>)] = &[
+            (&["--properties-file", "a.properties"], Some("a.properties")),
+            (&["--properties-file=a.properties"], Some("a.properties")),
+            (&["-p", "a.properties"], Some("a.properties")),
+            (&["a.properties"], Some("a.properties")),
+            (&[], None),
+            (&["-p", "a.properties", "b.properties"], None),
+            (&["--unknown"], None),
+        ];
+        for (args, expected) in table {
+            assert_eq!(file(args), expected.map(PathBuf::from), "{args:?}");
+        }
+    }
+}
