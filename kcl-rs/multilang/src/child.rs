@@ -73,8 +73,10 @@ pub struct ChildProcess {
 // A stderr fragment without a newline is logged once the child has been quiet this
 // long, so logs without line ends (kclpy's sample writes them) still show up whole.
 const STDERR_QUIET: Duration = Duration::from_millis(50);
-// Upper bound on one logged stderr line and one stdout line kept in memory.
+// Upper bound on one stdout line (a protocol message) kept in memory.
 const MAX_LINE: usize = 1 << 20;
+// Upper bound on one logged stderr line.
+const MAX_LOG_LINE: usize = 64 << 10;
 
 impl ChildProcess {
     /// Starts the child for `shard_id`.
@@ -184,7 +186,8 @@ async fn read_stdout(
             }
             ChildLine::Blank => {}
             ChildLine::Other(text) => {
-                tracing::info!(shard = %shard_id, line = %text, "skipping a non-protocol line on the child's stdout")
+                let shown: String = text.chars().take(500).collect();
+                tracing::info!(shard = %shard_id, line = %shown, "skipping a non-protocol line on the child's stdout")
             }
         }
     }
@@ -224,7 +227,7 @@ async fn drain_stderr(mut stderr: tokio::process::ChildStderr, shard_id: String)
                     log(&pending[..end]);
                     pending.drain(..=end);
                 }
-                if pending.len() > MAX_LINE {
+                if pending.len() > MAX_LOG_LINE {
                     log(&pending);
                     pending.clear();
                 }

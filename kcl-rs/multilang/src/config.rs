@@ -18,8 +18,8 @@ pub struct DaemonConfig {
     pub worker: WorkerConfig,
     /// Where Kinesis and DynamoDB are.
     pub endpoints: Endpoints,
-    /// Bound on each message's round trip with a child (`timeoutInSeconds`); none by
-    /// default, as in Java.
+    /// Bound on each wait for a child's next line and each write to it
+    /// (`timeoutInSeconds`); none by default, as in Java.
     pub timeout: Option<Duration>,
     /// How long a graceful shutdown waits for children (`shutdownGraceMillis`).
     pub shutdown_grace: Duration,

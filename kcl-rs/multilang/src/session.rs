@@ -151,8 +151,8 @@ pub enum SessionError {
     /// Starting, writing to or reading from the child failed.
     #[error(transparent)]
     Child(#[from] ChildError),
-    /// No `status` within `timeoutInSeconds`.
-    #[error("no status for {action} within {timeout:?}")]
+    /// The child wrote nothing (or took no input) for `timeoutInSeconds`.
+    #[error("no answer to {action} within {timeout:?}")]
     Timeout {
         /// The message waiting for its status.
         action: &'static str,
@@ -177,8 +177,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the child for a shard. `timeout` bounds each message's round trip
-    /// (`timeoutInSeconds`; `None` waits as long as the child takes, as Java does).
+    /// Starts the child for a shard. `timeout` bounds each write to the child and each
+    /// wait for its next line (`timeoutInSeconds`; `None` waits as long as the child
+    /// takes, as Java does).
     pub fn start(
         spec: &ChildSpec,
         shard_id: &str,
@@ -264,29 +265,13 @@ impl Session {
         &mut self,
         message: ToChild,
         phase: Phase,
-        checkpointer: Option<&mut C>,
-    ) -> Result<(), SessionError> {
-        let action = message.action();
-        let timeout = self.timeout;
-        let conversation = self.converse(message, phase, checkpointer);
-        match timeout {
-            None => conversation.await,
-            Some(timeout) => tokio::time::timeout(timeout, conversation)
-                .await
-                .unwrap_or(Err(SessionError::Timeout { action, timeout })),
-        }
-    }
-
-    async fn converse<C: Checkpointing>(
-        &mut self,
-        message: ToChild,
-        phase: Phase,
         mut checkpointer: Option<&mut C>,
     ) -> Result<(), SessionError> {
         let action = message.action();
-        self.child.send_line(&message.to_line()).await?;
+        let timeout = self.timeout;
+        bounded(timeout, action, self.child.send_line(&message.to_line())).await?;
         loop {
-            match self.child.next_message().await? {
+            match bounded(timeout, action, self.child.next_message()).await? {
                 FromChild::Status { response_for } => {
                     return if response_for.as_deref() == Some(action) {
                         Ok(())
@@ -322,10 +307,27 @@ impl Session {
                         sub_sequence_number,
                         error: outcome.err().map(|e| e.java_name().to_string()),
                     };
-                    self.child.send_line(&answer.to_line()).await?;
+                    bounded(timeout, action, self.child.send_line(&answer.to_line())).await?;
                 }
             }
         }
+    }
+}
+
+/// Bounds one read or write with the child by `timeoutInSeconds`, as the Java daemon
+/// bounds each wait for the child's next message (checkpoint writes to the lease table
+/// in between do not count against it).
+async fn bounded<T>(
+    timeout: Option<Duration>,
+    action: &'static str,
+    io: impl Future<Output = Result<T, ChildError>>,
+) -> Result<T, SessionError> {
+    match timeout {
+        None => Ok(io.await?),
+        Some(timeout) => match tokio::time::timeout(timeout, io).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SessionError::Timeout { action, timeout }),
+        },
     }
 }
 

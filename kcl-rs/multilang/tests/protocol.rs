@@ -74,11 +74,14 @@ fn rand_suffix() -> u64 {
 struct FakeCheckpointer {
     calls: Vec<String>,
     answers: VecDeque<Result<(), JavaCheckpointError>>,
+    /// How long each checkpoint write takes.
+    delay: Duration,
 }
 
 impl Checkpointing for FakeCheckpointer {
     async fn checkpoint_delivered(&mut self) -> Result<(), JavaCheckpointError> {
         self.calls.push("delivered".into());
+        tokio::time::sleep(self.delay).await;
         self.answers.pop_front().unwrap_or(Ok(()))
     }
 
@@ -87,6 +90,7 @@ impl Checkpointing for FakeCheckpointer {
         position: ExtendedSequenceNumber,
     ) -> Result<(), JavaCheckpointError> {
         self.calls.push(format!("at {position}"));
+        tokio::time::sleep(self.delay).await;
         self.answers.pop_front().unwrap_or(Ok(()))
     }
 }
@@ -457,4 +461,40 @@ fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.split_whitespace().nth(2) == Some("Z"))
         .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn the_timeout_bounds_each_wait_for_the_child_not_the_checkpoint_writes() {
+    let checkpoint =
+        r#"send {"action":"checkpoint","sequenceNumber":null,"subSequenceNumber":null}"#;
+    let fake = Fake::new(
+        "slow-writes",
+        &[
+            "expect initialize",
+            &STATUS("initialize"),
+            "expect processRecords",
+            checkpoint,
+            "expect checkpoint",
+            checkpoint,
+            "expect checkpoint",
+            &STATUS("processRecords"),
+        ],
+    );
+    // Two lease-table writes of 700 ms each: 1.4 s in all, over the 1 s timeout, while
+    // the child itself always answers at once.
+    let mut checkpointer = FakeCheckpointer {
+        delay: Duration::from_millis(700),
+        ..FakeCheckpointer::default()
+    };
+    let mut session = fake.start(Some(Duration::from_secs(1)));
+    session
+        .initialize(&ExtendedSequenceNumber::at("5", 0))
+        .await
+        .unwrap();
+    session
+        .process_records(&records(), &mut checkpointer)
+        .await
+        .unwrap();
+    session.finish(Duration::from_secs(5)).await;
+    assert_eq!(checkpointer.calls, vec!["delivered", "delivered"]);
 }
