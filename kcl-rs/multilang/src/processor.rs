@@ -7,6 +7,7 @@
 //! the whole JVM instead.)
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -131,6 +132,17 @@ impl MultiLangProcessor {
         }
     }
 
+    /// The daemon is stopping and the child did not finish its message within the
+    /// grace: kill it so the shutdown goes on.
+    async fn abandon(&mut self, stage: &str) {
+        tracing::warn!(shard = %self.shard_id, stage, grace = ?self.ctx.shutdown_grace,
+            "stopping: the child did not answer within the shutdown grace; killing it");
+        self.failed = true;
+        if let Some(session) = self.session.take() {
+            session.finish(Duration::ZERO).await;
+        }
+    }
+
     async fn end(&mut self) {
         if let Some(session) = self.session.take() {
             session.finish(self.ctx.shutdown_grace).await;
@@ -145,12 +157,13 @@ impl RecordProcessor for MultiLangProcessor {
             Ok(session) => session,
             Err(e) => return self.fail("start", e).await,
         };
-        match session.initialize(&input.checkpoint).await {
-            Ok(()) => self.session = Some(session),
-            Err(e) => {
-                self.session = Some(session);
-                self.fail("initialize", e).await
-            }
+        let ctx = Arc::clone(&self.ctx);
+        let result = until_stopped(&ctx, session.initialize(&input.checkpoint)).await;
+        self.session = Some(session);
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => self.fail("initialize", e).await,
+            None => self.abandon("initialize").await,
         }
     }
 
@@ -164,26 +177,38 @@ impl RecordProcessor for MultiLangProcessor {
         let Some(session) = self.session.as_mut().filter(|_| !self.failed) else {
             return;
         };
-        match session.process_records(&input, checkpointer).await {
-            Ok(()) => self.ctx.record_success(&self.shard_id),
-            Err(e) => self.fail("processRecords", e).await,
+        let ctx = Arc::clone(&self.ctx);
+        match until_stopped(&ctx, session.process_records(&input, checkpointer)).await {
+            Some(Ok(())) => self.ctx.record_success(&self.shard_id),
+            Some(Err(e)) => self.fail("processRecords", e).await,
+            None => self.abandon("processRecords").await,
         }
     }
 
     async fn lease_lost(&mut self) {
-        if let Some(session) = self.session.as_mut()
-            && let Err(e) = session.lease_lost().await
-        {
-            tracing::warn!(shard = %self.shard_id, error = %e, "leaseLost not acknowledged");
+        let ctx = Arc::clone(&self.ctx);
+        if let Some(session) = self.session.as_mut() {
+            match until_stopped(&ctx, session.lease_lost()).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(shard = %self.shard_id, error = %e, "leaseLost not acknowledged")
+                }
+                None => return self.abandon("leaseLost").await,
+            }
         }
         self.end().await;
     }
 
     async fn shard_ended(&mut self, checkpointer: &mut Checkpointer) {
-        if let Some(session) = self.session.as_mut()
-            && let Err(e) = session.shard_ended(checkpointer).await
-        {
-            tracing::warn!(shard = %self.shard_id, error = %e, "shardEnded not acknowledged");
+        let ctx = Arc::clone(&self.ctx);
+        if let Some(session) = self.session.as_mut() {
+            match until_stopped(&ctx, session.shard_ended(checkpointer)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(shard = %self.shard_id, error = %e, "shardEnded not acknowledged")
+                }
+                None => return self.abandon("shardEnded").await,
+            }
         }
         self.end().await;
     }
@@ -197,6 +222,20 @@ impl RecordProcessor for MultiLangProcessor {
             tracing::warn!(shard = %self.shard_id, error = %e, "shutdownRequested not acknowledged");
         }
         self.end().await;
+    }
+}
+
+/// Runs one exchange with a child. Once the daemon is stopping, the exchange in flight
+/// gets `shutdown_grace` more and is then abandoned (`None`): without a
+/// `timeoutInSeconds` a hung child would otherwise hold the shutdown forever.
+async fn until_stopped<T>(ctx: &DaemonContext, exchange: impl Future<Output = T>) -> Option<T> {
+    let stopping = async {
+        ctx.cancel.cancelled().await;
+        tokio::time::sleep(ctx.shutdown_grace).await;
+    };
+    tokio::select! {
+        result = exchange => Some(result),
+        _ = stopping => None,
     }
 }
 

@@ -7,6 +7,7 @@
 #   send TEXT       write TEXT and a newline to stdout
 #   err TEXT        write TEXT (no newline) to stderr
 #   sleep SECONDS   pause
+#   hang SECONDS    become `sleep SECONDS` (exec: killing the child's pid ends it)
 #   exit CODE       exit at once
 # After the last step the child reads stdin to its end, then exits 0.
 exec 3<&0
@@ -23,6 +24,7 @@ while IFS= read -r step; do
     "send "*) printf '%s\n' "${step#send }" ;;
     "err "*) printf '%s' "${step#err }" >&2 ;;
     "sleep "*) sleep "${step#sleep }" ;;
+    "hang "*) exec sleep "${step#hang }" ;;
     "exit "*) exit "${step#exit }" ;;
   esac
 done < "$1"

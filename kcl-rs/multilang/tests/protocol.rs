@@ -393,7 +393,7 @@ async fn a_child_that_hangs_times_out_and_is_killed() {
             "expect initialize",
             &STATUS("initialize"),
             "expect processRecords",
-            "sleep 60",
+            "hang 60",
         ],
     );
     let mut session = fake.start(Some(Duration::from_secs(1)));
@@ -432,7 +432,7 @@ async fn a_child_that_hangs_times_out_and_is_killed() {
             "expect initialize",
             &STATUS("initialize"),
             "expect shutdownRequested",
-            "sleep 60",
+            "hang 60",
         ],
     );
     let mut session = fake.start(None);
