@@ -200,6 +200,13 @@ impl RecordProcessor for MultiLangProcessor {
     }
 
     async fn shard_ended(&mut self, checkpointer: &mut Checkpointer) {
+        if self.failed {
+            // kcl-rs writes SHARD_END after this returns, but the batches since the
+            // child failed were never processed: give the lease up first so that
+            // write is refused and the next owner reads them again.
+            self.ctx.release_lease(&self.shard_id).await;
+            return;
+        }
         let ctx = Arc::clone(&self.ctx);
         if let Some(session) = self.session.as_mut() {
             match until_stopped(&ctx, session.shard_ended(checkpointer)).await {

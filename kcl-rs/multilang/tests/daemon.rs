@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
+use kcl::leases::LeaseStore;
 use kcl::local::testing::{unique, wait_for};
 use kcl::local::{LocalAws, LocalAwsOptions};
 
@@ -31,6 +32,117 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// A folder with a fake-child script and a properties file for `stream`.
+fn daemon_folder(aws: &LocalAws, stream: &str, script: &str, extra: &str) -> PathBuf {
+    let dir: PathBuf = std::env::temp_dir().join(unique("kcl-multilang-daemon"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("script"), script).unwrap();
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_child.sh");
+    let endpoints = aws.endpoints();
+    std::fs::write(
+        dir.join("daemon.properties"),
+        format!(
+            "executableName = sh {} script received.log\nstreamName = {stream}\n\
+             applicationName = {}\ninitialPositionInStream = TRIM_HORIZON\n\
+             kinesisEndpoint = {}\ndynamoDBEndpoint = {}\n{extra}",
+            fake.display(),
+            unique("daemonApp"),
+            endpoints.kinesis.unwrap(),
+            endpoints.dynamodb.unwrap(),
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn application(dir: &Path) -> String {
+    let properties = std::fs::read_to_string(dir.join("daemon.properties")).unwrap();
+    properties
+        .lines()
+        .find_map(|l| l.strip_prefix("applicationName = "))
+        .unwrap()
+        .to_string()
+}
+
+fn start_daemon(dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kcl-multilang"))
+        .arg(dir.join("daemon.properties"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+async fn sigterm_and_wait(daemon: &mut std::process::Child) -> std::process::ExitStatus {
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    wait_for("the daemon to exit", WAIT, || {
+        let status = daemon.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_whose_child_failed_on_its_last_batch_is_not_checkpointed_at_shard_end() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let stream = unique("ended");
+    kcl::stream::create_stream(&clients.kinesis, &stream, 1, WAIT)
+        .await
+        .unwrap();
+    clients
+        .kinesis
+        .put_record()
+        .stream_name(&stream)
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await
+        .unwrap();
+    // The parent is closed before the daemon starts: its one record and its end come
+    // to the processor together.
+    kcl::stream::split_shard(
+        &clients.kinesis,
+        &stream,
+        "shardId-000000000000",
+        None,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    // Every child dies on its first batch (the children shards have none).
+    let dir = daemon_folder(
+        &aws,
+        &stream,
+        "expect initialize\nsend {\"action\":\"status\",\"responseFor\":\"initialize\"}\nexpect processRecords\nexit 1\n",
+        "",
+    );
+    let mut daemon = start_daemon(&dir);
+    let read_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    wait_for("the child to fail on the parent's batch", WAIT, || {
+        let failed = read_log().contains("giving the shard up");
+        async move { failed.then_some(()) }
+    })
+    .await;
+    // Stop during the backoff: the record was never processed, so the parent must not
+    // be checkpointed at SHARD_END on the way out.
+    let status = sigterm_and_wait(&mut daemon).await;
+    assert!(status.success(), "exit {status}:\n{}", read_log());
+    let lease = kcl::leases::DynamoLeaseStore::new(clients.dynamodb.clone(), application(&dir))
+        .get_lease("shardId-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !lease.checkpoint.is_shard_end(),
+        "the unprocessed record was skipped:\n{}",
+        read_log()
+    );
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_within_the_grace_even_when_a_child_hangs() {
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
@@ -49,38 +161,15 @@ async fn sigterm_stops_within_the_grace_even_when_a_child_hangs() {
         .await
         .unwrap();
 
-    let dir: PathBuf = std::env::temp_dir().join(unique("kcl-multilang-daemon"));
-    std::fs::create_dir_all(&dir).unwrap();
     // The child answers initialize, then never answers processRecords.
-    std::fs::write(
-        dir.join("script"),
+    let dir = daemon_folder(
+        &aws,
+        &stream,
         "expect initialize\nsend {\"action\":\"status\",\"responseFor\":\"initialize\"}\nexpect processRecords\nhang 600\n",
-    )
-    .unwrap();
-    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_child.sh");
-    let endpoints = aws.endpoints();
-    std::fs::write(
-        dir.join("daemon.properties"),
-        format!(
-            "executableName = sh {} script received.log\nstreamName = {stream}\n\
-             applicationName = {}\ninitialPositionInStream = TRIM_HORIZON\n\
-             kinesisEndpoint = {}\ndynamoDBEndpoint = {}\nshutdownGraceMillis = 500\n",
-            fake.display(),
-            unique("hangApp"),
-            endpoints.kinesis.unwrap(),
-            endpoints.dynamodb.unwrap(),
-        ),
-    )
-    .unwrap();
-    let log = dir.join("daemon.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_kcl-multilang"))
-        .arg(dir.join("daemon.properties"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        "shutdownGraceMillis = 500\n",
+    );
+    let mut daemon = start_daemon(&dir);
+    let read_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
     wait_for("the child to get the record", WAIT, || {
         let got = std::fs::read_to_string(dir.join("received.log"))
             .is_ok_and(|r| r.contains("processRecords"));
@@ -91,12 +180,7 @@ async fn sigterm_stops_within_the_grace_even_when_a_child_hangs() {
     assert_eq!(pids.len(), 1, "{}", read_log());
 
     let stopped_at = Instant::now();
-    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
-    let status = wait_for("the daemon to exit", WAIT, || {
-        let status = daemon.try_wait().unwrap();
-        async move { status }
-    })
-    .await;
+    let status = sigterm_and_wait(&mut daemon).await;
     let took = stopped_at.elapsed();
     assert!(status.success(), "exit {status}:\n{}", read_log());
     // The grace (500 ms) for the batch in flight, then the lease release: well under
