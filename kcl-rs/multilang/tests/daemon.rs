@@ -198,3 +198,56 @@ async fn sigterm_stops_within_the_grace_even_when_a_child_hangs() {
     aws.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_hanging_past_the_timeout_is_killed_and_its_shard_restarted() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let stream = unique("timeout");
+    kcl::stream::create_stream(&clients.kinesis, &stream, 1, WAIT)
+        .await
+        .unwrap();
+    clients
+        .kinesis
+        .put_record()
+        .stream_name(&stream)
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await
+        .unwrap();
+    let dir = daemon_folder(
+        &aws,
+        &stream,
+        "expect initialize\nsend {\"action\":\"status\",\"responseFor\":\"initialize\"}\nexpect processRecords\nhang 600\n",
+        "timeoutInSeconds = 1\nshutdownGraceMillis = 500\n",
+    );
+    let mut daemon = start_daemon(&dir);
+    let read_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let pids = wait_for("a second child for the shard", WAIT, || {
+        let pids = child_pids(&read_log());
+        async move { (pids.len() >= 2).then_some(pids) }
+    })
+    .await;
+    let log = read_log();
+    assert!(
+        log.contains("no answer to processRecords within 1s"),
+        "{log}"
+    );
+    assert!(
+        log.contains("released the lease of the failed shard"),
+        "{log}"
+    );
+    assert!(
+        !alive(pids[0]),
+        "the timed-out child {} still runs",
+        pids[0]
+    );
+    let status = sigterm_and_wait(&mut daemon).await;
+    assert!(status.success(), "exit {status}:\n{}", read_log());
+    for pid in child_pids(&read_log()) {
+        assert!(!alive(pid), "child {pid} outlived the daemon");
+    }
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
