@@ -124,6 +124,8 @@ const KNOWN: &[&str] = &[
     "timeoutInSeconds",
     "shutdownGraceMillis",
     "maxActiveThreads",
+    "maxLeasesForWorker",
+    "parentShardPollIntervalMillis",
 ];
 
 /// A stream ARN's region and name: `arn:aws:kinesis:<region>:<account>:stream/<name>`.
@@ -217,12 +219,18 @@ impl DaemonConfig {
         if let Some(v) = props.boolean("callProcessRecordsEvenForEmptyRecordList")? {
             builder = builder.call_process_records_even_for_empty(v);
         }
-        // Each held shard runs one child; Java sizes its thread pool with this, here it
-        // caps the shards (children) a daemon holds. Zero or less means no bound.
-        if let Some(v) = props.number::<i64>("maxActiveThreads")?
-            && v > 0
-        {
-            builder = builder.max_leases_per_worker(Some(v as usize));
+        if let Some(v) = props.millis("parentShardPollIntervalMillis")? {
+            builder = builder.parent_poll_interval(v);
+        }
+        // Each held shard runs one child; Java sizes its thread pool with
+        // maxActiveThreads, here it caps the shards (children) a daemon holds, as
+        // maxLeasesForWorker does. Zero or less means no bound.
+        let caps = [
+            props.number::<i64>("maxActiveThreads")?,
+            props.number::<i64>("maxLeasesForWorker")?,
+        ];
+        if let Some(cap) = caps.into_iter().flatten().filter(|&v| v > 0).min() {
+            builder = builder.max_leases_per_worker(Some(cap as usize));
         }
         let worker = builder.build().map_err(|e| error(e.field, e.problem))?;
 
@@ -262,24 +270,40 @@ impl DaemonConfig {
 
 fn initial_position(props: &Props<'_>) -> Result<InitialPosition, PropertyError> {
     let key = "initialPositionInStream";
-    match props.get(key).map(str::to_ascii_uppercase).as_deref() {
-        None | Some("LATEST") => Ok(InitialPosition::Latest),
-        Some("TRIM_HORIZON") => Ok(InitialPosition::TrimHorizon),
-        Some("AT_TIMESTAMP") => {
-            let ext = "initialPositionInStreamExtended";
+    let ext = "initialPositionInStreamExtended";
+    // Java binds both keys to one setting in file order: `initialPositionInStreamExtended`
+    // (epoch seconds) means AT_TIMESTAMP, and whichever key comes last wins.
+    let last = |k: &str| {
+        props
+            .pairs
+            .iter()
+            .rposition(|(key, _)| key.eq_ignore_ascii_case(k))
+    };
+    let extended_wins = match (last(key), last(ext)) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(plain), Some(extended)) => extended > plain,
+    };
+    let position = if extended_wins {
+        "AT_TIMESTAMP".to_string()
+    } else {
+        props.get(key).unwrap_or("LATEST").to_ascii_uppercase()
+    };
+    match position.as_str() {
+        "LATEST" => Ok(InitialPosition::Latest),
+        "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
+        "AT_TIMESTAMP" => {
             let value = props
                 .get(ext)
                 .ok_or_else(|| error(ext, "is required with AT_TIMESTAMP (epoch seconds)"))?;
-            let seconds: f64 = value
+            let seconds: u64 = value
                 .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| error(ext, format!("{value:?} is not a time in epoch seconds")))?;
+                .map_err(|_| error(ext, format!("{value:?} is not a time in epoch seconds")))?;
             Ok(InitialPosition::AtTimestamp(
-                UNIX_EPOCH + Duration::from_secs_f64(seconds),
+                UNIX_EPOCH + Duration::from_secs(seconds),
             ))
         }
-        Some(other) => Err(error(
+        other => Err(error(
             key,
             format!("{other:?} is not TRIM_HORIZON, LATEST or AT_TIMESTAMP"),
         )),
@@ -391,15 +415,55 @@ mod tests {
     }
 
     #[test]
-    fn at_timestamp_reads_epoch_seconds() {
-        let c = config(&format!(
-            "{BASE}initialPositionInStream = AT_TIMESTAMP\ninitialPositionInStreamExtended = 1700000000\n"
-        ))
-        .unwrap();
-        assert_eq!(
-            c.worker.initial_position,
-            InitialPosition::AtTimestamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-        );
+    fn initial_positions_as_java_binds_them() {
+        let at = InitialPosition::AtTimestamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let table: &[(&str, InitialPosition)] = &[
+            ("", InitialPosition::Latest),
+            (
+                "initialPositionInStream = trim_horizon\n",
+                InitialPosition::TrimHorizon,
+            ),
+            (
+                "initialPositionInStream = LATEST\n",
+                InitialPosition::Latest,
+            ),
+            (
+                "initialPositionInStream = AT_TIMESTAMP\ninitialPositionInStreamExtended = 1700000000\n",
+                at,
+            ),
+            // The extended key alone means AT_TIMESTAMP; the last of the two keys wins.
+            ("initialPositionInStreamExtended = 1700000000\n", at),
+            (
+                "initialPositionInStream = TRIM_HORIZON\ninitialPositionInStreamExtended = 1700000000\n",
+                at,
+            ),
+            (
+                "initialPositionInStreamExtended = 1700000000\ninitialPositionInStream = TRIM_HORIZON\n",
+                InitialPosition::TrimHorizon,
+            ),
+        ];
+        for (extra, expected) in table {
+            let c = config(&format!("{BASE}{extra}")).unwrap();
+            assert_eq!(c.worker.initial_position, *expected, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn the_lease_cap_is_the_smaller_of_max_active_threads_and_max_leases_for_worker() {
+        let table: &[(&str, Option<usize>)] = &[
+            ("", None),
+            ("maxActiveThreads = 0\n", None),
+            ("maxActiveThreads = -1\n", None),
+            ("maxLeasesForWorker = 3\n", Some(3)),
+            ("maxActiveThreads = 8\nmaxLeasesForWorker = 3\n", Some(3)),
+            ("maxActiveThreads = 2\nmaxLeasesForWorker = 3\n", Some(2)),
+        ];
+        for (extra, expected) in table {
+            let c = config(&format!("{BASE}{extra}")).unwrap();
+            assert_eq!(c.worker.max_leases_per_worker, *expected, "{extra:?}");
+        }
+        let c = config(&format!("{BASE}parentShardPollIntervalMillis = 50\n")).unwrap();
+        assert_eq!(c.worker.parent_poll_interval, Duration::from_millis(50));
     }
 
     #[test]
@@ -425,6 +489,10 @@ mod tests {
             ),
             (
                 "initialPositionInStream = AT_TIMESTAMP\n",
+                "initialPositionInStreamExtended",
+            ),
+            (
+                "initialPositionInStreamExtended = yesterday\n",
                 "initialPositionInStreamExtended",
             ),
             ("streamArn = orders\n", "streamArn"),
