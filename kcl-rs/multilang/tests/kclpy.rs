@@ -268,6 +268,13 @@ fn started_children(log: &str) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Whether a process runs (and is not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2) != Some("Z"))
+        .unwrap_or(false)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_daemons_share_shards_through_a_split_a_daemon_crash_and_a_child_crash() {
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
@@ -328,7 +335,14 @@ async fn two_daemons_share_shards_through_a_split_a_daemon_crash_and_a_child_cra
     .await;
 
     // SIGKILL one daemon: its leases expire and the other takes its shards.
+    let a_children = started_children(&a.log());
     a.kill().await;
+    // Its children see their stdin close and exit.
+    wait_for("the crashed daemon's children to exit", WAIT, || {
+        let running = a_children.iter().filter(|(_, pid)| alive(*pid)).count();
+        async move { (running == 0).then_some(()) }
+    })
+    .await;
     let third = put(&clients, &stream, "third", 30).await;
     wait_logged(
         "the records put after the crash, all by the survivor",
@@ -339,7 +353,11 @@ async fn two_daemons_share_shards_through_a_split_a_daemon_crash_and_a_child_cra
 
     // Kill one child of the survivor: the shard is given up and restarted with a new
     // child, which gets the records again from the last checkpoint.
-    let (shard, pid) = started_children(&b.log()).last().cloned().expect("a child");
+    let (shard, pid) = started_children(&b.log())
+        .into_iter()
+        .rev()
+        .find(|(shard, pid)| shard != "shardId-000000000000" && alive(*pid))
+        .expect("a running child of the survivor");
     let children_before = started_children(&b.log()).len();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let mut fourth = BTreeMap::new();
@@ -363,7 +381,14 @@ async fn two_daemons_share_shards_through_a_split_a_daemon_crash_and_a_child_cra
         async move { restarted.then_some(()) }
     })
     .await;
+    let children = started_children(&b.log());
     b.stop().await;
+    for (shard, pid) in children {
+        assert!(
+            !alive(pid),
+            "the child {pid} of {shard} outlived its daemon"
+        );
+    }
     aws.shutdown().await;
     let _ = std::fs::remove_dir_all(&folder);
 }
