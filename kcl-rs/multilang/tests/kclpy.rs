@@ -74,6 +74,29 @@ fn sample_folder(aws: &LocalAws, stream: &str, application: &str) -> PathBuf {
     dir
 }
 
+/// `PATH`, with a `python` that is `python3` in front when there is no `python`: the
+/// sample's first line is `#!/usr/bin/env python`.
+fn path_with_python(folder: &Path) -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let has_python = Command::new("python")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_python {
+        return path;
+    }
+    let bin = folder.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let python3 = std::env::split_paths(&path)
+        .map(|dir| dir.join("python3"))
+        .find(|p| p.is_file())
+        .expect("python3 on PATH");
+    let _ = std::os::unix::fs::symlink(python3, bin.join("python"));
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path))).unwrap()
+}
+
 /// A running `kcl-multilang`, its log (its stderr, children's stderr included) in a file.
 struct Daemon {
     process: Child,
@@ -86,6 +109,7 @@ impl Daemon {
         let process = Command::new(env!("CARGO_BIN_EXE_kcl-multilang"))
             .arg("--properties-file")
             .arg(folder.join("sample.properties"))
+            .env("PATH", path_with_python(folder))
             .env("PYTHONPATH", kclpy_src())
             // Each of the sample's log writes reaches the daemon as it happens.
             .env("PYTHONUNBUFFERED", "1")
