@@ -41,6 +41,40 @@ impl ChildSpec {
     }
 }
 
+impl ChildSpec {
+    /// Checks that the program can be found (next to the properties file, by path, or
+    /// on `PATH`) and is executable, so that a typo is one clear error at start rather
+    /// than a failing child on every shard.
+    pub fn check(&self, path_var: Option<&std::ffi::OsStr>) -> Result<(), String> {
+        let program = self.command.first().ok_or("executableName is empty")?;
+        let candidates: Vec<PathBuf> = if program.contains('/') {
+            vec![self.working_dir.join(program)]
+        } else {
+            path_var
+                .map(|p| std::env::split_paths(p).map(|d| d.join(program)).collect())
+                .unwrap_or_default()
+        };
+        let executable = |p: &PathBuf| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if candidates.iter().any(executable) {
+            return Ok(());
+        }
+        Err(if program.contains('/') {
+            format!(
+                "executableName: {program} is not an executable file (in {})",
+                self.working_dir.display()
+            )
+        } else {
+            format!(
+                "executableName: {program} is neither a file next to the properties nor a program on PATH"
+            )
+        })
+    }
+}
+
 /// Why talking to a child failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
@@ -257,6 +291,26 @@ mod tests {
         );
         assert_eq!(spec("missing.py"), Some(vec!["missing.py".to_string()]));
         assert_eq!(spec("   "), None);
+
+        // What check() finds: an executable next to the properties, or on PATH.
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::ffi::OsString::from("/bin:/usr/bin");
+        let check = |name: &str| {
+            ChildSpec::from_executable_name(name, &dir)
+                .unwrap()
+                .check(Some(&path))
+        };
+        assert!(check("app.py").is_err(), "not executable");
+        std::fs::set_permissions(dir.join("app.py"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        assert_eq!(check("app.py"), Ok(()));
+        assert_eq!(check("sh -c true"), Ok(()));
+        assert!(check("missing.py").unwrap_err().contains("missing.py"));
+        assert!(
+            check("./missing.py")
+                .unwrap_err()
+                .contains("not an executable file")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

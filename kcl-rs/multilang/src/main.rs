@@ -43,6 +43,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if let Err(e) = config.child.check(std::env::var_os("PATH").as_deref()) {
+        eprintln!("kcl-multilang: {}: {e}", path.display());
+        std::process::exit(2);
+    }
     let clients = Clients::connect(&config.endpoints).await;
     let cancel = CancellationToken::new();
     tokio::spawn(stop_on_signal(cancel.clone()));
@@ -52,15 +56,23 @@ async fn main() {
     }
 }
 
-/// SIGTERM or Ctrl-C starts the graceful shutdown.
+/// SIGTERM or Ctrl-C starts the graceful shutdown; a second one ends the process at
+/// once (children see their stdin close).
 async fn stop_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        _ = int.recv() => tracing::info!("interrupted: shutting down"),
     }
     cancel.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("kcl-multilang: second signal: exiting without waiting");
+    std::process::exit(130);
 }
 
 #[cfg(test)]
