@@ -34,6 +34,23 @@ fn alive(pid: i32) -> bool {
 
 /// A folder with a fake-child script and a properties file for `stream`.
 fn daemon_folder(aws: &LocalAws, stream: &str, script: &str, extra: &str) -> PathBuf {
+    daemon_folder_via(
+        aws,
+        &aws.endpoints().dynamodb.unwrap(),
+        stream,
+        script,
+        extra,
+    )
+}
+
+/// The same, with DynamoDB at `dynamodb` (a fault proxy).
+fn daemon_folder_via(
+    aws: &LocalAws,
+    dynamodb: &str,
+    stream: &str,
+    script: &str,
+    extra: &str,
+) -> PathBuf {
     let dir: PathBuf = std::env::temp_dir().join(unique("kcl-multilang-daemon"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("script"), script).unwrap();
@@ -48,7 +65,7 @@ fn daemon_folder(aws: &LocalAws, stream: &str, script: &str, extra: &str) -> Pat
             fake.display(),
             unique("daemonApp"),
             endpoints.kinesis.unwrap(),
-            endpoints.dynamodb.unwrap(),
+            dynamodb,
         ),
     )
     .unwrap();
@@ -248,6 +265,90 @@ async fn a_child_hanging_past_the_timeout_is_killed_and_its_shard_restarted() {
     for pid in child_pids(&read_log()) {
         assert!(!alive(pid), "child {pid} outlived the daemon");
     }
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_answers_from_the_real_checkpointer() {
+    use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule};
+
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let stream = unique("answers");
+    kcl::stream::create_stream(&clients.kinesis, &stream, 1, WAIT)
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..2 {
+        let put = clients
+            .kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key(format!("k{i}"))
+            .data(Blob::new("x"))
+            .send()
+            .await
+            .unwrap();
+        seqs.push(put.sequence_number().to_string());
+    }
+    // The lease table throttles every checkpoint write at the first record.
+    let plan = FaultPlan::new(7).with(
+        Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()).when_body_contains(&seqs[0]),
+    );
+    let proxy = FaultProxy::start(&aws.endpoints().dynamodb.unwrap(), plan)
+        .await
+        .unwrap();
+    let beyond = "9".repeat(60);
+    let checkpoint = |seq: &str| {
+        format!(
+            "send {{\"action\":\"checkpoint\",\"sequenceNumber\":{seq},\"subSequenceNumber\":0}}\nexpect checkpoint\n"
+        )
+    };
+    let script = format!(
+        "expect initialize\nsend {{\"action\":\"status\",\"responseFor\":\"initialize\"}}\n\
+         expect processRecords\n{}{}{}send {{\"action\":\"status\",\"responseFor\":\"processRecords\"}}\n",
+        checkpoint(&format!("\"{beyond}\"")),
+        checkpoint(&format!("\"{}\"", seqs[0])),
+        checkpoint("null"),
+    );
+    let dir = daemon_folder_via(&aws, &proxy.url(), &stream, &script, "");
+    let mut daemon = start_daemon(&dir);
+    let read_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let answers = wait_for("three checkpoint answers", WAIT, || {
+        let answers: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("received.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|m| m["action"] == "checkpoint")
+            .collect();
+        async move { (answers.len() == 3).then_some(answers) }
+    })
+    .await;
+    let errors: Vec<serde_json::Value> = answers.iter().map(|a| a["error"].clone()).collect();
+    assert_eq!(
+        errors,
+        vec![
+            serde_json::json!("IllegalArgumentException"),
+            serde_json::json!("ThrottlingException"),
+            serde_json::Value::Null
+        ],
+        "{}",
+        read_log()
+    );
+    // The successful one (everything delivered) is in the lease table.
+    let lease = kcl::leases::DynamoLeaseStore::new(clients.dynamodb.clone(), application(&dir))
+        .get_lease("shardId-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        lease.checkpoint,
+        kcl::checkpoint::ExtendedSequenceNumber::at(seqs[1].clone(), 0)
+    );
+    let status = sigterm_and_wait(&mut daemon).await;
+    assert!(status.success(), "exit {status}:\n{}", read_log());
+    proxy.shutdown().await;
     aws.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
