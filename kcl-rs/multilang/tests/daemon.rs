@@ -72,6 +72,15 @@ fn daemon_folder_via(
     dir
 }
 
+/// Every line the fake child received, as JSON.
+fn read_received(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("received.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn application(dir: &Path) -> String {
     let properties = std::fs::read_to_string(dir.join("daemon.properties")).unwrap();
     properties
@@ -316,10 +325,8 @@ async fn checkpoint_answers_from_the_real_checkpointer() {
     let mut daemon = start_daemon(&dir);
     let read_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
     let answers = wait_for("three checkpoint answers", WAIT, || {
-        let answers: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("received.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        let answers: Vec<serde_json::Value> = read_received(&dir)
+            .into_iter()
             .filter(|m| m["action"] == "checkpoint")
             .collect();
         async move { (answers.len() == 3).then_some(answers) }
@@ -349,6 +356,104 @@ async fn checkpoint_answers_from_the_real_checkpointer() {
     let status = sigterm_and_wait(&mut daemon).await;
     assert!(status.success(), "exit {status}:\n{}", read_log());
     proxy.shutdown().await;
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_checkpointing_after_its_lease_was_taken_hears_shutdown_then_lease_lost() {
+    use kcl::leases::store::{Change, Expect};
+
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let stream = unique("stolen");
+    kcl::stream::create_stream(&clients.kinesis, &stream, 1, WAIT)
+        .await
+        .unwrap();
+    let put = clients
+        .kinesis
+        .put_record()
+        .stream_name(&stream)
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await
+        .unwrap();
+    let seq = put.sequence_number().to_string();
+    let status =
+        |action: &str| format!("send {{\"action\":\"status\",\"responseFor\":\"{action}\"}}\n");
+    let script = format!(
+        "expect initialize\n{}expect processRecords\nawait stolen\n\
+         send {{\"action\":\"checkpoint\",\"sequenceNumber\":null,\"subSequenceNumber\":null}}\nexpect checkpoint\n\
+         {}expect leaseLost\n\
+         send {{\"action\":\"checkpoint\",\"sequenceNumber\":\"{seq}\",\"subSequenceNumber\":0}}\nexpect checkpoint\n{}",
+        status("initialize"),
+        status("processRecords"),
+        status("leaseLost"),
+    );
+    let dir = daemon_folder(&aws, &stream, &script, "workerId = daemon-1\n");
+    let mut daemon = start_daemon(&dir);
+    let read_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    wait_for("the child to get the record", WAIT, || {
+        let got = read_received(&dir)
+            .iter()
+            .any(|m| m["action"] == "processRecords");
+        async move { got.then_some(()) }
+    })
+    .await;
+
+    // Another worker takes the lease while the child holds the batch.
+    let store = kcl::leases::DynamoLeaseStore::new(clients.dynamodb.clone(), application(&dir));
+    store
+        .update_lease(
+            "shardId-000000000000",
+            Expect {
+                counter: None,
+                owner: Some(Some("daemon-1".into())),
+                checkpoint_owner: None,
+            },
+            Change {
+                bump_counter: true,
+                owner: Some(Some("thief".into())),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    std::fs::write(dir.join("stolen"), "").unwrap();
+
+    let answers = wait_for("both checkpoint answers", WAIT, || {
+        let answers: Vec<serde_json::Value> = read_received(&dir)
+            .into_iter()
+            .filter(|m| m["action"] == "checkpoint")
+            .collect();
+        async move { (answers.len() == 2).then_some(answers) }
+    })
+    .await;
+    assert!(
+        read_received(&dir)
+            .iter()
+            .any(|m| m["action"] == "leaseLost")
+    );
+    assert_eq!(answers[0]["error"], "ShutdownException", "{}", read_log());
+    assert_eq!(
+        answers[1]["error"],
+        "InvalidStateException",
+        "{}",
+        read_log()
+    );
+    let lease = store
+        .get_lease("shardId-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.owner.as_deref(), Some("thief"));
+    assert!(
+        !lease.checkpoint.to_string().starts_with(&seq),
+        "a lost lease was checkpointed"
+    );
+    let status = sigterm_and_wait(&mut daemon).await;
+    assert!(status.success(), "exit {status}:\n{}", read_log());
     aws.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,6 +7,7 @@
 #   send TEXT       write TEXT and a newline to stdout
 #   err TEXT        write TEXT (no newline) to stderr
 #   sleep SECONDS   pause
+#   await FILE      wait until FILE exists (the test's cue)
 #   hang SECONDS    become `sleep SECONDS` (exec: killing the child's pid ends it)
 #   exit CODE       exit at once
 # After the last step the child reads stdin to its end, then exits 0.
@@ -24,6 +25,7 @@ while IFS= read -r step; do
     "send "*) printf '%s\n' "${step#send }" ;;
     "err "*) printf '%s' "${step#err }" >&2 ;;
     "sleep "*) sleep "${step#sleep }" ;;
+    "await "*) while [ ! -e "${step#await }" ]; do sleep 0.05; done ;;
     "hang "*) exec sleep "${step#hang }" ;;
     "exit "*) exit "${step#exit }" ;;
   esac
