@@ -95,6 +95,8 @@ async fn every_attribute_round_trips(store: Arc<dyn LeaseStore>, _: Arc<dyn Leas
         child_shard_ids: vec!["shardId-000000000009".into()],
         hash_key_range: Some((u128::MAX / 2 + 1, u128::MAX)),
         checkpoint_owner: Some("worker-a".into()),
+        epoch: Some(40),
+        checkpoint_owner_epoch: Some(37),
         load: Some(ShardLoad {
             records_per_sec: 812.25,
             bytes_per_sec: 1_234_567.125,

@@ -2,10 +2,12 @@
 //! free and expired ones, balances with other workers by graceful handoff, and tells
 //! the worker which leases it may process.
 //!
-//! Two loops run until cancelled:
-//! - **renewal**, every `renewal_interval` (failover/3 by default): heartbeat the worker
-//!   record and renew each held lease; transient errors are retried until the lease
-//!   would expire, and then it is given up (`Lost(ExpiredLocally)`).
+//! These run until cancelled:
+//! - **renewal**, every `renewal_interval` (failover/3 by default), one task per held
+//!   lease and one for the worker heartbeat, so that a slow or hung call delays nothing
+//!   but itself; transient errors (throttling, transaction conflicts, timeouts) are
+//!   retried with backoff until the lease would expire, and then it is given up
+//!   (`Lost(ExpiredLocally)`).
 //! - **taking**, every `taking_interval` and also exactly when an observed lease is due
 //!   to expire: list the table, update the [`Observer`], plan with
 //!   [`plan_takes`](super::taker::plan_takes) and perform the planned conditional writes.
@@ -21,12 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::handle::{HandleError, LeaseHandle, LeasePhase, LostReason, RenewOutcome};
 use super::lease::Lease;
 use super::observer::Observer;
+use super::retry;
 use super::store::{Change, Expect, LeaseError, LeaseStore};
 use super::taker::{TakeAction, TakerInput, plan_takes};
 
@@ -108,6 +111,12 @@ pub struct CoordinatorStats {
     pub handoffs_requested: AtomicU64,
     /// Conditional writes that lost a race.
     pub conflicts: AtomicU64,
+    /// Leases lost other than by a graceful handoff or release: taken over, expired
+    /// locally because renewals kept failing, or deleted.
+    pub leases_lost: AtomicU64,
+    /// Items of the lease table skipped because they are not valid leases (as the
+    /// store last reported; see [`LeaseStore::malformed_items`]).
+    pub malformed_items: AtomicU64,
 }
 
 /// One worker's lease coordinator.
@@ -120,6 +129,7 @@ pub struct LeaseCoordinator {
     stats: CoordinatorStats,
     seed: u64,
     taking_stopped: AtomicBool,
+    worker_removed: AtomicBool,
 }
 
 impl LeaseCoordinator {
@@ -139,6 +149,7 @@ impl LeaseCoordinator {
             stats: CoordinatorStats::default(),
             seed: hasher.finish(),
             taking_stopped: AtomicBool::new(false),
+            worker_removed: AtomicBool::new(false),
             config,
         };
         (Arc::new(coordinator), receiver)
@@ -183,35 +194,83 @@ impl LeaseCoordinator {
         taking
     }
 
+    /// Keeps one renewal task running per held lease, and the heartbeat task, until
+    /// cancelled; then waits for them (each ends at once on cancellation).
     async fn renewal_loop(self: Arc<Self>, cancel: CancellationToken) {
         let interval = self.config.renewal_interval();
+        let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat_loop(cancel.clone()));
+        // A new lease was written at its take; its first renewal is due an interval
+        // later, so noticing it within a fraction of that is soon enough.
+        let tick = (interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut renewers: HashMap<String, (Arc<LeaseHandle>, JoinHandle<()>)> = HashMap::new();
+        loop {
+            for handle in self.held() {
+                let running = renewers.get(handle.key()).is_some_and(|(renewed, task)| {
+                    Arc::ptr_eq(renewed, &handle) && !task.is_finished()
+                });
+                if !running {
+                    let task =
+                        tokio::spawn(renew_lease(Arc::clone(&handle), interval, cancel.clone()));
+                    renewers.insert(handle.key().to_string(), (handle, task));
+                }
+            }
+            renewers.retain(|_, (_, task)| !task.is_finished());
+            self.forget_lost();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        for (_, (_, task)) in renewers {
+            let _ = task.await;
+        }
+        let _ = heartbeat.await;
+        self.forget_lost();
+    }
+
+    /// Heartbeats the worker record every renewal interval, each call bounded by the
+    /// interval, independently of the lease renewals.
+    async fn heartbeat_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let interval = self.config.renewal_interval();
+        let attempt = retry::attempt_timeout(self.config.failover_time);
         let mut next = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next += interval;
+            next = (next + interval).max(tokio::time::Instant::now());
             if self.taking_stopped.load(Ordering::SeqCst) {
                 // Leaving: the worker record is gone and must stay gone.
-            } else if let Err(e) = self.store.heartbeat(&self.config.worker_id).await {
-                tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
+                continue;
             }
-            let mut renewals = JoinSet::new();
-            for handle in self.held() {
-                let retry_pause = (interval / 8).max(Duration::from_millis(50));
-                renewals.spawn(renew_until_expiry(handle, retry_pause));
+            let deadline = tokio::time::Instant::now() + interval;
+            let beat = retry::until_deadline(deadline, attempt, || {
+                self.store.heartbeat(&self.config.worker_id)
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = beat => if let Err(e) = result {
+                    tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
+                }
             }
-            while renewals.join_next().await.is_some() {}
-            self.forget_lost();
         }
     }
 
     fn forget_lost(&self) {
+        let mut lost = 0;
         self.held
             .lock()
             .unwrap()
-            .retain(|_, handle| !matches!(handle.phase(), LeasePhase::Lost(_)));
+            .retain(|_, handle| match handle.phase() {
+                LeasePhase::Lost(LostReason::HandedOver | LostReason::Released) => false,
+                LeasePhase::Lost(_) => {
+                    lost += 1;
+                    false
+                }
+                _ => true,
+            });
+        self.stats.leases_lost.fetch_add(lost, Ordering::Relaxed);
     }
 
     async fn taking_loop(self: Arc<Self>, cancel: CancellationToken) -> Result<(), LeaseError> {
@@ -242,6 +301,9 @@ impl LeaseCoordinator {
         cancel: &CancellationToken,
     ) -> Result<Option<Instant>, LeaseError> {
         let leases = self.store.list_leases().await?;
+        self.stats
+            .malformed_items
+            .store(self.store.malformed_items(), Ordering::Relaxed);
         let workers = self.store.list_workers().await?;
         let now = Instant::now();
         let (expired, live, next_expiry) = {
@@ -310,7 +372,6 @@ impl LeaseCoordinator {
 
     async fn perform(self: Arc<Self>, action: TakeAction) -> Result<(), LeaseError> {
         let me = self.config.worker_id.clone();
-        let sent = Instant::now();
         let (expect, change, from) = match &action {
             TakeAction::Take {
                 counter,
@@ -320,7 +381,7 @@ impl LeaseCoordinator {
                 Expect {
                     counter: Some(*counter),
                     owner: Some(previous_owner.clone()),
-                    checkpoint_owner: None,
+                    ..Expect::default()
                 },
                 Change {
                     bump_counter: true,
@@ -343,8 +404,21 @@ impl LeaseCoordinator {
                 Some(from.clone()),
             ),
         };
-        let lease = match self.store.update_lease(action.key(), expect, change).await {
-            Ok(lease) => lease,
+        // A transient failure (a transaction conflict with the previous owner's fenced
+        // transaction, throttling) is retried briefly; beyond that the next cycle
+        // plans afresh.
+        let attempt = retry::attempt_timeout(self.config.failover_time);
+        let deadline = tokio::time::Instant::now() + attempt * 2;
+        let written = retry::until_deadline(deadline, attempt, || {
+            let sent = Instant::now();
+            let write = self
+                .store
+                .update_lease(action.key(), expect.clone(), change.clone());
+            async move { write.await.map(|lease| (lease, sent)) }
+        })
+        .await;
+        let (lease, sent) = match written {
+            Ok(written) => written,
             Err(LeaseError::ConditionFailed { .. }) => {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
@@ -416,48 +490,86 @@ impl LeaseCoordinator {
         }
     }
 
-    /// Graceful exit: removes this worker's record first (so others immediately count
-    /// one worker fewer and have room to take), then releases every held lease and
-    /// ends handoffs in progress. Call after `run` returned and processors checkpointed.
+    /// Leaves the group: stops taking and heartbeating and removes this worker's record
+    /// (so others count one worker fewer at once), once; later calls do nothing. The
+    /// removal is retried while transient for at most a failover time.
+    pub async fn leave(&self) -> Result<(), LeaseError> {
+        self.stop_taking();
+        if self.worker_removed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let attempt = retry::attempt_timeout(self.config.failover_time);
+        let deadline = tokio::time::Instant::now() + self.config.failover_time;
+        let removed = retry::until_deadline(deadline, attempt, || {
+            self.store.remove_worker(&self.config.worker_id)
+        })
+        .await;
+        if removed.is_err() {
+            // Not gone: a later call may try again.
+            self.worker_removed.store(false, Ordering::SeqCst);
+        }
+        removed
+    }
+
+    /// Graceful exit: releases every held lease and ends handoffs in progress, all at
+    /// once, then leaves the group ([`LeaseCoordinator::leave`]). Call after `run`
+    /// returned and processors checkpointed.
+    ///
+    /// Every step is bounded: a release retries transient errors (throttling, a
+    /// transaction conflict) until the lease would expire anyway, each attempt within
+    /// a fifth of the failover time, and the record's removal for at most a failover
+    /// time, so with DynamoDB unreachable this returns within about two failover
+    /// times. A release that failed is not an error of this call (the lease expires
+    /// and is taken after the failover time); a failed removal is returned, after
+    /// every release was tried.
     pub async fn release_all(&self) -> Result<(), LeaseError> {
-        self.store.remove_worker(&self.config.worker_id).await?;
         let mut releases = JoinSet::new();
         for handle in self.held() {
             releases.spawn(async move { (handle.key().to_string(), handle.hand_over().await) });
         }
-        while let Some(Ok((key, result))) = releases.join_next().await {
-            match result {
-                Ok(()) => tracing::info!(lease = %key, "released lease"),
-                Err(HandleError::Lost { .. }) => {}
-                Err(e) => tracing::warn!(lease = %key, error = %e, "could not release lease"),
+        while let Some(done) = releases.join_next().await {
+            match done {
+                Ok((key, Ok(()))) => tracing::info!(lease = %key, "released lease"),
+                Ok((_, Err(HandleError::Lost { .. }))) => {}
+                Ok((key, Err(e))) => {
+                    tracing::warn!(lease = %key, error = %e, "could not release lease")
+                }
+                Err(e) => tracing::warn!(error = %e, "lease release task failed"),
             }
         }
         self.forget_lost();
-        Ok(())
+        self.leave().await
     }
 }
 
-/// Renews once, retrying transient errors until the lease would expire.
-async fn renew_until_expiry(handle: Arc<LeaseHandle>, retry_pause: Duration) {
+/// Renews `handle` every `interval` until it is lost or `cancel` is cancelled. Each
+/// renewal retries transient errors itself until the lease would expire.
+async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: CancellationToken) {
+    let mut next = tokio::time::Instant::now() + interval;
     loop {
-        match handle.renew().await {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = (next + interval).max(tokio::time::Instant::now());
+        let renewed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            renewed = handle.renew() => renewed,
+        };
+        match renewed {
             Ok(RenewOutcome::PhaseChanged(phase)) => {
                 tracing::info!(lease = %handle.key(), ?phase, "lease phase changed at renewal");
-                return;
             }
-            Ok(_) => return,
-            Err(HandleError::Store(e)) if e.is_transient() => {
-                tracing::debug!(lease = %handle.key(), error = %e, "renewal failed; retrying");
-                tokio::time::sleep(retry_pause).await;
-            }
+            Ok(_) => {}
             Err(HandleError::Lost { reason, .. }) => {
                 tracing::warn!(lease = %handle.key(), ?reason, "lease lost");
-                return;
             }
             Err(e) => {
                 tracing::warn!(lease = %handle.key(), error = %e, "renewal failed");
-                return;
             }
+        }
+        if matches!(handle.phase(), LeasePhase::Lost(_)) {
+            return;
         }
     }
 }

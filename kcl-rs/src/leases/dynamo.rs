@@ -12,7 +12,8 @@
 //!   `ownerSwitchesSinceCheckpoint` at 0: the switch happens with the checkpoint, so
 //!   no switch has happened *since* it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -89,6 +90,8 @@ pub struct DynamoLeaseStore {
     client: Client,
     table: String,
     workers_table: String,
+    /// Keys of items listed but not valid leases, each logged once.
+    malformed: Arc<Mutex<HashSet<String>>>,
 }
 
 impl DynamoLeaseStore {
@@ -116,6 +119,7 @@ impl DynamoLeaseStore {
             client,
             workers_table: format!("{table}-Workers"),
             table,
+            malformed: Arc::default(),
         }
     }
 
@@ -253,12 +257,27 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
         Box::pin(async move {
-            self.scan_all(&self.table)
-                .await?
-                .iter()
-                .map(item::to_lease)
-                .collect()
+            let mut leases = Vec::new();
+            for item in self.scan_all(&self.table).await? {
+                match item::to_lease(&item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(LeaseError::Malformed { key, what }) => {
+                        if self.malformed.lock().unwrap().insert(key.clone()) {
+                            tracing::error!(
+                                table = %self.table, lease = %key, problem = %what,
+                                "lease table item is not a valid lease; skipping it"
+                            );
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(leases)
         })
+    }
+
+    fn malformed_items(&self) -> u64 {
+        self.malformed.lock().unwrap().len() as u64
     }
 
     fn get_lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>> {
@@ -451,6 +470,16 @@ impl Expression {
                 owner,
             ));
         }
+        if let Some(epoch) = expect.epoch {
+            let name = self.name(item::LEASE_EPOCH);
+            let value = self.value("expectedEpoch", item::number(epoch));
+            parts.push(format!("{name} = {value}"));
+        }
+        if let Some(epoch) = expect.checkpoint_owner_epoch {
+            let name = self.name(item::CHECKPOINT_OWNER_EPOCH);
+            let value = self.value("expectedCheckpointOwnerEpoch", item::number(epoch));
+            parts.push(format!("{name} = {value}"));
+        }
         parts.join(" AND ")
     }
 
@@ -474,6 +503,19 @@ impl Expression {
         if let Some(owner) = &change.owner {
             self.set_or_remove(&mut set, &mut remove, item::LEASE_OWNER, "owner", owner);
         }
+        if change.keep_epoch_for_checkpoint_owner {
+            // Operands are read before the update, so this is the previous owner's
+            // epoch even when `epoch` below replaces it in the same write.
+            let kept = self.name(item::CHECKPOINT_OWNER_EPOCH);
+            let epoch = self.name(item::LEASE_EPOCH);
+            let zero = self.value("zero", item::number(0));
+            set.push(format!("{kept} = if_not_exists({epoch}, {zero})"));
+        }
+        if let Some(epoch) = change.epoch {
+            let name = self.name(item::LEASE_EPOCH);
+            let value = self.value("epoch", item::number(epoch));
+            set.push(format!("{name} = {value}"));
+        }
         if let Some(owner) = &change.checkpoint_owner {
             self.set_or_remove(
                 &mut set,
@@ -482,6 +524,9 @@ impl Expression {
                 "checkpointOwner",
                 owner,
             );
+            if owner.is_none() {
+                remove.push(self.name(item::CHECKPOINT_OWNER_EPOCH));
+            }
         }
         if let Some(checkpoint) = &change.checkpoint {
             let name = self.name(item::CHECKPOINT);
@@ -559,11 +604,22 @@ impl Expression {
     }
 }
 
-/// Error codes DynamoDB uses for throttling and its own transient failures.
+/// Error codes the DynamoDB developer guide ("Error handling with DynamoDB") marks
+/// "OK to retry", as far as lease-table calls can meet them: throttling, quotas, its
+/// own failures, and transaction conflicts. `TransactionConflictException` is what a
+/// lease write gets while a processor's `TransactWriteItems` fenced by
+/// [`ownership_check`] holds the item: nothing was written, so the same write may be
+/// repeated. Left out although documented as retryable:
+/// `ItemCollectionSizeLimitExceededException` (a lease table has no local secondary
+/// index; retrying cannot shrink a collection) and `UnrecognizedClientException`
+/// (bad credentials stay bad within a failover time; better reported at once).
 const TRANSIENT_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
+    "LimitExceededException",
+    "TransactionConflictException",
+    "TransactionInProgressException",
     "InternalServerError",
     "ServiceUnavailable",
 ];
@@ -691,6 +747,20 @@ mod tests {
             (service_error("RequestLimitExceeded", 400), "transient"),
             (service_error("InternalServerError", 500), "transient"),
             (service_error("ServiceUnavailable", 503), "transient"),
+            (
+                service_error("TransactionConflictException", 400),
+                "transient",
+            ),
+            (
+                service_error("TransactionInProgressException", 400),
+                "transient",
+            ),
+            (service_error("LimitExceededException", 400), "transient"),
+            (
+                service_error("ItemCollectionSizeLimitExceededException", 400),
+                "fatal",
+            ),
+            (service_error("UnrecognizedClientException", 400), "fatal"),
             (service_error("SomethingNew", 502), "transient"),
             (service_error("SomethingNew", 429), "transient"),
             (service_error("ResourceNotFoundException", 400), "fatal"),
@@ -758,6 +828,7 @@ mod tests {
             counter: Some(4),
             owner: Some(None),
             checkpoint_owner: Some(Some("a".into())),
+            ..Expect::default()
         });
         assert_eq!(
             condition,
@@ -784,6 +855,8 @@ mod tests {
                 owner_switch: true,
                 load: Some(ShardLoad::default()),
                 child_shard_ids: Some(vec![]),
+                epoch: None,
+                keep_epoch_for_checkpoint_owner: false,
             })
             .unwrap();
         assert_eq!(
@@ -793,7 +866,7 @@ mod tests {
              #throughputRecordsPerSecond = :throughputRecordsPerSecond, \
              #throughputBytesPerSecond = :throughputBytesPerSecond, \
              #millisBehindLatest = :millisBehindLatest \
-             REMOVE #checkpointOwner, #pendingCheckpoint, #pendingCheckpointSubSequenceNumber, #childShardIds"
+             REMOVE #checkpointOwner, #checkpointOwnerEpoch, #pendingCheckpoint, #pendingCheckpointSubSequenceNumber, #childShardIds"
         );
 
         let mut e = Expression::default();
@@ -816,6 +889,33 @@ mod tests {
             ..Change::default()
         });
         assert!(!e.names.contains_key("#ownerSwitchesSinceCheckpoint"));
+
+        // A handoff request: the new owner's epoch, the previous owner's kept.
+        let mut e = Expression::default();
+        let update = e
+            .update(&Change {
+                epoch: Some(8),
+                keep_epoch_for_checkpoint_owner: true,
+                checkpoint_owner: Some(Some("a".into())),
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(
+            update,
+            "SET #checkpointOwnerEpoch = if_not_exists(#leaseEpoch, :zero), \
+             #leaseEpoch = :epoch, #checkpointOwner = :checkpointOwner"
+        );
+        let mut e = Expression::default();
+        let condition = e.condition(&Expect {
+            epoch: Some(8),
+            checkpoint_owner_epoch: Some(5),
+            ..Expect::default()
+        });
+        assert_eq!(
+            condition,
+            "attribute_exists(#leaseKey) AND #leaseEpoch = :expectedEpoch AND \
+             #checkpointOwnerEpoch = :expectedCheckpointOwnerEpoch"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, watch};
 use crate::checkpoint::ExtendedSequenceNumber;
 
 use super::lease::{Lease, ShardLoad};
+use super::retry;
 use super::store::{Change, Expect, LeaseError, LeaseStore};
 
 /// Why a lease is no longer held.
@@ -111,6 +112,8 @@ pub struct LeaseHandle {
     epoch: u64,
     store: Arc<dyn LeaseStore>,
     failover_time: Duration,
+    /// The timeout of one lease-table request (see [`retry::attempt_timeout`]).
+    attempt_timeout: Duration,
     inner: Mutex<Inner>,
     phase: watch::Sender<LeasePhase>,
 }
@@ -150,6 +153,7 @@ impl LeaseHandle {
             epoch: lease.counter,
             store,
             failover_time,
+            attempt_timeout: retry::attempt_timeout(failover_time),
             inner: Mutex::new(Inner {
                 counter: lease.counter,
                 valid_until: valid_until(written_at, failover_time),
@@ -226,7 +230,8 @@ impl LeaseHandle {
     }
 
     /// Renews the lease (held or awaiting the previous owner). Transient store errors
-    /// are returned to the caller, which retries until the lease would expire.
+    /// (throttling, transaction conflicts, a hung connection) are retried with backoff
+    /// until the lease would expire; only then is the last one returned.
     pub async fn renew(&self) -> Result<RenewOutcome, HandleError> {
         let mut inner = self.inner.lock().await;
         for _ in 0..3 {
@@ -247,10 +252,17 @@ impl LeaseHandle {
                 ..Change::default()
             };
             let expect = Expect::held(inner.counter, Some(&self.worker_id));
-            match self.store.update_lease(&self.key, expect, change).await {
-                Ok(lease) => {
+            // Awaiting the previous owner, the lease is not ours to lose by expiry yet;
+            // give the renewal a renewal interval at least.
+            let deadline = match phase {
+                LeasePhase::Held => inner.valid_until,
+                _ => inner.valid_until.max(now + self.failover_time / 3),
+            };
+            let sent = self.write(deadline, expect, change).await;
+            match sent {
+                Ok((lease, sent_at)) => {
                     inner.counter = lease.counter;
-                    inner.valid_until = valid_until(now, self.failover_time);
+                    inner.valid_until = valid_until(sent_at, self.failover_time);
                     return Ok(RenewOutcome::Renewed);
                 }
                 Err(LeaseError::ConditionFailed { .. }) => {
@@ -267,9 +279,38 @@ impl LeaseHandle {
         Err(self.lost(LostReason::TakenOver))
     }
 
+    /// One conditional write, retried while transient until `deadline`; returns the
+    /// lease as written and when the successful attempt was sent (observers start their
+    /// expiry clock after that).
+    async fn write(
+        &self,
+        deadline: Instant,
+        expect: Expect,
+        change: Change,
+    ) -> Result<(Lease, Instant), LeaseError> {
+        retry::until_deadline(deadline.into(), self.attempt_timeout, || {
+            let sent_at = Instant::now();
+            let write = self
+                .store
+                .update_lease(&self.key, expect.clone(), change.clone());
+            async move { write.await.map(|lease| (lease, sent_at)) }
+        })
+        .await
+    }
+
+    /// One consistent read of the lease, retried while transient for an attempt
+    /// timeout's worth of attempts at most.
+    async fn read(&self) -> Result<Option<Lease>, LeaseError> {
+        let deadline = Instant::now() + self.attempt_timeout * 2;
+        retry::until_deadline(deadline.into(), self.attempt_timeout, || {
+            self.store.get_lease(&self.key)
+        })
+        .await
+    }
+
     /// After a rejected write: reads the lease and moves to the phase it implies.
     async fn reconcile(&self, inner: &mut Inner) -> Result<(), HandleError> {
-        let Some(lease) = self.store.get_lease(&self.key).await? else {
+        let Some(lease) = self.read().await? else {
             return Err(self.lost(LostReason::Deleted));
         };
         let me = Some(self.worker_id.as_str());
@@ -303,7 +344,7 @@ impl LeaseHandle {
         if !matches!(self.phase(), LeasePhase::AwaitingPrevious { .. }) {
             return Ok(self.phase());
         }
-        let Some(lease) = self.store.get_lease(&self.key).await? else {
+        let Some(lease) = self.read().await? else {
             return Err(self.lost(LostReason::Deleted));
         };
         if lease.owner.as_deref() != Some(self.worker_id.as_str()) {
@@ -313,11 +354,9 @@ impl LeaseHandle {
         if lease.checkpoint_owner.is_none() {
             self.set_phase(LeasePhase::Held);
         } else if asked_at.elapsed() >= timeout {
-            let now = Instant::now();
             let forced = self
-                .store
-                .update_lease(
-                    &self.key,
+                .write(
+                    Instant::now() + self.attempt_timeout * 2,
                     Expect::held(inner.counter, Some(&self.worker_id)),
                     Change {
                         bump_counter: true,
@@ -327,9 +366,9 @@ impl LeaseHandle {
                 )
                 .await;
             match forced {
-                Ok(lease) => {
+                Ok((lease, sent_at)) => {
                     inner.counter = lease.counter;
-                    inner.valid_until = valid_until(now, self.failover_time);
+                    inner.valid_until = valid_until(sent_at, self.failover_time);
                     tracing::info!(lease = %self.key, "previous owner did not hand over in time; taken by force");
                     self.set_phase(LeasePhase::Held);
                 }
@@ -377,6 +416,7 @@ impl LeaseHandle {
                     counter: None,
                     owner: Some(Some(to)),
                     checkpoint_owner: Some(Some(self.worker_id.clone())),
+                    ..Expect::default()
                 },
                 LeasePhase::Lost(reason) => {
                     return Err(HandleError::Lost {
@@ -391,12 +431,18 @@ impl LeaseHandle {
                     });
                 }
             };
-            match self
-                .store
-                .update_lease(&self.key, expect, change.clone())
-                .await
-            {
-                Ok(lease) => {
+            // Held, the write must land before the lease could expire; handing off,
+            // the new owner waits up to its handoff timeout (a failover time).
+            let deadline = match self.phase() {
+                LeasePhase::Held if Instant::now() >= inner.valid_until => {
+                    // Others may have judged it expired already: never write after that.
+                    return Err(self.lost(LostReason::ExpiredLocally));
+                }
+                LeasePhase::Held => inner.valid_until,
+                _ => Instant::now() + self.failover_time,
+            };
+            match self.write(deadline, expect, change.clone()).await {
+                Ok((lease, _)) => {
                     if self.phase() == LeasePhase::Held {
                         inner.counter = lease.counter;
                     }
@@ -413,12 +459,18 @@ impl LeaseHandle {
     /// checkpoint. Also used to release a lease on graceful shutdown when held.
     pub async fn hand_over(&self) -> Result<(), HandleError> {
         let inner = self.inner.lock().await;
+        // A release must not be skipped for a transient error (the lease would stay
+        // blocked for a whole failover time), but nor may it outlive the lease.
+        let deadline = inner
+            .valid_until
+            .max(Instant::now() + self.attempt_timeout * 2);
         let (expect, change, reason) = match self.phase() {
             LeasePhase::HandingOff { to } => (
                 Expect {
                     counter: None,
                     owner: Some(Some(to)),
                     checkpoint_owner: Some(Some(self.worker_id.clone())),
+                    ..Expect::default()
                 },
                 Change {
                     bump_counter: true,
@@ -445,7 +497,7 @@ impl LeaseHandle {
             }
         };
         drop(inner);
-        match self.store.update_lease(&self.key, expect, change).await {
+        match self.write(deadline, expect, change).await {
             Ok(_) => {
                 self.set_phase(LeasePhase::Lost(reason));
                 Ok(())

@@ -11,6 +11,7 @@ mod item;
 pub mod lease;
 pub mod memory;
 pub mod observer;
+mod retry;
 pub mod store;
 pub mod taker;
 
