@@ -252,13 +252,7 @@ impl StatsProcessor {
             });
             let applied = self
                 .store
-                .apply(
-                    &self.shard_id,
-                    previous.as_ref(),
-                    &regions,
-                    &chunk,
-                    &owner.worker_id,
-                )
+                .apply(&self.shard_id, previous.as_ref(), &regions, &chunk, owner)
                 .await;
             if let (Some(log), Some(id)) = (&self.audit, attempt) {
                 log.outcome(

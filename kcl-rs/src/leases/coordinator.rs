@@ -364,6 +364,10 @@ impl LeaseCoordinator {
                         handle.mark_lost(LostReason::TakenOver);
                     }
                 }
+                // Ours by name, but a later ownership of this worker.
+                Some(lease) if lease.epoch != Some(handle.epoch()) => {
+                    handle.mark_lost(LostReason::TakenOver)
+                }
                 Some(_) => {}
             }
         }
@@ -387,6 +391,8 @@ impl LeaseCoordinator {
                     bump_counter: true,
                     owner: Some(Some(me.clone())),
                     checkpoint_owner: Some(None),
+                    // A new ownership, even when the previous owner was this worker.
+                    epoch: Some(counter + 1),
                     owner_switch: previous_owner.as_deref() != Some(me.as_str()),
                     ..Change::default()
                 },
@@ -398,6 +404,8 @@ impl LeaseCoordinator {
                     bump_counter: true,
                     owner: Some(Some(me.clone())),
                     checkpoint_owner: Some(Some(from.clone())),
+                    epoch: Some(counter + 1),
+                    keep_epoch_for_checkpoint_owner: true,
                     owner_switch: true,
                     ..Change::default()
                 },

@@ -27,40 +27,54 @@ use tokio::time::Instant;
 use super::item::{self, Item};
 use super::lease::Lease;
 use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+use crate::checkpoint::LeaseOwnership;
 
 /// A `ConditionCheck` on the lease of `shard_id` in `lease_table` that holds only while
-/// `worker_id` may checkpoint the shard: it owns the lease and is not handing it to
-/// another worker, or it is the previous owner finishing a graceful handoff.
+/// `owner` may checkpoint the shard: this ownership (worker id *and* epoch) holds the
+/// lease and is not handing it to another worker, or it is the previous owner
+/// finishing a graceful handoff.
 ///
 /// Put it in the same `TransactWriteItems` as a processor's own writes (an output
-/// table, a watermark), with the worker id from
+/// table, a watermark), with the ownership from
 /// [`Checkpointer::ownership`](crate::checkpoint::Checkpointer::ownership), and those
 /// writes are fenced like the checkpoint itself: after the lease moved to another
 /// worker (a pause, a partition, a slow batch) the transaction is cancelled with
-/// `ConditionalCheckFailed` on this item instead of racing the new owner. It checks
-/// the owner, not the counter, so renewals do not cancel it.
+/// `ConditionalCheckFailed` on this item instead of racing the new owner. It compares
+/// the epoch, so a consumer from before its own worker lost and re-took the lease is
+/// refused too; and not the counter, so renewals do not cancel it.
 ///
 /// ```
+/// use kcl::checkpoint::LeaseOwnership;
 /// use kcl::leases::dynamo::ownership_check;
 ///
-/// let check = ownership_check("my-app", "shardId-000000000001", "worker-7");
+/// let owner = LeaseOwnership { worker_id: "worker-7".into(), epoch: 12 };
+/// let check = ownership_check("my-app", "shardId-000000000001", &owner);
 /// assert_eq!(check.table_name(), "my-app");
 /// let key = check.key().get("leaseKey").unwrap();
 /// assert_eq!(key.as_s().unwrap(), "shardId-000000000001");
 /// let names = check.expression_attribute_names().unwrap();
 /// assert!(names.values().any(|n| n == "leaseOwner"));
-/// assert!(names.values().any(|n| n == "checkpointOwner"));
+/// assert!(names.values().any(|n| n == "leaseEpoch"));
+/// assert!(names.values().any(|n| n == "checkpointOwnerEpoch"));
 /// ```
-pub fn ownership_check(lease_table: &str, shard_id: &str, worker_id: &str) -> ConditionCheck {
+pub fn ownership_check(
+    lease_table: &str,
+    shard_id: &str,
+    owner: &LeaseOwnership,
+) -> ConditionCheck {
     ConditionCheck::builder()
         .table_name(lease_table)
         .key(item::LEASE_KEY, item::string(shard_id))
         .condition_expression(
-            "(#owner = :me AND attribute_not_exists(#cp_owner)) OR #cp_owner = :me",
+            "(#owner = :me AND attribute_not_exists(#cp_owner) AND #epoch = :epoch) \
+             OR (#cp_owner = :me AND #cp_epoch = :epoch)",
         )
         .expression_attribute_names("#owner", item::LEASE_OWNER)
         .expression_attribute_names("#cp_owner", item::CHECKPOINT_OWNER)
-        .expression_attribute_values(":me", item::string(worker_id))
+        .expression_attribute_names("#epoch", item::LEASE_EPOCH)
+        .expression_attribute_names("#cp_epoch", item::CHECKPOINT_OWNER_EPOCH)
+        .expression_attribute_values(":me", item::string(&owner.worker_id))
+        .expression_attribute_values(":epoch", item::number(owner.epoch))
         .build()
         .expect("table name, key and condition are set")
 }

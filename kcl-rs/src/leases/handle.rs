@@ -221,6 +221,15 @@ impl LeaseHandle {
         });
     }
 
+    /// The fencing condition of a write while held: the counter as last seen, and this
+    /// ownership (a later one of this same worker has another epoch).
+    fn expect_held(&self, counter: u64) -> Expect {
+        Expect {
+            epoch: Some(self.epoch),
+            ..Expect::held(counter, Some(&self.worker_id))
+        }
+    }
+
     fn lost(&self, reason: LostReason) -> HandleError {
         self.set_phase(LeasePhase::Lost(reason));
         HandleError::Lost {
@@ -251,7 +260,7 @@ impl LeaseHandle {
                 load: inner.load,
                 ..Change::default()
             };
-            let expect = Expect::held(inner.counter, Some(&self.worker_id));
+            let expect = self.expect_held(inner.counter);
             // Awaiting the previous owner, the lease is not ours to lose by expiry yet;
             // give the renewal a renewal interval at least.
             let deadline = match phase {
@@ -315,7 +324,9 @@ impl LeaseHandle {
         };
         let me = Some(self.worker_id.as_str());
         match (lease.owner.as_deref(), lease.checkpoint_owner.as_deref()) {
-            (owner, checkpoint_owner) if owner == me && checkpoint_owner != me => {
+            (owner, checkpoint_owner)
+                if owner == me && checkpoint_owner != me && lease.epoch == Some(self.epoch) =>
+            {
                 inner.counter = lease.counter;
                 if checkpoint_owner.is_none()
                     && matches!(self.phase(), LeasePhase::AwaitingPrevious { .. })
@@ -324,7 +335,11 @@ impl LeaseHandle {
                 }
                 Ok(())
             }
-            (Some(to), checkpoint_owner) if checkpoint_owner == me && Some(to) != me => {
+            (Some(to), checkpoint_owner)
+                if checkpoint_owner == me
+                    && Some(to) != me
+                    && lease.checkpoint_owner_epoch == Some(self.epoch) =>
+            {
                 inner.counter = lease.counter;
                 self.set_phase(LeasePhase::HandingOff { to: to.to_string() });
                 Ok(())
@@ -347,7 +362,9 @@ impl LeaseHandle {
         let Some(lease) = self.read().await? else {
             return Err(self.lost(LostReason::Deleted));
         };
-        if lease.owner.as_deref() != Some(self.worker_id.as_str()) {
+        if lease.owner.as_deref() != Some(self.worker_id.as_str())
+            || lease.epoch != Some(self.epoch)
+        {
             return Err(self.lost(LostReason::TakenOver));
         }
         inner.counter = lease.counter;
@@ -357,7 +374,7 @@ impl LeaseHandle {
             let forced = self
                 .write(
                     Instant::now() + self.attempt_timeout * 2,
-                    Expect::held(inner.counter, Some(&self.worker_id)),
+                    self.expect_held(inner.counter),
                     Change {
                         bump_counter: true,
                         checkpoint_owner: Some(None),
@@ -411,11 +428,12 @@ impl LeaseHandle {
         let mut inner = self.inner.lock().await;
         for _ in 0..3 {
             let expect = match self.phase() {
-                LeasePhase::Held => Expect::held(inner.counter, Some(&self.worker_id)),
+                LeasePhase::Held => self.expect_held(inner.counter),
                 LeasePhase::HandingOff { to } => Expect {
                     counter: None,
                     owner: Some(Some(to)),
                     checkpoint_owner: Some(Some(self.worker_id.clone())),
+                    checkpoint_owner_epoch: Some(self.epoch),
                     ..Expect::default()
                 },
                 LeasePhase::Lost(reason) => {
@@ -470,6 +488,7 @@ impl LeaseHandle {
                     counter: None,
                     owner: Some(Some(to)),
                     checkpoint_owner: Some(Some(self.worker_id.clone())),
+                    checkpoint_owner_epoch: Some(self.epoch),
                     ..Expect::default()
                 },
                 Change {
@@ -480,7 +499,7 @@ impl LeaseHandle {
                 LostReason::HandedOver,
             ),
             LeasePhase::Held | LeasePhase::AwaitingPrevious { .. } => (
-                Expect::held(inner.counter, Some(&self.worker_id)),
+                self.expect_held(inner.counter),
                 Change {
                     bump_counter: true,
                     owner: Some(None),
@@ -536,7 +555,10 @@ impl LeaseHandle {
     /// Moves a held lease to handing off when a listing shows that `to` asked for it.
     pub(crate) async fn note_handoff_request(&self, lease: &Lease) {
         let mut inner = self.inner.lock().await;
-        if self.phase() == LeasePhase::Held
+        if lease.checkpoint_owner_epoch != Some(self.epoch) {
+            // The request was made of another ownership of this worker, not this one.
+            self.set_phase(LeasePhase::Lost(LostReason::TakenOver));
+        } else if self.phase() == LeasePhase::Held
             && lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
             && let Some(to) = lease.owner.as_deref()
             && to != self.worker_id
