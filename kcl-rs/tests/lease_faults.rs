@@ -12,7 +12,7 @@ use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::handle::LostReason;
+use kcl::leases::handle::{LeasePhase, LostReason};
 use kcl::leases::{Lease, LeaseStore};
 use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, dynamodb_target};
 use kcl::local::testing::{unique, wait_for};
@@ -164,6 +164,18 @@ async fn two_balanced_workers(env: &Env) -> (Worker, Worker) {
         balanced(&env.owners().await, 2, 4).then_some(())
     })
     .await;
+    // The table shows a handoff as soon as it is requested; the workers' counters and
+    // handles settle once every handoff has completed.
+    wait_for("every handoff completed", DEADLINE, || async {
+        [&a, &b]
+            .iter()
+            .all(|w| {
+                let held = w.coordinator.held();
+                held.len() == 4 && held.iter().all(|h| h.phase() == LeasePhase::Held)
+            })
+            .then_some(())
+    })
+    .await;
     (a, b)
 }
 
@@ -306,6 +318,86 @@ async fn a_malformed_lease_item_does_not_stop_the_worker() {
     .await;
     assert!(!worker.run.is_finished(), "the coordinator stopped");
     worker.stop().await;
+    env.proxy.shutdown().await;
+    env.aws.shutdown().await;
+}
+
+/// Graceful exit while lease-table writes fail transiently: every lease is released
+/// anyway (retried, never skipped) and the worker record removed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_all_retries_transient_errors_and_releases_every_lease() {
+    let env = Env::start(4).await;
+    let worker = Worker::start(env.faulty_store().await, "worker-a").await;
+    wait_for("worker-a to hold all 4", DEADLINE, || async {
+        (env.owners().await.get("worker-a").map(Vec::len) == Some(4)).then_some(())
+    })
+    .await;
+    worker.cancel.cancel();
+    worker.run.await.unwrap().unwrap();
+    env.proxy.plan().add(
+        Rule::dynamodb("DeleteItem", Fault::service_unavailable())
+            .when_body_contains(env.workers_table_fragment())
+            .for_next(4),
+    );
+    env.proxy.plan().add(
+        Rule::dynamodb(
+            "UpdateItem",
+            Fault::error(
+                400,
+                "TransactionConflictException",
+                "Transaction is ongoing for the item",
+            ),
+        )
+        .when_body_contains(env.lease_table_fragment())
+        .for_next(6),
+    );
+    worker.coordinator.release_all().await.unwrap();
+    assert_eq!(
+        env.owners().await.keys().collect::<Vec<_>>(),
+        [""],
+        "every lease released"
+    );
+    let workers = env.direct_store().await.list_workers().await.unwrap();
+    assert!(workers.is_empty(), "worker record left: {workers:?}");
+    assert!(worker.lost.lock().unwrap().is_empty());
+    env.proxy.shutdown().await;
+    env.aws.shutdown().await;
+}
+
+/// With DynamoDB hanging every call, cancelling the coordinator and releasing return
+/// within about two failover times, not after the SDK's usual timeouts back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_is_bounded_when_dynamodb_hangs() {
+    let env = Env::start(4).await;
+    let worker = Worker::start(env.faulty_store().await, "worker-a").await;
+    wait_for("worker-a to hold all 4", DEADLINE, || async {
+        (env.owners().await.get("worker-a").map(Vec::len) == Some(4)).then_some(())
+    })
+    .await;
+    env.proxy.plan().add(Rule::dynamodb(
+        "*",
+        Fault::Timeout {
+            hold: Duration::from_secs(120),
+        },
+    ));
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), async {
+        worker.cancel.cancel();
+        let _ = worker.run.await;
+        worker.coordinator.release_all().await
+    })
+    .await
+    .expect("shutdown did not return within 60 s");
+    let took = started.elapsed();
+    assert!(
+        stopped.is_err(),
+        "the worker record cannot have been removed"
+    );
+    assert!(
+        took <= FAILOVER * 2 + Duration::from_secs(1),
+        "shutdown took {took:?} with DynamoDB hanging (failover time {FAILOVER:?})"
+    );
+    env.proxy.plan().clear();
     env.proxy.shutdown().await;
     env.aws.shutdown().await;
 }

@@ -275,7 +275,13 @@ impl LeaseCoordinator {
 
     async fn taking_loop(self: Arc<Self>, cancel: CancellationToken) -> Result<(), LeaseError> {
         loop {
-            let next_expiry = match self.taking_cycle(&cancel).await {
+            // A cycle stuck on a slow listing must not hold up shutdown; a take cut
+            // off here is at worst a lease owned but not held, free after expiry.
+            let cycle = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                cycle = self.taking_cycle(&cancel) => cycle,
+            };
+            let next_expiry = match cycle {
                 Ok(next_expiry) => next_expiry,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "taking cycle failed; retrying next cycle");

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
@@ -79,6 +80,23 @@ pub fn ownership_check(
         .expect("table name, key and condition are set")
 }
 
+/// The failover time [`DynamoLeaseStore::new`] derives its timeouts from.
+const DEFAULT_FAILOVER_TIME: Duration = Duration::from_secs(10);
+
+/// `current` with attempt and operation timeouts that fit inside `failover_time`
+/// (connect and read timeouts kept).
+fn lease_timeouts(current: Option<&TimeoutConfig>, failover_time: Duration) -> TimeoutConfig {
+    let attempt = super::retry::attempt_timeout(failover_time);
+    let mut builder = current
+        .cloned()
+        .unwrap_or_else(TimeoutConfig::disabled)
+        .to_builder();
+    builder
+        .set_operation_attempt_timeout(Some(attempt))
+        .set_operation_timeout(Some((failover_time / 2).max(attempt)));
+    builder.build()
+}
+
 /// How long [`LeaseStore::ensure_tables`] waits for a table to become ACTIVE.
 const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -117,24 +135,47 @@ impl DynamoLeaseStore {
     /// the rest of the failover time, and the SDK sleeping 1 s then 2 s between its
     /// attempts would spend all of a short one on a single renewal. The coordinator's
     /// own loop paces the retries beyond the SDK's attempts.
+    ///
+    /// Its timeouts are derived from the default failover time (10 s): see
+    /// [`DynamoLeaseStore::with_failover_time`].
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
         let table = table_name.into();
-        let client = match client.config().retry_config() {
-            Some(retry) if retry.initial_backoff() > SDK_INITIAL_BACKOFF => Client::from_conf(
-                client
-                    .config()
-                    .to_builder()
-                    .retry_config(retry.clone().with_initial_backoff(SDK_INITIAL_BACKOFF))
-                    .build(),
-            ),
-            _ => client,
-        };
+        let mut config = client.config().to_builder();
+        if let Some(retry) = client.config().retry_config()
+            && retry.initial_backoff() > SDK_INITIAL_BACKOFF
+        {
+            config = config.retry_config(retry.clone().with_initial_backoff(SDK_INITIAL_BACKOFF));
+        }
+        let client = Client::from_conf(
+            config
+                .timeout_config(lease_timeouts(
+                    client.config().timeout_config(),
+                    DEFAULT_FAILOVER_TIME,
+                ))
+                .build(),
+        );
         DynamoLeaseStore {
             client,
             workers_table: format!("{table}-Workers"),
             table,
             malformed: Arc::default(),
         }
+    }
+
+    /// Fits the client's timeouts inside `failover_time` (the coordinator's
+    /// [`failover_time`](super::coordinator::LeaseConfig::failover_time)): each attempt
+    /// a fifth of it, the whole call with its SDK retries half of it. A renewal has
+    /// only the rest of the failover time; one hung connection held for the SDK's usual
+    /// 20 s would cost the lease.
+    pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
+        let config = self.client.config();
+        self.client = Client::from_conf(
+            config
+                .to_builder()
+                .timeout_config(lease_timeouts(config.timeout_config(), failover_time))
+                .build(),
+        );
+        self
     }
 
     /// The lease table's name.
@@ -827,6 +868,29 @@ mod tests {
         assert!(
             message.contains("UpdateItem leases") && message.contains("ThrottlingException"),
             "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn lease_table_timeouts_fit_inside_the_failover_time() {
+        let endpoints = crate::aws::Endpoints::local("http://127.0.0.1:1", "http://127.0.0.1:1");
+        let clients = crate::aws::Clients::connect(&endpoints).await;
+        let timeouts = |store: &DynamoLeaseStore| {
+            let config = store.client.config().timeout_config().cloned().unwrap();
+            (
+                config.operation_attempt_timeout().unwrap(),
+                config.operation_timeout().unwrap(),
+            )
+        };
+        let store = DynamoLeaseStore::new(clients.dynamodb.clone(), "t");
+        assert_eq!(
+            timeouts(&store),
+            (Duration::from_secs(2), Duration::from_secs(5))
+        );
+        let store = store.with_failover_time(Duration::from_secs(3));
+        assert_eq!(
+            timeouts(&store),
+            (Duration::from_millis(600), Duration::from_millis(1500))
         );
     }
 

@@ -41,7 +41,9 @@ where
 {
     let mut pauses = ExponentialBuilder::default()
         .with_min_delay(FIRST_PAUSE)
-        .with_max_delay(per_attempt.max(FIRST_PAUSE))
+        // Short pauses: the time left before expiry is a few attempt timeouts, and
+        // under sustained conflicts the number of attempts is what keeps the lease.
+        .with_max_delay((per_attempt / 4).max(FIRST_PAUSE))
         .with_jitter()
         // Without the std feature backon seeds every generator alike; workers that
         // collided must not pause in step.
