@@ -13,6 +13,7 @@
 //!   no switch has happened *since* it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
-    ReturnValue, ScalarAttributeType, TableDescription, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, ConsumedCapacity,
+    KeySchemaElement, KeyType, ReturnConsumedCapacity, ReturnValue, ScalarAttributeType,
+    TableDescription, TableStatus,
 };
 use tokio::time::Instant;
 
@@ -124,6 +126,8 @@ pub struct DynamoLeaseStore {
     workers_table: String,
     /// Keys of items listed but not valid leases, each logged once.
     malformed: Arc<Mutex<HashSet<String>>>,
+    /// Read capacity units DynamoDB reported for this store's reads, in thousandths.
+    read_milli_units: Arc<AtomicU64>,
 }
 
 impl DynamoLeaseStore {
@@ -159,6 +163,7 @@ impl DynamoLeaseStore {
             workers_table: format!("{table}-Workers"),
             table,
             malformed: Arc::default(),
+            read_milli_units: Arc::default(),
         }
     }
 
@@ -176,6 +181,19 @@ impl DynamoLeaseStore {
                 .build(),
         );
         self
+    }
+
+    /// Read capacity units consumed by this store's reads (Scan, GetItem) so far, as
+    /// DynamoDB reported them (`ReturnConsumedCapacity=TOTAL`); shared by clones.
+    pub fn consumed_read_capacity(&self) -> f64 {
+        self.read_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    fn count_read(&self, capacity: Option<&ConsumedCapacity>) {
+        if let Some(units) = capacity.and_then(|c| c.capacity_units()) {
+            self.read_milli_units
+                .fetch_add((units * 1000.0).round() as u64, Ordering::Relaxed);
+        }
     }
 
     /// The lease table's name.
@@ -271,7 +289,7 @@ impl DynamoLeaseStore {
 
     /// Every item of `table`, following `LastEvaluatedKey` across pages (DynamoDB
     /// returns at most 1 MB per page).
-    async fn scan_all(&self, table: &str) -> Result<Vec<Item>, LeaseError> {
+    async fn scan_all(&self, table: &str, consistent: bool) -> Result<Vec<Item>, LeaseError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -279,17 +297,39 @@ impl DynamoLeaseStore {
                 .client
                 .scan()
                 .table_name(table)
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| classify(e, &format!("Scan {table}"), ""))?;
+            self.count_read(page.consumed_capacity());
             items.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// Every well-formed lease; malformed items are logged once and counted.
+    async fn leases(&self, consistent: bool) -> Result<Vec<Lease>, LeaseError> {
+        let mut leases = Vec::new();
+        for item in self.scan_all(&self.table, consistent).await? {
+            match item::to_lease(&item) {
+                Ok(lease) => leases.push(lease),
+                Err(LeaseError::Malformed { key, what }) => {
+                    if self.malformed.lock().unwrap().insert(key.clone()) {
+                        tracing::error!(
+                            table = %self.table, lease = %key, problem = %what,
+                            "lease table item is not a valid lease; skipping it"
+                        );
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(leases)
     }
 
     fn lease_key(key: &str) -> Item {
@@ -311,24 +351,11 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
-        Box::pin(async move {
-            let mut leases = Vec::new();
-            for item in self.scan_all(&self.table).await? {
-                match item::to_lease(&item) {
-                    Ok(lease) => leases.push(lease),
-                    Err(LeaseError::Malformed { key, what }) => {
-                        if self.malformed.lock().unwrap().insert(key.clone()) {
-                            tracing::error!(
-                                table = %self.table, lease = %key, problem = %what,
-                                "lease table item is not a valid lease; skipping it"
-                            );
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(leases)
-        })
+        Box::pin(self.leases(true))
+    }
+
+    fn scan_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
+        Box::pin(self.leases(false))
     }
 
     fn malformed_items(&self) -> u64 {
@@ -343,9 +370,11 @@ impl LeaseStore for DynamoLeaseStore {
                 .table_name(&self.table)
                 .set_key(Some(Self::lease_key(key)))
                 .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| classify(e, &format!("GetItem {}", self.table), key))?;
+            self.count_read(out.consumed_capacity());
             out.item.as_ref().map(item::to_lease).transpose()
         })
     }
@@ -465,7 +494,7 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
         Box::pin(async move {
-            self.scan_all(&self.workers_table)
+            self.scan_all(&self.workers_table, true)
                 .await?
                 .iter()
                 .map(item::to_worker)

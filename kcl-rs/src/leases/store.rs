@@ -131,6 +131,14 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// written by hand or by another tool, must not stop every worker.
     fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>>;
 
+    /// Every lease, for the coordinator's taking cycles: may be read eventually
+    /// consistently (half the read cost on DynamoDB). Decisions made from it are only
+    /// proposals: every take is a conditional write, and a stale counter only delays
+    /// an expiry. Defaults to [`LeaseStore::list_leases`].
+    fn scan_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
+        self.list_leases()
+    }
+
     /// How many distinct items [`LeaseStore::list_leases`] has left out as malformed.
     fn malformed_items(&self) -> u64 {
         0
