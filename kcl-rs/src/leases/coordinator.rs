@@ -9,8 +9,11 @@
 //!   retried with backoff until the lease would expire, and then it is given up
 //!   (`Lost(ExpiredLocally)`).
 //! - **taking**, every `taking_interval` and also exactly when an observed lease is due
-//!   to expire: list the table, update the [`Observer`], plan with
-//!   [`plan_takes`](super::taker::plan_takes) and perform the planned conditional writes.
+//!   to expire: list the workers and, when something may have changed (a worker came
+//!   or went, a lease is due to expire, this worker is below its share, or
+//!   `lease_scan_interval` passed), the lease table; update the [`Observer`], plan
+//!   with [`plan_takes`](super::taker::plan_takes) and perform the planned conditional
+//!   writes.
 //!
 //! Acquired leases are announced on a channel as [`LeaseEvent::Acquired`] once they may
 //! be processed (after any previous owner has handed over). Everything after that is
@@ -50,15 +53,22 @@ pub struct LeaseConfig {
     pub failover_time: Duration,
     /// How often held leases are renewed; default `failover_time / 3`.
     pub renewal_interval: Option<Duration>,
-    /// How often the lease table is scanned for leases to take; default 500 ms, so a
-    /// released lease is picked up within about a second. Each scan is one consistent
-    /// Scan of the lease table and one of the worker table (reads, no writes).
+    /// How often a taking cycle runs; default 500 ms, so a released lease is picked up
+    /// within about a second. Each cycle lists the worker table (a consistent Scan of
+    /// one small item per worker) and, only when
+    /// [`lease_scan_interval`](LeaseConfig::lease_scan_interval) says so, the lease
+    /// table (an eventually consistent Scan).
     pub taking_interval: Duration,
     /// Upper bound on leases held by this worker.
     pub max_leases_per_worker: Option<usize>,
     /// How long a graceful handoff may take before the new owner takes the lease by
     /// force; default `failover_time`.
     pub handoff_timeout: Option<Duration>,
+    /// The longest time between two listings of the whole lease table; default
+    /// `failover_time / 4`. Between them a taking cycle lists only the worker table,
+    /// and lists the lease table too when a worker joined or left, when an observed
+    /// lease is due to expire, or while this worker holds fewer than its share.
+    pub lease_scan_interval: Option<Duration>,
 }
 
 impl LeaseConfig {
@@ -71,12 +81,18 @@ impl LeaseConfig {
             taking_interval: Duration::from_millis(500),
             max_leases_per_worker: None,
             handoff_timeout: None,
+            lease_scan_interval: None,
         }
     }
 
     /// The effective renewal interval.
     pub fn renewal_interval(&self) -> Duration {
         self.renewal_interval.unwrap_or(self.failover_time / 3)
+    }
+
+    /// The effective longest interval between two listings of the lease table.
+    pub fn lease_scan_interval(&self) -> Duration {
+        self.lease_scan_interval.unwrap_or(self.failover_time / 4)
     }
 
     /// The effective handoff timeout.
@@ -111,6 +127,8 @@ pub struct CoordinatorStats {
     pub handoffs_requested: AtomicU64,
     /// Conditional writes that lost a race.
     pub conflicts: AtomicU64,
+    /// Listings of the whole lease table (the expensive read of a taking cycle).
+    pub lease_scans: AtomicU64,
     /// Leases lost other than by a graceful handoff or release: taken over, expired
     /// locally because renewals kept failing, or deleted.
     pub leases_lost: AtomicU64,
@@ -130,6 +148,16 @@ pub struct LeaseCoordinator {
     seed: u64,
     taking_stopped: AtomicBool,
     worker_removed: AtomicBool,
+    last_scan: Mutex<LastScan>,
+}
+
+/// What the last listing of the whole lease table showed, to decide when the next one
+/// is needed.
+#[derive(Default)]
+struct LastScan {
+    at: Option<Instant>,
+    live_workers: Vec<String>,
+    leases: usize,
 }
 
 impl LeaseCoordinator {
@@ -150,6 +178,7 @@ impl LeaseCoordinator {
             seed: hasher.finish(),
             taking_stopped: AtomicBool::new(false),
             worker_removed: AtomicBool::new(false),
+            last_scan: Mutex::new(LastScan::default()),
             config,
         };
         (Arc::new(coordinator), receiver)
@@ -306,25 +335,34 @@ impl LeaseCoordinator {
         self: &Arc<Self>,
         cancel: &CancellationToken,
     ) -> Result<Option<Instant>, LeaseError> {
-        let leases = self.store.list_leases().await?;
+        let workers = self.store.list_workers().await?;
+        let now = Instant::now();
+        let live = {
+            let mut observer = self.observer.lock().unwrap();
+            observer.observe_workers(&workers, now);
+            observer.live_workers(now)
+        };
+        if !self.lease_scan_due(&live, now) {
+            return Ok(self.observer.lock().unwrap().next_expiry(now));
+        }
+        let leases = self.store.scan_leases().await?;
+        self.stats.lease_scans.fetch_add(1, Ordering::Relaxed);
         self.stats
             .malformed_items
             .store(self.store.malformed_items(), Ordering::Relaxed);
-        let workers = self.store.list_workers().await?;
-        let now = Instant::now();
-        let (expired, live, next_expiry) = {
+        *self.last_scan.lock().unwrap() = LastScan {
+            at: Some(now),
+            live_workers: live.clone(),
+            leases: leases.len(),
+        };
+        let (expired, next_expiry) = {
             let mut observer = self.observer.lock().unwrap();
             observer.observe_leases(&leases, now);
-            observer.observe_workers(&workers, now);
             let mut expired = observer.expired_leases(now);
             let held = self.held.lock().unwrap();
             // Our own renewals are fresh whatever the listing's timing says.
             expired.retain(|key| !held.contains_key(key));
-            (
-                expired,
-                observer.live_workers(now),
-                observer.next_expiry(now),
-            )
+            (expired, observer.next_expiry(now))
         };
         self.notice_changes(&leases).await;
         if cancel.is_cancelled() || self.taking_stopped.load(Ordering::SeqCst) {
@@ -351,6 +389,22 @@ impl LeaseCoordinator {
             }
         }
         Ok(next_expiry)
+    }
+
+    /// Whether this taking cycle must list the whole lease table (see [`scan_due`]).
+    fn lease_scan_due(&self, live: &[String], now: Instant) -> bool {
+        let last = self.last_scan.lock().unwrap();
+        let expiry_due = last
+            .at
+            .is_some_and(|at| self.observer.lock().unwrap().expiry_between(at, now));
+        scan_due(
+            &last,
+            live,
+            self.held.lock().unwrap().len(),
+            expiry_due,
+            &self.config,
+            now,
+        )
     }
 
     /// Applies what a listing shows about leases we hold: a handoff request, or
@@ -556,6 +610,31 @@ impl LeaseCoordinator {
     }
 }
 
+/// Whether a taking cycle must list the whole lease table, the one expensive read (on
+/// a 1,000-lease table, tens of read units): only when something may have changed that
+/// this worker must act on. Its own leases need no listing: their renewals see a
+/// handoff request or a new owner.
+fn scan_due(
+    last: &LastScan,
+    live: &[String],
+    held: usize,
+    expiry_due: bool,
+    config: &LeaseConfig,
+    now: Instant,
+) -> bool {
+    let Some(at) = last.at else { return true };
+    if now >= at + config.lease_scan_interval() || last.live_workers != live {
+        // Periodically, and at once when a worker joined or left (a graceful leaver
+        // releases its leases before it removes its record).
+        return true;
+    }
+    let share = last.leases / live.len().max(1);
+    let share = config.max_leases_per_worker.map_or(share, |m| share.min(m));
+    // Balancing: keep looking until this worker holds its share. And a lease observed
+    // held by another worker may have expired since.
+    held < share || expiry_due
+}
+
 /// Renews `handle` every `interval` until it is lost or `cancel` is cancelled. Each
 /// renewal retries transient errors itself until the lease would expire.
 async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: CancellationToken) {
@@ -585,5 +664,53 @@ async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: Cance
         if matches!(handle.phase(), LeasePhase::Lost(_)) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_table_is_listed_only_when_something_may_have_changed() {
+        let config = LeaseConfig::new("w1"); // failover 10 s: listed every 2.5 s at least
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let live = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let last = LastScan {
+            at: Some(t0),
+            live_workers: live(&["w1", "w2"]),
+            leases: 10,
+        };
+        let never = LastScan::default();
+        // (last scan, live workers, held, an expiry due, elapsed) → due
+        let cases = [
+            (&never, live(&["w1"]), 0, false, ms(0), true),
+            (&last, live(&["w1", "w2"]), 5, false, ms(500), false),
+            (&last, live(&["w1", "w2"]), 5, false, ms(2_499), false),
+            (&last, live(&["w1", "w2"]), 5, false, ms(2_500), true),
+            (&last, live(&["w1", "w2", "w3"]), 5, false, ms(500), true),
+            (&last, live(&["w1"]), 5, false, ms(500), true),
+            (&last, live(&["w1", "w2"]), 4, false, ms(500), true),
+            (&last, live(&["w1", "w2"]), 6, false, ms(500), false),
+            (&last, live(&["w1", "w2"]), 5, true, ms(500), true),
+        ];
+        for (i, (last, live, held, expiry, elapsed, due)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                scan_due(last, &live, held, expiry, &config, t0 + elapsed),
+                due,
+                "case {i}"
+            );
+        }
+        let mut capped = config.clone();
+        capped.max_leases_per_worker = Some(3);
+        assert!(!scan_due(
+            &last,
+            &live(&["w1", "w2"]),
+            3,
+            false,
+            &capped,
+            t0 + ms(500)
+        ));
     }
 }

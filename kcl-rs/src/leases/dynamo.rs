@@ -494,7 +494,8 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
         Box::pin(async move {
-            self.scan_all(&self.workers_table, true)
+            // Eventually consistent: a stale heartbeat only delays judging a worker dead.
+            self.scan_all(&self.workers_table, false)
                 .await?
                 .iter()
                 .map(item::to_worker)
