@@ -449,15 +449,17 @@ impl LeaseHandle {
                     });
                 }
             };
-            // Held, the write must land before the lease could expire; handing off,
-            // the new owner waits up to its handoff timeout (a failover time).
+            // Retried for one attempt timeout at most: the lease's renewals wait for
+            // this lock, so a checkpoint failing for longer must not hold them up (the
+            // checkpointer retries on top). Held, never after the lease could expire.
+            let deadline = Instant::now() + self.attempt_timeout;
             let deadline = match self.phase() {
                 LeasePhase::Held if Instant::now() >= inner.valid_until => {
                     // Others may have judged it expired already: never write after that.
                     return Err(self.lost(LostReason::ExpiredLocally));
                 }
-                LeasePhase::Held => inner.valid_until,
-                _ => Instant::now() + self.failover_time,
+                LeasePhase::Held => deadline.min(inner.valid_until),
+                _ => deadline,
             };
             match self.write(deadline, expect, change.clone()).await {
                 Ok((lease, _)) => {
