@@ -12,6 +12,7 @@ pub mod lease;
 pub mod memory;
 pub mod observer;
 mod retry;
+mod scan;
 pub mod store;
 pub mod taker;
 
