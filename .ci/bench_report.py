@@ -45,6 +45,8 @@ EXPECTED_GOALS = {
     ("lease_coordination", "graceful_release"): "SIGTERM (graceful release) → lease owned by another",
     ("lease_coordination", "converge_1_4_cycles"): "taking cycles to converge 1→4 workers",
     ("lease_coordination", "converge_4_8_cycles"): "taking cycles to converge 4→8 workers",
+    ("lease_coordination", "conflict_leases_lost"): "renewals under 50% transaction conflicts: leases lost",
+    ("lease_coordination", "read_units_per_worker_minute"): "lease-table read capacity per worker per minute",
     ("consumer", "ratio_to_bare"): "kcl-rs worker / bare GetRecords loop",
     ("consumer", "child_start"): "child start after parent end",
     ("producer", "one_shard_150_of_bound"): "one shard, rate limit 150%: share of the bound",

@@ -104,7 +104,18 @@ fn every_item_of_a_statistics_transaction_is_allowed_by_the_worker_policy() {
     states.insert("done".into(), stored(true));
     let chunk = plan_chunk("s", &records, &states);
     let tables = StatsTables::for_application("APP");
-    let items = transact_items(&tables, "s", None, &chunk.delta.regions, &chunk, "w", 1).unwrap();
+    let items = transact_items(
+        &tables,
+        "s",
+        None,
+        &chunk.delta.regions,
+        &chunk,
+        &kcl::checkpoint::LeaseOwnership {
+            worker_id: "w".into(),
+            epoch: 1,
+        },
+        1,
+    ).unwrap();
     let mut seen = Vec::new();
     for item in &items {
         let (action, name) = if let Some(put) = item.put() {

@@ -10,12 +10,24 @@ use delivery_app::events::{Reason, parse};
 use delivery_app::stats::StatsStore;
 use delivery_app::stats::plan::{OrderState, ParsedRecord, digest, plan_chunk, referenced_orders};
 use delivery_app::stats::store::StoreError;
-use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
 use kcl::leases::{Change, DynamoLeaseStore, Expect, Lease, LeaseStore};
 use kcl::local::{LocalAws, LocalAwsOptions};
 
 /// The writer of every transaction below, which holds the leases of `shards`.
 const WRITER: &str = "w1";
+
+/// [`WRITER`]'s ownership of every lease [`lease_to_writer`] creates.
+fn writer() -> LeaseOwnership {
+    owner(WRITER, 1)
+}
+
+fn owner(worker_id: &str, epoch: u64) -> LeaseOwnership {
+    LeaseOwnership {
+        worker_id: worker_id.into(),
+        epoch,
+    }
+}
 
 /// Creates application `app`'s lease table with `shards` leased to [`WRITER`]: every
 /// statistics transaction checks that its writer holds the shard's lease.
@@ -28,6 +40,7 @@ async fn lease_to_writer(aws: &LocalAws, app: &str, shards: &[&str]) -> DynamoLe
             ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
         );
         lease.owner = Some(WRITER.into());
+        lease.epoch = Some(writer().epoch);
         leases.create_lease(&lease).await.unwrap();
     }
     leases
@@ -78,7 +91,7 @@ async fn replays_and_stale_plans_change_nothing() {
     let chunk = plan_chunk("shard-a", &first, &absent(&first));
     assert_eq!(chunk.records, 4);
     store
-        .apply("shard-a", None, &chunk.delta.regions, &chunk, WRITER)
+        .apply("shard-a", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
     let after_first = store.read().await.unwrap();
@@ -93,7 +106,7 @@ async fn replays_and_stale_plans_change_nothing() {
 
     // The same records again, as a zombie would apply them: refused as a whole.
     let replay = store
-        .apply("shard-a", None, &chunk.delta.regions, &chunk, WRITER)
+        .apply("shard-a", None, &chunk.delta.regions, &chunk, &writer())
         .await;
     assert!(
         matches!(replay, Err(StoreError::Conflict { .. })),
@@ -110,7 +123,7 @@ async fn replays_and_stale_plans_change_nothing() {
             Some(&previous),
             &chunk.delta.regions,
             &chunk,
-            WRITER,
+            &writer(),
         )
         .await;
     assert!(
@@ -143,7 +156,7 @@ async fn replays_and_stale_plans_change_nothing() {
             Some(&previous),
             &after_first.totals.regions,
             &chunk,
-            WRITER,
+            &writer(),
         )
         .await
         .unwrap();
@@ -159,7 +172,7 @@ async fn replays_and_stale_plans_change_nothing() {
     let states = store.order_states(&["o2".to_string()]).await.unwrap();
     let chunk = plan_chunk("shard-b", &other, &states);
     store
-        .apply("shard-b", None, &chunk.delta.regions, &chunk, WRITER)
+        .apply("shard-b", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
     let both = store.read().await.unwrap();
@@ -189,7 +202,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
     let first = vec![creation.clone()];
     let chunk = plan_chunk("s", &first, &absent(&first));
     store
-        .apply("s", None, &chunk.delta.regions, &chunk, WRITER)
+        .apply("s", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
     let after_creation = store.read().await.unwrap();
@@ -212,7 +225,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
             Some(&ExtendedSequenceNumber::at("1", 0)),
             &after_creation.totals.regions,
             &chunk,
-            WRITER,
+            &writer(),
         )
         .await
         .unwrap();
@@ -242,7 +255,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
             Some(&ExtendedSequenceNumber::at("2", 0)),
             &now.totals.regions,
             &chunk,
-            WRITER,
+            &writer(),
         )
         .await
         .unwrap();
@@ -265,7 +278,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
             Some(&previous),
             &after_assignment.totals.regions,
             &stale,
-            WRITER,
+            &writer(),
         )
         .await;
     assert!(
@@ -289,7 +302,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
             Some(&previous),
             &after_assignment.totals.regions,
             &chunk,
-            WRITER,
+            &writer(),
         )
         .await
         .unwrap();
@@ -323,7 +336,7 @@ async fn a_full_transaction_of_one_hundred_items_is_accepted() {
             *regions.entry(*r).or_default() += n;
         }
         store
-            .apply("s", previous.as_ref(), &regions, &chunk, WRITER)
+            .apply("s", previous.as_ref(), &regions, &chunk, &writer())
             .await
             .unwrap();
         previous = Some(chunk.last.clone());
@@ -349,7 +362,7 @@ async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
 
     // A zombie: "w0" believes it still holds the shard. Refused, nothing written.
     let zombie = store
-        .apply("s", None, &chunk.delta.regions, &chunk, "w0")
+        .apply("s", None, &chunk.delta.regions, &chunk, &owner("w0", 1))
         .await;
     assert!(matches!(zombie, Err(StoreError::LeaseLost)), "{zombie:?}");
     assert_eq!(store.watermark("s").await.unwrap(), None);
@@ -366,17 +379,20 @@ async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
                 bump_counter: true,
                 owner: Some(Some("w2".into())),
                 checkpoint_owner: Some(Some(WRITER.into())),
+                epoch: Some(lease.counter + 1),
+                keep_epoch_for_checkpoint_owner: true,
                 ..Change::default()
             },
         )
         .await
         .unwrap();
+    let w2 = owner("w2", lease.counter + 1);
     let early = store
-        .apply("s", None, &chunk.delta.regions, &chunk, "w2")
+        .apply("s", None, &chunk.delta.regions, &chunk, &w2)
         .await;
     assert!(matches!(early, Err(StoreError::LeaseLost)), "{early:?}");
     store
-        .apply("s", None, &chunk.delta.regions, &chunk, WRITER)
+        .apply("s", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
 
@@ -400,11 +416,17 @@ async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
     let chunk = plan_chunk("s", &next, &absent(&next));
     let previous = ExtendedSequenceNumber::at("1", 0);
     let late = store
-        .apply("s", Some(&previous), &chunk.delta.regions, &chunk, WRITER)
+        .apply(
+            "s",
+            Some(&previous),
+            &chunk.delta.regions,
+            &chunk,
+            &writer(),
+        )
         .await;
     assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
     store
-        .apply("s", Some(&previous), &chunk.delta.regions, &chunk, "w2")
+        .apply("s", Some(&previous), &chunk.delta.regions, &chunk, &w2)
         .await
         .unwrap();
     let stats = store.read().await.unwrap();

@@ -3,12 +3,20 @@
 //! - graceful release: SIGTERM of a worker process → its last lease owned by another
 //! - taking cycles to converge when scaling 1→4 and 4→8 workers on 16 leases
 //! - lease-table write requests per lease per minute at steady state
+//! - leases lost with half of the lease-table writes answered `TransactionConflict`
+//! - lease-table read capacity per worker per minute, 1,000 leases and 20 workers,
+//!   against what the Java KCL 3.x spends on the same table
 //!
 //! Run: `cargo bench -p kcl-rs --bench lease_coordination` (TRIALS=n to change the
-//! number of trials, default 10; STEADY_SECS=n for the steady-state window, default 60).
+//! number of trials, default 10; STEADY_SECS=n for the steady-state window, default 60;
+//! CONFLICT_SECS=n for the conflict window, default 60; READ_COST_SECS=n for the read
+//! cost window, default 60; LEASE_BENCH=conflicts,read_cost,... to run only some of
+//! handover, converge, steady, conflicts, read_cost).
 //! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
 
 mod common;
+#[path = "lease_coordination/cost.rs"]
+mod cost;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -317,12 +325,21 @@ async fn steady_state_writes(measure: Duration) -> f64 {
     writes as f64 / 16.0 / (measure.as_secs_f64() / 60.0)
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let trials: usize = std::env::var("TRIALS")
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(default)
+}
+
+/// Whether `part` is selected by `LEASE_BENCH` (all when unset).
+fn selected(part: &str) -> bool {
+    std::env::var("LEASE_BENCH").map_or(true, |parts| parts.split(',').any(|p| p.trim() == part))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let trials = setting("TRIALS", 10) as usize;
     let failover = Duration::from_secs(3);
     let renewal = failover / 3;
     println!(
@@ -332,6 +349,24 @@ async fn main() {
             .unwrap_or(1)
     );
 
+    if selected("handover") {
+        handover(trials, failover, renewal).await;
+    }
+    if selected("converge") {
+        converge(trials).await;
+    }
+    if selected("steady") {
+        steady().await;
+    }
+    if selected("conflicts") {
+        conflicts().await;
+    }
+    if selected("read_cost") {
+        read_cost().await;
+    }
+}
+
+async fn handover(trials: usize, failover: Duration, renewal: Duration) {
     let mut failovers = Vec::new();
     for trial in 0..trials {
         failovers.push(
@@ -358,7 +393,9 @@ async fn main() {
         (" s", "s"),
         Some((1.0, "≤ 1 s")),
     );
+}
 
+async fn converge(trials: usize) {
     let mut up4 = Vec::new();
     let mut up8 = Vec::new();
     let mut up4_time = Vec::new();
@@ -398,11 +435,10 @@ async fn main() {
         (" s", "s"),
         None,
     );
+}
 
-    let steady_secs = std::env::var("STEADY_SECS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(60);
+async fn steady() {
+    let steady_secs = setting("STEADY_SECS", 60);
     let per_minute = steady_state_writes(Duration::from_secs(steady_secs)).await;
     println!(
         "steady state, 4 workers, 16 leases, failover 10 s: {per_minute:.1} lease-table writes per lease per minute (renewal every 3.33 s = 18.0)"
@@ -414,5 +450,46 @@ async fn main() {
         "writes/lease/min",
         &[per_minute],
         None,
+    );
+}
+
+async fn conflicts() {
+    let secs = setting("CONFLICT_SECS", 60);
+    let lost = cost::conflicts(Duration::from_secs(secs)).await;
+    println!(
+        "renewals under 50% transaction conflicts: leases lost {lost} (2 workers, 8 leases, failover 3 s, {secs} s)"
+    );
+    common::result_line(
+        "lease_coordination",
+        "conflict_leases_lost",
+        "renewals under 50% transaction conflicts: leases lost (2 workers, 8 leases, failover 3 s)",
+        "leases",
+        &[lost as f64],
+        Some(("<=", 0.0, "no lease lost")),
+    );
+}
+
+async fn read_cost() {
+    let secs = setting("READ_COST_SECS", 60);
+    let leases = setting("READ_COST_LEASES", 1000) as usize;
+    let workers = setting("READ_COST_WORKERS", 20) as usize;
+    let cost = cost::read_cost(leases, workers, Duration::from_secs(secs)).await;
+    println!(
+        "lease-table reads, {workers} workers, {leases} leases, failover 10 s: {:.1} read units per worker per minute (Java KCL 3.x: {:.1})",
+        cost.per_worker_minute, cost.java_kcl3
+    );
+    common::result_line(
+        "lease_coordination",
+        "read_units_per_worker_minute",
+        &format!(
+            "lease-table read capacity per worker per minute, {workers} workers, {leases} leases"
+        ),
+        "RCU/worker/min",
+        &[cost.per_worker_minute],
+        Some((
+            "<=",
+            cost.java_kcl3,
+            "≤ the Java KCL 3.x (leader scan every 2× failover, leaseOwner index query)",
+        )),
     );
 }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::error::BuildError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
-use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
 
 use crate::events::{Reason, Region};
 
@@ -192,7 +192,7 @@ pub fn transact_items(
     previous: Option<&ExtendedSequenceNumber>,
     regions: &std::collections::BTreeMap<Region, u64>,
     chunk: &Chunk,
-    writer: &str,
+    writer: &LeaseOwnership,
     now_ms: i64,
 ) -> Result<Vec<TransactWriteItem>, BuildError> {
     let mut items = Vec::with_capacity(chunk.items());

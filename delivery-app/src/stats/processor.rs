@@ -273,7 +273,7 @@ impl StatsProcessor {
                     previous.as_ref(),
                     &regions,
                     &chunk,
-                    &owner.worker_id,
+                    owner,
                 ) => applied,
                 // A transaction abandoned mid-flight may still commit; its watermark
                 // condition makes the next owner's replay of it harmless.

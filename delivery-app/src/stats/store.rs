@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
     ScalarAttributeType, TableStatus,
 };
-use kcl::checkpoint::ExtendedSequenceNumber;
+use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership};
 
 use super::items::{
     self, DEAD_LETTER_KEY, ORDER_KEY, STATS_KEY, ShardStats, StatsTables, decode_order,
@@ -244,7 +244,7 @@ impl StatsStore {
         previous: Option<&ExtendedSequenceNumber>,
         regions: &BTreeMap<Region, u64>,
         chunk: &Chunk,
-        writer: &str,
+        writer: &LeaseOwnership,
     ) -> Result<(), StoreError> {
         let items = items::transact_items(
             &self.tables,

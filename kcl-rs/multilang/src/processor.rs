@@ -83,7 +83,7 @@ impl DaemonContext {
         let expect = Expect {
             counter: None,
             owner: Some(Some(self.worker_id.clone())),
-            checkpoint_owner: None,
+            ..Expect::default()
         };
         let change = Change {
             bump_counter: true,

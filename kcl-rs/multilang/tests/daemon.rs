@@ -410,7 +410,7 @@ async fn a_child_checkpointing_after_its_lease_was_taken_hears_shutdown_then_lea
             Expect {
                 counter: None,
                 owner: Some(Some("daemon-1".into())),
-                checkpoint_owner: None,
+                ..Expect::default()
             },
             Change {
                 bump_counter: true,

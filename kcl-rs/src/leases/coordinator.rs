@@ -2,13 +2,18 @@
 //! free and expired ones, balances with other workers by graceful handoff, and tells
 //! the worker which leases it may process.
 //!
-//! Two loops run until cancelled:
-//! - **renewal**, every `renewal_interval` (failover/3 by default): heartbeat the worker
-//!   record and renew each held lease; transient errors are retried until the lease
-//!   would expire, and then it is given up (`Lost(ExpiredLocally)`).
+//! These run until cancelled:
+//! - **renewal**, every `renewal_interval` (failover/3 by default), one task per held
+//!   lease and one for the worker heartbeat, so that a slow or hung call delays nothing
+//!   but itself; transient errors (throttling, transaction conflicts, timeouts) are
+//!   retried with backoff until the lease would expire, and then it is given up
+//!   (`Lost(ExpiredLocally)`).
 //! - **taking**, every `taking_interval` and also exactly when an observed lease is due
-//!   to expire: list the table, update the [`Observer`], plan with
-//!   [`plan_takes`](super::taker::plan_takes) and perform the planned conditional writes.
+//!   to expire: list the workers and, when something may have changed (a worker came
+//!   or went, a lease is due to expire, this worker is below its share, or
+//!   `lease_scan_interval` passed), the lease table; update the [`Observer`], plan
+//!   with [`plan_takes`](super::taker::plan_takes) and perform the planned conditional
+//!   writes.
 //!
 //! Acquired leases are announced on a channel as [`LeaseEvent::Acquired`] once they may
 //! be processed (after any previous owner has handed over). Everything after that is
@@ -21,12 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::handle::{HandleError, LeaseHandle, LeasePhase, LostReason, RenewOutcome};
 use super::lease::Lease;
 use super::observer::Observer;
+use super::retry;
+use super::scan::{LastScan, scan_due};
 use super::store::{Change, Expect, LeaseError, LeaseStore};
 use super::taker::{TakeAction, TakerInput, plan_takes};
 
@@ -47,15 +54,22 @@ pub struct LeaseConfig {
     pub failover_time: Duration,
     /// How often held leases are renewed; default `failover_time / 3`.
     pub renewal_interval: Option<Duration>,
-    /// How often the lease table is scanned for leases to take; default 500 ms, so a
-    /// released lease is picked up within about a second. Each scan is one consistent
-    /// Scan of the lease table and one of the worker table (reads, no writes).
+    /// How often a taking cycle runs; default 500 ms, so a released lease is picked up
+    /// within about a second. Each cycle lists the worker table (a consistent Scan of
+    /// one small item per worker) and, only when
+    /// [`lease_scan_interval`](LeaseConfig::lease_scan_interval) says so, the lease
+    /// table (an eventually consistent Scan).
     pub taking_interval: Duration,
     /// Upper bound on leases held by this worker.
     pub max_leases_per_worker: Option<usize>,
     /// How long a graceful handoff may take before the new owner takes the lease by
     /// force; default `failover_time`.
     pub handoff_timeout: Option<Duration>,
+    /// The longest time between two listings of the whole lease table; default
+    /// `failover_time / 4`. Between them a taking cycle lists only the worker table,
+    /// and lists the lease table too when a worker joined or left, when an observed
+    /// lease is due to expire, or while this worker holds fewer than its share.
+    pub lease_scan_interval: Option<Duration>,
 }
 
 impl LeaseConfig {
@@ -68,12 +82,18 @@ impl LeaseConfig {
             taking_interval: Duration::from_millis(500),
             max_leases_per_worker: None,
             handoff_timeout: None,
+            lease_scan_interval: None,
         }
     }
 
     /// The effective renewal interval.
     pub fn renewal_interval(&self) -> Duration {
         self.renewal_interval.unwrap_or(self.failover_time / 3)
+    }
+
+    /// The effective longest interval between two listings of the lease table.
+    pub fn lease_scan_interval(&self) -> Duration {
+        self.lease_scan_interval.unwrap_or(self.failover_time / 4)
     }
 
     /// The effective handoff timeout.
@@ -108,6 +128,14 @@ pub struct CoordinatorStats {
     pub handoffs_requested: AtomicU64,
     /// Conditional writes that lost a race.
     pub conflicts: AtomicU64,
+    /// Listings of the whole lease table (the expensive read of a taking cycle).
+    pub lease_scans: AtomicU64,
+    /// Leases lost other than by a graceful handoff or release: taken over, expired
+    /// locally because renewals kept failing, or deleted.
+    pub leases_lost: AtomicU64,
+    /// Items of the lease table skipped because they are not valid leases (as the
+    /// store last reported; see [`LeaseStore::malformed_items`]).
+    pub malformed_items: AtomicU64,
 }
 
 /// One worker's lease coordinator.
@@ -120,6 +148,8 @@ pub struct LeaseCoordinator {
     stats: CoordinatorStats,
     seed: u64,
     taking_stopped: AtomicBool,
+    worker_removed: AtomicBool,
+    last_scan: Mutex<LastScan>,
 }
 
 impl LeaseCoordinator {
@@ -139,6 +169,8 @@ impl LeaseCoordinator {
             stats: CoordinatorStats::default(),
             seed: hasher.finish(),
             taking_stopped: AtomicBool::new(false),
+            worker_removed: AtomicBool::new(false),
+            last_scan: Mutex::new(LastScan::default()),
             config,
         };
         (Arc::new(coordinator), receiver)
@@ -183,40 +215,94 @@ impl LeaseCoordinator {
         taking
     }
 
+    /// Keeps one renewal task running per held lease, and the heartbeat task, until
+    /// cancelled; then waits for them (each ends at once on cancellation).
     async fn renewal_loop(self: Arc<Self>, cancel: CancellationToken) {
         let interval = self.config.renewal_interval();
+        let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat_loop(cancel.clone()));
+        // A new lease was written at its take; its first renewal is due an interval
+        // later, so noticing it within a fraction of that is soon enough.
+        let tick = (interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut renewers: HashMap<String, (Arc<LeaseHandle>, JoinHandle<()>)> = HashMap::new();
+        loop {
+            for handle in self.held() {
+                let running = renewers.get(handle.key()).is_some_and(|(renewed, task)| {
+                    Arc::ptr_eq(renewed, &handle) && !task.is_finished()
+                });
+                if !running {
+                    let task =
+                        tokio::spawn(renew_lease(Arc::clone(&handle), interval, cancel.clone()));
+                    renewers.insert(handle.key().to_string(), (handle, task));
+                }
+            }
+            renewers.retain(|_, (_, task)| !task.is_finished());
+            self.forget_lost();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        for (_, (_, task)) in renewers {
+            let _ = task.await;
+        }
+        let _ = heartbeat.await;
+        self.forget_lost();
+    }
+
+    /// Heartbeats the worker record every renewal interval, each call bounded by the
+    /// interval, independently of the lease renewals.
+    async fn heartbeat_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let interval = self.config.renewal_interval();
+        let attempt = retry::attempt_timeout(self.config.failover_time);
         let mut next = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next += interval;
+            next = (next + interval).max(tokio::time::Instant::now());
             if self.taking_stopped.load(Ordering::SeqCst) {
                 // Leaving: the worker record is gone and must stay gone.
-            } else if let Err(e) = self.store.heartbeat(&self.config.worker_id).await {
-                tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
+                continue;
             }
-            let mut renewals = JoinSet::new();
-            for handle in self.held() {
-                let retry_pause = (interval / 8).max(Duration::from_millis(50));
-                renewals.spawn(renew_until_expiry(handle, retry_pause));
+            let deadline = tokio::time::Instant::now() + interval;
+            let beat = retry::until_deadline(deadline, attempt, || {
+                self.store.heartbeat(&self.config.worker_id)
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = beat => if let Err(e) = result {
+                    tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
+                }
             }
-            while renewals.join_next().await.is_some() {}
-            self.forget_lost();
         }
     }
 
     fn forget_lost(&self) {
+        let mut lost = 0;
         self.held
             .lock()
             .unwrap()
-            .retain(|_, handle| !matches!(handle.phase(), LeasePhase::Lost(_)));
+            .retain(|_, handle| match handle.phase() {
+                LeasePhase::Lost(LostReason::HandedOver | LostReason::Released) => false,
+                LeasePhase::Lost(_) => {
+                    lost += 1;
+                    false
+                }
+                _ => true,
+            });
+        self.stats.leases_lost.fetch_add(lost, Ordering::Relaxed);
     }
 
     async fn taking_loop(self: Arc<Self>, cancel: CancellationToken) -> Result<(), LeaseError> {
         loop {
-            let next_expiry = match self.taking_cycle(&cancel).await {
+            // A cycle stuck on a slow listing must not hold up shutdown; a take cut
+            // off here is at worst a lease owned but not held, free after expiry.
+            let cycle = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                cycle = self.taking_cycle(&cancel) => cycle,
+            };
+            let next_expiry = match cycle {
                 Ok(next_expiry) => next_expiry,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "taking cycle failed; retrying next cycle");
@@ -241,22 +327,34 @@ impl LeaseCoordinator {
         self: &Arc<Self>,
         cancel: &CancellationToken,
     ) -> Result<Option<Instant>, LeaseError> {
-        let leases = self.store.list_leases().await?;
         let workers = self.store.list_workers().await?;
         let now = Instant::now();
-        let (expired, live, next_expiry) = {
+        let live = {
+            let mut observer = self.observer.lock().unwrap();
+            observer.observe_workers(&workers, now);
+            observer.live_workers(now)
+        };
+        if !self.lease_scan_due(&live, now) {
+            return Ok(self.observer.lock().unwrap().next_expiry(now));
+        }
+        let leases = self.store.scan_leases().await?;
+        self.stats.lease_scans.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .malformed_items
+            .store(self.store.malformed_items(), Ordering::Relaxed);
+        *self.last_scan.lock().unwrap() = LastScan {
+            at: Some(now),
+            live_workers: live.clone(),
+            leases: leases.len(),
+        };
+        let (expired, next_expiry) = {
             let mut observer = self.observer.lock().unwrap();
             observer.observe_leases(&leases, now);
-            observer.observe_workers(&workers, now);
             let mut expired = observer.expired_leases(now);
             let held = self.held.lock().unwrap();
             // Our own renewals are fresh whatever the listing's timing says.
             expired.retain(|key| !held.contains_key(key));
-            (
-                expired,
-                observer.live_workers(now),
-                observer.next_expiry(now),
-            )
+            (expired, observer.next_expiry(now))
         };
         self.notice_changes(&leases).await;
         if cancel.is_cancelled() || self.taking_stopped.load(Ordering::SeqCst) {
@@ -285,6 +383,22 @@ impl LeaseCoordinator {
         Ok(next_expiry)
     }
 
+    /// Whether this taking cycle must list the whole lease table (see [`scan_due`]).
+    fn lease_scan_due(&self, live: &[String], now: Instant) -> bool {
+        let last = self.last_scan.lock().unwrap();
+        let expiry_due = last
+            .at
+            .is_some_and(|at| self.observer.lock().unwrap().expiry_between(at, now));
+        scan_due(
+            &last,
+            live,
+            self.held.lock().unwrap().len(),
+            expiry_due,
+            &self.config,
+            now,
+        )
+    }
+
     /// Applies what a listing shows about leases we hold: a handoff request, or
     /// another owner (taken while we could not see it).
     async fn notice_changes(&self, leases: &[Lease]) {
@@ -302,6 +416,10 @@ impl LeaseCoordinator {
                         handle.mark_lost(LostReason::TakenOver);
                     }
                 }
+                // Ours by name, but a later ownership of this worker.
+                Some(lease) if lease.epoch != Some(handle.epoch()) => {
+                    handle.mark_lost(LostReason::TakenOver)
+                }
                 Some(_) => {}
             }
         }
@@ -310,7 +428,6 @@ impl LeaseCoordinator {
 
     async fn perform(self: Arc<Self>, action: TakeAction) -> Result<(), LeaseError> {
         let me = self.config.worker_id.clone();
-        let sent = Instant::now();
         let (expect, change, from) = match &action {
             TakeAction::Take {
                 counter,
@@ -320,12 +437,14 @@ impl LeaseCoordinator {
                 Expect {
                     counter: Some(*counter),
                     owner: Some(previous_owner.clone()),
-                    checkpoint_owner: None,
+                    ..Expect::default()
                 },
                 Change {
                     bump_counter: true,
                     owner: Some(Some(me.clone())),
                     checkpoint_owner: Some(None),
+                    // A new ownership, even when the previous owner was this worker.
+                    epoch: Some(counter + 1),
                     owner_switch: previous_owner.as_deref() != Some(me.as_str()),
                     ..Change::default()
                 },
@@ -337,14 +456,29 @@ impl LeaseCoordinator {
                     bump_counter: true,
                     owner: Some(Some(me.clone())),
                     checkpoint_owner: Some(Some(from.clone())),
+                    epoch: Some(counter + 1),
+                    keep_epoch_for_checkpoint_owner: true,
                     owner_switch: true,
                     ..Change::default()
                 },
                 Some(from.clone()),
             ),
         };
-        let lease = match self.store.update_lease(action.key(), expect, change).await {
-            Ok(lease) => lease,
+        // A transient failure (a transaction conflict with the previous owner's fenced
+        // transaction, throttling) is retried briefly; beyond that the next cycle
+        // plans afresh.
+        let attempt = retry::attempt_timeout(self.config.failover_time);
+        let deadline = tokio::time::Instant::now() + attempt * 2;
+        let written = retry::until_deadline(deadline, attempt, || {
+            let sent = Instant::now();
+            let write = self
+                .store
+                .update_lease(action.key(), expect.clone(), change.clone());
+            async move { write.await.map(|lease| (lease, sent)) }
+        })
+        .await;
+        let (lease, sent) = match written {
+            Ok(written) => written,
             Err(LeaseError::ConditionFailed { .. }) => {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
@@ -416,48 +550,86 @@ impl LeaseCoordinator {
         }
     }
 
-    /// Graceful exit: removes this worker's record first (so others immediately count
-    /// one worker fewer and have room to take), then releases every held lease and
-    /// ends handoffs in progress. Call after `run` returned and processors checkpointed.
+    /// Leaves the group: stops taking and heartbeating and removes this worker's record
+    /// (so others count one worker fewer at once), once; later calls do nothing. The
+    /// removal is retried while transient for at most a failover time.
+    pub async fn leave(&self) -> Result<(), LeaseError> {
+        self.stop_taking();
+        if self.worker_removed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let attempt = retry::attempt_timeout(self.config.failover_time);
+        let deadline = tokio::time::Instant::now() + self.config.failover_time;
+        let removed = retry::until_deadline(deadline, attempt, || {
+            self.store.remove_worker(&self.config.worker_id)
+        })
+        .await;
+        if removed.is_err() {
+            // Not gone: a later call may try again.
+            self.worker_removed.store(false, Ordering::SeqCst);
+        }
+        removed
+    }
+
+    /// Graceful exit: releases every held lease and ends handoffs in progress, all at
+    /// once, then leaves the group ([`LeaseCoordinator::leave`]). Call after `run`
+    /// returned and processors checkpointed.
+    ///
+    /// Every step is bounded: a release retries transient errors (throttling, a
+    /// transaction conflict) until the lease would expire anyway, each attempt within
+    /// a fifth of the failover time, and the record's removal for at most a failover
+    /// time, so with DynamoDB unreachable this returns within about two failover
+    /// times. A release that failed is not an error of this call (the lease expires
+    /// and is taken after the failover time); a failed removal is returned, after
+    /// every release was tried.
     pub async fn release_all(&self) -> Result<(), LeaseError> {
-        self.store.remove_worker(&self.config.worker_id).await?;
         let mut releases = JoinSet::new();
         for handle in self.held() {
             releases.spawn(async move { (handle.key().to_string(), handle.hand_over().await) });
         }
-        while let Some(Ok((key, result))) = releases.join_next().await {
-            match result {
-                Ok(()) => tracing::info!(lease = %key, "released lease"),
-                Err(HandleError::Lost { .. }) => {}
-                Err(e) => tracing::warn!(lease = %key, error = %e, "could not release lease"),
+        while let Some(done) = releases.join_next().await {
+            match done {
+                Ok((key, Ok(()))) => tracing::info!(lease = %key, "released lease"),
+                Ok((_, Err(HandleError::Lost { .. }))) => {}
+                Ok((key, Err(e))) => {
+                    tracing::warn!(lease = %key, error = %e, "could not release lease")
+                }
+                Err(e) => tracing::warn!(error = %e, "lease release task failed"),
             }
         }
         self.forget_lost();
-        Ok(())
+        self.leave().await
     }
 }
 
-/// Renews once, retrying transient errors until the lease would expire.
-async fn renew_until_expiry(handle: Arc<LeaseHandle>, retry_pause: Duration) {
+/// Renews `handle` every `interval` until it is lost or `cancel` is cancelled. Each
+/// renewal retries transient errors itself until the lease would expire.
+async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: CancellationToken) {
+    let mut next = tokio::time::Instant::now() + interval;
     loop {
-        match handle.renew().await {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = (next + interval).max(tokio::time::Instant::now());
+        let renewed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            renewed = handle.renew() => renewed,
+        };
+        match renewed {
             Ok(RenewOutcome::PhaseChanged(phase)) => {
                 tracing::info!(lease = %handle.key(), ?phase, "lease phase changed at renewal");
-                return;
             }
-            Ok(_) => return,
-            Err(HandleError::Store(e)) if e.is_transient() => {
-                tracing::debug!(lease = %handle.key(), error = %e, "renewal failed; retrying");
-                tokio::time::sleep(retry_pause).await;
-            }
+            Ok(_) => {}
             Err(HandleError::Lost { reason, .. }) => {
                 tracing::warn!(lease = %handle.key(), ?reason, "lease lost");
-                return;
             }
             Err(e) => {
                 tracing::warn!(lease = %handle.key(), error = %e, "renewal failed");
-                return;
             }
+        }
+        if matches!(handle.phase(), LeasePhase::Lost(_)) {
+            return;
         }
     }
 }

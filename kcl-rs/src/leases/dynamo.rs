@@ -12,56 +12,91 @@
 //!   `ownerSwitchesSinceCheckpoint` at 0: the switch happens with the checkpoint, so
 //!   no switch has happened *since* it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
-    ReturnValue, ScalarAttributeType, TableDescription, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, ConsumedCapacity,
+    KeySchemaElement, KeyType, ReturnConsumedCapacity, ReturnValue, ScalarAttributeType,
+    TableDescription, TableStatus,
 };
 use tokio::time::Instant;
 
 use super::item::{self, Item};
 use super::lease::Lease;
 use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+use crate::checkpoint::LeaseOwnership;
 
 /// A `ConditionCheck` on the lease of `shard_id` in `lease_table` that holds only while
-/// `worker_id` may checkpoint the shard: it owns the lease and is not handing it to
-/// another worker, or it is the previous owner finishing a graceful handoff.
+/// `owner` may checkpoint the shard: this ownership (worker id *and* epoch) holds the
+/// lease and is not handing it to another worker, or it is the previous owner
+/// finishing a graceful handoff.
 ///
 /// Put it in the same `TransactWriteItems` as a processor's own writes (an output
-/// table, a watermark), with the worker id from
+/// table, a watermark), with the ownership from
 /// [`Checkpointer::ownership`](crate::checkpoint::Checkpointer::ownership), and those
 /// writes are fenced like the checkpoint itself: after the lease moved to another
 /// worker (a pause, a partition, a slow batch) the transaction is cancelled with
-/// `ConditionalCheckFailed` on this item instead of racing the new owner. It checks
-/// the owner, not the counter, so renewals do not cancel it.
+/// `ConditionalCheckFailed` on this item instead of racing the new owner. It compares
+/// the epoch, so a consumer from before its own worker lost and re-took the lease is
+/// refused too; and not the counter, so renewals do not cancel it.
 ///
 /// ```
+/// use kcl::checkpoint::LeaseOwnership;
 /// use kcl::leases::dynamo::ownership_check;
 ///
-/// let check = ownership_check("my-app", "shardId-000000000001", "worker-7");
+/// let owner = LeaseOwnership { worker_id: "worker-7".into(), epoch: 12 };
+/// let check = ownership_check("my-app", "shardId-000000000001", &owner);
 /// assert_eq!(check.table_name(), "my-app");
 /// let key = check.key().get("leaseKey").unwrap();
 /// assert_eq!(key.as_s().unwrap(), "shardId-000000000001");
 /// let names = check.expression_attribute_names().unwrap();
 /// assert!(names.values().any(|n| n == "leaseOwner"));
-/// assert!(names.values().any(|n| n == "checkpointOwner"));
+/// assert!(names.values().any(|n| n == "leaseEpoch"));
+/// assert!(names.values().any(|n| n == "checkpointOwnerEpoch"));
 /// ```
-pub fn ownership_check(lease_table: &str, shard_id: &str, worker_id: &str) -> ConditionCheck {
+pub fn ownership_check(
+    lease_table: &str,
+    shard_id: &str,
+    owner: &LeaseOwnership,
+) -> ConditionCheck {
     ConditionCheck::builder()
         .table_name(lease_table)
         .key(item::LEASE_KEY, item::string(shard_id))
         .condition_expression(
-            "(#owner = :me AND attribute_not_exists(#cp_owner)) OR #cp_owner = :me",
+            "(#owner = :me AND attribute_not_exists(#cp_owner) AND #epoch = :epoch) \
+             OR (#cp_owner = :me AND #cp_epoch = :epoch)",
         )
         .expression_attribute_names("#owner", item::LEASE_OWNER)
         .expression_attribute_names("#cp_owner", item::CHECKPOINT_OWNER)
-        .expression_attribute_values(":me", item::string(worker_id))
+        .expression_attribute_names("#epoch", item::LEASE_EPOCH)
+        .expression_attribute_names("#cp_epoch", item::CHECKPOINT_OWNER_EPOCH)
+        .expression_attribute_values(":me", item::string(&owner.worker_id))
+        .expression_attribute_values(":epoch", item::number(owner.epoch))
         .build()
         .expect("table name, key and condition are set")
+}
+
+/// The failover time [`DynamoLeaseStore::new`] derives its timeouts from.
+const DEFAULT_FAILOVER_TIME: Duration = Duration::from_secs(10);
+
+/// `current` with attempt and operation timeouts that fit inside `failover_time`
+/// (connect and read timeouts kept).
+fn lease_timeouts(current: Option<&TimeoutConfig>, failover_time: Duration) -> TimeoutConfig {
+    let attempt = super::retry::attempt_timeout(failover_time);
+    let mut builder = current
+        .cloned()
+        .unwrap_or_else(TimeoutConfig::disabled)
+        .to_builder();
+    builder
+        .set_operation_attempt_timeout(Some(attempt))
+        .set_operation_timeout(Some((failover_time / 2).max(attempt)));
+    builder.build()
 }
 
 /// How long [`LeaseStore::ensure_tables`] waits for a table to become ACTIVE.
@@ -89,6 +124,10 @@ pub struct DynamoLeaseStore {
     client: Client,
     table: String,
     workers_table: String,
+    /// Keys of items listed but not valid leases, each logged once.
+    malformed: Arc<Mutex<HashSet<String>>>,
+    /// Read capacity units DynamoDB reported for this store's reads, in thousandths.
+    read_milli_units: Arc<AtomicU64>,
 }
 
 impl DynamoLeaseStore {
@@ -100,22 +139,60 @@ impl DynamoLeaseStore {
     /// the rest of the failover time, and the SDK sleeping 1 s then 2 s between its
     /// attempts would spend all of a short one on a single renewal. The coordinator's
     /// own loop paces the retries beyond the SDK's attempts.
+    ///
+    /// Its timeouts are derived from the default failover time (10 s): see
+    /// [`DynamoLeaseStore::with_failover_time`].
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
         let table = table_name.into();
-        let client = match client.config().retry_config() {
-            Some(retry) if retry.initial_backoff() > SDK_INITIAL_BACKOFF => Client::from_conf(
-                client
-                    .config()
-                    .to_builder()
-                    .retry_config(retry.clone().with_initial_backoff(SDK_INITIAL_BACKOFF))
-                    .build(),
-            ),
-            _ => client,
-        };
+        let mut config = client.config().to_builder();
+        if let Some(retry) = client.config().retry_config()
+            && retry.initial_backoff() > SDK_INITIAL_BACKOFF
+        {
+            config = config.retry_config(retry.clone().with_initial_backoff(SDK_INITIAL_BACKOFF));
+        }
+        let client = Client::from_conf(
+            config
+                .timeout_config(lease_timeouts(
+                    client.config().timeout_config(),
+                    DEFAULT_FAILOVER_TIME,
+                ))
+                .build(),
+        );
         DynamoLeaseStore {
             client,
             workers_table: format!("{table}-Workers"),
             table,
+            malformed: Arc::default(),
+            read_milli_units: Arc::default(),
+        }
+    }
+
+    /// Fits the client's timeouts inside `failover_time` (the coordinator's
+    /// [`failover_time`](super::coordinator::LeaseConfig::failover_time)): each attempt
+    /// a fifth of it, the whole call with its SDK retries half of it. A renewal has
+    /// only the rest of the failover time; one hung connection held for the SDK's usual
+    /// 20 s would cost the lease.
+    pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
+        let config = self.client.config();
+        self.client = Client::from_conf(
+            config
+                .to_builder()
+                .timeout_config(lease_timeouts(config.timeout_config(), failover_time))
+                .build(),
+        );
+        self
+    }
+
+    /// Read capacity units consumed by this store's reads (Scan, GetItem) so far, as
+    /// DynamoDB reported them (`ReturnConsumedCapacity=TOTAL`); shared by clones.
+    pub fn consumed_read_capacity(&self) -> f64 {
+        self.read_milli_units.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    fn count_read(&self, capacity: Option<&ConsumedCapacity>) {
+        if let Some(units) = capacity.and_then(|c| c.capacity_units()) {
+            self.read_milli_units
+                .fetch_add((units * 1000.0).round() as u64, Ordering::Relaxed);
         }
     }
 
@@ -212,7 +289,7 @@ impl DynamoLeaseStore {
 
     /// Every item of `table`, following `LastEvaluatedKey` across pages (DynamoDB
     /// returns at most 1 MB per page).
-    async fn scan_all(&self, table: &str) -> Result<Vec<Item>, LeaseError> {
+    async fn scan_all(&self, table: &str, consistent: bool) -> Result<Vec<Item>, LeaseError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -220,17 +297,39 @@ impl DynamoLeaseStore {
                 .client
                 .scan()
                 .table_name(table)
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| classify(e, &format!("Scan {table}"), ""))?;
+            self.count_read(page.consumed_capacity());
             items.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// Every well-formed lease; malformed items are logged once and counted.
+    async fn leases(&self, consistent: bool) -> Result<Vec<Lease>, LeaseError> {
+        let mut leases = Vec::new();
+        for item in self.scan_all(&self.table, consistent).await? {
+            match item::to_lease(&item) {
+                Ok(lease) => leases.push(lease),
+                Err(LeaseError::Malformed { key, what }) => {
+                    if self.malformed.lock().unwrap().insert(key.clone()) {
+                        tracing::error!(
+                            table = %self.table, lease = %key, problem = %what,
+                            "lease table item is not a valid lease; skipping it"
+                        );
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(leases)
     }
 
     fn lease_key(key: &str) -> Item {
@@ -252,13 +351,15 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
-        Box::pin(async move {
-            self.scan_all(&self.table)
-                .await?
-                .iter()
-                .map(item::to_lease)
-                .collect()
-        })
+        Box::pin(self.leases(true))
+    }
+
+    fn scan_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
+        Box::pin(self.leases(false))
+    }
+
+    fn malformed_items(&self) -> u64 {
+        self.malformed.lock().unwrap().len() as u64
     }
 
     fn get_lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>> {
@@ -269,9 +370,11 @@ impl LeaseStore for DynamoLeaseStore {
                 .table_name(&self.table)
                 .set_key(Some(Self::lease_key(key)))
                 .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| classify(e, &format!("GetItem {}", self.table), key))?;
+            self.count_read(out.consumed_capacity());
             out.item.as_ref().map(item::to_lease).transpose()
         })
     }
@@ -391,7 +494,8 @@ impl LeaseStore for DynamoLeaseStore {
 
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
         Box::pin(async move {
-            self.scan_all(&self.workers_table)
+            // Eventually consistent: a stale heartbeat only delays judging a worker dead.
+            self.scan_all(&self.workers_table, false)
                 .await?
                 .iter()
                 .map(item::to_worker)
@@ -451,6 +555,16 @@ impl Expression {
                 owner,
             ));
         }
+        if let Some(epoch) = expect.epoch {
+            let name = self.name(item::LEASE_EPOCH);
+            let value = self.value("expectedEpoch", item::number(epoch));
+            parts.push(format!("{name} = {value}"));
+        }
+        if let Some(epoch) = expect.checkpoint_owner_epoch {
+            let name = self.name(item::CHECKPOINT_OWNER_EPOCH);
+            let value = self.value("expectedCheckpointOwnerEpoch", item::number(epoch));
+            parts.push(format!("{name} = {value}"));
+        }
         parts.join(" AND ")
     }
 
@@ -474,6 +588,19 @@ impl Expression {
         if let Some(owner) = &change.owner {
             self.set_or_remove(&mut set, &mut remove, item::LEASE_OWNER, "owner", owner);
         }
+        if change.keep_epoch_for_checkpoint_owner {
+            // Operands are read before the update, so this is the previous owner's
+            // epoch even when `epoch` below replaces it in the same write.
+            let kept = self.name(item::CHECKPOINT_OWNER_EPOCH);
+            let epoch = self.name(item::LEASE_EPOCH);
+            let zero = self.value("zero", item::number(0));
+            set.push(format!("{kept} = if_not_exists({epoch}, {zero})"));
+        }
+        if let Some(epoch) = change.epoch {
+            let name = self.name(item::LEASE_EPOCH);
+            let value = self.value("epoch", item::number(epoch));
+            set.push(format!("{name} = {value}"));
+        }
         if let Some(owner) = &change.checkpoint_owner {
             self.set_or_remove(
                 &mut set,
@@ -482,6 +609,9 @@ impl Expression {
                 "checkpointOwner",
                 owner,
             );
+            if owner.is_none() {
+                remove.push(self.name(item::CHECKPOINT_OWNER_EPOCH));
+            }
         }
         if let Some(checkpoint) = &change.checkpoint {
             let name = self.name(item::CHECKPOINT);
@@ -559,11 +689,22 @@ impl Expression {
     }
 }
 
-/// Error codes DynamoDB uses for throttling and its own transient failures.
+/// Error codes the DynamoDB developer guide ("Error handling with DynamoDB") marks
+/// "OK to retry", as far as lease-table calls can meet them: throttling, quotas, its
+/// own failures, and transaction conflicts. `TransactionConflictException` is what a
+/// lease write gets while a processor's `TransactWriteItems` fenced by
+/// [`ownership_check`] holds the item: nothing was written, so the same write may be
+/// repeated. Left out although documented as retryable:
+/// `ItemCollectionSizeLimitExceededException` (a lease table has no local secondary
+/// index; retrying cannot shrink a collection) and `UnrecognizedClientException`
+/// (bad credentials stay bad within a failover time; better reported at once).
 const TRANSIENT_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
+    "LimitExceededException",
+    "TransactionConflictException",
+    "TransactionInProgressException",
     "InternalServerError",
     "ServiceUnavailable",
 ];
@@ -691,6 +832,20 @@ mod tests {
             (service_error("RequestLimitExceeded", 400), "transient"),
             (service_error("InternalServerError", 500), "transient"),
             (service_error("ServiceUnavailable", 503), "transient"),
+            (
+                service_error("TransactionConflictException", 400),
+                "transient",
+            ),
+            (
+                service_error("TransactionInProgressException", 400),
+                "transient",
+            ),
+            (service_error("LimitExceededException", 400), "transient"),
+            (
+                service_error("ItemCollectionSizeLimitExceededException", 400),
+                "fatal",
+            ),
+            (service_error("UnrecognizedClientException", 400), "fatal"),
             (service_error("SomethingNew", 502), "transient"),
             (service_error("SomethingNew", 429), "transient"),
             (service_error("ResourceNotFoundException", 400), "fatal"),
@@ -746,6 +901,29 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn lease_table_timeouts_fit_inside_the_failover_time() {
+        let endpoints = crate::aws::Endpoints::local("http://127.0.0.1:1", "http://127.0.0.1:1");
+        let clients = crate::aws::Clients::connect(&endpoints).await;
+        let timeouts = |store: &DynamoLeaseStore| {
+            let config = store.client.config().timeout_config().cloned().unwrap();
+            (
+                config.operation_attempt_timeout().unwrap(),
+                config.operation_timeout().unwrap(),
+            )
+        };
+        let store = DynamoLeaseStore::new(clients.dynamodb.clone(), "t");
+        assert_eq!(
+            timeouts(&store),
+            (Duration::from_secs(2), Duration::from_secs(5))
+        );
+        let store = store.with_failover_time(Duration::from_secs(3));
+        assert_eq!(
+            timeouts(&store),
+            (Duration::from_millis(600), Duration::from_millis(1500))
+        );
+    }
+
     #[test]
     fn condition_always_requires_the_item() {
         let mut e = Expression::default();
@@ -758,6 +936,7 @@ mod tests {
             counter: Some(4),
             owner: Some(None),
             checkpoint_owner: Some(Some("a".into())),
+            ..Expect::default()
         });
         assert_eq!(
             condition,
@@ -784,6 +963,8 @@ mod tests {
                 owner_switch: true,
                 load: Some(ShardLoad::default()),
                 child_shard_ids: Some(vec![]),
+                epoch: None,
+                keep_epoch_for_checkpoint_owner: false,
             })
             .unwrap();
         assert_eq!(
@@ -793,7 +974,7 @@ mod tests {
              #throughputRecordsPerSecond = :throughputRecordsPerSecond, \
              #throughputBytesPerSecond = :throughputBytesPerSecond, \
              #millisBehindLatest = :millisBehindLatest \
-             REMOVE #checkpointOwner, #pendingCheckpoint, #pendingCheckpointSubSequenceNumber, #childShardIds"
+             REMOVE #checkpointOwner, #checkpointOwnerEpoch, #pendingCheckpoint, #pendingCheckpointSubSequenceNumber, #childShardIds"
         );
 
         let mut e = Expression::default();
@@ -816,6 +997,33 @@ mod tests {
             ..Change::default()
         });
         assert!(!e.names.contains_key("#ownerSwitchesSinceCheckpoint"));
+
+        // A handoff request: the new owner's epoch, the previous owner's kept.
+        let mut e = Expression::default();
+        let update = e
+            .update(&Change {
+                epoch: Some(8),
+                keep_epoch_for_checkpoint_owner: true,
+                checkpoint_owner: Some(Some("a".into())),
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(
+            update,
+            "SET #checkpointOwnerEpoch = if_not_exists(#leaseEpoch, :zero), \
+             #leaseEpoch = :epoch, #checkpointOwner = :checkpointOwner"
+        );
+        let mut e = Expression::default();
+        let condition = e.condition(&Expect {
+            epoch: Some(8),
+            checkpoint_owner_epoch: Some(5),
+            ..Expect::default()
+        });
+        assert_eq!(
+            condition,
+            "attribute_exists(#leaseKey) AND #leaseEpoch = :expectedEpoch AND \
+             #checkpointOwnerEpoch = :expectedCheckpointOwnerEpoch"
+        );
     }
 
     #[test]

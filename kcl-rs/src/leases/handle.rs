@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, watch};
 use crate::checkpoint::ExtendedSequenceNumber;
 
 use super::lease::{Lease, ShardLoad};
+use super::retry;
 use super::store::{Change, Expect, LeaseError, LeaseStore};
 
 /// Why a lease is no longer held.
@@ -111,6 +112,8 @@ pub struct LeaseHandle {
     epoch: u64,
     store: Arc<dyn LeaseStore>,
     failover_time: Duration,
+    /// The timeout of one lease-table request (see [`retry::attempt_timeout`]).
+    attempt_timeout: Duration,
     inner: Mutex<Inner>,
     phase: watch::Sender<LeasePhase>,
 }
@@ -150,6 +153,7 @@ impl LeaseHandle {
             epoch: lease.counter,
             store,
             failover_time,
+            attempt_timeout: retry::attempt_timeout(failover_time),
             inner: Mutex::new(Inner {
                 counter: lease.counter,
                 valid_until: valid_until(written_at, failover_time),
@@ -217,6 +221,15 @@ impl LeaseHandle {
         });
     }
 
+    /// The fencing condition of a write while held: the counter as last seen, and this
+    /// ownership (a later one of this same worker has another epoch).
+    fn expect_held(&self, counter: u64) -> Expect {
+        Expect {
+            epoch: Some(self.epoch),
+            ..Expect::held(counter, Some(&self.worker_id))
+        }
+    }
+
     fn lost(&self, reason: LostReason) -> HandleError {
         self.set_phase(LeasePhase::Lost(reason));
         HandleError::Lost {
@@ -226,7 +239,8 @@ impl LeaseHandle {
     }
 
     /// Renews the lease (held or awaiting the previous owner). Transient store errors
-    /// are returned to the caller, which retries until the lease would expire.
+    /// (throttling, transaction conflicts, a hung connection) are retried with backoff
+    /// until the lease would expire; only then is the last one returned.
     pub async fn renew(&self) -> Result<RenewOutcome, HandleError> {
         let mut inner = self.inner.lock().await;
         for _ in 0..3 {
@@ -246,11 +260,18 @@ impl LeaseHandle {
                 load: inner.load,
                 ..Change::default()
             };
-            let expect = Expect::held(inner.counter, Some(&self.worker_id));
-            match self.store.update_lease(&self.key, expect, change).await {
-                Ok(lease) => {
+            let expect = self.expect_held(inner.counter);
+            // Awaiting the previous owner, the lease is not ours to lose by expiry yet;
+            // give the renewal a renewal interval at least.
+            let deadline = match phase {
+                LeasePhase::Held => inner.valid_until,
+                _ => inner.valid_until.max(now + self.failover_time / 3),
+            };
+            let sent = self.write(deadline, expect, change).await;
+            match sent {
+                Ok((lease, sent_at)) => {
                     inner.counter = lease.counter;
-                    inner.valid_until = valid_until(now, self.failover_time);
+                    inner.valid_until = valid_until(sent_at, self.failover_time);
                     return Ok(RenewOutcome::Renewed);
                 }
                 Err(LeaseError::ConditionFailed { .. }) => {
@@ -267,14 +288,45 @@ impl LeaseHandle {
         Err(self.lost(LostReason::TakenOver))
     }
 
+    /// One conditional write, retried while transient until `deadline`; returns the
+    /// lease as written and when the successful attempt was sent (observers start their
+    /// expiry clock after that).
+    async fn write(
+        &self,
+        deadline: Instant,
+        expect: Expect,
+        change: Change,
+    ) -> Result<(Lease, Instant), LeaseError> {
+        retry::until_deadline(deadline.into(), self.attempt_timeout, || {
+            let sent_at = Instant::now();
+            let write = self
+                .store
+                .update_lease(&self.key, expect.clone(), change.clone());
+            async move { write.await.map(|lease| (lease, sent_at)) }
+        })
+        .await
+    }
+
+    /// One consistent read of the lease, retried while transient for an attempt
+    /// timeout's worth of attempts at most.
+    async fn read(&self) -> Result<Option<Lease>, LeaseError> {
+        let deadline = Instant::now() + self.attempt_timeout * 2;
+        retry::until_deadline(deadline.into(), self.attempt_timeout, || {
+            self.store.get_lease(&self.key)
+        })
+        .await
+    }
+
     /// After a rejected write: reads the lease and moves to the phase it implies.
     async fn reconcile(&self, inner: &mut Inner) -> Result<(), HandleError> {
-        let Some(lease) = self.store.get_lease(&self.key).await? else {
+        let Some(lease) = self.read().await? else {
             return Err(self.lost(LostReason::Deleted));
         };
         let me = Some(self.worker_id.as_str());
         match (lease.owner.as_deref(), lease.checkpoint_owner.as_deref()) {
-            (owner, checkpoint_owner) if owner == me && checkpoint_owner != me => {
+            (owner, checkpoint_owner)
+                if owner == me && checkpoint_owner != me && lease.epoch == Some(self.epoch) =>
+            {
                 inner.counter = lease.counter;
                 if checkpoint_owner.is_none()
                     && matches!(self.phase(), LeasePhase::AwaitingPrevious { .. })
@@ -283,7 +335,11 @@ impl LeaseHandle {
                 }
                 Ok(())
             }
-            (Some(to), checkpoint_owner) if checkpoint_owner == me && Some(to) != me => {
+            (Some(to), checkpoint_owner)
+                if checkpoint_owner == me
+                    && Some(to) != me
+                    && lease.checkpoint_owner_epoch == Some(self.epoch) =>
+            {
                 inner.counter = lease.counter;
                 self.set_phase(LeasePhase::HandingOff { to: to.to_string() });
                 Ok(())
@@ -303,22 +359,22 @@ impl LeaseHandle {
         if !matches!(self.phase(), LeasePhase::AwaitingPrevious { .. }) {
             return Ok(self.phase());
         }
-        let Some(lease) = self.store.get_lease(&self.key).await? else {
+        let Some(lease) = self.read().await? else {
             return Err(self.lost(LostReason::Deleted));
         };
-        if lease.owner.as_deref() != Some(self.worker_id.as_str()) {
+        if lease.owner.as_deref() != Some(self.worker_id.as_str())
+            || lease.epoch != Some(self.epoch)
+        {
             return Err(self.lost(LostReason::TakenOver));
         }
         inner.counter = lease.counter;
         if lease.checkpoint_owner.is_none() {
             self.set_phase(LeasePhase::Held);
         } else if asked_at.elapsed() >= timeout {
-            let now = Instant::now();
             let forced = self
-                .store
-                .update_lease(
-                    &self.key,
-                    Expect::held(inner.counter, Some(&self.worker_id)),
+                .write(
+                    Instant::now() + self.attempt_timeout * 2,
+                    self.expect_held(inner.counter),
                     Change {
                         bump_counter: true,
                         checkpoint_owner: Some(None),
@@ -327,9 +383,9 @@ impl LeaseHandle {
                 )
                 .await;
             match forced {
-                Ok(lease) => {
+                Ok((lease, sent_at)) => {
                     inner.counter = lease.counter;
-                    inner.valid_until = valid_until(now, self.failover_time);
+                    inner.valid_until = valid_until(sent_at, self.failover_time);
                     tracing::info!(lease = %self.key, "previous owner did not hand over in time; taken by force");
                     self.set_phase(LeasePhase::Held);
                 }
@@ -372,11 +428,13 @@ impl LeaseHandle {
         let mut inner = self.inner.lock().await;
         for _ in 0..3 {
             let expect = match self.phase() {
-                LeasePhase::Held => Expect::held(inner.counter, Some(&self.worker_id)),
+                LeasePhase::Held => self.expect_held(inner.counter),
                 LeasePhase::HandingOff { to } => Expect {
                     counter: None,
                     owner: Some(Some(to)),
                     checkpoint_owner: Some(Some(self.worker_id.clone())),
+                    checkpoint_owner_epoch: Some(self.epoch),
+                    ..Expect::default()
                 },
                 LeasePhase::Lost(reason) => {
                     return Err(HandleError::Lost {
@@ -391,12 +449,20 @@ impl LeaseHandle {
                     });
                 }
             };
-            match self
-                .store
-                .update_lease(&self.key, expect, change.clone())
-                .await
-            {
-                Ok(lease) => {
+            // Retried for one attempt timeout at most: the lease's renewals wait for
+            // this lock, so a checkpoint failing for longer must not hold them up (the
+            // checkpointer retries on top). Held, never after the lease could expire.
+            let deadline = Instant::now() + self.attempt_timeout;
+            let deadline = match self.phase() {
+                LeasePhase::Held if Instant::now() >= inner.valid_until => {
+                    // Others may have judged it expired already: never write after that.
+                    return Err(self.lost(LostReason::ExpiredLocally));
+                }
+                LeasePhase::Held => deadline.min(inner.valid_until),
+                _ => deadline,
+            };
+            match self.write(deadline, expect, change.clone()).await {
+                Ok((lease, _)) => {
                     if self.phase() == LeasePhase::Held {
                         inner.counter = lease.counter;
                     }
@@ -413,12 +479,19 @@ impl LeaseHandle {
     /// checkpoint. Also used to release a lease on graceful shutdown when held.
     pub async fn hand_over(&self) -> Result<(), HandleError> {
         let inner = self.inner.lock().await;
+        // A release must not be skipped for a transient error (the lease would stay
+        // blocked for a whole failover time), but nor may it outlive the lease.
+        let deadline = inner
+            .valid_until
+            .max(Instant::now() + self.attempt_timeout * 2);
         let (expect, change, reason) = match self.phase() {
             LeasePhase::HandingOff { to } => (
                 Expect {
                     counter: None,
                     owner: Some(Some(to)),
                     checkpoint_owner: Some(Some(self.worker_id.clone())),
+                    checkpoint_owner_epoch: Some(self.epoch),
+                    ..Expect::default()
                 },
                 Change {
                     bump_counter: true,
@@ -428,7 +501,7 @@ impl LeaseHandle {
                 LostReason::HandedOver,
             ),
             LeasePhase::Held | LeasePhase::AwaitingPrevious { .. } => (
-                Expect::held(inner.counter, Some(&self.worker_id)),
+                self.expect_held(inner.counter),
                 Change {
                     bump_counter: true,
                     owner: Some(None),
@@ -445,7 +518,7 @@ impl LeaseHandle {
             }
         };
         drop(inner);
-        match self.store.update_lease(&self.key, expect, change).await {
+        match self.write(deadline, expect, change).await {
             Ok(_) => {
                 self.set_phase(LeasePhase::Lost(reason));
                 Ok(())
@@ -484,7 +557,10 @@ impl LeaseHandle {
     /// Moves a held lease to handing off when a listing shows that `to` asked for it.
     pub(crate) async fn note_handoff_request(&self, lease: &Lease) {
         let mut inner = self.inner.lock().await;
-        if self.phase() == LeasePhase::Held
+        if lease.checkpoint_owner_epoch != Some(self.epoch) {
+            // The request was made of another ownership of this worker, not this one.
+            self.set_phase(LeasePhase::Lost(LostReason::TakenOver));
+        } else if self.phase() == LeasePhase::Held
             && lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
             && let Some(to) = lease.owner.as_deref()
             && to != self.worker_id

@@ -30,6 +30,9 @@ pub(super) const CHILD_SHARD_IDS: &str = "childShardIds";
 pub(super) const STARTING_HASH_KEY: &str = "startingHashKey";
 pub(super) const ENDING_HASH_KEY: &str = "endingHashKey";
 pub(super) const CHECKPOINT_OWNER: &str = "checkpointOwner";
+/// Not in the Java KCL's table: the epoch fencing of `ownership_check`.
+pub(super) const LEASE_EPOCH: &str = "leaseEpoch";
+pub(super) const CHECKPOINT_OWNER_EPOCH: &str = "checkpointOwnerEpoch";
 pub(super) const THROUGHPUT_RECORDS_PER_SECOND: &str = "throughputRecordsPerSecond";
 pub(super) const THROUGHPUT_BYTES_PER_SECOND: &str = "throughputBytesPerSecond";
 pub(super) const MILLIS_BEHIND_LATEST: &str = "millisBehindLatest";
@@ -74,6 +77,12 @@ pub(super) fn to_item(lease: &Lease) -> Item {
     }
     if let Some(owner) = &lease.checkpoint_owner {
         item.insert(CHECKPOINT_OWNER.into(), string(owner));
+    }
+    if let Some(epoch) = lease.epoch {
+        item.insert(LEASE_EPOCH.into(), number(epoch));
+    }
+    if let Some(epoch) = lease.checkpoint_owner_epoch {
+        item.insert(CHECKPOINT_OWNER_EPOCH.into(), number(epoch));
     }
     if let Some(load) = &lease.load {
         item.extend(load_attributes(load));
@@ -126,6 +135,8 @@ pub(super) fn to_lease(item: &Item) -> Result<Lease, LeaseError> {
         child_shard_ids: attrs.string_set(CHILD_SHARD_IDS)?,
         hash_key_range,
         checkpoint_owner: attrs.string(CHECKPOINT_OWNER)?,
+        epoch: attrs.u64(LEASE_EPOCH)?,
+        checkpoint_owner_epoch: attrs.u64(CHECKPOINT_OWNER_EPOCH)?,
         load,
         key,
     })
@@ -340,6 +351,8 @@ mod tests {
             child_shard_ids: vec!["shardId-000000000009".into()],
             hash_key_range: Some((0, u128::MAX)),
             checkpoint_owner: Some("worker-a".into()),
+            epoch: Some(40),
+            checkpoint_owner_epoch: Some(37),
             load: Some(ShardLoad {
                 records_per_sec: 812.25,
                 bytes_per_sec: 1.5e6,

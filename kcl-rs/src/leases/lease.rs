@@ -39,6 +39,13 @@ pub struct Lease {
     /// During a graceful handoff, the previous owner that still has to checkpoint and
     /// let go (`checkpointOwner`). The new owner does not process until it is gone.
     pub checkpoint_owner: Option<String>,
+    /// The current ownership's epoch (`leaseEpoch`): the `leaseCounter` left by the
+    /// write that began it (a take or a handoff request). Fences by ownership, not by
+    /// worker id: a worker that lost the lease and took it again has a new epoch.
+    pub epoch: Option<u64>,
+    /// During a graceful handoff, the previous owner's epoch (`checkpointOwnerEpoch`):
+    /// its last checkpoints are fenced by it.
+    pub checkpoint_owner_epoch: Option<u64>,
     /// Last reported load of the shard.
     pub load: Option<ShardLoad>,
 }
@@ -80,6 +87,8 @@ impl Lease {
             child_shard_ids: Vec::new(),
             hash_key_range: None,
             checkpoint_owner: None,
+            epoch: None,
+            checkpoint_owner_epoch: None,
             load: None,
         }
     }

@@ -66,6 +66,10 @@ fn matches(expect: &Expect, lease: &Lease) -> bool {
             .checkpoint_owner
             .as_ref()
             .is_none_or(|o| *o == lease.checkpoint_owner)
+        && expect.epoch.is_none_or(|e| Some(e) == lease.epoch)
+        && expect
+            .checkpoint_owner_epoch
+            .is_none_or(|e| Some(e) == lease.checkpoint_owner_epoch)
 }
 
 /// `change` applied to `lease`, as the UpdateItem the DynamoDB store sends would.
@@ -76,7 +80,16 @@ fn apply(change: Change, mut lease: Lease) -> Lease {
     if let Some(owner) = change.owner {
         lease.owner = owner;
     }
+    if change.keep_epoch_for_checkpoint_owner {
+        lease.checkpoint_owner_epoch = Some(lease.epoch.unwrap_or(0));
+    }
+    if let Some(epoch) = change.epoch {
+        lease.epoch = Some(epoch);
+    }
     if let Some(owner) = change.checkpoint_owner {
+        if owner.is_none() {
+            lease.checkpoint_owner_epoch = None;
+        }
         lease.checkpoint_owner = owner;
     }
     if let Some(checkpoint) = change.checkpoint {

@@ -11,6 +11,8 @@ mod item;
 pub mod lease;
 pub mod memory;
 pub mod observer;
+mod retry;
+mod scan;
 pub mod store;
 pub mod taker;
 

@@ -119,6 +119,15 @@ impl Observer {
         live
     }
 
+    /// Whether an observed lease reached its expiry in `(after, until]`: a reason to
+    /// list the table again and take it.
+    pub fn expiry_between(&self, after: Instant, until: Instant) -> bool {
+        self.leases.values().any(|seen| {
+            let at = seen.changed_at + self.failover_time;
+            at > after && at <= until
+        })
+    }
+
     /// The earliest instant at which a currently unexpired lease will expire if its
     /// counter does not change, so the taker can wake exactly then.
     pub fn next_expiry(&self, now: Instant) -> Option<Instant> {

@@ -25,6 +25,10 @@ pub struct Expect {
     pub owner: Option<Option<String>>,
     /// `checkpointOwner` must be this (or absent).
     pub checkpoint_owner: Option<Option<String>>,
+    /// `leaseEpoch` must be this.
+    pub epoch: Option<u64>,
+    /// `checkpointOwnerEpoch` must be this.
+    pub checkpoint_owner_epoch: Option<u64>,
 }
 
 impl Expect {
@@ -34,7 +38,7 @@ impl Expect {
         Expect {
             counter: Some(counter),
             owner: Some(owner.map(str::to_string)),
-            checkpoint_owner: None,
+            ..Expect::default()
         }
     }
 }
@@ -46,8 +50,14 @@ pub struct Change {
     pub bump_counter: bool,
     /// Set or remove `leaseOwner`.
     pub owner: Option<Option<String>>,
-    /// Set or remove `checkpointOwner`.
+    /// Set or remove `checkpointOwner`. Removing it also removes
+    /// `checkpointOwnerEpoch`.
     pub checkpoint_owner: Option<Option<String>>,
+    /// Begin a new ownership: set `leaseEpoch` to this (the counter the write leaves).
+    pub epoch: Option<u64>,
+    /// A handoff request: keep the current `leaseEpoch` as `checkpointOwnerEpoch` (the
+    /// previous owner's, fencing its last checkpoints) before `epoch` replaces it.
+    pub keep_epoch_for_checkpoint_owner: bool,
     /// Set `checkpoint` (and its sub-sequence); also resets
     /// `ownerSwitchesSinceCheckpoint` to 0.
     pub checkpoint: Option<ExtendedSequenceNumber>,
@@ -116,8 +126,23 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// existing table with the wrong key schema is a [`LeaseError::Fatal`].
     fn ensure_tables(&self) -> BoxFuture<'_, Result<(), LeaseError>>;
 
-    /// Every lease, read consistently.
+    /// Every lease, read consistently. An item that is not a valid lease is left out
+    /// (logged once and counted in [`LeaseStore::malformed_items`]): one bad item,
+    /// written by hand or by another tool, must not stop every worker.
     fn list_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>>;
+
+    /// Every lease, for the coordinator's taking cycles: may be read eventually
+    /// consistently (half the read cost on DynamoDB). Decisions made from it are only
+    /// proposals: every take is a conditional write, and a stale counter only delays
+    /// an expiry. Defaults to [`LeaseStore::list_leases`].
+    fn scan_leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseError>> {
+        self.list_leases()
+    }
+
+    /// How many distinct items [`LeaseStore::list_leases`] has left out as malformed.
+    fn malformed_items(&self) -> u64 {
+        0
+    }
 
     /// One lease, read consistently.
     fn get_lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>>;

@@ -7,6 +7,13 @@ use super::*;
 use crate::events::parse;
 use crate::stats::plan::{ParsedRecord, plan_chunk, referenced_orders};
 
+fn w1() -> LeaseOwnership {
+    LeaseOwnership {
+        worker_id: "w1".into(),
+        epoch: 1,
+    }
+}
+
 fn records(jsons: &[&str]) -> Vec<ParsedRecord> {
     jsons
         .iter()
@@ -78,7 +85,7 @@ fn transactions_use_exactly_the_placeholders_they_define() {
     for previous in [None, Some(ExtendedSequenceNumber::at("499", 0))] {
         let regions = chunk.delta.regions.clone();
         let items =
-            transact_items(&tables, "s1", previous.as_ref(), &regions, &chunk, "w1", 1).unwrap();
+            transact_items(&tables, "s1", previous.as_ref(), &regions, &chunk, &w1(), 1).unwrap();
         // stats + o1 (update) + o2 (check) + o3 (update) + 2 dead letters + lease check
         assert_eq!(items.len(), 7);
         assert_eq!(items.len(), chunk.items());
@@ -258,7 +265,8 @@ fn order_writes_add_the_digests_of_the_events_they_apply() {
     let chunk = plan_chunk("s1", &recs, &states);
     assert_eq!(chunk.delta.redeliveries_skipped, 1);
     let tables = StatsTables::for_application("App");
-    let items = transact_items(&tables, "s1", None, &chunk.delta.regions, &chunk, "w1", 1).unwrap();
+    let items =
+        transact_items(&tables, "s1", None, &chunk.delta.regions, &chunk, &w1(), 1).unwrap();
     // stats, o1 (put), o2 (update), lease check
     assert_eq!(items.len(), 4);
     let d = |json: &str| crate::stats::plan::digest(json.as_bytes());
@@ -309,7 +317,8 @@ fn a_check_only_write_adds_no_digest() {
     )]);
     let chunk = plan_chunk("s1", &recs, &states);
     let tables = StatsTables::for_application("App");
-    let items = transact_items(&tables, "s1", None, &chunk.delta.regions, &chunk, "w1", 1).unwrap();
+    let items =
+        transact_items(&tables, "s1", None, &chunk.delta.regions, &chunk, &w1(), 1).unwrap();
     assert_eq!(items.len(), 3);
     let check = items[1].condition_check().expect("a check");
     assert_eq!(check.table_name(), "App-Orders");

@@ -1,0 +1,162 @@
+//! Retrying one lease-table request within a deadline.
+//!
+//! A lease write that fails transiently (throttling, a transaction conflict with a
+//! processor's fenced transaction, a 5xx, a hung connection) is worth repeating only
+//! while the lease is still ours to write: until it would expire for the other workers.
+//! So every retry here is bounded by a deadline the caller derives from the lease, each
+//! attempt by its own timeout (a hung connection must leave time for another attempt),
+//! and the pauses between attempts are jittered exponential backoff (backon) so workers
+//! that collided do not collide again in step.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
+
+use super::store::LeaseError;
+
+/// The first pause after a transient failure; the AWS SDKs for Java use 25 ms for
+/// DynamoDB.
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+
+/// The timeout of one lease-table request, derived from the failover time: a fifth of
+/// it (2 s at the default 10 s), so that a hung connection leaves room for further
+/// attempts before the lease expires. Real DynamoDB answers in milliseconds.
+pub(crate) fn attempt_timeout(failover_time: Duration) -> Duration {
+    (failover_time / 5).max(Duration::from_millis(100))
+}
+
+/// Runs `attempt` until it succeeds, fails with a non-transient error, or `deadline`
+/// passes (then the last transient error is returned). Each attempt is cut off after
+/// `per_attempt` (or at the deadline), which counts as a transient failure.
+pub(crate) async fn until_deadline<T, F, Fut>(
+    deadline: Instant,
+    per_attempt: Duration,
+    mut attempt: F,
+) -> Result<T, LeaseError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, LeaseError>>,
+{
+    let mut pauses = ExponentialBuilder::default()
+        .with_min_delay(FIRST_PAUSE)
+        // Short pauses: the time left before expiry is a few attempt timeouts, and
+        // under sustained conflicts the number of attempts is what keeps the lease.
+        .with_max_delay((per_attempt / 4).max(FIRST_PAUSE))
+        .with_jitter()
+        // Without the std feature backon seeds every generator alike; workers that
+        // collided must not pause in step.
+        .with_jitter_seed(rand::random())
+        .without_max_times()
+        .build();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(per_attempt.min(left), attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if e.is_transient() => e,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => LeaseError::Transient {
+                message: format!("no answer within {:?}", per_attempt.min(left)),
+            },
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(error);
+        }
+        tracing::debug!(error = %error, "lease-table request failed; retrying");
+        let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn transient() -> LeaseError {
+        LeaseError::Transient {
+            message: "TransactionConflictException".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_transient_errors_until_success() {
+        let calls = AtomicU32::new(0);
+        let result = until_deadline(
+            Instant::now() + Duration::from_secs(5),
+            Duration::from_millis(200),
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 4 {
+                    Err(transient())
+                } else {
+                    Ok(7)
+                }
+            },
+        )
+        .await;
+        assert_eq!(result, Ok(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_non_transient_error_ends_at_once() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = until_deadline(
+            Instant::now() + Duration::from_secs(5),
+            Duration::from_millis(200),
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(LeaseError::ConditionFailed { key: "k".into() })
+            },
+        )
+        .await;
+        assert_eq!(result, Err(LeaseError::ConditionFailed { key: "k".into() }));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_transient_failures_and_hung_attempts() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let slack = Duration::from_millis(100);
+        let result: Result<(), _> = until_deadline(deadline, Duration::from_millis(50), || async {
+            Err(transient())
+        })
+        .await;
+        assert!(result.unwrap_err().is_transient());
+        assert!(Instant::now() >= deadline && Instant::now() < deadline + slack);
+
+        let calls = AtomicU32::new(0);
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let result: Result<(), _> = until_deadline(deadline, Duration::from_millis(80), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        })
+        .await;
+        assert!(result.unwrap_err().is_transient());
+        assert!(
+            calls.load(Ordering::SeqCst) >= 2,
+            "a hung attempt is cut off and retried"
+        );
+        assert!(Instant::now() < deadline + slack);
+    }
+
+    #[test]
+    fn attempt_timeout_fits_the_failover_time() {
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(3)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+    }
+}
