@@ -75,6 +75,14 @@ impl Role {
         }
     }
 
+    /// The role of the `delivery-app` subcommand `command` (`"worker"`, ...), if it
+    /// has one.
+    pub fn of_command(command: &str) -> Option<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.heading().strip_prefix("delivery-app ") == Some(command))
+    }
+
     /// The heading of its policy's section in docs/iam-policy.md (without `## `).
     pub fn heading(self) -> &'static str {
         match self {
@@ -130,5 +138,16 @@ mod tests {
             assert!(!principal.policy.statements().is_empty(), "{role:?}");
         }
         assert!(bound.get("local").is_none(), "other keys stay unrestricted");
+        for (command, role) in [
+            ("worker", Some(Role::Worker)),
+            ("produce", Some(Role::Produce)),
+            ("stats", Some(Role::Stats)),
+            ("reshard", Some(Role::Reshard)),
+            ("create-stream", Some(Role::CreateStream)),
+            ("demo", None),
+            ("local", None),
+        ] {
+            assert_eq!(Role::of_command(command), role, "{command}");
+        }
     }
 }
