@@ -7,6 +7,7 @@ use std::time::Duration;
 use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
 use delivery_app::sim::{KeyStrategy, SimConfig};
 use delivery_app::principals::{POLICY_DOC, principals};
+use kcl::local::strict::RefusalKind;
 use kcl::local::testing::unique;
 use kcl::local::{LocalAws, LocalAwsOptions};
 
@@ -31,6 +32,42 @@ pub fn enforce_policies(aws: &LocalAws, stream: &str, app: &str) {
 /// Messages of the scenario, prefixed with the test's name, on stderr.
 pub fn narrator(test: &'static str) -> Narrator {
     Arc::new(move |line: &str| eprintln!("[{test}] {line}"))
+}
+
+/// On a strict `aws`: the policies were enforced (the workers' transactions and the
+/// producer's puts were checked) and no call was denied, so the documented policies are
+/// all the application needs.
+pub fn assert_no_call_denied(aws: &LocalAws) {
+    let Some(strict) = aws.strict() else {
+        return;
+    };
+    for operation in ["TransactWriteItems", "PutRecords", "GetRecords"] {
+        assert!(
+            strict.iam().checked(operation) > 0,
+            "{operation} was never checked against a policy"
+        );
+    }
+    assert_eq!(
+        strict.refusal_counts().kind(RefusalKind::AccessDenied),
+        0,
+        "calls denied: {:?}",
+        strict.refusal_counts().snapshot()
+    );
+}
+
+/// On a strict `aws`: statistics transactions were checked against a policy and no
+/// call was denied.
+pub fn assert_no_call_denied_to_the_worker(aws: &LocalAws) {
+    let Some(strict) = aws.strict() else {
+        return;
+    };
+    assert!(strict.iam().checked("TransactWriteItems") > 0);
+    assert_eq!(
+        strict.refusal_counts().kind(RefusalKind::AccessDenied),
+        0,
+        "calls denied: {:?}",
+        strict.refusal_counts().snapshot()
+    );
 }
 
 /// A scenario of about `orders` orders produced over about `seconds` real seconds,
