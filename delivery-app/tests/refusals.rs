@@ -191,7 +191,12 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     assert!(result.is_ok(), "{result:?}");
     // Under the documented worker policy, checked call by call, nothing was denied.
     assert!(aws.strict().unwrap().iam().checked("TransactWriteItems") > 0);
-    assert_eq!(denied(&aws), 0, "{:?}", aws.strict().unwrap().refusal_counts().snapshot());
+    assert_eq!(
+        denied(&aws),
+        0,
+        "{:?}",
+        aws.strict().unwrap().refusal_counts().snapshot()
+    );
     proxy.shutdown().await;
     aws.shutdown().await;
 }
@@ -201,7 +206,11 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
 fn without_put_item_on_orders() -> String {
     let granted = r#""dynamodb:BatchGetItem",
         "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem""#;
-    assert_eq!(POLICY_DOC.matches(granted).count(), 1, "the Orders statement moved");
+    assert_eq!(
+        POLICY_DOC.matches(granted).count(),
+        1,
+        "the Orders statement moved"
+    );
     POLICY_DOC.replace(
         granted,
         r#""dynamodb:BatchGetItem",
@@ -213,7 +222,11 @@ fn without_put_item_on_orders() -> String {
 /// lease table: the fence of every statistics transaction.
 fn without_condition_check_on_the_lease_table() -> String {
     let granted = r#""dynamodb:DeleteItem", "dynamodb:ConditionCheckItem""#;
-    assert_eq!(POLICY_DOC.matches(granted).count(), 1, "the LeaseTable statement moved");
+    assert_eq!(
+        POLICY_DOC.matches(granted).count(),
+        1,
+        "the LeaseTable statement moved"
+    );
     POLICY_DOC.replace(granted, r#""dynamodb:DeleteItem""#)
 }
 

@@ -8,12 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use delivery_app::principals::Role;
 use delivery_app::stats::StatsStore;
 use kcl::aws::Clients;
+use kcl::local::LocalAws;
 use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, dynamodb_target};
 use kcl::local::testing::{unique, wait_for};
-use delivery_app::principals::Role;
-use kcl::local::LocalAws;
 use tokio::process::{Child, Command};
 
 use common::{enforce_policies, strict_aws};

@@ -12,12 +12,12 @@ mod common;
 use std::collections::HashMap;
 
 use delivery_app::events::{Reason, parse};
+use delivery_app::principals::Role;
 use delivery_app::stats::StatsStore;
 use delivery_app::stats::plan::{OrderState, ParsedRecord, digest, plan_chunk, referenced_orders};
 use delivery_app::stats::store::StoreError;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::{Change, DynamoLeaseStore, Expect, Lease, LeaseStore};
-use delivery_app::principals::Role;
 use kcl::local::LocalAws;
 
 /// A strict local AWS with the documented policies bound for `app`, the statistics

@@ -159,13 +159,9 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
     let mut endpoints = aws.endpoints();
     let mut kinesis = None;
     if config.memory_kinesis {
-        let process = LocalAwsProcess::start(
-            &config.exe,
-            None,
-            &logs.join("local-kinesis.log"),
-            strict,
-        )
-        .await?;
+        let process =
+            LocalAwsProcess::start(&config.exe, None, &logs.join("local-kinesis.log"), strict)
+                .await?;
         endpoints.kinesis = process.endpoints().kinesis;
         kinesis = Some(process);
     }

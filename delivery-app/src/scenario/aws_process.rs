@@ -147,8 +147,16 @@ impl LocalAwsProcess {
         let ready = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
         match ready {
             Ok(Ok(Some(line))) if line.starts_with("local AWS ready") => {
-                // Keep draining stdout so that the process never blocks on it.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                // Keep draining stdout so that the process never blocks on it, into the
+                // log: what strict mode enforces, and its refusal counts at the stop.
+                let mut log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+                tokio::spawn(async move {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let _ = writeln!(log, "{line}");
+                    }
+                });
                 Ok(())
             }
             other => Err(format!(

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use delivery_app::principals::{POLICY_DOC, principals};
 use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
 use delivery_app::sim::{KeyStrategy, SimConfig};
-use delivery_app::principals::{POLICY_DOC, principals};
 use kcl::local::strict::RefusalKind;
 use kcl::local::testing::unique;
 use kcl::local::{LocalAws, LocalAwsOptions};
