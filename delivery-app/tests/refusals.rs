@@ -429,3 +429,76 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
     aws.shutdown().await;
 }
+
+/// A statistics transaction applied whose answer is lost is retried by the SDK with the
+/// same idempotency token (`ClientRequestToken`), which DynamoDB answers as applied
+/// instead of cancelling it on its own watermark: the audit log then says "applied",
+/// and the chaos run's checks find the shard's chain whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_whose_answer_was_lost_is_audited_as_applied() {
+    use delivery_app::audit::{self, AttemptResult, AuditEntry};
+
+    let events: Vec<String> = (0..4).map(|n| created(&format!("o{n}"))).collect();
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    proxy
+        .plan()
+        .add(Rule::dynamodb("TransactWriteItems", Fault::DropResponse).for_next(1));
+    let dir = std::env::temp_dir().join(unique("lost-answer"));
+    let audit_file = dir.join("w1.jsonl");
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let mut options = options(&stream, &app);
+        options.audit_file = Some(audit_file.clone());
+        let (clients, cancel) = (clients.clone(), cancel.clone());
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    let store = StatsStore::new(aws.clients().await.dynamodb, &app);
+    wait_for("every record applied", Duration::from_secs(60), || async {
+        let stats = store.read().await.ok()?;
+        (stats.totals.records() >= 4).then_some(())
+    })
+    .await;
+    let target = dynamodb_target("TransactWriteItems");
+    assert_eq!(
+        proxy.injected(&target, kcl::local::faults::FaultKind::DroppedResponse),
+        1
+    );
+    // The transactions the audit log says were applied cover every record once.
+    let entries = wait_for("the outcomes logged", Duration::from_secs(30), || async {
+        let entries = audit::read(&audit_file).ok()?;
+        let attempts = entries
+            .iter()
+            .filter(|e| matches!(e, AuditEntry::Attempt { .. }))
+            .count();
+        let outcomes = entries
+            .iter()
+            .filter(|e| matches!(e, AuditEntry::Outcome { .. }))
+            .count();
+        (attempts > 0 && attempts == outcomes).then_some(entries)
+    })
+    .await;
+    let applied: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            AuditEntry::Outcome {
+                id,
+                result: AttemptResult::Applied,
+                ..
+            } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let covered: u64 = entries
+        .iter()
+        .filter_map(|e| match e {
+            AuditEntry::Attempt { id, records, .. } if applied.contains(id) => Some(*records),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(covered, 4, "{entries:#?}");
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    proxy.shutdown().await;
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
