@@ -73,6 +73,7 @@ async fn run(name: &str, events: u64, mode: Mode) -> ScenarioReport {
         track_latency: matches!(mode, Mode::Paced(_)),
         workers_after_production: matches!(mode, Mode::ConsumersAlone),
         audit_dir: None,
+        as_principals: false,
         local_aws: None,
     };
     let say: scenario::Narrator = Arc::new(|_| {});

@@ -210,6 +210,33 @@ pub fn read(path: &Path) -> std::io::Result<Vec<AuditEntry>> {
     Ok(entries)
 }
 
+/// The outcome of a transaction cancelled by a condition other than the lease check,
+/// from the shard's watermark read afterwards and the transaction's `last` record.
+///
+/// The lease check passed, so the writer still held the lease and nobody else could
+/// move the watermark: if it stands exactly at `last`, this very transaction moved it.
+/// That happens when its answer was lost and the SDK's retry, no longer recognised by
+/// its idempotency token (DynamoDB restarted; on AWS a token lasts 10 minutes), met
+/// the watermark the first try had written.
+///
+/// ```
+/// use delivery_app::audit::{AttemptResult, conflict_outcome};
+/// use kcl::checkpoint::ExtendedSequenceNumber;
+///
+/// let last = ExtendedSequenceNumber::at("42", 1);
+/// assert_eq!(conflict_outcome(Some(&last), &last), AttemptResult::Applied);
+/// assert_eq!(conflict_outcome(None, &last), AttemptResult::Conflict);
+/// ```
+pub fn conflict_outcome(
+    watermark: Option<&ExtendedSequenceNumber>,
+    last: &ExtendedSequenceNumber,
+) -> AttemptResult {
+    match watermark {
+        Some(w) if w.compare(last).is_eq() => AttemptResult::Applied,
+        _ => AttemptResult::Conflict,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +279,26 @@ mod tests {
             AuditEntry::Checkpoint { start_ms: 5, .. }
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_conflict_is_applied_only_when_the_watermark_is_its_own_end() {
+        let at = |seq: &str, sub| ExtendedSequenceNumber::at(seq, sub);
+        let last = at("100", 2);
+        let table = [
+            (None, AttemptResult::Conflict),
+            (Some(at("90", 0)), AttemptResult::Conflict),
+            (Some(at("100", 1)), AttemptResult::Conflict),
+            (Some(at("100", 2)), AttemptResult::Applied),
+            (Some(at("100", 3)), AttemptResult::Conflict),
+            (Some(at("120", 0)), AttemptResult::Conflict),
+        ];
+        for (watermark, expected) in table {
+            assert_eq!(
+                conflict_outcome(watermark.as_ref(), &last),
+                expected,
+                "{watermark:?}"
+            );
+        }
     }
 }

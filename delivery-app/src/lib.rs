@@ -11,6 +11,7 @@
 //! - [`scenario`]: a whole run — workers as processes, crashes, resharding — shared by
 //!   `demo`, the tests and the benchmark.
 //! - [`connect`]: where the AWS services are (local by default).
+//! - [`principals`]: each command's IAM principal on the strict local AWS.
 //! - [`audit`]: a worker's log of what it wrote, checked by the chaos run.
 //! - [`chaos`]: the chaos run: seeded faults, then proof that every guarantee held.
 
@@ -21,6 +22,7 @@ pub mod autoscaler;
 pub mod chaos;
 pub mod connect;
 pub mod events;
+pub mod principals;
 pub mod scenario;
 pub mod sim;
 pub mod sink;

@@ -8,13 +8,12 @@ use std::time::Duration;
 use delivery_app::autoscaler::ScalerConfig;
 use delivery_app::scenario;
 use delivery_app::sim::KeyStrategy;
-use kcl::local::{LocalAws, LocalAwsOptions};
 
-use common::{assert_exact, narrator, scenario};
+use common::{assert_exact, assert_no_call_denied, narrator, scenario, strict_aws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_loaded_shard_is_split_from_the_lease_loads() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let mut config = scenario(&aws, 800, 12.0, KeyStrategy::Region, 0, Vec::new());
     config.autoscale = Some(ScalerConfig {
         // About 200 events/s over 3 shards: every shard is "hot" at 1% of the limit.
@@ -37,5 +36,6 @@ async fn a_loaded_shard_is_split_from_the_lease_loads() {
         report.actions
     );
     assert_eq!(report.stats.shards.len(), 5, "3 shards + 2 children");
+    assert_no_call_denied(&aws);
     aws.shutdown().await;
 }

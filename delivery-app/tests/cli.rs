@@ -1,12 +1,16 @@
 //! The commands a newcomer runs by hand, as processes against one local AWS:
 //! `create-stream`, `reshard` (with a clear error for non-adjacent shards), `worker`,
-//! `produce` and `stats --truth`.
+//! `produce` and `stats --truth`. The manual flow runs on `delivery-app local --strict`,
+//! each command signed as its principal (`AWS_ACCESS_KEY_ID=delivery-<command>`), so
+//! the policies of docs/iam-policy.md, as the binary embeds them, are all it needs.
 
 mod common;
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use delivery_app::principals::Role;
+use delivery_app::scenario::{LocalAwsProcess, StrictNames};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::process::Command;
 
@@ -19,14 +23,24 @@ struct Cli {
 }
 
 impl Cli {
+    /// Runs `args`, signed as the principal of its command (`args[0]`).
     async fn run(&self, args: &[&str]) -> Output {
-        Command::new(EXE)
+        let role = Role::of_command(args[0]);
+        self.run_as(role.map(Role::access_key_id), args).await
+    }
+
+    /// Runs `args` signed with `key` (`None`: the dummy, unrestricted key).
+    async fn run_as(&self, key: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::new(EXE);
+        command
             .args(args)
             .args(&self.common)
             .env("RUST_LOG", "warn")
-            .output()
-            .await
-            .unwrap()
+            .env_remove("AWS_ACCESS_KEY_ID");
+        if let Some(key) = key {
+            command.env("AWS_ACCESS_KEY_ID", key);
+        }
+        command.output().await.unwrap()
     }
 
     async fn ok(&self, args: &[&str]) -> String {
@@ -43,10 +57,22 @@ impl Cli {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manual_flow_produces_exact_statistics() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-    let endpoints = aws.endpoints();
     let stream = unique("cli-stream");
     let app = unique("cli-app");
+    let dir = std::env::temp_dir().join(unique("cli-truth"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut aws = LocalAwsProcess::start(
+        EXE.as_ref(),
+        None,
+        &dir.join("local.log"),
+        Some(StrictNames {
+            stream: stream.clone(),
+            app: app.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    let endpoints = aws.endpoints();
     let cli = Cli {
         common: vec![
             "--kinesis-endpoint".into(),
@@ -73,9 +99,19 @@ async fn the_manual_flow_produces_exact_statistics() {
     let listed = cli.ok(&["reshard", "list"]).await;
     assert!(listed.contains("shardId-000000000004"), "{listed}");
 
+    // The policies are enforced: the producer may not read the statistics.
+    let denied = cli
+        .run_as(Some(Role::Produce.access_key_id()), &["stats"])
+        .await;
+    assert!(!denied.status.success());
+    let message = String::from_utf8_lossy(&denied.stderr);
+    assert!(message.contains("AccessDeniedException"), "{message}");
+    assert!(message.contains("user/delivery-produce"), "{message}");
+
     let mut worker = Command::new(EXE)
         .arg("worker")
         .args(&cli.common)
+        .env("AWS_ACCESS_KEY_ID", Role::Worker.access_key_id())
         .args([
             "--worker-id",
             "cli-worker",
@@ -88,8 +124,6 @@ async fn the_manual_flow_produces_exact_statistics() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let dir = std::env::temp_dir().join(unique("cli-truth"));
-    std::fs::create_dir_all(&dir).unwrap();
     let truth = dir.join("truth.json");
     let truth_arg = truth.to_str().unwrap();
     let produced = cli
@@ -137,8 +171,8 @@ async fn the_manual_flow_produces_exact_statistics() {
         .unwrap()
         .unwrap();
     assert!(status.success());
+    aws.stop().await;
     let _ = std::fs::remove_dir_all(dir);
-    aws.shutdown().await;
 }
 
 #[tokio::test]

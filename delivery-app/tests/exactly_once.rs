@@ -13,9 +13,8 @@ use delivery_app::scenario::{self, Step};
 use delivery_app::sim::KeyStrategy;
 use delivery_app::stats::StatsStore;
 use kcl::checkpoint::ExtendedSequenceNumber;
-use kcl::local::{LocalAws, LocalAwsOptions};
 
-use common::{assert_exact, narrator, scenario};
+use common::{assert_exact, assert_no_call_denied, narrator, scenario, strict_aws};
 
 /// Orders per test: a few thousand events.
 fn orders() -> u64 {
@@ -28,7 +27,7 @@ fn orders() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_keys_exact_through_a_crash_a_split_and_a_merge() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let steps = vec![
         (0.2, Step::Kill),
         (0.35, Step::Split),
@@ -51,12 +50,13 @@ async fn order_keys_exact_through_a_crash_a_split_and_a_merge() {
         report.stats.totals.cross_shard_completions > 0,
         "no order was created in a parent and completed in a child"
     );
+    assert_no_call_denied(&aws);
     aws.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn region_keys_exact_through_a_restart_of_every_worker_and_a_crash() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let steps = vec![
         (0.2, Step::RestartAll),
         (0.4, Step::Split),
@@ -70,12 +70,13 @@ async fn region_keys_exact_through_a_restart_of_every_worker_and_a_crash() {
         .unwrap();
     assert_exact(&report);
     assert_eq!(report.actions.len(), 5, "{:?}", report.actions);
+    assert_no_call_denied(&aws);
     aws.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_events_are_dead_lettered_exactly_once() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let injected = 35; // five of each kind
     let steps = vec![(0.3, Step::Kill), (0.45, Step::Split), (0.6, Step::Restart)];
     let config = scenario(&aws, orders(), 10.0, KeyStrategy::Order, injected, steps);
@@ -93,6 +94,7 @@ async fn bad_events_are_dead_lettered_exactly_once() {
     assert_eq!(dead.len() as u64, injected);
     assert!(dead.iter().all(|d| !d.raw.is_empty() && d.raw_len > 0));
     assert!(dead.iter().any(|d| d.reason == "malformed_json"));
+    assert_no_call_denied(&aws);
     aws.shutdown().await;
 }
 
@@ -103,7 +105,7 @@ async fn bad_events_are_dead_lettered_exactly_once() {
 /// shard's watermark passes them and its children are processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_dynamodb_would_refuse_each_end_as_one_dead_letter() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let steps = vec![
         (0.2, Step::Kill),
         (0.35, Step::Split),
@@ -147,5 +149,6 @@ async fn records_dynamodb_would_refuse_each_end_as_one_dead_letter() {
         );
         assert!(letter.raw_len > 0 && !letter.raw.is_empty());
     }
+    assert_no_call_denied(&aws);
     aws.shutdown().await;
 }

@@ -4,6 +4,10 @@
 //! letter while the shard moves on; access denied stops the worker with an error
 //! naming the call, the table and the missing permission.
 //!
+//! The local AWS is strict and enforces the documented policies: the worker signs as
+//! `delivery-worker`, and the denials are real, from the worker policy with one action
+//! taken out.
+//!
 //! The embedded DynamoDB accepts what real DynamoDB refuses (keys over 2,048 bytes,
 //! items over 400 KB), and the parser now rejects such records before any write, so
 //! the refusal is injected: the proxy answers a `ValidationException` to every
@@ -13,37 +17,58 @@
 
 use std::time::Duration;
 
+mod common;
+
+use delivery_app::connect::connect_as;
 use delivery_app::events::Reason;
+use delivery_app::principals::{POLICY_DOC, Role, principals};
 use delivery_app::stats::StatsStore;
 use delivery_app::worker::{WorkerOptions, run_worker};
 use kcl::aws::{Clients, Endpoints};
+use kcl::local::LocalAws;
 use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
+use kcl::local::strict::RefusalKind;
 use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
 
 const MARKER: &str = "poison-driver";
 
-/// A local AWS, a fault proxy in front of its DynamoDB, a one-shard stream holding
-/// `events` (all with one partition key, so in order), and the clients a worker uses.
+/// A strict local AWS enforcing the documented policies (docs/iam-policy.md), a fault
+/// proxy in front of its DynamoDB, a one-shard stream holding `events` (all with one
+/// partition key, so in order), and the clients a worker uses: signed as
+/// `delivery-worker`, so restricted to the worker policy.
 async fn setup(events: &[String]) -> (LocalAws, FaultProxy, Clients, String, String) {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    setup_with_policies(events, POLICY_DOC).await
+}
+
+/// [`setup`] with the policies of `doc` (shaped like docs/iam-policy.md).
+async fn setup_with_policies(
+    events: &[String],
+    doc: &str,
+) -> (LocalAws, FaultProxy, Clients, String, String) {
+    let aws = common::strict_aws().await;
+    let stream = unique("refusals");
+    let app = unique("refusals-app");
+    aws.strict()
+        .unwrap()
+        .iam()
+        .set_principals(principals(doc, &stream, &app).unwrap());
     let endpoints = aws.endpoints();
     let proxy = FaultProxy::start(endpoints.dynamodb.as_deref().unwrap(), FaultPlan::new(7))
         .await
         .unwrap();
-    let clients = Clients::connect(&Endpoints::local(
-        endpoints.kinesis.clone().unwrap(),
-        proxy.url(),
-    ))
+    let clients = connect_as(
+        &Endpoints::local(endpoints.kinesis.clone().unwrap(), proxy.url()),
+        Role::Worker.access_key_id(),
+    )
     .await;
-    let stream = unique("refusals");
-    let app = unique("refusals-app");
-    kcl::stream::create_stream(&clients.kinesis, &stream, 1, Duration::from_secs(30))
+    // Set up as the administrator: the worker may not create streams or put records.
+    let admin = aws.clients().await;
+    kcl::stream::create_stream(&admin.kinesis, &stream, 1, Duration::from_secs(30))
         .await
         .unwrap();
     for event in events {
-        clients
+        admin
             .kinesis
             .put_record()
             .stream_name(&stream)
@@ -54,6 +79,14 @@ async fn setup(events: &[String]) -> (LocalAws, FaultProxy, Clients, String, Str
             .unwrap();
     }
     (aws, proxy, clients, stream, app)
+}
+
+/// Calls of the worker the strict IAM denied.
+fn denied(aws: &LocalAws) -> u64 {
+    aws.strict()
+        .unwrap()
+        .refusal_counts()
+        .kind(RefusalKind::AccessDenied)
 }
 
 fn options(stream: &str, app: &str) -> WorkerOptions {
@@ -156,27 +189,52 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
         .expect("the worker stops within 30 s")
         .unwrap();
     assert!(result.is_ok(), "{result:?}");
+    // Under the documented worker policy, checked call by call, nothing was denied.
+    assert!(aws.strict().unwrap().iam().checked("TransactWriteItems") > 0);
+    assert_eq!(
+        denied(&aws),
+        0,
+        "{:?}",
+        aws.strict().unwrap().refusal_counts().snapshot()
+    );
     proxy.shutdown().await;
     aws.shutdown().await;
+}
+
+/// The documented worker policy without `dynamodb:PutItem` on `APP-Orders` (the other
+/// gap of issue 12): every statistics transaction holds a new order's `Put`.
+fn without_put_item_on_orders() -> String {
+    let granted = r#""dynamodb:BatchGetItem",
+        "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem""#;
+    assert_eq!(
+        POLICY_DOC.matches(granted).count(),
+        1,
+        "the Orders statement moved"
+    );
+    POLICY_DOC.replace(
+        granted,
+        r#""dynamodb:BatchGetItem",
+        "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem""#,
+    )
+}
+
+/// The documented worker policy without `dynamodb:ConditionCheckItem` on `APP`, the
+/// lease table: the fence of every statistics transaction.
+fn without_condition_check_on_the_lease_table() -> String {
+    let granted = r#""dynamodb:DeleteItem", "dynamodb:ConditionCheckItem""#;
+    assert_eq!(
+        POLICY_DOC.matches(granted).count(),
+        1,
+        "the LeaseTable statement moved"
+    );
+    POLICY_DOC.replace(granted, r#""dynamodb:DeleteItem""#)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn access_denied_stops_the_worker_with_the_missing_permission() {
     let events = vec![created("o1"), created("o2")];
-    let (aws, proxy, clients, stream, app) = setup(&events).await;
-    proxy.plan().add(Rule::dynamodb(
-        "TransactWriteItems",
-        Fault::error(
-            400,
-            "AccessDeniedException",
-            format!(
-                "User: arn:aws:sts::123456789012:assumed-role/stats/w1 is not authorized to \
-                 perform: dynamodb:ConditionCheckItem on resource: \
-                 arn:aws:dynamodb:us-east-1:123456789012:table/{app} because no \
-                 identity-based policy allows the dynamodb:ConditionCheckItem action"
-            ),
-        ),
-    ));
+    let (aws, proxy, clients, stream, app) =
+        setup_with_policies(&events, &without_put_item_on_orders()).await;
     let worker = tokio::spawn({
         let (clients, options) = (clients.clone(), options(&stream, &app));
         async move { run_worker(&clients, &options, CancellationToken::new()).await }
@@ -191,13 +249,20 @@ async fn access_denied_stops_the_worker_with_the_missing_permission() {
     assert!(error.contains("TransactWriteItems"), "{error}");
     assert!(error.contains(&format!("{app}-Stats")), "{error}");
     assert!(
-        error.contains("missing permission is dynamodb:ConditionCheckItem"),
+        error.contains("missing permission is dynamodb:PutItem"),
         "{error}"
     );
-    // Nothing was applied, and the single try was not repeated.
+    assert!(error.contains(&format!("table/{app}-Orders")), "{error}");
+    // Nothing was applied, the single try was not repeated, and no other call of the
+    // worker was denied.
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
     assert_eq!(store.read().await.unwrap().totals.records(), 0);
-    assert_eq!(proxy.calls(&dynamodb_target("TransactWriteItems")), 1);
+    let strict = aws.strict().unwrap();
+    assert_eq!(
+        strict.refusals_of("TransactWriteItems", RefusalKind::AccessDenied),
+        1
+    );
+    assert_eq!(denied(&aws), 1, "{:?}", strict.refusal_counts().snapshot());
     proxy.shutdown().await;
     aws.shutdown().await;
 }
@@ -240,49 +305,48 @@ async fn a_missing_table_stops_the_worker_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_denied_worker_process_exits_non_zero_naming_the_permission() {
+async fn a_worker_process_lacking_condition_check_item_on_the_lease_table_exits_naming_it() {
     let events = vec![created("o1")];
-    let (aws, proxy, _clients, stream, app) = setup(&events).await;
-    proxy.plan().add(Rule::dynamodb(
-        "TransactWriteItems",
-        Fault::error(
-            400,
-            "AccessDeniedException",
-            format!(
-                "User: arn:aws:iam::123456789012:user/stats is not authorized to perform: \
-                 dynamodb:PutItem on resource: arn:aws:dynamodb:us-east-1:123456789012:table/{app}-Orders"
-            ),
-        ),
-    ));
+    let (aws, proxy, _clients, stream, app) =
+        setup_with_policies(&events, &without_condition_check_on_the_lease_table()).await;
+    // The process signs as the worker principal, the way the scenario starts workers.
+    let endpoints = aws.endpoints();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_delivery-app"))
-        .args([
-            "worker",
-            "--kinesis-endpoint",
-            aws.endpoints().kinesis.as_deref().unwrap(),
-        ])
-        .args([
-            "--dynamodb-endpoint",
-            &proxy.url(),
-            "--stream",
-            &stream,
-            "--app",
-            &app,
-        ])
-        .args(["--failover-ms", "3000", "--poll-ms", "100"])
+        .args(["worker", "--kinesis-endpoint"])
+        .arg(endpoints.kinesis.as_deref().unwrap())
+        .arg("--dynamodb-endpoint")
+        .arg(endpoints.dynamodb.as_deref().unwrap())
+        .args(["--stream", &stream, "--app", &app])
+        .args(["--failover-ms", "3000", "--poll-ms", "200"])
+        .env("AWS_ACCESS_KEY_ID", Role::Worker.access_key_id())
         .env("RUST_LOG", "error")
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
         .await
         .expect("the worker exits on its own")
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("the missing permission is dynamodb:PutItem"),
+        err.contains("the missing permission is dynamodb:ConditionCheckItem"),
+        "{err}"
+    );
+    // On the lease table (not APP-Orders, where the policy still grants it).
+    assert!(
+        err.contains(&format!("table/{app} because no identity-based policy")),
         "{err}"
     );
     assert!(err.contains("hint: docs/iam-policy.md"), "{err}");
+    // Only the statistics transaction was denied: the rest of the policy suffices.
+    let strict = aws.strict().unwrap();
+    assert!(strict.refusals_of("TransactWriteItems", RefusalKind::AccessDenied) >= 1);
+    assert_eq!(
+        denied(&aws),
+        strict.refusals_of("TransactWriteItems", RefusalKind::AccessDenied),
+        "{:?}",
+        strict.refusal_counts().snapshot()
+    );
     proxy.shutdown().await;
     aws.shutdown().await;
 }
@@ -299,7 +363,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     let (aws, proxy, clients, stream, app) = setup(&events).await;
     let parent = "shardId-000000000000";
     kcl::stream::split_shard(
-        &clients.kinesis,
+        &aws.clients().await.kinesis,
         &stream,
         parent,
         None,
@@ -331,7 +395,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     let _ = tokio::time::timeout(Duration::from_secs(30), worker)
         .await
         .expect("the worker stops within 30 s");
-    let direct = aws.clients().await;
+    let direct = connect_as(&aws.endpoints(), Role::Worker.access_key_id()).await;
     let leases = kcl::leases::DynamoLeaseStore::new(direct.dynamodb.clone(), &app);
     let lease = kcl::leases::LeaseStore::get_lease(&leases, parent)
         .await
@@ -353,7 +417,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
         let (clients, cancel) = (direct.clone(), cancel.clone());
         async move { run_worker(&clients, &options, cancel).await }
     });
-    let store = StatsStore::new(direct.dynamodb.clone(), &app);
+    let store = StatsStore::new(aws.clients().await.dynamodb, &app);
     let stats = wait_for("every order applied", Duration::from_secs(60), || async {
         let stats = store.read().await.ok()?;
         (stats.totals.records() >= 10).then_some(stats)
@@ -364,4 +428,77 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
     aws.shutdown().await;
+}
+
+/// A statistics transaction applied whose answer is lost is retried by the SDK with the
+/// same idempotency token (`ClientRequestToken`), which DynamoDB answers as applied
+/// instead of cancelling it on its own watermark: the audit log then says "applied",
+/// and the chaos run's checks find the shard's chain whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_whose_answer_was_lost_is_audited_as_applied() {
+    use delivery_app::audit::{self, AttemptResult, AuditEntry};
+
+    let events: Vec<String> = (0..4).map(|n| created(&format!("o{n}"))).collect();
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    proxy
+        .plan()
+        .add(Rule::dynamodb("TransactWriteItems", Fault::DropResponse).for_next(1));
+    let dir = std::env::temp_dir().join(unique("lost-answer"));
+    let audit_file = dir.join("w1.jsonl");
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let mut options = options(&stream, &app);
+        options.audit_file = Some(audit_file.clone());
+        let (clients, cancel) = (clients.clone(), cancel.clone());
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    let store = StatsStore::new(aws.clients().await.dynamodb, &app);
+    wait_for("every record applied", Duration::from_secs(60), || async {
+        let stats = store.read().await.ok()?;
+        (stats.totals.records() >= 4).then_some(())
+    })
+    .await;
+    let target = dynamodb_target("TransactWriteItems");
+    assert_eq!(
+        proxy.injected(&target, kcl::local::faults::FaultKind::DroppedResponse),
+        1
+    );
+    // The transactions the audit log says were applied cover every record once.
+    let entries = wait_for("the outcomes logged", Duration::from_secs(30), || async {
+        let entries = audit::read(&audit_file).ok()?;
+        let attempts = entries
+            .iter()
+            .filter(|e| matches!(e, AuditEntry::Attempt { .. }))
+            .count();
+        let outcomes = entries
+            .iter()
+            .filter(|e| matches!(e, AuditEntry::Outcome { .. }))
+            .count();
+        (attempts > 0 && attempts == outcomes).then_some(entries)
+    })
+    .await;
+    let applied: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            AuditEntry::Outcome {
+                id,
+                result: AttemptResult::Applied,
+                ..
+            } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let covered: u64 = entries
+        .iter()
+        .filter_map(|e| match e {
+            AuditEntry::Attempt { id, records, .. } if applied.contains(id) => Some(*records),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(covered, 4, "{entries:#?}");
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    proxy.shutdown().await;
+    aws.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,15 +1,22 @@
 //! Bounded shutdown of `delivery-app worker` processes whose DynamoDB went silent or
 //! away, and exact statistics after the next owner replays what was not checkpointed.
+//! On a strict local AWS enforcing the documented policies; each process signs as its
+//! command's principal.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use delivery_app::principals::Role;
 use delivery_app::stats::StatsStore;
 use kcl::aws::Clients;
+use kcl::local::LocalAws;
 use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, dynamodb_target};
 use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::process::{Child, Command};
+
+use common::{enforce_policies, strict_aws};
 
 const EXE: &str = env!("CARGO_BIN_EXE_delivery-app");
 
@@ -59,6 +66,7 @@ fn spawn_worker(
         ])
         .args(["--stream", stream, "--app", app, "--worker-id", id])
         .args(["--failover-ms", "3000", "--poll-ms", "100"])
+        .env("AWS_ACCESS_KEY_ID", Role::Worker.access_key_id())
         .env("RUST_LOG", "warn")
         .stderr(std::fs::File::create(log).unwrap())
         .kill_on_drop(true)
@@ -95,7 +103,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let endpoints = aws.endpoints();
     let proxy = FaultProxy::start(endpoints.dynamodb.as_deref().unwrap(), FaultPlan::new(3))
         .await
@@ -103,6 +111,7 @@ async fn setup() -> Setup {
     let clients = aws.clients().await;
     let stream = unique("shutdown");
     let app = unique("shutdown-app");
+    enforce_policies(&aws, &stream, &app);
     kcl::stream::create_stream(&clients.kinesis, &stream, 1, Duration::from_secs(30))
         .await
         .unwrap();
@@ -234,13 +243,14 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_produce_whose_kinesis_went_silent() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let endpoints = aws.endpoints();
     let proxy = FaultProxy::start(endpoints.kinesis.as_deref().unwrap(), FaultPlan::new(5))
         .await
         .unwrap();
     let clients = aws.clients().await;
     let stream = unique("produce-silent");
+    enforce_policies(&aws, &stream, "no-app");
     kcl::stream::create_stream(&clients.kinesis, &stream, 1, Duration::from_secs(30))
         .await
         .unwrap();
@@ -255,6 +265,7 @@ async fn sigterm_stops_produce_whose_kinesis_went_silent() {
         .args(["--stream", &stream, "--speed", "10", "--sim-seconds", "600"])
         .arg("--truth-file")
         .arg(dir.join("truth.json"))
+        .env("AWS_ACCESS_KEY_ID", Role::Produce.access_key_id())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -288,9 +299,11 @@ async fn sigterm_stops_produce_whose_kinesis_went_silent() {
 async fn sigterm_stops_the_demo_and_its_workers() {
     // An AWS that outlives the demo (as `delivery-app local` does): its workers would
     // run on if the demo left them behind.
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let aws = strict_aws().await;
     let endpoints = aws.endpoints();
     let dir = std::env::temp_dir().join(unique("demo-stop"));
+    let (stream, app) = (unique("demo-stop"), unique("demo-stop-app"));
+    enforce_policies(&aws, &stream, &app);
     let mut demo = Command::new(EXE)
         .args(["demo", "--seconds", "60", "--log-dir"])
         .arg(&dir)
@@ -299,12 +312,7 @@ async fn sigterm_stops_the_demo_and_its_workers() {
             "--dynamodb-endpoint",
             endpoints.dynamodb.as_deref().unwrap(),
         ])
-        .args([
-            "--stream",
-            &unique("demo-stop"),
-            "--app",
-            &unique("demo-stop-app"),
-        ])
+        .args(["--stream", &stream, "--app", &app])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

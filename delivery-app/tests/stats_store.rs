@@ -3,16 +3,34 @@
 //! watermark condition, a plan from a stale order state by the order's condition, and
 //! nothing changes either time. An exact copy of an applied event (a producer's
 //! redelivery) is skipped and counted.
+//!
+//! On a strict local AWS enforcing the documented policies: the store under test signs
+//! as `delivery-worker`, as in a worker; the test reads the tables as the administrator.
+
+mod common;
 
 use std::collections::HashMap;
 
 use delivery_app::events::{Reason, parse};
+use delivery_app::principals::Role;
 use delivery_app::stats::StatsStore;
 use delivery_app::stats::plan::{OrderState, ParsedRecord, digest, plan_chunk, referenced_orders};
 use delivery_app::stats::store::StoreError;
 use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
 use kcl::leases::{Change, DynamoLeaseStore, Expect, Lease, LeaseStore};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl::local::LocalAws;
+
+/// A strict local AWS with the documented policies bound for `app`, the statistics
+/// store of `app` signed as the worker principal, and one signed as the (unrestricted)
+/// administrator for reading what the worker may not (`Scan`).
+async fn strict_stores(app: &str) -> (LocalAws, StatsStore, StatsStore) {
+    let aws = common::strict_aws().await;
+    common::enforce_policies(&aws, "no-stream", app);
+    let worker = aws.clients_as(Role::Worker.access_key_id()).await;
+    let store = StatsStore::new(worker.dynamodb, app);
+    let reader = StatsStore::new(aws.clients().await.dynamodb, app);
+    (aws, store, reader)
+}
 
 /// The writer of every transaction below, which holds the leases of `shards`.
 const WRITER: &str = "w1";
@@ -73,8 +91,7 @@ fn absent(records: &[ParsedRecord]) -> HashMap<String, Option<OrderState>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_and_stale_plans_change_nothing() {
-    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
-    let store = StatsStore::new(aws.clients().await.dynamodb, "StoreTest");
+    let (aws, store, reader) = strict_stores("StoreTest").await;
     store.ensure_tables().await.unwrap();
     lease_to_writer(&aws, "StoreTest", &["shard-a", "shard-b"]).await;
     store.ensure_tables().await.unwrap(); // idempotent
@@ -94,7 +111,7 @@ async fn replays_and_stale_plans_change_nothing() {
         .apply("shard-a", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
-    let after_first = store.read().await.unwrap();
+    let after_first = reader.read().await.unwrap();
     assert_eq!(after_first.totals.sums.orders_created, 2);
     assert_eq!(after_first.totals.sums.created_price_cents, 2_249);
     assert_eq!(after_first.totals.sums.response_ms_sum, 100);
@@ -130,13 +147,13 @@ async fn replays_and_stale_plans_change_nothing() {
         matches!(refused, Err(StoreError::Conflict { .. })),
         "{refused:?}"
     );
-    let unchanged = store.read().await.unwrap();
+    let unchanged = reader.read().await.unwrap();
     assert_eq!(unchanged.totals, after_first.totals);
     assert_eq!(
         store.watermark("shard-a").await.unwrap(),
         Some(previous.clone())
     );
-    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+    assert_eq!(reader.dead_letters(10).await.unwrap().len(), 1);
 
     // Planned from the state read back, the same record is a duplicate: dead-lettered.
     let states = store
@@ -160,7 +177,7 @@ async fn replays_and_stale_plans_change_nothing() {
         )
         .await
         .unwrap();
-    let now = store.read().await.unwrap();
+    let now = reader.read().await.unwrap();
     assert_eq!(now.totals.sums, after_first.totals.sums);
     assert_eq!(now.totals.dead_letter_count(), 2);
 
@@ -175,14 +192,15 @@ async fn replays_and_stale_plans_change_nothing() {
         .apply("shard-b", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
-    let both = store.read().await.unwrap();
+    let both = reader.read().await.unwrap();
     assert_eq!(both.shards.len(), 2);
     assert_eq!(both.totals.sums.orders_completed, 1);
     assert_eq!(both.totals.sums.completed_price_cents, 999);
     assert_eq!(both.totals.sums.completion_ms_sum, 600);
     assert_eq!(both.totals.cross_shard_completions, 1);
-    let marks = store.watermarks().await.unwrap();
+    let marks = reader.watermarks().await.unwrap();
     assert_eq!(marks["shard-b"], ExtendedSequenceNumber::at("1", 0));
+    common::assert_no_call_denied_to_the_worker(&aws);
     aws.shutdown().await;
 }
 
@@ -191,8 +209,7 @@ async fn replays_and_stale_plans_change_nothing() {
 /// the events applied to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
-    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
-    let store = StatsStore::new(aws.clients().await.dynamodb, "CopyTest");
+    let (aws, store, reader) = strict_stores("CopyTest").await;
     store.ensure_tables().await.unwrap();
     lease_to_writer(&aws, "CopyTest", &["s"]).await;
     let creation = created(1, "o1", 1_250);
@@ -205,7 +222,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
         .apply("s", None, &chunk.delta.regions, &chunk, &writer())
         .await
         .unwrap();
-    let after_creation = store.read().await.unwrap();
+    let after_creation = reader.read().await.unwrap();
     let created_states = store.order_states(&o1).await.unwrap();
     assert_eq!(
         created_states["o1"].as_ref().unwrap().applied,
@@ -229,13 +246,13 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
         )
         .await
         .unwrap();
-    let now = store.read().await.unwrap();
+    let now = reader.read().await.unwrap();
     assert_eq!(now.totals.redeliveries_skipped, 1);
     assert_eq!(now.shards[0].totals.redeliveries_skipped, 1);
     assert_eq!(now.totals.dead_letter_count(), 0);
     assert_eq!(now.totals.sums, after_creation.totals.sums);
     assert_eq!(now.totals.regions, after_creation.totals.regions);
-    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    assert!(reader.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(
         store.watermark("s").await.unwrap(),
         Some(ExtendedSequenceNumber::at("2", 0))
@@ -265,7 +282,7 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
     let mut expected = vec![digest(&creation.raw), digest(&assignment.raw)];
     expected.sort_unstable();
     assert_eq!(applied, expected);
-    let after_assignment = store.read().await.unwrap();
+    let after_assignment = reader.read().await.unwrap();
     assert_eq!(after_assignment.totals.sums.orders_assigned, 1);
 
     // A copy planned from a stale state (before the assignment) is refused: the check
@@ -306,19 +323,19 @@ async fn an_exact_copy_of_an_applied_event_is_skipped_and_counted() {
         )
         .await
         .unwrap();
-    let end = store.read().await.unwrap();
+    let end = reader.read().await.unwrap();
     assert_eq!(end.totals.redeliveries_skipped, 3);
     assert_eq!(end.totals.sums, after_assignment.totals.sums);
     assert_eq!(end.totals.dead_letters[&Reason::DuplicateEvent], 1);
     assert_eq!(end.totals.dead_letter_count(), 1);
     assert_eq!(end.totals.records(), 2 + 1 + 3);
+    common::assert_no_call_denied_to_the_worker(&aws);
     aws.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_transaction_of_one_hundred_items_is_accepted() {
-    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
-    let store = StatsStore::new(aws.clients().await.dynamodb, "BigTest");
+    let (aws, store, reader) = strict_stores("BigTest").await;
     store.ensure_tables().await.unwrap();
     lease_to_writer(&aws, "BigTest", &["s"]).await;
     let records: Vec<_> = (0..250)
@@ -344,17 +361,17 @@ async fn a_full_transaction_of_one_hundred_items_is_accepted() {
         transactions += 1;
     }
     assert_eq!(transactions, 3);
-    let stats = store.read().await.unwrap();
+    let stats = reader.read().await.unwrap();
     assert_eq!(stats.totals.sums.orders_created, 250);
     assert_eq!(stats.totals.sums.created_price_cents, 25_000);
     assert_eq!(stats.totals.summary().top_regions[0].orders, 250);
+    common::assert_no_call_denied_to_the_worker(&aws);
     aws.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
-    let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
-    let store = StatsStore::new(aws.clients().await.dynamodb, "FenceTest");
+    let (aws, store, reader) = strict_stores("FenceTest").await;
     store.ensure_tables().await.unwrap();
     let leases = lease_to_writer(&aws, "FenceTest", &["s"]).await;
     let first = vec![created(1, "o1", 100)];
@@ -366,7 +383,7 @@ async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
         .await;
     assert!(matches!(zombie, Err(StoreError::LeaseLost)), "{zombie:?}");
     assert_eq!(store.watermark("s").await.unwrap(), None);
-    assert_eq!(store.read().await.unwrap().totals.sums.orders_created, 0);
+    assert_eq!(reader.read().await.unwrap().totals.sums.orders_created, 0);
 
     // "w2" asks for the lease: while WRITER finishes its batch it may still write,
     // the new owner may not yet.
@@ -429,8 +446,9 @@ async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
         .apply("s", Some(&previous), &chunk.delta.regions, &chunk, &w2)
         .await
         .unwrap();
-    let stats = store.read().await.unwrap();
+    let stats = reader.read().await.unwrap();
     assert_eq!(stats.totals.sums.orders_created, 2);
     assert_eq!(stats.totals.sums.created_price_cents, 150);
+    common::assert_no_call_denied_to_the_worker(&aws);
     aws.shutdown().await;
 }

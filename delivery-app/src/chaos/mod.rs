@@ -25,7 +25,9 @@ use kcl::leases::{DynamoLeaseStore, LeaseStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
-use crate::scenario::{self, LocalAwsProcess, Narrator, ScenarioConfig, ScenarioError};
+use crate::scenario::{
+    self, LocalAwsProcess, Narrator, ScenarioConfig, ScenarioError, StrictNames,
+};
 use crate::sim::SimConfig;
 use crate::stats::summary::thousands;
 use check::{Findings, StoredView};
@@ -62,7 +64,8 @@ pub struct ChaosConfig {
     /// afford.)
     pub memory_kinesis: bool,
     /// Run the local AWS strict (`local --strict`): AWS's read, control-plane and write
-    /// limits, retention, transaction conflicts.
+    /// limits, retention, transaction conflicts, and the documented IAM policies, each
+    /// process signing as its command's principal.
     pub strict: bool,
 }
 
@@ -140,23 +143,25 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
     if data.exists() {
         std::fs::remove_dir_all(&data)?;
     }
+    let (stream, app) = ("chaos-orders".to_string(), "chaos-stats".to_string());
+    // Strict: the documented policies are enforced for each principal on these names.
+    let strict = config.strict.then(|| StrictNames {
+        stream: stream.clone(),
+        app: app.clone(),
+    });
     let aws = LocalAwsProcess::start(
         &config.exe,
         Some(&data),
         &logs.join("local-aws.log"),
-        config.strict,
+        strict.clone(),
     )
     .await?;
     let mut endpoints = aws.endpoints();
     let mut kinesis = None;
     if config.memory_kinesis {
-        let process = LocalAwsProcess::start(
-            &config.exe,
-            None,
-            &logs.join("local-kinesis.log"),
-            config.strict,
-        )
-        .await?;
+        let process =
+            LocalAwsProcess::start(&config.exe, None, &logs.join("local-kinesis.log"), strict)
+                .await?;
         endpoints.kinesis = process.endpoints().kinesis;
         kinesis = Some(process);
     }
@@ -200,7 +205,6 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
             .join(", ")
     ));
 
-    let (stream, app) = ("chaos-orders".to_string(), "chaos-stats".to_string());
     let clients = Clients::connect(&endpoints).await;
     let leases: Arc<dyn LeaseStore> =
         Arc::new(DynamoLeaseStore::new(clients.dynamodb.clone(), &app));
@@ -230,6 +234,7 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
         workers_after_production: false,
         audit_dir: Some(audit_dir.clone()),
         local_aws: Some(Arc::clone(&aws)),
+        as_principals: config.strict,
     };
     let outcome = scenario::run(scenario, Arc::clone(&say)).await;
     observing.cancel();

@@ -53,7 +53,9 @@ pub struct ChaosArgs {
     #[arg(long)]
     memory_kinesis: bool,
     /// Run the local AWS in strict mode (`local --strict`): AWS's read, control-plane
-    /// and write limits and its other refusals, as real AWS would.
+    /// and write limits and its other refusals, as real AWS would, and the IAM policies
+    /// of docs/iam-policy.md: workers sign as `delivery-worker`, the producer as
+    /// `delivery-produce`, splits and merges as `delivery-reshard`.
     #[arg(long)]
     strict: bool,
     /// Print each fault as it happens.

@@ -128,6 +128,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         track_latency: false,
         workers_after_production: false,
         audit_dir: None,
+        // Harmless on an unrestricted local AWS; on `local --strict` the run proves the
+        // documented policies suffice.
+        as_principals: true,
         local_aws: None,
     };
     let say: scenario::Narrator = Arc::new(|line: &str| println!("{line}"));

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use delivery_app::connect::NameArgs;
+use delivery_app::principals::{self, POLICY_DOC, Role};
 use kcl::local::strict::{KinesisLimits, StrictOptions};
 use kcl::local::{LocalAws, LocalAwsOptions};
 
@@ -9,6 +11,10 @@ use super::{CommandError, shutdown_signal};
 
 #[derive(clap::Args, Debug)]
 pub struct LocalArgs {
+    /// Strict mode: the stream (`STREAM`) and application (`APP`) the IAM policies
+    /// name.
+    #[command(flatten)]
+    names: NameArgs,
     /// Kinesis port on 127.0.0.1.
     #[arg(long, default_value_t = 4567)]
     kinesis_port: u16,
@@ -43,19 +49,38 @@ pub struct LocalArgs {
     /// 2048; 0 for no limit).
     #[arg(long, requires = "strict", default_value_t = 2048)]
     read_kib_per_shard: u64,
+    /// Strict mode: read the IAM policies from this file instead of the
+    /// docs/iam-policy.md built into the program (same `## delivery-app <command>`
+    /// sections). Requests signed with the access key id `delivery-worker`,
+    /// `delivery-produce`, `delivery-stats`, `delivery-reshard` or
+    /// `delivery-create-stream` are allowed only what that command's policy allows (for
+    /// --stream and --app); other keys are unrestricted.
+    #[arg(long, requires = "strict")]
+    iam_policy: Option<PathBuf>,
 }
 
 impl LocalArgs {
-    fn strict_options(&self) -> Option<StrictOptions> {
-        self.strict.then(|| StrictOptions {
+    fn strict_options(&self) -> Result<Option<StrictOptions>, CommandError> {
+        if !self.strict {
+            return Ok(None);
+        }
+        let doc = match &self.iam_policy {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the IAM policies {}: {e}", path.display()))?,
+            None => POLICY_DOC.to_string(),
+        };
+        let bound = principals::principals(&doc, &self.names.stream, &self.names.app)
+            .map_err(|e| format!("the IAM policies do not parse: {e}"))?;
+        Ok(Some(StrictOptions {
             kinesis: KinesisLimits {
                 retention: std::time::Duration::from_secs(self.retention_secs),
                 get_records_per_shard: self.get_records_per_shard,
                 read_bytes_per_shard: self.read_kib_per_shard * 1024,
                 ..KinesisLimits::default()
             },
+            principals: bound,
             ..StrictOptions::default()
-        })
+        }))
     }
 }
 
@@ -67,7 +92,7 @@ pub async fn run(args: LocalArgs) -> Result<(), CommandError> {
         shard_limit: args.shard_limit,
         enforce_limits: args.enforce_limits,
         stream_transition_ms: args.transition_ms,
-        strict: args.strict_options(),
+        strict: args.strict_options()?,
         ..LocalAwsOptions::default()
     })
     .await?;
@@ -83,6 +108,16 @@ pub async fn run(args: LocalArgs) -> Result<(), CommandError> {
             None => ", in memory".to_string(),
         }
     );
+    if args.strict {
+        let keys: Vec<&str> = Role::ALL.iter().map(|r| r.access_key_id()).collect();
+        println!(
+            "IAM: access keys {} restricted to their command's policy for stream {} and app {}; \
+             other keys unrestricted",
+            keys.join(", "),
+            args.names.stream,
+            args.names.app
+        );
+    }
     shutdown_signal().await;
     println!("shutting down local AWS");
     if let Some(strict) = aws.strict() {

@@ -24,18 +24,29 @@ pub struct LocalAwsProcess {
     dynamodb_port: u16,
     child: Option<Child>,
     restarts: usize,
-    strict: bool,
+    strict: Option<StrictNames>,
+}
+
+/// Strict mode of a local AWS process: the stream and application its IAM policies
+/// (docs/iam-policy.md, one principal per command, see [`crate::principals`]) name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StrictNames {
+    /// `STREAM` in the policies.
+    pub stream: String,
+    /// `APP` in the policies.
+    pub app: String,
 }
 
 impl LocalAwsProcess {
     /// Starts `exe local` on two free loopback ports, keeping its state in
     /// `data_dir` (in memory without) and appending its stderr to `log`; with `strict`,
-    /// as `local --strict` (AWS's read, control-plane and write limits enforced).
+    /// as `local --strict` (AWS's read, control-plane and write limits enforced, and each
+    /// command's documented IAM policy for its principal, on these names).
     pub async fn start(
         exe: &Path,
         data_dir: Option<&Path>,
         log: &Path,
-        strict: bool,
+        strict: Option<StrictNames>,
     ) -> Result<Self, ScenarioError> {
         let mut process = LocalAwsProcess {
             exe: exe.to_path_buf(),
@@ -113,8 +124,10 @@ impl LocalAwsProcess {
             .arg("local")
             .args(["--kinesis-port", &self.kinesis_port.to_string()])
             .args(["--dynamodb-port", &self.dynamodb_port.to_string()]);
-        if self.strict {
-            command.arg("--strict");
+        if let Some(names) = &self.strict {
+            command
+                .arg("--strict")
+                .args(["--stream", &names.stream, "--app", &names.app]);
         }
         if let Some(dir) = &self.data_dir {
             std::fs::create_dir_all(dir)?;
@@ -134,8 +147,16 @@ impl LocalAwsProcess {
         let ready = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
         match ready {
             Ok(Ok(Some(line))) if line.starts_with("local AWS ready") => {
-                // Keep draining stdout so that the process never blocks on it.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                // Keep draining stdout so that the process never blocks on it, into the
+                // log: what strict mode enforces, and its refusal counts at the stop.
+                let mut log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+                tokio::spawn(async move {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let _ = writeln!(log, "{line}");
+                    }
+                });
                 Ok(())
             }
             other => Err(format!(

@@ -21,12 +21,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use aws_process::LocalAwsProcess;
+pub use aws_process::{LocalAwsProcess, StrictNames};
 pub use latency::{LatencyTracker, percentile};
 pub use workers::{WorkerLauncher, WorkerProcess};
 
 use crate::autoscaler::{self, Action, ScalerConfig};
-use crate::connect::AwsArgs;
+use crate::connect::{AwsArgs, connect_as};
+use crate::principals::Role;
 use crate::sim::{GroundTruth, SimConfig, Simulation};
 use crate::sink::{EventSink, Progress, replay};
 use crate::stats::report::{TruthComparison, compare, live_line};
@@ -105,6 +106,12 @@ pub struct ScenarioConfig {
     /// The local AWS, when it runs as a separate process that [`Step::RestartAws`]
     /// restarts.
     pub local_aws: Option<Arc<tokio::sync::Mutex<LocalAwsProcess>>>,
+    /// Sign as the application's principals (see [`crate::principals`]): worker
+    /// processes as `delivery-worker`, the producer as `delivery-produce`, splits,
+    /// merges and the auto-scaler as `delivery-reshard`. On a strict local AWS with the
+    /// documented policies bound, the run then proves those policies suffice. Local
+    /// endpoints only; set-up and observation stay unrestricted.
+    pub as_principals: bool,
 }
 
 /// What a run found.
@@ -169,6 +176,16 @@ impl Fleet {
 pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport, ScenarioError> {
     let clients = Clients::connect(&config.endpoints).await;
     clients.verify().await?;
+    // Who does what: the administrator (unrestricted) sets up and looks; the producer
+    // and the resharding sign as their commands would.
+    let (producer, resharder) = if config.as_principals {
+        (
+            connect_as(&config.endpoints, Role::Produce.access_key_id()).await,
+            connect_as(&config.endpoints, Role::Reshard.access_key_id()).await,
+        )
+    } else {
+        (clients.clone(), clients.clone())
+    };
     kcl::stream::create_stream(
         &clients.kinesis,
         &config.stream,
@@ -198,6 +215,9 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
             args,
             log_dir: config.log_dir.clone(),
             audit_dir: config.audit_dir.clone(),
+            access_key_id: config
+                .as_principals
+                .then(|| Role::Worker.access_key_id().to_string()),
         },
         running: (0..config.workers).map(|_| None).collect(),
         restarts: 0,
@@ -232,7 +252,7 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
     let background = CancellationToken::new();
     let (progress_tx, progress) = watch::channel(Progress::default());
     let mut sink = EventSink::new(
-        clients.kinesis.clone(),
+        producer.kinesis.clone(),
         &config.stream,
         config.track_latency,
     )?;
@@ -285,8 +305,11 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
     let (actions_tx, mut actions_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if let Some(scaler) = config.autoscale.clone() {
         let (kinesis, leases, stream, stop) = (
-            clients.kinesis.clone(),
-            Arc::clone(&leases),
+            resharder.kinesis.clone(),
+            Arc::new(DynamoLeaseStore::new(
+                resharder.dynamodb.clone(),
+                &config.app,
+            )) as Arc<dyn LeaseStore>,
             config.stream.clone(),
             background.clone(),
         );
@@ -326,7 +349,7 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
     for (at, step) in steps {
         let mut progress = progress.clone();
         let _ = progress.wait_for(|p| p.fraction >= at || p.done).await;
-        let text = perform(&step, &mut fleet, &clients, leases.as_ref(), &config).await?;
+        let text = perform(&step, &mut fleet, &resharder, leases.as_ref(), &config).await?;
         say(&text);
         let _ = actions_tx.send(text);
     }
@@ -394,6 +417,7 @@ fn describe(action: &Action) -> String {
 async fn perform(
     step: &Step,
     fleet: &mut Fleet,
+    // Signed as the resharding principal: used for splits and merges only.
     clients: &Clients,
     leases: &dyn LeaseStore,
     config: &ScenarioConfig,
@@ -455,7 +479,11 @@ async fn perform(
             ))
         }
         Step::Split | Step::Merge => {
-            let open = autoscaler::shard_views(&clients.kinesis, leases, &config.stream).await?;
+            // As `delivery-app reshard` does it: the loads from the lease table, read
+            // with the resharding principal's clients.
+            let reshard_leases = DynamoLeaseStore::new(clients.dynamodb.clone(), &config.app);
+            let open =
+                autoscaler::shard_views(&clients.kinesis, &reshard_leases, &config.stream).await?;
             let action = if *step == Step::Split {
                 let shard = autoscaler::hottest(&open).ok_or("no open shard to split")?;
                 Action::Split {

@@ -72,6 +72,8 @@ pub struct WorkerLauncher {
     pub log_dir: Option<PathBuf>,
     /// Where each worker writes its audit log (`<id>.jsonl`); none when `None`.
     pub audit_dir: Option<PathBuf>,
+    /// The access key id workers sign with (`AWS_ACCESS_KEY_ID`); inherited when `None`.
+    pub access_key_id: Option<String>,
 }
 
 impl WorkerLauncher {
@@ -96,6 +98,9 @@ impl WorkerLauncher {
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true);
+        if let Some(key) = &self.access_key_id {
+            command.env("AWS_ACCESS_KEY_ID", key);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }

@@ -32,7 +32,7 @@ pub use super::ranges::{ShardRanges, foreign_aggregates, in_range};
 use super::plan::{OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders};
 use super::store::{StatsStore, StoreError, now_ms};
 use super::summary::Summary;
-use crate::audit::{AttemptResult, AuditLog};
+use crate::audit::{AttemptResult, AuditLog, conflict_outcome};
 use crate::events::{Event, Reason, Region, Rejection, parse};
 
 /// Orders kept in a processor's cache before it is emptied.
@@ -279,16 +279,15 @@ impl StatsProcessor {
                 // condition makes the next owner's replay of it harmless.
                 _ = in_flight_grace_over(self.halt.token()) => return Err(Stop::Cancelled),
             };
-            if let (Some(log), Some(id)) = (&self.audit, attempt) {
-                log.outcome(
-                    id,
-                    match &applied {
-                        Ok(()) => AttemptResult::Applied,
-                        Err(StoreError::LeaseLost) => AttemptResult::LeaseLost,
-                        Err(StoreError::Conflict { .. }) => AttemptResult::Conflict,
-                        Err(_) => AttemptResult::Failed,
-                    },
-                );
+            // A conflict's outcome is known only once the watermark is read again.
+            let outcome = match &applied {
+                Ok(()) => Some(AttemptResult::Applied),
+                Err(StoreError::LeaseLost) => Some(AttemptResult::LeaseLost),
+                Err(StoreError::Conflict { .. }) => None,
+                Err(_) => Some(AttemptResult::Failed),
+            };
+            if let (Some(log), Some(id), Some(result)) = (&self.audit, attempt, outcome) {
+                log.outcome(id, result);
             }
             match applied {
                 Ok(()) => {
@@ -321,6 +320,9 @@ impl StatsProcessor {
                 Err(StoreError::Conflict { reasons }) => {
                     tracing::info!(shard = %self.shard_id, %reasons, "transaction cancelled by a condition; re-reading");
                     let watermark = self.reload_watermark().await?;
+                    if let (Some(log), Some(id)) = (&self.audit, attempt) {
+                        log.outcome(id, conflict_outcome(watermark.as_ref(), &chunk.last));
+                    }
                     if let Some(w) = &watermark {
                         records.retain(|r| r.position.compare(w).is_gt());
                     }

@@ -4,18 +4,75 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use delivery_app::principals::{POLICY_DOC, principals};
 use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
 use delivery_app::sim::{KeyStrategy, SimConfig};
-use kcl::local::LocalAws;
+use kcl::local::strict::RefusalKind;
 use kcl::local::testing::unique;
+use kcl::local::{LocalAws, LocalAwsOptions};
+
+/// A local AWS as strict as the real one (AWS's limits, retention, transaction
+/// conflicts, IAM): what every test of leases, resharding, the worker and the delivery
+/// application runs on. Bind the policies with [`enforce_policies`].
+pub async fn strict_aws() -> LocalAws {
+    LocalAws::start(LocalAwsOptions::strict()).await.unwrap()
+}
+
+/// Binds each command's documented policy (docs/iam-policy.md) to its access key
+/// (`delivery-worker`, ...) for `stream` and `app`, as `delivery-app local --strict`
+/// does. Does nothing on a local AWS that is not strict.
+pub fn enforce_policies(aws: &LocalAws, stream: &str, app: &str) {
+    if let Some(strict) = aws.strict() {
+        strict
+            .iam()
+            .set_principals(principals(POLICY_DOC, stream, app).expect("the policies parse"));
+    }
+}
 
 /// Messages of the scenario, prefixed with the test's name, on stderr.
 pub fn narrator(test: &'static str) -> Narrator {
     Arc::new(move |line: &str| eprintln!("[{test}] {line}"))
 }
 
+/// On a strict `aws`: the policies were enforced (the workers' transactions and the
+/// producer's puts were checked) and no call was denied, so the documented policies are
+/// all the application needs.
+pub fn assert_no_call_denied(aws: &LocalAws) {
+    let Some(strict) = aws.strict() else {
+        return;
+    };
+    for operation in ["TransactWriteItems", "PutRecords", "GetRecords"] {
+        assert!(
+            strict.iam().checked(operation) > 0,
+            "{operation} was never checked against a policy"
+        );
+    }
+    assert_eq!(
+        strict.refusal_counts().kind(RefusalKind::AccessDenied),
+        0,
+        "calls denied: {:?}",
+        strict.refusal_counts().snapshot()
+    );
+}
+
+/// On a strict `aws`: statistics transactions were checked against a policy and no
+/// call was denied.
+pub fn assert_no_call_denied_to_the_worker(aws: &LocalAws) {
+    let Some(strict) = aws.strict() else {
+        return;
+    };
+    assert!(strict.iam().checked("TransactWriteItems") > 0);
+    assert_eq!(
+        strict.refusal_counts().kind(RefusalKind::AccessDenied),
+        0,
+        "calls denied: {:?}",
+        strict.refusal_counts().snapshot()
+    );
+}
+
 /// A scenario of about `orders` orders produced over about `seconds` real seconds,
-/// with 3 worker processes on a 3-shard stream.
+/// with 3 worker processes on a 3-shard stream; each process signs as its principal,
+/// restricted to its documented policy when `aws` is strict.
 pub fn scenario(
     aws: &LocalAws,
     orders: u64,
@@ -32,11 +89,13 @@ pub fn scenario(
         ..SimConfig::default()
     };
     let speed = sim.duration_ms as f64 / 1000.0 / seconds;
+    let (stream, app) = (unique("deliveries"), unique("delivery-stats"));
+    enforce_policies(aws, &stream, &app);
     ScenarioConfig {
         exe: env!("CARGO_BIN_EXE_delivery-app").into(),
         endpoints: aws.endpoints(),
-        stream: unique("deliveries"),
-        app: unique("delivery-stats"),
+        stream,
+        app,
         shards: 3,
         workers: 3,
         failover: Duration::from_secs(3),
@@ -52,6 +111,7 @@ pub fn scenario(
         workers_after_production: false,
         audit_dir: None,
         local_aws: None,
+        as_principals: true,
     }
 }
 
