@@ -102,6 +102,24 @@ pub(crate) fn landing(
     }
 }
 
+/// Judges a Kinesis record held since it landed in `landed`, by a map refreshed after
+/// it landed, from the hash keys of all its user records — those whose futures are
+/// already resolved (expired meanwhile) included, since consumers judge the record as
+/// it is stored.
+///
+/// A shard's range never changes, so the refreshed map's range of `landed` is the truth:
+/// [`Landing::InRange`] when it holds every hash key (a consumer keeps the record),
+/// [`Landing::OutOfRange`] when it misses one (a range-filtering consumer drops all of
+/// it). A map that does not list `landed` (ListShards is eventually consistent) cannot
+/// judge: [`Landing::Unknown`], wait for the next one.
+pub(crate) fn judge_held(map: &ShardMap, landed: &str, hash_keys: &[u128]) -> Landing {
+    match map.range_of(landed) {
+        Some(range) if hash_keys.iter().all(|key| range.contains(key)) => Landing::InRange,
+        Some(_) => Landing::OutOfRange,
+        None => Landing::Unknown,
+    }
+}
+
 /// Whether the map predicts `landed` for `routing_hash`, i.e. whether it agrees with
 /// where Kinesis just put a record.
 pub(crate) fn is_current(map: Option<&ShardMap>, landed: &str, routing_hash: u128) -> bool {
@@ -185,5 +203,27 @@ pub(crate) mod tests {
         assert!(is_current(Some(&new), "s2", high));
         assert!(!is_current(Some(&old), "s2", high));
         assert!(!is_current(None, "s2", high));
+    }
+
+    #[test]
+    fn held_verdicts() {
+        let map = after_split();
+        let (low, high) = (5, HALF + 5);
+        let cases: [(&str, &[u128], Landing); 7] = [
+            // (landed, every user record's hash key, verdict)
+            ("s1", &[low, low + 1], Landing::InRange),
+            ("s2", &[high], Landing::InRange),
+            // One stray user record and a consumer drops the whole aggregate.
+            ("s1", &[low, high], Landing::OutOfRange),
+            ("s2", &[high, low, high], Landing::OutOfRange),
+            // A closed shard's range still judges (a merge's parent).
+            ("s0", &[low, high], Landing::InRange),
+            // A shard the refreshed map does not list: no verdict yet.
+            ("s9", &[low], Landing::Unknown),
+            ("s9", &[], Landing::Unknown),
+        ];
+        for (i, (landed, keys, verdict)) in cases.into_iter().enumerate() {
+            assert_eq!(judge_held(&map, landed, keys), verdict, "case {i}");
+        }
     }
 }
