@@ -65,7 +65,10 @@
 //! no map comes within a user record's time to live, it fails as
 //! [`Expired`](PutError::Expired) with an [`UNCONFIRMED_SHARD`] attempt, although the
 //! stream may hold it.
-
+//!
+//! Per key, order holds across a reshard too: a record that the new map routes to a
+//! shard waits until every call still in flight for a shard whose range overlaps it
+//! (the parent, or a merge's parents) has been answered.
 
 #![warn(missing_docs)]
 

@@ -246,17 +246,19 @@ impl Engine {
 
     /// Puts a user record into the buffer of its predicted shard.
     fn route(&mut self, record: Pending, now: Instant) {
-        let key: ShardKey = self
-            .map
-            .as_ref()
-            .and_then(|m| m.predict(record.hash_key))
-            .cloned();
+        let (key, range): (ShardKey, _) = match &self.map {
+            Some(map) => match map.predict(record.hash_key) {
+                Some(id) => (Some(Arc::clone(id)), map.range_of(id).cloned()),
+                None => (None, None),
+            },
+            None => (None, None),
+        };
         let aggregate = self.config.aggregation_enabled && key.is_some();
         let limits = AggregationLimits {
             max_size: self.config.aggregation_max_size,
             max_count: self.config.aggregation_max_count,
         };
-        let queue = self.queues.entry(key, self.config.rate_limit, now);
+        let queue = self.queues.entry(key, range, self.config.rate_limit, now);
         if aggregate {
             let (sealed, alone) = queue.aggregator.add(record, limits);
             for record in sealed.into_iter().chain(alone) {
@@ -482,7 +484,9 @@ impl Engine {
     }
 
     /// Installs a new map; records buffered for shards that are no longer open (or for
-    /// no shard) are predicted and aggregated again.
+    /// no shard) are predicted and aggregated again. They, and every record routed to a
+    /// shard whose range overlaps such a shard's, wait until its call in flight (if any)
+    /// is answered, so that no record overtakes an earlier one of its key.
     fn apply_map(&mut self, map: ShardMap) {
         let stale: Vec<ShardKey> = self
             .queues
@@ -494,6 +498,8 @@ impl Engine {
         let mut moved = Vec::new();
         for key in &stale {
             if let Some(queue) = self.queues.get_mut(key) {
+                // A call of it still in flight holds back the shards taking its keys now.
+                queue.retire();
                 moved.extend(queue.take_members());
             }
             self.queues.remove_if_idle(key);
