@@ -107,10 +107,7 @@ async fn a_key_routed_to_a_child_waits_for_the_parents_call() {
         .put_with_hash_key(KEY, key_hash, payload("second", 20))
         .await
         .unwrap();
-    let first = tokio::time::timeout(TIMEOUT, first)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(TIMEOUT, first).await.unwrap().unwrap();
     let second = tokio::time::timeout(TIMEOUT, second)
         .await
         .unwrap()

@@ -42,15 +42,9 @@ async fn an_aggregate_in_an_unknown_shard_expires_when_the_map_cannot_be_refresh
     assert_eq!(warm.await.unwrap().shard_id, "shardId-000000000000");
 
     // The shard splits behind the producer's back, and ListShards stops answering.
-    stream::split_shard(
-        &direct,
-        &stream_name,
-        "shardId-000000000000",
-        None,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    stream::split_shard(&direct, &stream_name, "shardId-000000000000", None, TIMEOUT)
+        .await
+        .unwrap();
     plan.add(Rule::kinesis("ListShards", Fault::internal_failure()));
 
     // One key from each child's range: the stale map aggregates them together, and
@@ -87,7 +81,11 @@ async fn an_aggregate_in_an_unknown_shard_expires_when_the_map_cannot_be_refresh
         let location = (record.shard_id.clone(), record.sequence_number.clone());
         let users = deaggregate_all(vec![record]);
         if users.iter().all(|u| range.contains(&u.hash_key())) {
-            kept.extend(users.iter().map(|u| (tag_of(&u.data).to_string(), location.clone())));
+            kept.extend(
+                users
+                    .iter()
+                    .map(|u| (tag_of(&u.data).to_string(), location.clone())),
+            );
         }
     }
     for (tag, result) in &results {

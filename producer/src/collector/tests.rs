@@ -116,7 +116,9 @@ fn unpredicted_records_wait_while_held_and_block_others_in_flight() {
     let now = Instant::now();
     let mut queues = Queues::default();
     let mut expired = Vec::new();
-    queues.entry(None, None, 100, now).push_ready(plain(0, 10, now));
+    queues
+        .entry(None, None, 100, now)
+        .push_ready(plain(0, 10, now));
     queues.hold_unpredicted = true;
     assert!(
         queues
@@ -272,14 +274,22 @@ fn a_retired_shards_call_in_flight_fences_the_shards_taking_its_keys() {
     let batch = queues
         .next_batch(now, LIMITS, 0, false, &mut expired)
         .unwrap();
-    assert_eq!(ids(&batch), [2], "only the shard outside the parent's range goes");
+    assert_eq!(
+        ids(&batch),
+        [2],
+        "only the shard outside the parent's range goes"
+    );
     queues.get_mut(&key("other")).unwrap().in_flight = false;
     assert!(
         queues
             .next_batch(now, LIMITS, 0, true, &mut expired)
             .is_none()
     );
-    assert_eq!(queues.next_wake(true), None, "wait for the answer, not a deadline");
+    assert_eq!(
+        queues.next_wake(true),
+        None,
+        "wait for the answer, not a deadline"
+    );
     // The parent's call is answered: its keys' records may follow.
     queues.get_mut(&key("parent")).unwrap().in_flight = false;
     queues.remove_if_idle(&key("parent"));
@@ -294,7 +304,11 @@ fn a_retired_shards_call_in_flight_fences_the_shards_taking_its_keys() {
 #[test]
 fn fences_by_range_overlap() {
     let queue = |range: Option<RangeInclusive<u128>>| ShardQueue::new(None, range);
-    let cases: [(Option<RangeInclusive<u128>>, Option<RangeInclusive<u128>>, bool); 6] = [
+    let cases: [(
+        Option<RangeInclusive<u128>>,
+        Option<RangeInclusive<u128>>,
+        bool,
+    ); 6] = [
         // (retired shard's range, queue's range, fenced)
         (Some(0..=99), Some(0..=49), true),
         (Some(0..=99), Some(99..=120), true),
@@ -305,7 +319,11 @@ fn fences_by_range_overlap() {
         (Some(0..=99), None, true),
     ];
     for (i, (fence, range, fenced)) in cases.into_iter().enumerate() {
-        assert_eq!(is_fenced(&queue(range), &[fence.as_ref()]), fenced, "case {i}");
+        assert_eq!(
+            is_fenced(&queue(range), &[fence.as_ref()]),
+            fenced,
+            "case {i}"
+        );
     }
     assert!(!is_fenced(&queue(Some(0..=9)), &[]));
 }
