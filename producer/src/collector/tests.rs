@@ -303,12 +303,9 @@ fn a_retired_shards_call_in_flight_fences_the_shards_taking_its_keys() {
 
 #[test]
 fn fences_by_range_overlap() {
-    let queue = |range: Option<RangeInclusive<u128>>| ShardQueue::new(None, range);
-    let cases: [(
-        Option<RangeInclusive<u128>>,
-        Option<RangeInclusive<u128>>,
-        bool,
-    ); 6] = [
+    type Range = Option<RangeInclusive<u128>>;
+    let queue = |range: Range| ShardQueue::new(None, range);
+    let cases: [(Range, Range, bool); 6] = [
         // (retired shard's range, queue's range, fenced)
         (Some(0..=99), Some(0..=49), true),
         (Some(0..=99), Some(99..=120), true),
