@@ -147,13 +147,13 @@ impl Queues {
     pub(crate) fn entry(
         &mut self,
         key: ShardKey,
-        range: Option<RangeInclusive<u128>>,
+        range: Option<&RangeInclusive<u128>>,
         rate_limit: u32,
         now: Instant,
     ) -> &mut ShardQueue {
         let queue = self.shards.entry(key).or_insert_with_key(|key| {
             let limiter = key.as_ref().map(|_| ShardLimiter::new(rate_limit, now));
-            ShardQueue::new(limiter, range)
+            ShardQueue::new(limiter, range.cloned())
         });
         // Records go only to shards the map predicts: not retired (any more).
         queue.retired = false;

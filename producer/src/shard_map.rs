@@ -41,13 +41,21 @@ impl ShardMap {
     /// The open shard whose range holds `hash_key`: where Kinesis will put a record with
     /// that hash key, as far as this map knows.
     pub(crate) fn predict(&self, hash_key: u128) -> Option<&ShardId> {
+        self.predict_with_range(hash_key).map(|(id, _)| id)
+    }
+
+    /// [`predict`](Self::predict), with the predicted shard's hash key range.
+    pub(crate) fn predict_with_range(
+        &self,
+        hash_key: u128,
+    ) -> Option<(&ShardId, &RangeInclusive<u128>)> {
         // The last open shard starting at or below the key; open ranges do not overlap
         // in a consistent listing, and a gap (mid-reshard) predicts nothing.
         let after = self
             .open
             .partition_point(|(range, _)| *range.start() <= hash_key);
         let (range, id) = self.open.get(after.checked_sub(1)?)?;
-        range.contains(&hash_key).then_some(id)
+        range.contains(&hash_key).then_some((id, range))
     }
 
     /// Whether `shard_id` is an open shard of this map.

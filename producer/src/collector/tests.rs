@@ -257,7 +257,7 @@ fn a_retired_shards_call_in_flight_fences_the_shards_taking_its_keys() {
     let mut queues = Queues::default();
     let mut expired = Vec::new();
     queues
-        .entry(key("parent"), Some(0..=99), 100, now)
+        .entry(key("parent"), Some(&(0..=99)), 100, now)
         .push_ready(plain(0, 10, now));
     let batch = queues
         .next_batch(now, LIMITS, 0, false, &mut expired)
@@ -266,10 +266,10 @@ fn a_retired_shards_call_in_flight_fences_the_shards_taking_its_keys() {
     // The map changes while the parent's call is in flight: [0, 99] split in two.
     queues.get_mut(&key("parent")).unwrap().retire();
     queues
-        .entry(key("low"), Some(0..=49), 100, now)
+        .entry(key("low"), Some(&(0..=49)), 100, now)
         .push_ready(plain(1, 10, now));
     queues
-        .entry(key("other"), Some(100..=199), 100, now)
+        .entry(key("other"), Some(&(100..=199)), 100, now)
         .push_ready(plain(2, 10, now));
     let batch = queues
         .next_batch(now, LIMITS, 0, false, &mut expired)

@@ -246,11 +246,12 @@ impl Engine {
 
     /// Puts a user record into the buffer of its predicted shard.
     fn route(&mut self, record: Pending, now: Instant) {
-        let (key, range): (ShardKey, _) = match &self.map {
-            Some(map) => match map.predict(record.hash_key) {
-                Some(id) => (Some(Arc::clone(id)), map.range_of(id).cloned()),
-                None => (None, None),
-            },
+        let predicted = self
+            .map
+            .as_ref()
+            .and_then(|m| m.predict_with_range(record.hash_key));
+        let (key, range): (ShardKey, _) = match predicted {
+            Some((id, range)) => (Some(Arc::clone(id)), Some(range)),
             None => (None, None),
         };
         let aggregate = self.config.aggregation_enabled && key.is_some();
