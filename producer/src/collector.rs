@@ -4,7 +4,10 @@
 //!
 //! A shard is in at most one call at a time, so Kinesis receives a shard's records in
 //! the order they were sealed: per partition key, user records keep their order unless
-//! a failure sends one back for a retry. A call goes out when one of its shards' records
+//! a failure sends one back for a retry. After a reshard, a shard's queue also waits
+//! while a call for a retired shard (closed, or not predicted any more) whose hash key
+//! range overlaps its own is in flight: Kinesis routes that call's records by hash key
+//! into the new shards, and records of the same keys must not overtake them. A call goes out when one of its shards' records
 //! is due (its buffered time is up, or a flush is waiting for it), or when the ready
 //! records fill a call; it also takes whatever else is ready, as the KPL does.
 //!
@@ -12,6 +15,7 @@
 //! [`collection_max_size`]: crate::ProducerConfig::collection_max_size
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,10 +45,16 @@ pub(crate) struct ShardQueue {
     limiter: Option<ShardLimiter>,
     /// Set when the limiter refused the head record: when to try again.
     blocked_until: Option<Instant>,
+    /// The shard's hash key range; `None` when unknown (the unpredicted queue), which
+    /// overlaps every range.
+    range: Option<RangeInclusive<u128>>,
+    /// The shard map no longer predicts this shard: a call of it still in flight fences
+    /// the queues whose ranges overlap its range.
+    retired: bool,
 }
 
 impl ShardQueue {
-    fn new(limiter: Option<ShardLimiter>) -> Self {
+    fn new(limiter: Option<ShardLimiter>, range: Option<RangeInclusive<u128>>) -> Self {
         ShardQueue {
             aggregator: ShardAggregator::default(),
             ready: VecDeque::new(),
@@ -52,7 +62,14 @@ impl ShardQueue {
             in_flight: false,
             limiter,
             blocked_until: None,
+            range,
+            retired: false,
         }
+    }
+
+    /// Marks the shard as no longer predicted by the shard map.
+    pub(crate) fn retire(&mut self) {
+        self.retired = true;
     }
 
     pub(crate) fn push_ready(&mut self, record: KinesisRecord) {
@@ -125,16 +142,31 @@ pub(crate) struct Queues {
 }
 
 impl Queues {
-    /// The queue of `key`, created with full rate-limit buckets if new.
+    /// The queue of `key`, whose hash key range is `range`, created with full
+    /// rate-limit buckets if new.
     pub(crate) fn entry(
         &mut self,
         key: ShardKey,
+        range: Option<&RangeInclusive<u128>>,
         rate_limit: u32,
         now: Instant,
     ) -> &mut ShardQueue {
-        self.shards.entry(key).or_insert_with_key(|key| {
-            ShardQueue::new(key.as_ref().map(|_| ShardLimiter::new(rate_limit, now)))
-        })
+        let queue = self.shards.entry(key).or_insert_with_key(|key| {
+            let limiter = key.as_ref().map(|_| ShardLimiter::new(rate_limit, now));
+            ShardQueue::new(limiter, range.cloned())
+        });
+        // Records go only to shards the map predicts: not retired (any more).
+        queue.retired = false;
+        queue
+    }
+
+    /// The ranges of retired shards with a call in flight.
+    fn fences(&self) -> Vec<Option<&RangeInclusive<u128>>> {
+        self.shards
+            .values()
+            .filter(|q| q.retired && q.in_flight)
+            .map(|q| q.range.as_ref())
+            .collect()
     }
 
     pub(crate) fn get_mut(&mut self, key: &ShardKey) -> Option<&mut ShardQueue> {
@@ -154,10 +186,12 @@ impl Queues {
         // Nothing is sent while unpredicted records are in flight (see `next_batch`):
         // their answer, not a deadline, is what to wait for then.
         let can_send = can_send && !self.unpredicted_in_flight();
+        let fences = self.fences();
         self.shards
             .iter()
             .filter_map(|(key, queue)| {
-                queue.next_wake(can_send && !(key.is_none() && self.hold_unpredicted))
+                let held = key.is_none() && self.hold_unpredicted;
+                queue.next_wake(can_send && !held && !is_fenced(queue, &fences))
             })
             .min()
     }
@@ -193,10 +227,14 @@ impl Queues {
         if self.unpredicted_in_flight() {
             return None;
         }
+        let fences = self.fences();
         let mut candidates: Vec<ShardKey> = Vec::new();
         let (mut count, mut bytes, mut due) = (0, 0, false);
         for (key, queue) in &self.shards {
-            if queue.is_candidate(now) && !(key.is_none() && self.hold_unpredicted) {
+            if queue.is_candidate(now)
+                && !(key.is_none() && self.hold_unpredicted)
+                && !is_fenced(queue, &fences)
+            {
                 count += queue.ready.len();
                 bytes += queue.ready_bytes;
                 due |= queue
@@ -261,254 +299,14 @@ impl Queues {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::record::tests::pending;
-
-    const LIMITS: CollectionLimits = CollectionLimits {
-        max_count: 500,
-        max_size: 5 * 1024 * 1024,
-    };
-
-    fn key(id: &str) -> ShardKey {
-        Some(Arc::from(id))
-    }
-
-    fn plain(id: u64, data_len: usize, deadline: Instant) -> KinesisRecord {
-        let mut p = pending(id, "k", None, &vec![0; data_len]);
-        p.deadline = deadline;
-        KinesisRecord::plain(p)
-    }
-
-    fn ids(batch: &Batch) -> Vec<u64> {
-        batch.records.iter().map(|r| r.min_id).collect()
-    }
-
-    #[test]
-    fn nothing_goes_before_a_deadline_unless_a_call_is_full() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(1);
-        let mut queues = Queues::default();
-        let mut expired = Vec::new();
-        queues
-            .entry(key("a"), 100, now)
-            .push_ready(plain(0, 10, later));
-        assert!(
-            queues
-                .next_batch(now, LIMITS, 0, false, &mut expired)
-                .is_none()
-        );
-        // A flush waiting for id 0 makes it due.
-        let batch = queues
-            .next_batch(now, LIMITS, 1, false, &mut expired)
-            .unwrap();
-        assert_eq!(ids(&batch), [0]);
-        assert_eq!(batch.shards, [key("a")]);
-
-        let mut queues = Queues::default();
-        let small = CollectionLimits {
-            max_count: 3,
-            ..LIMITS
-        };
-        for id in 0..5 {
-            queues
-                .entry(key("a"), 1000, now)
-                .push_ready(plain(id, 10, later));
-        }
-        let batch = queues
-            .next_batch(now, small, 0, false, &mut expired)
-            .unwrap();
-        assert_eq!(ids(&batch), [0, 1, 2]);
-        // The shard is in flight now: its other records wait for the answer.
-        assert!(
-            queues
-                .next_batch(now, small, 0, true, &mut expired)
-                .is_none()
-        );
-        queues.get_mut(&key("a")).unwrap().in_flight = false;
-        assert_eq!(
-            ids(&queues
-                .next_batch(now, small, 0, true, &mut expired)
-                .unwrap()),
-            [3, 4]
-        );
-    }
-
-    #[test]
-    fn calls_respect_the_byte_limit_and_take_other_shards_along() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(9);
-        let mut queues = Queues::default();
-        let limits = CollectionLimits {
-            max_size: 3000,
-            ..LIMITS
-        };
-        // Four records of 1,000 bytes (data plus key) due now: three fit in a call.
-        for id in 0..4 {
-            queues
-                .entry(key("a"), 100, now)
-                .push_ready(plain(id, 999, now));
-        }
-        let batch = queues
-            .next_batch(now, limits, 0, false, &mut Vec::new())
-            .unwrap();
-        assert_eq!(ids(&batch), [0, 1, 2]);
-
-        // A call that is due takes the other shards' ready records along.
-        let mut queues = Queues::default();
-        queues
-            .entry(key("a"), 100, now)
-            .push_ready(plain(0, 10, now));
-        queues
-            .entry(key("b"), 100, now)
-            .push_ready(plain(1, 10, later));
-        let batch = queues
-            .next_batch(now, limits, 0, false, &mut Vec::new())
-            .unwrap();
-        let mut all = ids(&batch);
-        all.sort();
-        assert_eq!(all, [0, 1]);
-        assert_eq!(batch.shards.len(), 2);
-    }
-
-    #[test]
-    fn unpredicted_records_wait_while_held_and_block_others_in_flight() {
-        let now = Instant::now();
-        let mut queues = Queues::default();
-        let mut expired = Vec::new();
-        queues.entry(None, 100, now).push_ready(plain(0, 10, now));
-        queues.hold_unpredicted = true;
-        assert!(
-            queues
-                .next_batch(now, LIMITS, 0, true, &mut expired)
-                .is_none()
-        );
-        assert_eq!(queues.next_wake(true), None, "no wake-up for held records");
-        queues.hold_unpredicted = false;
-        let batch = queues
-            .next_batch(now, LIMITS, 0, false, &mut expired)
-            .unwrap();
-        assert_eq!(batch.shards, [None]);
-        // While they are in flight, records predicted since wait: same keys, maybe.
-        queues
-            .entry(key("a"), 100, now)
-            .push_ready(plain(1, 10, now));
-        assert_eq!(
-            queues.next_wake(true),
-            None,
-            "wait for the answer, not a deadline"
-        );
-        assert!(
-            queues
-                .next_batch(now, LIMITS, 0, true, &mut expired)
-                .is_none()
-        );
-        queues.get_mut(&None).unwrap().in_flight = false;
-        queues.remove_if_idle(&None);
-        assert_eq!(
-            ids(&queues
-                .next_batch(now, LIMITS, 0, false, &mut expired)
-                .unwrap()),
-            [1]
-        );
-    }
-
-    #[test]
-    fn a_single_record_above_the_call_size_still_goes() {
-        let now = Instant::now();
-        let mut queues = Queues::default();
-        let limits = CollectionLimits {
-            max_size: 100,
-            ..LIMITS
-        };
-        queues
-            .entry(key("a"), 100, now)
-            .push_ready(plain(0, 5000, now));
-        let batch = queues
-            .next_batch(now, limits, 0, false, &mut Vec::new())
-            .unwrap();
-        assert_eq!(ids(&batch), [0]);
-    }
-
-    #[test]
-    fn rate_limited_shards_wait_and_others_go() {
-        let now = Instant::now();
-        let mut queues = Queues::default();
-        let mut expired = Vec::new();
-        // 1% of a shard: 10 records/s, 10,485 bytes/s.
-        for id in 0..3 {
-            queues
-                .entry(key("slow"), 1, now)
-                .push_ready(plain(id, 6000, now));
-        }
-        let batch = queues
-            .next_batch(now, LIMITS, 0, false, &mut expired)
-            .unwrap();
-        assert_eq!(ids(&batch), [0]);
-        queues.get_mut(&key("slow")).unwrap().in_flight = false;
-        assert!(
-            queues
-                .next_batch(now, LIMITS, 0, false, &mut expired)
-                .is_none()
-        );
-        let wake = queues
-            .get_mut(&key("slow"))
-            .unwrap()
-            .next_wake(true)
-            .unwrap();
-        // Not as soon as one more record's tokens are in: a drain interval later.
-        assert!(wake >= now + LIMITED_DRAIN_INTERVAL);
-        queues
-            .entry(key("fast"), 100, now)
-            .push_ready(plain(7, 10, now));
-        assert_eq!(
-            ids(&queues
-                .next_batch(now, LIMITS, 0, false, &mut expired)
-                .unwrap()),
-            [7]
-        );
-        assert_eq!(
-            ids(&queues
-                .next_batch(wake, LIMITS, 0, false, &mut expired)
-                .unwrap()),
-            [1]
-        );
-    }
-
-    #[test]
-    fn expired_members_are_dropped_and_the_rest_re_encoded() {
-        let now = Instant::now();
-        let mut aggregator = ShardAggregator::default();
-        let limits = crate::aggregation::AggregationLimits {
-            max_size: 51_200,
-            max_count: 10,
-        };
-        for id in 0..3 {
-            let mut p = pending(id, "k", None, b"data");
-            p.deadline = now;
-            if id == 1 {
-                p.expires_at = now;
-            }
-            aggregator.add(p, limits);
-        }
-        let record = aggregator.seal().unwrap();
-        assert_eq!(record.members.len(), 3);
-        let mut queues = Queues::default();
-        queues.entry(key("a"), 100, now).push_ready(record);
-        let mut expired = Vec::new();
-        let batch = queues
-            .next_batch(now, LIMITS, 0, false, &mut expired)
-            .unwrap();
-        assert_eq!(expired.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        let sent = &batch.records[0];
-        let users = kcl::kpl::deaggregate(&sent.data).unwrap();
-        assert_eq!(users.len(), 2);
-        assert_eq!(
-            sent.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-            [0, 2]
-        );
-    }
+/// Whether `queue` must wait for a retired shard's call: their ranges overlap, so the
+/// call may carry records of keys now routed to `queue`. An unknown range overlaps all.
+fn is_fenced(queue: &ShardQueue, fences: &[Option<&RangeInclusive<u128>>]) -> bool {
+    fences.iter().any(|fence| match (fence, &queue.range) {
+        (Some(fence), Some(range)) => fence.start() <= range.end() && range.start() <= fence.end(),
+        _ => true,
+    })
 }
+
+#[cfg(test)]
+mod tests;

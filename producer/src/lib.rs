@@ -59,6 +59,16 @@
 //! the new copies, in the right shards. Consumers that keep them, as kcl-rs does, see
 //! them twice; Kinesis delivery is at least once anyway. Their attempts show a
 //! [`WRONG_SHARD`] attempt.
+//!
+//! A future resolves `Ok` only for a record consumers keep: a Kinesis record that
+//! landed in a shard the map did not know is judged against a refreshed map first. If
+//! no map comes within a user record's time to live, it fails as
+//! [`Expired`](PutError::Expired) with an [`UNCONFIRMED_SHARD`] attempt, although the
+//! stream may hold it.
+//!
+//! Per key, order holds across a reshard too: a record that the new map routes to a
+//! shard waits until every call still in flight for a shard whose range overlaps it
+//! (the parent, or a merge's parents) has been answered.
 
 #![warn(missing_docs)]
 
@@ -77,4 +87,6 @@ mod shard_map;
 pub use config::{ProducerConfig, ProducerConfigBuilder};
 pub use error::{ConfigError, PutError};
 pub use producer::Producer;
-pub use result::{Attempt, AttemptError, RecordFuture, UserRecordResult, WRONG_SHARD};
+pub use result::{
+    Attempt, AttemptError, RecordFuture, UNCONFIRMED_SHARD, UserRecordResult, WRONG_SHARD,
+};

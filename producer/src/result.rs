@@ -14,6 +14,14 @@ use crate::error::PutError;
 /// after the record was aggregated). The record is put again; see the crate docs.
 pub const WRONG_SHARD: &str = "WrongShard";
 
+/// [`AttemptError::code`] of the last attempt of a user record that failed as
+/// [`Expired`](crate::PutError::Expired) although Kinesis accepted it: it landed in a
+/// shard the producer's shard map did not know (the stream was resharded), and no
+/// refreshed map came within the record's time to live to confirm that the shard's
+/// hash key range holds every user record stored with it. The record is in the stream,
+/// but a consumer that filters by hash key range (the Java KCL) may drop it.
+pub const UNCONFIRMED_SHARD: &str = "UnconfirmedShard";
+
 /// Where a user record was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecordResult {
@@ -52,7 +60,7 @@ impl Attempt {
 pub struct AttemptError {
     /// The Kinesis error code (`ProvisionedThroughputExceededException`,
     /// `InternalFailure`, ...), an SDK failure kind (`TimeoutError`, `DispatchFailure`,
-    /// `ResponseError`), or [`WRONG_SHARD`].
+    /// `ResponseError`), [`WRONG_SHARD`] or [`UNCONFIRMED_SHARD`].
     pub code: String,
     /// The message that came with it.
     pub message: String,

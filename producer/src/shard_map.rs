@@ -41,13 +41,21 @@ impl ShardMap {
     /// The open shard whose range holds `hash_key`: where Kinesis will put a record with
     /// that hash key, as far as this map knows.
     pub(crate) fn predict(&self, hash_key: u128) -> Option<&ShardId> {
+        self.predict_with_range(hash_key).map(|(id, _)| id)
+    }
+
+    /// [`predict`](Self::predict), with the predicted shard's hash key range.
+    pub(crate) fn predict_with_range(
+        &self,
+        hash_key: u128,
+    ) -> Option<(&ShardId, &RangeInclusive<u128>)> {
         // The last open shard starting at or below the key; open ranges do not overlap
         // in a consistent listing, and a gap (mid-reshard) predicts nothing.
         let after = self
             .open
             .partition_point(|(range, _)| *range.start() <= hash_key);
         let (range, id) = self.open.get(after.checked_sub(1)?)?;
-        range.contains(&hash_key).then_some(id)
+        range.contains(&hash_key).then_some((id, range))
     }
 
     /// Whether `shard_id` is an open shard of this map.
@@ -99,6 +107,24 @@ pub(crate) fn landing(
         Some(range) if range.contains(&hash_key) => Landing::InRange,
         Some(_) if current => Landing::OutOfRange,
         _ => Landing::Unknown,
+    }
+}
+
+/// Judges a Kinesis record held since it landed in `landed`, by a map refreshed after
+/// it landed, from the hash keys of all its user records — those whose futures are
+/// already resolved (expired meanwhile) included, since consumers judge the record as
+/// it is stored.
+///
+/// A shard's range never changes, so the refreshed map's range of `landed` is the truth:
+/// [`Landing::InRange`] when it holds every hash key (a consumer keeps the record),
+/// [`Landing::OutOfRange`] when it misses one (a range-filtering consumer drops all of
+/// it). A map that does not list `landed` (ListShards is eventually consistent) cannot
+/// judge: [`Landing::Unknown`], wait for the next one.
+pub(crate) fn judge_held(map: &ShardMap, landed: &str, hash_keys: &[u128]) -> Landing {
+    match map.range_of(landed) {
+        Some(range) if hash_keys.iter().all(|key| range.contains(key)) => Landing::InRange,
+        Some(_) => Landing::OutOfRange,
+        None => Landing::Unknown,
     }
 }
 
@@ -185,5 +211,27 @@ pub(crate) mod tests {
         assert!(is_current(Some(&new), "s2", high));
         assert!(!is_current(Some(&old), "s2", high));
         assert!(!is_current(None, "s2", high));
+    }
+
+    #[test]
+    fn held_verdicts() {
+        let map = after_split();
+        let (low, high) = (5, HALF + 5);
+        let cases: [(&str, &[u128], Landing); 7] = [
+            // (landed, every user record's hash key, verdict)
+            ("s1", &[low, low + 1], Landing::InRange),
+            ("s2", &[high], Landing::InRange),
+            // One stray user record and a consumer drops the whole aggregate.
+            ("s1", &[low, high], Landing::OutOfRange),
+            ("s2", &[high, low, high], Landing::OutOfRange),
+            // A closed shard's range still judges (a merge's parent).
+            ("s0", &[low, high], Landing::InRange),
+            // A shard the refreshed map does not list: no verdict yet.
+            ("s9", &[low], Landing::Unknown),
+            ("s9", &[], Landing::Unknown),
+        ];
+        for (i, (landed, keys, verdict)) in cases.into_iter().enumerate() {
+            assert_eq!(judge_held(&map, landed, keys), verdict, "case {i}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::aggregation::{AggregationLimits, KinesisRecord};
 use crate::collector::{CollectionLimits, Queues, ShardKey};
 use crate::config::ProducerConfig;
 use crate::record::Pending;
-use crate::result::AttemptError;
+use crate::result::{AttemptError, UNCONFIRMED_SHARD};
 use crate::retry::classify_request_error;
 use crate::shard_map::ShardMap;
 
@@ -83,7 +83,9 @@ struct Refresh {
 
 /// A Kinesis record that Kinesis accepted: its user records and where they are.
 struct Landed {
-    members: Vec<Pending>,
+    /// Its user records not resolved yet, each with its index in the Kinesis record
+    /// (its sub-sequence number when aggregated).
+    members: Vec<(usize, Pending)>,
     aggregated: bool,
     shard: String,
     sequence_number: String,
@@ -92,12 +94,20 @@ struct Landed {
 }
 
 /// A Kinesis record accepted into a shard the map could not judge; decided once a
-/// refresh newer than `ticket` is in.
+/// refresh newer than `ticket` is in, or its user records expire meanwhile.
 struct Held {
     landed: Landed,
-    /// When its first user record expires.
-    expires_at: Instant,
+    /// The hash key of every user record stored in the Kinesis record, expired ones
+    /// included: consumers judge the record as it is stored.
+    hash_keys: Vec<u128>,
     ticket: u64,
+}
+
+impl Held {
+    /// When its next user record expires.
+    fn expires_at(&self) -> Option<Instant> {
+        self.landed.members.iter().map(|(_, m)| m.expires_at).min()
+    }
 }
 
 /// The producer task's state.
@@ -236,17 +246,20 @@ impl Engine {
 
     /// Puts a user record into the buffer of its predicted shard.
     fn route(&mut self, record: Pending, now: Instant) {
-        let key: ShardKey = self
+        let predicted = self
             .map
             .as_ref()
-            .and_then(|m| m.predict(record.hash_key))
-            .cloned();
+            .and_then(|m| m.predict_with_range(record.hash_key));
+        let (key, range): (ShardKey, _) = match predicted {
+            Some((id, range)) => (Some(Arc::clone(id)), Some(range)),
+            None => (None, None),
+        };
         let aggregate = self.config.aggregation_enabled && key.is_some();
         let limits = AggregationLimits {
             max_size: self.config.aggregation_max_size,
             max_count: self.config.aggregation_max_count,
         };
-        let queue = self.queues.entry(key, self.config.rate_limit, now);
+        let queue = self.queues.entry(key, range, self.config.rate_limit, now);
         if aggregate {
             let (sealed, alone) = queue.aggregator.add(record, limits);
             for record in sealed.into_iter().chain(alone) {
@@ -286,7 +299,7 @@ impl Engine {
     }
 
     /// Retries whose backoff is over go back into the buffers, due at once; held
-    /// records past their TTL are resolved as written (they are in the stream).
+    /// records past their TTL fail as expired.
     fn release_due(&mut self, now: Instant) {
         while let Some(entry) = self.retries.first_entry() {
             if entry.key().0 > now {
@@ -297,15 +310,48 @@ impl Engine {
                 self.route(record, now);
             }
         }
-        if self.held.iter().any(|h| h.expires_at <= now) {
-            let (expired, kept) = std::mem::take(&mut self.held)
+        self.expire_held(now);
+    }
+
+    /// User records held for a shard map that did not come within their time to live
+    /// fail as expired: Kinesis has them, but the producer cannot tell whether consumers
+    /// keep them (a range-filtering consumer drops an aggregate stored in a shard that
+    /// does not hold every one of its hash keys). The rest of their Kinesis record
+    /// waits on.
+    fn expire_held(&mut self, now: Instant) {
+        if !self
+            .held
+            .iter()
+            .any(|h| h.expires_at().is_some_and(|at| at <= now))
+        {
+            return;
+        }
+        let mut expired = Vec::new();
+        for held in &mut self.held {
+            let landed = &mut held.landed;
+            let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut landed.members)
                 .into_iter()
-                .partition(|h| h.expires_at <= now);
-            self.held = kept;
-            for held in expired {
-                tracing::warn!(shard = %held.landed.shard, "shard map not refreshed within the record's TTL; reporting the record where it landed");
-                self.succeed(held.landed);
+                .partition(|(_, m)| m.expires_at <= now);
+            landed.members = live;
+            if dead.is_empty() {
+                continue;
             }
+            tracing::warn!(shard = %landed.shard, records = dead.len(), "shard map not refreshed within the records' TTL; they are in the stream but not known to be kept there");
+            let error = AttemptError {
+                code: UNCONFIRMED_SHARD.to_string(),
+                message: format!(
+                    "written to shard {}, but no shard map came within the record's time to live to confirm that the shard's hash key range holds every user record of the Kinesis record",
+                    landed.shard
+                ),
+            };
+            for (_, mut member) in dead {
+                member.attempt(landed.started, landed.ended, Some(error.clone()));
+                expired.push(member);
+            }
+        }
+        self.held.retain(|h| !h.landed.members.is_empty());
+        for member in expired {
+            self.expire(member);
         }
     }
 
@@ -372,7 +418,7 @@ impl Engine {
             .next_wake(can_send)
             .into_iter()
             .chain(self.retries.keys().next().map(|(at, _)| *at))
-            .chain(self.held.iter().map(|h| h.expires_at))
+            .chain(self.held.iter().filter_map(Held::expires_at))
             .chain(refresh)
             .chain(self.closing.then(|| now + CLOSING_POLL))
             .min()
@@ -439,7 +485,9 @@ impl Engine {
     }
 
     /// Installs a new map; records buffered for shards that are no longer open (or for
-    /// no shard) are predicted and aggregated again.
+    /// no shard) are predicted and aggregated again. They, and every record routed to a
+    /// shard whose range overlaps such a shard's, wait until its call in flight (if any)
+    /// is answered, so that no record overtakes an earlier one of its key.
     fn apply_map(&mut self, map: ShardMap) {
         let stale: Vec<ShardKey> = self
             .queues
@@ -451,6 +499,8 @@ impl Engine {
         let mut moved = Vec::new();
         for key in &stale {
             if let Some(queue) = self.queues.get_mut(key) {
+                // A call of it still in flight holds back the shards taking its keys now.
+                queue.retire();
                 moved.extend(queue.take_members());
             }
             self.queues.remove_if_idle(key);

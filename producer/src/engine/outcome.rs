@@ -12,7 +12,7 @@ use crate::error::PutError;
 use crate::record::Pending;
 use crate::result::{AttemptError, UserRecordResult, WRONG_SHARD};
 use crate::retry::{backoff_cap, full_jitter};
-use crate::shard_map::{Landing, is_current, landing};
+use crate::shard_map::{Landing, is_current, judge_held, landing};
 
 impl Engine {
     pub(super) fn on_put_done(
@@ -149,8 +149,9 @@ impl Engine {
             .iter()
             .map(|m| landing(self.map.as_ref(), shard, record.routing_hash, m.hash_key))
             .collect();
+        let hash_keys: Vec<u128> = record.members.iter().map(|m| m.hash_key).collect();
         let landed = Landed {
-            members: record.members,
+            members: record.members.into_iter().enumerate().collect(),
             aggregated: record.aggregated,
             shard: shard.to_string(),
             sequence_number: sequence_number.to_string(),
@@ -160,10 +161,9 @@ impl Engine {
         if verdicts.contains(&Landing::OutOfRange) {
             self.wrong_shard(landed);
         } else if verdicts.contains(&Landing::Unknown) {
-            let expires_at = landed.members.iter().map(|m| m.expires_at).min();
             self.held.push(Held {
-                expires_at: expires_at.expect("a Kinesis record has user records"),
                 landed,
+                hash_keys,
                 ticket: ticket.unwrap_or(self.refresh.wanted),
             });
         } else {
@@ -173,7 +173,7 @@ impl Engine {
 
     /// Resolves every user record of a Kinesis record as written.
     pub(super) fn succeed(&mut self, landed: Landed) {
-        for (index, mut member) in landed.members.into_iter().enumerate() {
+        for (index, mut member) in landed.members {
             member.attempt(landed.started, landed.ended, None);
             let result = UserRecordResult {
                 shard_id: landed.shard.clone(),
@@ -191,7 +191,7 @@ impl Engine {
     /// the same).
     fn wrong_shard(&mut self, landed: Landed) {
         let now = Instant::now();
-        for mut member in landed.members {
+        for (_, mut member) in landed.members {
             let error = AttemptError {
                 code: WRONG_SHARD.to_string(),
                 message: format!(
@@ -209,23 +209,26 @@ impl Engine {
         }
     }
 
-    /// Decides the held records that a refresh now covers.
+    /// Decides the held records that a refresh now covers (see [`judge_held`]); those
+    /// whose shard the new map does not list wait for the next one.
     pub(super) fn release_held(&mut self) {
         let served = self.refresh.served;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|h| h.ticket <= served);
         self.held = waiting;
-        for Held { landed, .. } in ready {
-            let range = self.map.as_ref().and_then(|m| m.range_of(&landed.shard));
-            match range {
-                Some(range) if landed.members.iter().all(|m| range.contains(&m.hash_key)) => {
-                    self.succeed(landed)
-                }
-                Some(_) => self.wrong_shard(landed),
-                None => {
-                    tracing::warn!(shard = %landed.shard, "Kinesis wrote to a shard ListShards does not list; reporting the record where it landed");
-                    self.succeed(landed);
+        for mut held in ready {
+            let verdict = match &self.map {
+                Some(map) => judge_held(map, &held.landed.shard, &held.hash_keys),
+                None => Landing::Unknown,
+            };
+            match verdict {
+                Landing::InRange => self.succeed(held.landed),
+                Landing::OutOfRange => self.wrong_shard(held.landed),
+                Landing::Unknown => {
+                    tracing::warn!(shard = %held.landed.shard, "Kinesis wrote to a shard ListShards does not list yet; asking again");
+                    held.ticket = self.want_refresh();
+                    self.held.push(held);
                 }
             }
         }
