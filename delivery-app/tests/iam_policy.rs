@@ -115,7 +115,8 @@ fn every_item_of_a_statistics_transaction_is_allowed_by_the_worker_policy() {
             epoch: 1,
         },
         1,
-    ).unwrap();
+    )
+    .unwrap();
     let mut seen = Vec::new();
     for item in &items {
         let (action, name) = if let Some(put) = item.put() {

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::Clients;
 use crate::config::WorkerConfig;
 use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
-use crate::leases::handle::HandleError;
 use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
 use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_supervised};
 use crate::processor::RecordProcessorFactory;
@@ -85,10 +84,10 @@ impl<F: RecordProcessorFactory> Worker<F> {
     /// A worker reading `config.stream_name` with leases in the DynamoDB table
     /// `config.application_name`.
     pub fn new(config: WorkerConfig, clients: &Clients, factory: F) -> Worker<F> {
-        let store = Arc::new(DynamoLeaseStore::new(
-            clients.dynamodb.clone(),
-            config.application_name.clone(),
-        ));
+        let store = Arc::new(
+            DynamoLeaseStore::new(clients.dynamodb.clone(), config.application_name.clone())
+                .with_failover_time(config.failover_time),
+        );
         Worker {
             config: Arc::new(config),
             kinesis: clients.kinesis.clone(),
@@ -205,7 +204,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
         let graceful = async {
             coordinator.stop_taking();
             let remove_worker = async {
-                if let Err(e) = self.store.remove_worker(&config.worker_id).await {
+                if let Err(e) = coordinator.leave().await {
                     tracing::warn!(error = %e, "could not remove the worker record");
                 }
             };
@@ -221,7 +220,11 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 let _ = task.await;
             }
             let _ = (&mut sync_task).await;
-            release_held(&coordinator).await;
+            // Releases what is still held; the record is already gone (`leave` is
+            // idempotent), or its removal is tried once more.
+            if let Err(e) = coordinator.release_all().await {
+                tracing::warn!(error = %e, "could not remove the worker record");
+            }
         };
         if tokio::time::timeout(config.shutdown_grace, graceful)
             .await
@@ -239,22 +242,6 @@ impl<F: RecordProcessorFactory> Worker<F> {
         match failure {
             Some(e) => Err(e.into()),
             None => Ok(()),
-        }
-    }
-}
-
-/// Releases every lease the coordinator still holds, concurrently; failures are logged
-/// (those leases expire after the failover time).
-async fn release_held(coordinator: &LeaseCoordinator) {
-    let mut releases = JoinSet::new();
-    for handle in coordinator.held() {
-        releases.spawn(async move { (handle.key().to_string(), handle.hand_over().await) });
-    }
-    while let Some(Ok((key, result))) = releases.join_next().await {
-        match result {
-            Ok(()) => tracing::info!(lease = %key, "released lease"),
-            Err(HandleError::Lost { .. }) => {}
-            Err(e) => tracing::warn!(lease = %key, error = %e, "could not release lease"),
         }
     }
 }
