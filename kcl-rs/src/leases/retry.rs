@@ -60,12 +60,14 @@ where
                 message: format!("no answer within {:?}", per_attempt.min(left)),
             },
         };
+        // No time left for another attempt after the pause: the last error is the
+        // answer (not an attempt cut off at once, which would hide what the service said).
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let pause = pauses.next().unwrap_or(FIRST_PAUSE);
+        if pause >= left {
             return Err(error);
         }
         tracing::debug!(error = %error, "lease-table request failed; retrying");
-        let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
         tokio::time::sleep(pause).await;
     }
 }
