@@ -83,8 +83,8 @@
 //! ```
 //!
 //! Cargo features: `local` embeds Kinesis and DynamoDB emulators on loopback (the
-//! [`local`] module) for tests, demos and local development; production builds leave
-//! it off.
+//! `kcl::local` module) for tests, demos and local development; production builds
+//! leave it off.
 //!
 //! Modules, one per concern:
 //! - [`aws`]: SDK clients for real AWS or a local endpoint.

@@ -8,7 +8,7 @@
 //!   would expire, and then it is given up (`Lost(ExpiredLocally)`).
 //! - **taking**, every `taking_interval` and also exactly when an observed lease is due
 //!   to expire: list the table, update the [`Observer`], plan with
-//!   [`plan_takes`](super::taker::plan_takes) and perform the planned conditional writes.
+//!   [`plan_takes`] and perform the planned conditional writes.
 //!
 //! Acquired leases are announced on a channel as [`LeaseEvent::Acquired`] once they may
 //! be processed (after any previous owner has handed over). Everything after that is
