@@ -7,12 +7,10 @@
 //! Against real AWS (credentials and region from the usual AWS chain):
 //!   cargo run -p kcl-examples --bin simple-consumer -- DeliveryStream
 
-use kcl::aws::{Clients, Endpoints};
-use kcl::checkpoint::Checkpointer;
-use kcl::config::{InitialPosition, WorkerConfig};
-use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
-use kcl::worker::Worker;
-use tokio_util::sync::CancellationToken;
+use kcl::{
+    CancellationToken, Checkpointer, Clients, Endpoints, InitialPosition, InitializationInput,
+    ProcessRecordsInput, RecordProcessor, Worker, WorkerConfig,
+};
 
 /// One instance per shard lease.
 struct PrintProcessor {

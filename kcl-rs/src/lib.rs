@@ -1,9 +1,95 @@
 //! kcl-rs: a KCL-style consumer framework for Amazon Kinesis Data Streams.
 //!
+//! Workers of one application share a stream's shards through a DynamoDB lease table;
+//! each held lease runs your [`RecordProcessor`], which checkpoints its progress
+//! through a [`Checkpointer`]. KPL aggregates arrive already split into user records,
+//! and after a reshard a child shard is read only once its parents are finished.
+//!
+//! # Quick start
+//!
+//! Everything a consumer needs is at the crate root:
+//!
+//! ```
+//! use kcl::{
+//!     CancellationToken, Checkpointer, Clients, Endpoints, InitialPosition,
+//!     ProcessRecordsInput, RecordProcessor, Worker, WorkerConfig,
+//! };
+//! # use std::sync::atomic::{AtomicUsize, Ordering};
+//! # static SEEN: AtomicUsize = AtomicUsize::new(0);
+//!
+//! /// One instance per shard lease.
+//! struct Printer {
+//!     shard_id: String,
+//! }
+//!
+//! impl RecordProcessor for Printer {
+//!     async fn process_records(&mut self, input: ProcessRecordsInput, checkpointer: &mut Checkpointer) {
+//!         for record in &input.records {
+//!             println!("{} {}: {}", self.shard_id, record.partition_key, String::from_utf8_lossy(&record.data));
+//!         }
+//! #       SEEN.fetch_add(input.records.len(), Ordering::SeqCst);
+//!         // Fails only if another worker took the lease; the records are then its job.
+//!         if let Err(e) = checkpointer.checkpoint().await {
+//!             eprintln!("{}: {e}", self.shard_id);
+//!         }
+//!     }
+//!
+//!     async fn shutdown_requested(&mut self, checkpointer: &mut Checkpointer) {
+//!         let _ = checkpointer.checkpoint().await; // hand over exactly where we are
+//!     }
+//! }
+//!
+//! # #[cfg(not(feature = "local"))]
+//! # fn main() {}
+//! # #[cfg(feature = "local")]
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Real AWS: credentials and region from the usual AWS chain.
+//!     let endpoints = Endpoints::default();
+//! #   // The doctest runs against the embedded local AWS instead, with a stream to read.
+//! #   let aws = kcl::local::LocalAws::start(kcl::local::LocalAwsOptions::from_env()).await?;
+//! #   let endpoints = aws.endpoints();
+//!     let clients = Clients::connect(&endpoints).await;
+//!     clients.verify().await?; // one clear error if an endpoint is unreachable
+//! #   let timeout = std::time::Duration::from_secs(30);
+//! #   kcl::stream::create_stream(&clients.kinesis, "Orders", 2, timeout).await?;
+//! #   for i in 0..10 {
+//! #       let data = aws_sdk_kinesis::primitives::Blob::new(format!("order {i}"));
+//! #       let put = clients.kinesis.put_record().stream_name("Orders");
+//! #       put.partition_key(format!("k{i}")).data(data).send().await?;
+//! #   }
+//!
+//!     // The application name is also the lease table's name.
+//!     let config = WorkerConfig::builder("Orders", "OrdersApp")
+//!         .initial_position(InitialPosition::TrimHorizon)
+//!         .build()?;
+//!     let worker = Worker::new(config, &clients, |shard_id: &str| Printer {
+//!         shard_id: shard_id.to_string(),
+//!     });
+//!
+//!     // Cancel the token (on Ctrl-C, say) to stop: processors checkpoint, leases are
+//!     // released, and `run` returns.
+//!     let cancel = CancellationToken::new();
+//! #   let stop = cancel.clone();
+//! #   tokio::spawn(async move {
+//! #       let seen = || async { (SEEN.load(Ordering::SeqCst) >= 10).then_some(()) };
+//! #       kcl::local::testing::wait_for("all ten records", timeout, seen).await;
+//! #       stop.cancel();
+//! #   });
+//!     worker.run(cancel).await?;
+//! #   aws.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Cargo features: `local` embeds Kinesis and DynamoDB emulators on loopback (the
+//! `kcl::local` module) for tests, demos and local development; production builds
+//! leave it off.
+//!
 //! Modules, one per concern:
 //! - [`aws`]: SDK clients for real AWS or a local endpoint.
 //! - [`stream`]: stream administration and shard listing.
-//! - [`checkpoint`]: checkpoint positions and the [`checkpoint::Checkpointer`].
+//! - [`checkpoint`]: checkpoint positions and the [`Checkpointer`].
 //! - [`config`]: the worker configuration builder.
 //! - [`processor`]: the record-processor trait you implement.
 //! - [`worker`]: the worker that runs everything until cancelled.
@@ -15,6 +101,7 @@
 //! - `local` (feature `local`): embedded Kinesis and DynamoDB emulators on loopback.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aws;
 pub mod checkpoint;
@@ -23,9 +110,26 @@ pub mod kpl;
 pub mod leases;
 pub mod lifecycle;
 #[cfg(feature = "local")]
+#[cfg_attr(docsrs, doc(cfg(feature = "local")))]
 pub mod local;
 pub mod processor;
 pub mod retrieval;
 pub mod shard_sync;
 pub mod stream;
 pub mod worker;
+
+// The API a consumer needs, at the crate root (the modules stay reachable for the
+// less common pieces).
+pub use aws::{Clients, Endpoints, UnreachableError};
+pub use checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber};
+pub use config::{ConfigError, InitialPosition, WorkerConfig, WorkerConfigBuilder};
+pub use leases::LeaseError;
+pub use processor::{
+    InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
+};
+pub use retrieval::{KinesisClientRecord, RetrievalError};
+pub use shard_sync::ShardSyncError;
+pub use stream::StreamError;
+/// The token that stops a [`Worker`]: `Worker::run` returns after it is cancelled.
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{Worker, WorkerError};

@@ -275,7 +275,7 @@ async fn one_shard(kinesis: &Client, name: &str, rate_limit: u32, seconds: u64) 
             .unwrap();
         for record in page.records() {
             let data = record.data().as_ref();
-            bytes += data.len() + record.partition_key().len();
+            bytes += data.len() + record.partition_key().map_or(0, str::len);
             users += kcl::kpl::deaggregate(data).map_or(1, |u| u.len());
         }
         if !page.records().is_empty() {

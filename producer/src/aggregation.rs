@@ -391,7 +391,7 @@ mod tests {
     fn entries_carry_keys_and_move_the_data() {
         let mut record = KinesisRecord::plain(pending(0, "k", Some("012"), b"abc"));
         let entry = record.take_entry();
-        assert_eq!(entry.partition_key(), "k");
+        assert_eq!(entry.partition_key(), Some("k"));
         assert_eq!(entry.explicit_hash_key(), Some("12"));
         assert_eq!(entry.data().as_ref(), b"abc");
         assert!(record.data.is_empty());

@@ -12,7 +12,7 @@
 //!   to expire: list the workers and, when something may have changed (a worker came
 //!   or went, a lease is due to expire, this worker is below its share, or
 //!   `lease_scan_interval` passed), the lease table; update the [`Observer`], plan
-//!   with [`plan_takes`](super::taker::plan_takes) and perform the planned conditional
+//!   with [`plan_takes`] and perform the planned conditional
 //!   writes.
 //!
 //! Acquired leases are announced on a channel as [`LeaseEvent::Acquired`] once they may

@@ -111,7 +111,9 @@ pub fn deaggregate_records(records: impl IntoIterator<Item = Record>) -> Deaggre
             sequence_number: record.sequence_number,
             sub_sequence_number: 0,
             aggregated: false,
-            partition_key: record.partition_key,
+            // Every put carries a partition key, but recent SDK releases model it as
+            // optional (1.99 did not): an absent one reads as the empty key.
+            partition_key: record.partition_key.unwrap_or_default(),
             explicit_hash_key: None,
             data,
             approximate_arrival_timestamp: arrival,

@@ -109,7 +109,7 @@ pub async fn read_raw(kinesis: &Client, stream_name: &str) -> (Vec<ShardInfo>, V
                 out.push(RawRecord {
                     shard_id: shard.shard_id.clone(),
                     sequence_number: record.sequence_number().to_string(),
-                    partition_key: record.partition_key().to_string(),
+                    partition_key: record.partition_key().expect("a partition key").to_string(),
                     data: record.data().as_ref().to_vec(),
                 });
             }
