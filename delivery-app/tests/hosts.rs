@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use delivery_app::chaos::hosts::{Network, NetCommand, Topology, parse_netns_list, run};
+use delivery_app::chaos::hosts::{NetCommand, Network, Topology, parse_netns_list, run};
 use delivery_app::scenario::{HostNetwork, NetFault};
 
 fn is_root() -> bool {
@@ -59,10 +59,22 @@ fn namespaces_are_built_faulted_healed_and_removed_even_over_leftovers() {
     };
     let w2 = topology.worker_ns(1);
     let routes = || ip(&format!("-n {w2} route show"));
-    assert!(routes().contains("10.203.0.2 via 10.203.2.1"), "{}", routes());
+    assert!(
+        routes().contains("10.203.0.2 via 10.203.2.1"),
+        "{}",
+        routes()
+    );
     hosts.apply(1, &NetFault::CutDynamoDb).unwrap();
-    assert!(routes().contains("10.203.0.2 via 10.203.2.3"), "{}", routes());
-    assert!(routes().contains("10.203.0.1 via 10.203.2.1"), "{}", routes());
+    assert!(
+        routes().contains("10.203.0.2 via 10.203.2.3"),
+        "{}",
+        routes()
+    );
+    assert!(
+        routes().contains("10.203.0.1 via 10.203.2.1"),
+        "{}",
+        routes()
+    );
     hosts
         .apply(
             1,
@@ -82,7 +94,11 @@ fn namespaces_are_built_faulted_healed_and_removed_even_over_leftovers() {
     };
     assert!(qdisc().contains("tbf"), "{}", qdisc());
     hosts.heal(1).unwrap();
-    assert!(routes().contains("10.203.0.2 via 10.203.2.1"), "{}", routes());
+    assert!(
+        routes().contains("10.203.0.2 via 10.203.2.1"),
+        "{}",
+        routes()
+    );
     assert!(!qdisc().contains("tbf"), "{}", qdisc());
     // Healing a healthy host is harmless.
     hosts.heal(1).unwrap();

@@ -157,8 +157,7 @@ impl Topology {
                 ..
             } => {
                 let (aws, ns, n) = (self.aws_ns(), self.worker_ns(slot), slot + 1);
-                let tbf =
-                    format!("root tbf rate {rate_kbit}kbit burst 4kb latency {latency_ms}ms");
+                let tbf = format!("root tbf rate {rate_kbit}kbit burst 4kb latency {latency_ms}ms");
                 vec![
                     cmd(&format!("tc -n {ns} qdisc replace dev eth0 {tbf}")),
                     cmd(&format!("tc -n {aws} qdisc replace dev w{n} {tbf}")),
@@ -236,7 +235,10 @@ pub fn remove_prefix(prefix: &str) -> Vec<String> {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             // SAFETY: kill(2); these processes run inside the run's own namespace.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

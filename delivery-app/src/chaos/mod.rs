@@ -151,7 +151,11 @@ async fn start_hosts(
 ) -> Result<Arc<dyn scenario::HostNetwork>, ScenarioError> {
     let port = |url: &Option<String>| -> Result<u16, ScenarioError> {
         let url = url.as_deref().ok_or("no local endpoint")?;
-        let port = url.trim_end_matches('/').rsplit(':').next().unwrap_or_default();
+        let port = url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .unwrap_or_default();
         Ok(port
             .parse()
             .map_err(|_| format!("no port in the endpoint {url}"))?)
@@ -167,7 +171,9 @@ async fn start_hosts(
             cancel.clone(),
         )
         .await
-        .map_err(|e| format!("cannot listen on {addr}:{port} (not inside the aws namespace?): {e}"))?;
+        .map_err(|e| {
+            format!("cannot listen on {addr}:{port} (not inside the aws namespace?): {e}")
+        })?;
     }
     let network = hosts::NamespaceHosts {
         topology: topology.clone(),

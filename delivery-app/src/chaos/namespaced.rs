@@ -26,23 +26,31 @@ pub enum Ended {
 pub fn check_prerequisites() -> Result<(), ScenarioError> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("chaos --hosts needs root: it creates network namespaces, veth pairs \
+        return Err(
+            "chaos --hosts needs root: it creates network namespaces, veth pairs \
                     and tc queues (run it as root, e.g. in CI)"
-            .into());
+                .into(),
+        );
     }
     let ip = std::process::Command::new("ip").arg("-V").output();
     let tc = std::process::Command::new("tc").arg("-V").output();
     if !matches!(ip, Ok(ref o) if o.status.success()) || tc.is_err() {
-        return Err("chaos --hosts needs iproute2 (`ip` and `tc`); install it (apt-get \
+        return Err(
+            "chaos --hosts needs iproute2 (`ip` and `tc`); install it (apt-get \
                     install iproute2)"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
 
 /// Builds the namespaces of `topology`, runs `exe` with `args` inside the aws one, and
 /// removes the namespaces at the end.
-pub async fn run(topology: Topology, exe: &Path, args: Vec<OsString>) -> Result<Ended, ScenarioError> {
+pub async fn run(
+    topology: Topology,
+    exe: &Path,
+    args: Vec<OsString>,
+) -> Result<Ended, ScenarioError> {
     check_prerequisites()?;
     let mut network = Network::create(topology)
         .map_err(|e| format!("chaos --hosts cannot create its network namespaces: {e}"))?;

@@ -362,7 +362,10 @@ mod tests {
         ];
         assert_eq!(
             counts,
-            expected.map(|(k, n)| (k.to_string(), n)).into_iter().collect(),
+            expected
+                .map(|(k, n)| (k.to_string(), n))
+                .into_iter()
+                .collect(),
             "{steps:?}"
         );
     }
@@ -386,7 +389,14 @@ mod tests {
                  half partitions, {bad} bad links: {steps:?}"
             );
             for (_, step) in &steps {
-                if let Step::Network(_, NetFault::BadLink { rate_kbit, latency_ms, millis }) = step
+                if let Step::Network(
+                    _,
+                    NetFault::BadLink {
+                        rate_kbit,
+                        latency_ms,
+                        millis,
+                    },
+                ) = step
                 {
                     assert!((64..=256).contains(rate_kbit), "{step:?}");
                     assert!((300..=2_000).contains(latency_ms), "{step:?}");

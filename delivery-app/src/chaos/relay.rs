@@ -67,12 +67,19 @@ mod tests {
             let (mut socket, _) = upstream.accept().await.unwrap();
             let mut buf = [0u8; 5];
             socket.read_exact(&mut buf).await.unwrap();
-            socket.write_all(&buf.map(|b| b.to_ascii_uppercase())).await.unwrap();
+            socket
+                .write_all(&buf.map(|b| b.to_ascii_uppercase()))
+                .await
+                .unwrap();
         });
         let cancel = CancellationToken::new();
-        let relay = start("127.0.0.1:0".parse().unwrap(), upstream_addr, cancel.clone())
-            .await
-            .unwrap();
+        let relay = start(
+            "127.0.0.1:0".parse().unwrap(),
+            upstream_addr,
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
         let mut client = TcpStream::connect(relay).await.unwrap();
         client.write_all(b"hello").await.unwrap();
         let mut answer = [0u8; 5];

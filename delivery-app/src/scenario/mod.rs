@@ -426,9 +426,9 @@ async fn wait_until_taken_over(
     let deadline = since + failover * 4 + Duration::from_secs(10);
     loop {
         let all = leases.list_leases().await.unwrap_or_default();
-        let mine = all.iter().any(|l| {
-            l.owner.as_deref() == Some(id) || l.checkpoint_owner.as_deref() == Some(id)
-        });
+        let mine = all
+            .iter()
+            .any(|l| l.owner.as_deref() == Some(id) || l.checkpoint_owner.as_deref() == Some(id));
         if !mine || Instant::now() > deadline {
             return;
         }

@@ -40,14 +40,19 @@ fn setup_stays_inside_the_run_namespaces() {
         "ip -n dch77-w1 route replace 10.203.0.1/32 via 10.203.1.1 dev eth0",
         "ip -n dch77-w1 route replace 10.203.0.2/32 via 10.203.1.1 dev eth0",
     ] {
-        assert!(setup.iter().any(|l| l == expected), "{expected}: {setup:#?}");
+        assert!(
+            setup.iter().any(|l| l == expected),
+            "{expected}: {setup:#?}"
+        );
     }
 }
 
 #[test]
 fn faults_reroute_or_shape_one_worker_and_heal_undoes_them() {
     let t = topology();
-    let cut = |addr: &str, gw: u8| format!("ip -n dch77-w2 route replace {addr}/32 via 10.203.2.{gw} dev eth0");
+    let cut = |addr: &str, gw: u8| {
+        format!("ip -n dch77-w2 route replace {addr}/32 via 10.203.2.{gw} dev eth0")
+    };
     let table: Vec<(NetFault, Vec<String>)> = vec![
         (
             NetFault::Partition,
@@ -105,5 +110,8 @@ fn workers_run_inside_their_namespace_and_reach_the_service_addresses() {
     assert_eq!(hosts.launch_prefix(0), ["ip", "netns", "exec", "dch77-w1"]);
     let endpoints = hosts.worker_endpoints();
     assert_eq!(endpoints.kinesis.as_deref(), Some("http://10.203.0.1:4567"));
-    assert_eq!(endpoints.dynamodb.as_deref(), Some("http://10.203.0.2:8000"));
+    assert_eq!(
+        endpoints.dynamodb.as_deref(),
+        Some("http://10.203.0.2:8000")
+    );
 }
