@@ -2,7 +2,11 @@
 //! and cuts, degrades and heals that host's network. The chaos run's `--hosts` mode
 //! implements it with Linux network namespaces (`delivery_app::chaos::hosts`).
 
+use std::time::Duration;
+
 use kcl::aws::Endpoints;
+use kcl::leases::LeaseStore;
+use tokio::time::Instant;
 
 use super::ScenarioError;
 
@@ -43,4 +47,55 @@ pub trait HostNetwork: Send + Sync + std::fmt::Debug {
 
     /// Undoes every fault on slot `slot`'s host.
     fn heal(&self, slot: usize) -> Result<(), ScenarioError>;
+}
+
+/// Applies `fault` to worker slot `slot` (running as `id`), waits as long as the fault
+/// lasts, heals it and describes what happened. A partition or a DynamoDB-only cut
+/// lasts until the others own all the worker's leases (at least 1.2× `failover`): it
+/// must lose them while it runs. A Kinesis-only cut lasts 1.2× `failover`: the worker
+/// keeps its leases and just reads nothing. A bad link lasts its own duration.
+pub(super) async fn inject(
+    hosts: &dyn HostNetwork,
+    slot: usize,
+    id: &str,
+    fault: &NetFault,
+    leases: &dyn LeaseStore,
+    failover: Duration,
+) -> Result<String, ScenarioError> {
+    let started = Instant::now();
+    hosts.apply(slot, fault)?;
+    match fault {
+        NetFault::Partition | NetFault::CutDynamoDb => {
+            super::wait_until_taken_over(leases, id, started, failover).await
+        }
+        NetFault::CutKinesis => tokio::time::sleep(failover.mul_f64(1.2)).await,
+        NetFault::BadLink { millis, .. } => {
+            tokio::time::sleep(Duration::from_millis(*millis)).await
+        }
+    }
+    hosts.heal(slot)?;
+    let lasted = started.elapsed().as_secs_f64();
+    Ok(match fault {
+        NetFault::Partition => format!(
+            "partitioned worker {id}'s host from both services for {lasted:.1}s, past the \
+             {:.1}s failover, then healed it: a zombie by network",
+            failover.as_secs_f64()
+        ),
+        NetFault::CutDynamoDb => format!(
+            "cut worker {id}'s host off from DynamoDB only for {lasted:.1}s (it still reached \
+             Kinesis), then healed it"
+        ),
+        NetFault::CutKinesis => format!(
+            "cut worker {id}'s host off from Kinesis only for {lasted:.1}s (it still reached \
+             DynamoDB and kept its leases), then healed it"
+        ),
+        NetFault::BadLink {
+            rate_kbit,
+            latency_ms,
+            ..
+        } => format!(
+            "degraded worker {id}'s link for {lasted:.1}s ({rate_kbit} kbit/s, packets queued \
+             up to {latency_ms} ms and dropped beyond), then healed it"
+        ),
+    })
 }

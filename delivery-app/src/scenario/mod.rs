@@ -589,42 +589,7 @@ async fn perform(
                 .ok_or("the worker does not run")?
                 .id
                 .clone();
-            let started = Instant::now();
-            hosts.apply(*n, fault)?;
-            match fault {
-                NetFault::Partition | NetFault::CutDynamoDb => {
-                    wait_until_taken_over(leases, &id, started, config.failover).await
-                }
-                NetFault::CutKinesis => tokio::time::sleep(config.failover.mul_f64(1.2)).await,
-                NetFault::BadLink { millis, .. } => {
-                    tokio::time::sleep(Duration::from_millis(*millis)).await
-                }
-            }
-            hosts.heal(*n)?;
-            let lasted = started.elapsed().as_secs_f64();
-            Ok(match fault {
-                NetFault::Partition => format!(
-                    "partitioned worker {id}'s host from both services for {lasted:.1}s, past \
-                     the {:.1}s failover, then healed it: a zombie by network",
-                    config.failover.as_secs_f64()
-                ),
-                NetFault::CutDynamoDb => format!(
-                    "cut worker {id}'s host off from DynamoDB only for {lasted:.1}s (it still \
-                     reached Kinesis), then healed it"
-                ),
-                NetFault::CutKinesis => format!(
-                    "cut worker {id}'s host off from Kinesis only for {lasted:.1}s (it still \
-                     reached DynamoDB and kept its leases), then healed it"
-                ),
-                NetFault::BadLink {
-                    rate_kbit,
-                    latency_ms,
-                    ..
-                } => format!(
-                    "degraded worker {id}'s link for {lasted:.1}s ({rate_kbit} kbit/s, packets \
-                     queued up to {latency_ms} ms and dropped beyond), then healed it"
-                ),
-            })
+            hosts::inject(hosts.as_ref(), *n, &id, fault, leases, config.failover).await
         }
         Step::RestartAll => {
             fleet.stop_all().await;
