@@ -3,6 +3,9 @@
 //! root); without it the test says so and does nothing.
 
 use std::process::Command;
+use std::time::Duration;
+
+use kcl::local::testing::wait_for;
 
 use delivery_app::chaos::hosts::{NetCommand, Network, Topology, parse_netns_list, run};
 use delivery_app::scenario::{HostNetwork, NetFault};
@@ -28,8 +31,8 @@ fn ours(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn namespaces_are_built_faulted_healed_and_removed_even_over_leftovers() {
+#[tokio::test]
+async fn namespaces_are_built_faulted_healed_and_removed_even_over_leftovers() {
     if !is_root() {
         eprintln!("not root: network namespaces cannot be created; nothing tested");
         return;
@@ -102,6 +105,37 @@ fn namespaces_are_built_faulted_healed_and_removed_even_over_leftovers() {
     assert!(!qdisc().contains("tbf"), "{}", qdisc());
     // Healing a healthy host is harmless.
     hosts.heal(1).unwrap();
+
+    // A program launched into a worker's host is exec'd by `ip netns exec`: the pid
+    // spawned is the program's, inside that namespace, so signals reach it.
+    let prefix = hosts.launch_prefix(1);
+    let mut child = tokio::process::Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .args(["sleep", "60"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    wait_for(
+        "the launched program to replace ip",
+        Duration::from_secs(10),
+        || async {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "sleep").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(ip(&format!("netns identify {pid}")).trim(), w2);
+    // SAFETY: kill(2) on the child spawned above, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("killed in time")
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
 
     drop(network);
     assert_eq!(ours(&topology.prefix), Vec::<String>::new());
