@@ -299,8 +299,15 @@ mod tests {
 
     #[test]
     fn a_short_run_injects_every_kind_and_keeps_its_invariants() {
-        for seed in 0..200 {
-            let s = settings(seed);
+        let modes = [
+            (FaultKind::PROCESS.to_vec(), 4.0),
+            (FaultKind::ALL.to_vec(), 3.0),
+        ];
+        for (seed, (kinds_chosen, gap)) in
+            (0..200).flat_map(|seed| modes.clone().map(|m| (seed, m)))
+        {
+            let mut s = settings(seed);
+            (s.kinds, s.mean_gap) = (kinds_chosen, gap);
             let steps = plan(&s);
             let mut kinds = std::collections::BTreeSet::new();
             let mut running = [true; 4];
@@ -319,8 +326,11 @@ mod tests {
                         assert!(!running[*n], "seed {seed}: start of a running worker");
                         running[*n] = true;
                     }
-                    Step::PauseWorker(n) | Step::BounceWorker(n) => {
-                        assert!(running[*n], "seed {seed}: {step:?} of a stopped worker")
+                    Step::PauseWorker(n) | Step::BounceWorker(n) | Step::Network(n, _) => {
+                        assert!(running[*n], "seed {seed}: {step:?} of a stopped worker");
+                        // Someone must be there to take its leases over.
+                        let others = running.iter().filter(|r| **r).count() - 1;
+                        assert!(others >= 1, "seed {seed}: {step:?} alone");
                     }
                     Step::Split => open += 1,
                     Step::Merge => open -= 1,
@@ -335,11 +345,7 @@ mod tests {
                 .filter(|(_, s)| FaultKind::of(s).is_some())
                 .count();
             assert!(faults >= 10, "seed {seed}: only {faults} faults");
-            assert_eq!(
-                kinds.len(),
-                FaultKind::PROCESS.len(),
-                "seed {seed}: {kinds:?}"
-            );
+            assert_eq!(kinds.len(), s.kinds.len(), "seed {seed}: {kinds:?}");
         }
     }
 
