@@ -10,10 +10,17 @@
 //! every record was applied exactly once and in shard order, children after parents,
 //! and no write was accepted from a worker that had lost the lease; and the statistics
 //! must equal the simulator's ground truth exactly.
+//!
+//! With network hosts ([`hosts`]), the run itself and the local AWS are inside one
+//! network namespace and each worker in its own; partitions, half partitions and bad
+//! links then come on top.
 
 pub mod check;
+pub mod hosts;
+pub mod namespaced;
 pub mod observe;
 pub mod plan;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,6 +74,9 @@ pub struct ChaosConfig {
     /// limits, retention, transaction conflicts, and the documented IAM policies, each
     /// process signing as its command's principal.
     pub strict: bool,
+    /// Workers on network hosts of their own: the namespaces, already built, this
+    /// process running inside the aws one.
+    pub hosts: Option<hosts::Topology>,
 }
 
 /// What a chaos run found.
@@ -101,13 +111,18 @@ impl ChaosReport {
             .join(", ");
         let f = &self.findings;
         format!(
-            "chaos {}{}: seed {}, {:.0}s, {} workers, {total} faults ({kinds}); {} events, \
+            "chaos {}{}{}: seed {}, {:.0}s, {} workers, {total} faults ({kinds}); {} events, \
              statistics {}; {} transactions on {} shards applied once in order, {} \
              parent→child handovers in order; {} writes and checkpoints checked against \
              the leases, {} violations; refused from workers that had lost the lease: {} \
              transactions, {} checkpoints; {:.0}s in all",
             if self.passed() { "PASS" } else { "FAIL" },
             if config.strict { " (strict AWS)" } else { "" },
+            if config.hosts.is_some() {
+                " (workers on network hosts)"
+            } else {
+                ""
+            },
             config.seed,
             config.seconds,
             config.workers,
@@ -127,6 +142,58 @@ impl ChaosReport {
             self.elapsed.as_secs_f64(),
         )
     }
+}
+
+/// Relays the services' loopback ports to their addresses in the aws namespace (where
+/// this process runs) and describes the workers' hosts.
+async fn start_hosts(
+    topology: &hosts::Topology,
+    endpoints: &kcl::aws::Endpoints,
+    cancel: CancellationToken,
+    say: &Narrator,
+) -> Result<Arc<dyn scenario::HostNetwork>, ScenarioError> {
+    let port = |url: &Option<String>| -> Result<u16, ScenarioError> {
+        let url = url.as_deref().ok_or("no local endpoint")?;
+        let port = url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .unwrap_or_default();
+        Ok(port
+            .parse()
+            .map_err(|_| format!("no port in the endpoint {url}"))?)
+    };
+    let (kinesis_port, dynamodb_port) = (port(&endpoints.kinesis)?, port(&endpoints.dynamodb)?);
+    for (addr, port) in [
+        (hosts::KINESIS_ADDR, kinesis_port),
+        (hosts::DYNAMODB_ADDR, dynamodb_port),
+    ] {
+        relay::start(
+            format!("{addr}:{port}").parse()?,
+            ([127, 0, 0, 1], port).into(),
+            cancel.clone(),
+        )
+        .await
+        .map_err(|e| {
+            format!("cannot listen on {addr}:{port} (not inside the aws namespace?): {e}")
+        })?;
+    }
+    let network = hosts::NamespaceHosts {
+        topology: topology.clone(),
+        kinesis_port,
+        dynamodb_port,
+    };
+    say(&format!(
+        "workers on network hosts {}; they reach Kinesis at {}:{kinesis_port} and DynamoDB \
+         at {}:{dynamodb_port}",
+        (0..topology.workers)
+            .map(|n| topology.worker_ns(n))
+            .collect::<Vec<_>>()
+            .join(", "),
+        hosts::KINESIS_ADDR,
+        hosts::DYNAMODB_ADDR
+    ));
+    Ok(Arc::new(network))
 }
 
 /// Runs the chaos run to its end and checks it.
@@ -236,7 +303,15 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
         local_aws: Some(Arc::clone(&aws)),
         as_principals: config.strict,
     };
-    let outcome = scenario::run(scenario, Arc::clone(&say)).await;
+    let relays = CancellationToken::new();
+    let network = match &config.hosts {
+        Some(topology) => {
+            Some(start_hosts(topology, &scenario.endpoints, relays.clone(), &say).await?)
+        }
+        None => None,
+    };
+    let outcome = scenario::run_with_hosts(scenario, network, Arc::clone(&say)).await;
+    relays.cancel();
     observing.cancel();
     let observations = observer.await?;
     let result = match outcome {

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use delivery_app::chaos::hosts::Topology;
+use delivery_app::chaos::namespaced::{self, Ended};
 use delivery_app::chaos::plan::FaultKind;
 use delivery_app::chaos::{self, ChaosConfig};
 use delivery_app::scenario::Narrator;
@@ -40,13 +42,20 @@ pub struct ChaosArgs {
     /// default: a new temporary folder).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
-    /// The kinds of fault to inject, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "kill,zombie,graceful,split,merge,aws-restart"
-    )]
-    faults: Vec<FaultKind>,
+    /// The kinds of fault to inject, comma-separated (default: kill, zombie, graceful,
+    /// split, merge, aws-restart; with --hosts also partition, half-partition,
+    /// bad-link).
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<FaultKind>>,
+    /// Each worker on a network host of its own and the local AWS on another (Linux
+    /// network namespaces joined by veth pairs; needs root and iproute2): adds network
+    /// partitions, half partitions and bad links to the faults.
+    #[arg(long)]
+    hosts: bool,
+    /// Internal: this process runs inside the aws namespace of the run whose
+    /// namespaces start with this prefix (`--hosts` starts it so).
+    #[arg(long, hide = true, requires = "hosts")]
+    inside_hosts: Option<String>,
     /// Keep the stream in memory in a local AWS process of its own, never restarted
     /// (an AWS restart then restarts DynamoDB only). For long runs: the embedded
     /// Kinesis's persistence rewrites its whole state at every put.
@@ -64,6 +73,14 @@ pub struct ChaosArgs {
 }
 
 pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
+    let faults = match &args.faults {
+        Some(faults) => faults.clone(),
+        None if args.hosts => FaultKind::ALL.to_vec(),
+        None => FaultKind::PROCESS.to_vec(),
+    };
+    if let Some(kind) = faults.iter().find(|k| k.needs_hosts() && !args.hosts) {
+        return Err(format!("the fault kind {kind} needs --hosts").into());
+    }
     if args.workers < 2 {
         return Err("--workers must be at least 2 (faults stop one at a time)".into());
     }
@@ -73,6 +90,9 @@ pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
     let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("delivery-chaos-{}", std::process::id()))
     });
+    if args.hosts && args.inside_hosts.is_none() {
+        return run_on_hosts(&args).await;
+    }
     let config = ChaosConfig {
         exe: std::env::current_exe()?,
         dir: dir.clone(),
@@ -84,9 +104,13 @@ pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
         shards: args.shards,
         mean_gap: args.fault_every,
         failover: Duration::from_millis(args.failover_ms),
-        kinds: args.faults.clone(),
+        kinds: faults,
         memory_kinesis: args.memory_kinesis,
         strict: args.strict,
+        hosts: args.inside_hosts.clone().map(|prefix| Topology {
+            prefix,
+            workers: args.workers,
+        }),
     };
     let verbose = args.verbose;
     let say: Narrator = Arc::new(move |line: &str| {
@@ -104,5 +128,29 @@ pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
         Ok(())
     } else {
         Err("the chaos run found a broken guarantee".into())
+    }
+}
+
+/// Builds the run's network namespaces and runs this same command inside the aws one
+/// (with `--inside-hosts`); the namespaces are removed at the end in every case.
+async fn run_on_hosts(args: &ChaosArgs) -> Result<(), CommandError> {
+    let topology = Topology {
+        prefix: Topology::prefix_for(std::process::id()),
+        workers: args.workers,
+    };
+    let mut inner: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    inner.extend(["--inside-hosts".into(), topology.prefix.clone().into()]);
+    let prefix = topology.prefix.clone();
+    match namespaced::run(topology, &std::env::current_exe()?, inner).await? {
+        Ended::Exited(status) if status.success() => Ok(()),
+        Ended::Exited(status) => Err(format!(
+            "the chaos run inside the network namespaces failed ({status}); namespaces \
+             {prefix}-* removed"
+        )
+        .into()),
+        Ended::Interrupted(signal) => Err(format!(
+            "interrupted by {signal}; the run was stopped and namespaces {prefix}-* removed"
+        )
+        .into()),
     }
 }

@@ -7,6 +7,7 @@
 //! ACTIVE, the statistics caught up) with a deadline; nothing relies on a fixed sleep.
 
 mod aws_process;
+mod hosts;
 mod latency;
 mod workers;
 
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use aws_process::{LocalAwsProcess, StrictNames};
+pub use hosts::{HostNetwork, NetFault};
 pub use latency::{LatencyTracker, percentile};
 pub use workers::{WorkerLauncher, WorkerProcess};
 
@@ -61,6 +63,11 @@ pub enum Step {
     BounceWorker(usize),
     /// Restart the local AWS process ([`ScenarioConfig::local_aws`]).
     RestartAws,
+    /// A network fault on worker slot `n`'s host (which must run), then healed: a
+    /// partition or a DynamoDB-only cut lasts until the others own all its leases (at
+    /// least 1.2× the failover time), a Kinesis-only cut 1.2× the failover time, a bad
+    /// link its own duration. Needs [`run_with_hosts`].
+    Network(usize, NetFault),
 }
 
 /// A run's settings.
@@ -145,6 +152,7 @@ pub type Narrator = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct Fleet {
     launcher: WorkerLauncher,
+    hosts: Option<Arc<dyn HostNetwork>>,
     running: Vec<Option<WorkerProcess>>,
     restarts: usize,
     killed: Option<usize>,
@@ -156,7 +164,12 @@ impl Fleet {
             0 => format!("w{}", n + 1),
             r => format!("w{}-r{r}", n + 1),
         };
-        self.running[n] = Some(self.launcher.spawn(&id)?);
+        let prefix = self
+            .hosts
+            .as_ref()
+            .map(|h| h.launch_prefix(n))
+            .unwrap_or_default();
+        self.running[n] = Some(self.launcher.spawn_in(&id, &prefix)?);
         Ok(id)
     }
 
@@ -174,6 +187,17 @@ impl Fleet {
 
 /// Runs a scenario to its end.
 pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport, ScenarioError> {
+    run_with_hosts(config, None, say).await
+}
+
+/// Runs a scenario to its end, with each worker on its own network host when `hosts`
+/// is given (the workers then reach AWS at [`HostNetwork::worker_endpoints`], and
+/// [`Step::Network`] faults can be injected).
+pub async fn run_with_hosts(
+    config: ScenarioConfig,
+    hosts: Option<Arc<dyn HostNetwork>>,
+    say: Narrator,
+) -> Result<ScenarioReport, ScenarioError> {
     let clients = Clients::connect(&config.endpoints).await;
     clients.verify().await?;
     // Who does what: the administrator (unrestricted) sets up and looks; the producer
@@ -198,7 +222,11 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
     let leases: Arc<dyn LeaseStore> =
         Arc::new(DynamoLeaseStore::new(clients.dynamodb.clone(), &config.app));
 
-    let mut args = AwsArgs::to_args(&config.endpoints);
+    let worker_endpoints = hosts
+        .as_ref()
+        .map(|h| h.worker_endpoints())
+        .unwrap_or_else(|| config.endpoints.clone());
+    let mut args = AwsArgs::to_args(&worker_endpoints);
     args.extend([
         "--stream".into(),
         config.stream.clone(),
@@ -219,6 +247,7 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
                 .as_principals
                 .then(|| Role::Worker.access_key_id().to_string()),
         },
+        hosts,
         running: (0..config.workers).map(|_| None).collect(),
         restarts: 0,
         killed: None,
@@ -407,6 +436,29 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
     })
 }
 
+/// Waits at least 1.2× the failover time after `since` (until nobody could believe
+/// the leases are still `id`'s), then until the others own every one of them, or a
+/// deadline (4× the failover time and 10 s after `since`) passes.
+async fn wait_until_taken_over(
+    leases: &dyn LeaseStore,
+    id: &str,
+    since: Instant,
+    failover: Duration,
+) {
+    tokio::time::sleep_until(since + failover.mul_f64(1.2)).await;
+    let deadline = since + failover * 4 + Duration::from_secs(10);
+    loop {
+        let all = leases.list_leases().await.unwrap_or_default();
+        let mine = all
+            .iter()
+            .any(|l| l.owner.as_deref() == Some(id) || l.checkpoint_owner.as_deref() == Some(id));
+        if !mine || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn describe(action: &Action) -> String {
     match action {
         Action::Split { shard_id } => format!("split {shard_id}"),
@@ -524,19 +576,7 @@ async fn perform(
             process.signal(libc::SIGSTOP)?;
             // Until nobody could believe the leases are still its, and then until the
             // others own every one of them.
-            tokio::time::sleep(config.failover.mul_f64(1.2)).await;
-            let deadline = paused + config.failover * 4 + Duration::from_secs(10);
-            loop {
-                let all = leases.list_leases().await.unwrap_or_default();
-                let mine = all.iter().any(|l| {
-                    l.owner.as_deref() == Some(process.id.as_str())
-                        || l.checkpoint_owner.as_deref() == Some(process.id.as_str())
-                });
-                if !mine || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_until_taken_over(leases, &process.id, paused, config.failover).await;
             process.signal(libc::SIGCONT)?;
             Ok(format!(
                 "paused worker {} (SIGSTOP) for {:.1}s, past the {:.1}s failover, then let it \
@@ -566,6 +606,18 @@ async fn perform(
                 "restarted the local AWS process (down {:.2}s, its state kept on disk)",
                 down.as_secs_f64()
             ))
+        }
+        Step::Network(n, fault) => {
+            let hosts = fleet
+                .hosts
+                .clone()
+                .ok_or("network faults need workers on hosts of their own")?;
+            let id = fleet.running[*n]
+                .as_ref()
+                .ok_or("the worker does not run")?
+                .id
+                .clone();
+            hosts::inject(hosts.as_ref(), *n, &id, fault, leases, config.failover).await
         }
         Step::RestartAll => {
             fleet.stop_all().await;

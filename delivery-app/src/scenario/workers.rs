@@ -79,11 +79,24 @@ pub struct WorkerLauncher {
 impl WorkerLauncher {
     /// Starts worker `id`.
     pub fn spawn(&self, id: &str) -> std::io::Result<WorkerProcess> {
+        self.spawn_in(id, &[])
+    }
+
+    /// Starts worker `id` through `prefix` (e.g. `ip netns exec NS`, which execs the
+    /// worker, so the pid spawned is the worker's); directly when `prefix` is empty.
+    pub fn spawn_in(&self, id: &str, prefix: &[String]) -> std::io::Result<WorkerProcess> {
         let stderr = match &self.log_dir {
             Some(dir) => Stdio::from(open_log(dir, id)?),
             None => Stdio::inherit(),
         };
-        let mut command = Command::new(&self.exe);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.exe);
+                command
+            }
+            None => Command::new(&self.exe),
+        };
         command
             .arg("worker")
             .args(&self.args)
