@@ -50,24 +50,35 @@ where
         .with_jitter_seed(rand::random())
         .without_max_times()
         .build();
+    let mut last: Option<LeaseError> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(per_attempt.min(left), attempt()).await {
+        if left.is_zero()
+            && let Some(error) = last
+        {
+            return Err(error);
+        }
+        let limit = per_attempt.min(left);
+        let error = match tokio::time::timeout(limit, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) if e.is_transient() => e,
             Ok(Err(e)) => return Err(e),
+            // Cut off by the deadline rather than by its own timeout: what the service
+            // said before (throttling, a conflict) is the answer, not the cut.
+            Err(_) if limit < per_attempt && last.is_some() => {
+                return Err(last.expect("checked"));
+            }
             Err(_) => LeaseError::Transient {
-                message: format!("no answer within {:?}", per_attempt.min(left)),
+                message: format!("no answer within {limit:?}"),
             },
         };
-        // No time left for another attempt after the pause: the last error is the
-        // answer (not an attempt cut off at once, which would hide what the service said).
         let left = deadline.saturating_duration_since(Instant::now());
-        let pause = pauses.next().unwrap_or(FIRST_PAUSE);
-        if pause >= left {
+        if left.is_zero() {
             return Err(error);
         }
         tracing::debug!(error = %error, "lease-table request failed; retrying");
+        last = Some(error);
+        let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
         tokio::time::sleep(pause).await;
     }
 }
@@ -144,6 +155,31 @@ mod tests {
             "a hung attempt is cut off and retried"
         );
         assert!(Instant::now() < deadline + slack);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_cut_off_by_the_deadline_keeps_what_the_service_said() {
+        let calls = AtomicU32::new(0);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let result: Result<(), _> = until_deadline(deadline, Duration::from_millis(150), || {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    Err(LeaseError::Transient {
+                        message: "ProvisionedThroughputExceededException".into(),
+                    })
+                } else {
+                    std::future::pending().await
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            result,
+            Err(LeaseError::Transient {
+                message: "ProvisionedThroughputExceededException".into()
+            })
+        );
     }
 
     #[test]
