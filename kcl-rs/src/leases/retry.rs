@@ -50,34 +50,28 @@ where
         .with_jitter_seed(rand::random())
         .without_max_times()
         .build();
-    let mut last: Option<LeaseError> = None;
+    // What the service said last (throttling, a conflict): when the deadline ends the
+    // retries, that is the answer, rather than an attempt cut off by the deadline.
+    let mut said: Option<LeaseError> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero()
-            && let Some(error) = last
-        {
-            return Err(error);
-        }
         let limit = per_attempt.min(left);
         let error = match tokio::time::timeout(limit, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if e.is_transient() => e,
-            Ok(Err(e)) => return Err(e),
-            // Cut off by the deadline rather than by its own timeout: what the service
-            // said before (throttling, a conflict) is the answer, not the cut.
-            Err(_) if limit < per_attempt && last.is_some() => {
-                return Err(last.expect("checked"));
+            Ok(Err(e)) if e.is_transient() => {
+                said = Some(e.clone());
+                e
             }
+            Ok(Err(e)) => return Err(e),
             Err(_) => LeaseError::Transient {
                 message: format!("no answer within {limit:?}"),
             },
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(error);
+            return Err(said.unwrap_or(error));
         }
         tracing::debug!(error = %error, "lease-table request failed; retrying");
-        last = Some(error);
         let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
         tokio::time::sleep(pause).await;
     }
