@@ -317,6 +317,12 @@ impl FaultPlan {
         }
     }
 
+    /// Restarts the probability draws from `seed`, keeping the rules: for a plan made
+    /// elsewhere (a strict proxy's) that a test wants reproducible with its own seed.
+    pub fn reseed(&self, seed: u64) {
+        self.lock().rng = StdRng::seed_from_u64(seed);
+    }
+
     /// Adds `rule` (builder style).
     pub fn with(self, rule: Rule) -> FaultPlan {
         self.add(rule);
