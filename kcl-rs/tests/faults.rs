@@ -77,11 +77,10 @@ impl Env {
         DynamoLeaseStore::new(self.direct().await.dynamodb, table)
     }
 
+    /// A worker's lease store: through the proxy, signed as the worker policy.
     async fn faulty_store(&self, table: &str) -> Arc<dyn LeaseStore> {
-        Arc::new(DynamoLeaseStore::new(
-            Clients::connect(&self.faulty()).await.dynamodb,
-            table,
-        ))
+        let clients = strict::worker_clients(&self.aws, "no-stream", table).await;
+        Arc::new(DynamoLeaseStore::new(clients.dynamodb, table))
     }
 
     async fn stream(&self, shards: i32) -> String {
@@ -469,7 +468,7 @@ impl CheckpointFixture {
         let (tx, results) = mpsc::unbounded_channel();
         let worker = Worker::new(
             config,
-            &Clients::connect(&env.faulty()).await,
+            &strict::worker_clients(&env.aws, &stream, &app).await,
             move |_: &str| ReportingProcessor {
                 results: tx.clone(),
             },
@@ -724,7 +723,8 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
     let stream = env.stream(2).await;
     let app = unique("drops");
     let log = Log::default();
-    let worker = InProcess::start(&env.faulty(), &stream, &app, "worker-1", &log).await;
+    let clients = strict::worker_clients(&env.aws, &stream, &app).await;
+    let worker = InProcess::start_with(&clients, &stream, &app, "worker-1", &log);
     // Faults start once the worker runs: its start-up is not what is tested here.
     let direct = env.direct_store(&app).await;
     wait_for("the worker to hold both leases", DEADLINE, || async {
