@@ -76,12 +76,14 @@ async fn checkpointer_rejects_positions_it_must_not_accept() {
         .unwrap();
     produce(&clients, &name, 5, 0..1).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(config(&name, &app, "prober"), &worker_clients, move |_: &str| {
-        Prober {
+    let worker = Worker::new(
+        config(&name, &app, "prober"),
+        &worker_clients,
+        move |_: &str| Prober {
             report: tx.clone(),
             probed: false,
-        }
-    });
+        },
+    );
     let cancel = CancellationToken::new();
     let run = tokio::spawn(worker.run(cancel.clone()));
     let mut outcomes = Vec::new();
@@ -134,12 +136,14 @@ async fn checkpointer_rejects_positions_it_must_not_accept() {
 
     // A restarted processor starts after it.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(config(&name, &app, "prober-2"), &worker_clients, move |_: &str| {
-        Prober {
+    let worker = Worker::new(
+        config(&name, &app, "prober-2"),
+        &worker_clients,
+        move |_: &str| Prober {
             report: tx.clone(),
             probed: false,
-        }
-    });
+        },
+    );
     let cancel = CancellationToken::new();
     let run = tokio::spawn(worker.run(cancel.clone()));
     let init = tokio::time::timeout(WAIT, rx.recv())

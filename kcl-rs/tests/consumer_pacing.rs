@@ -34,11 +34,7 @@ impl Env {
         let shard = stream::list_shards(&kinesis, &stream).await.unwrap()[0]
             .shard_id
             .clone();
-        Env {
-            aws,
-            stream,
-            shard,
-        }
+        Env { aws, stream, shard }
     }
 
     /// The strict proxy in front of Kinesis: it counts the calls.

@@ -536,6 +536,21 @@ mod tests {
     }
 
     #[test]
+    fn a_reseeded_plan_draws_as_a_plan_made_with_that_seed() {
+        let draws = |plan: &FaultPlan| {
+            (0..200)
+                .map(|_| plan.fault_for(&call("x", b"")).is_some())
+                .collect::<Vec<_>>()
+        };
+        let rule = || Rule::new("*", Fault::DropConnection).with_probability(0.5);
+        let made = FaultPlan::new(42).with(rule());
+        let reseeded = FaultPlan::default().with(rule());
+        draws(&reseeded);
+        reseeded.reseed(42);
+        assert_eq!(draws(&reseeded), draws(&made));
+    }
+
+    #[test]
     fn faults_are_counted_by_kind() {
         let kinds = [
             (Fault::throughput_exceeded(), FaultKind::Throttling),
