@@ -124,6 +124,9 @@ async fn a_caught_up_reader_on_a_trickling_shard_calls_at_most_five_times_a_seco
         calls as f64 <= allowed,
         "{calls} GetRecords calls in {elapsed:?}: more than 5 per second"
     );
+    // The service's own count agrees: strict mode refused none of them.
+    let strict = env.aws.strict().expect("strict mode");
+    assert_eq!(strict.refusals("GetRecords"), 0);
     env.aws.shutdown().await;
 }
 
