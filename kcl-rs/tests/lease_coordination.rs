@@ -249,6 +249,10 @@ impl WorkerProcess {
     fn spawn(table: &Table, id: &str, failover: Duration) -> WorkerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kcl-lease-worker"))
             .arg(table.aws.endpoints().dynamodb.unwrap())
+            .env(
+                kcl::aws::LOCAL_ACCESS_KEY_ENV,
+                strict::bind_worker(&table.aws, "no-stream", &table.name),
+            )
             .arg(&table.name)
             .arg(id)
             .arg(failover.as_millis().to_string())

@@ -288,7 +288,21 @@ pub mod consumers {
             id: &str,
             log: &Log,
         ) -> Process {
+            Process::spawn_as(endpoints, "", stream, app, id, log)
+        }
+
+        /// A process signing its requests with `access_key_id` (empty: the default
+        /// local key), in strict mode the principal bound to it.
+        pub fn spawn_as(
+            endpoints: &Endpoints,
+            access_key_id: &str,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+        ) -> Process {
             let mut child = Command::new(env!("CARGO_BIN_EXE_kcl-record-worker"))
+                .env(kcl::aws::LOCAL_ACCESS_KEY_ENV, access_key_id)
                 .arg(endpoints.kinesis.as_deref().unwrap())
                 .arg(endpoints.dynamodb.as_deref().unwrap())
                 .arg(stream)
