@@ -89,6 +89,48 @@ impl Clients {
         }
     }
 
+    /// Like [`Clients::connect`], signed with the static key `access_key_id`: for local
+    /// endpoints whose strict mode binds an IAM principal to that key (see
+    /// `kcl::local::LocalAws::clients_as`, feature `local`).
+    pub async fn connect_as(endpoints: &Endpoints, access_key_id: &str) -> Clients {
+        let config = sdk_config(endpoints).await;
+        let credentials = Credentials::new(
+            access_key_id,
+            "local-secret",
+            None,
+            None,
+            "kcl-local-principal",
+        );
+        let mut kinesis = aws_sdk_kinesis::config::Builder::from(&config)
+            .credentials_provider(credentials.clone());
+        if let Some(url) = &endpoints.kinesis {
+            kinesis = kinesis.endpoint_url(url);
+        }
+        let mut dynamodb =
+            aws_sdk_dynamodb::config::Builder::from(&config).credentials_provider(credentials);
+        if let Some(url) = &endpoints.dynamodb {
+            dynamodb = dynamodb.endpoint_url(url);
+        }
+        Clients {
+            kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+            endpoints: endpoints.clone(),
+        }
+    }
+
+    /// [`Clients::connect`], or for local endpoints [`Clients::connect_as`] the key
+    /// named by the environment variable [`LOCAL_ACCESS_KEY_ENV`] when it is set and not
+    /// empty: how the local harness processes (`kcl-record-worker`, `kcl-lease-worker`)
+    /// learn the IAM principal a test binds for them. Real AWS keeps its own chain.
+    pub async fn connect_from_env(endpoints: &Endpoints) -> Clients {
+        match std::env::var(LOCAL_ACCESS_KEY_ENV) {
+            Ok(key) if !key.trim().is_empty() && endpoints.any_local() => {
+                Clients::connect_as(endpoints, key.trim()).await
+            }
+            _ => Clients::connect(endpoints).await,
+        }
+    }
+
     /// Wraps SDK clients built elsewhere — other timeouts, retry settings or HTTP
     /// client — for [`Worker::new`](crate::worker::Worker::new). `endpoints` only names
     /// the services in [`Clients::verify`]'s errors.
@@ -165,6 +207,10 @@ impl Clients {
         Ok(())
     }
 }
+
+/// The environment variable naming the access key [`Clients::connect_from_env`] signs
+/// with.
+pub const LOCAL_ACCESS_KEY_ENV: &str = "KCL_LOCAL_ACCESS_KEY_ID";
 
 /// The shared SDK configuration: the AWS chain, or static dummy credentials for a local
 /// endpoint. Timeouts are bounded in both cases so a dead endpoint never hangs a caller.

@@ -46,7 +46,7 @@ impl ShardInfo {
         (self.starting_hash_key..=self.ending_hash_key).contains(&hash_key)
     }
 
-    fn from_sdk(shard: &Shard) -> Result<ShardInfo, StreamError> {
+    pub(crate) fn from_sdk(shard: &Shard) -> Result<ShardInfo, StreamError> {
         let parse = |s: &str| {
             s.parse::<u128>().map_err(|_| StreamError::Malformed {
                 what: format!("hash key {s:?} of shard {}", shard.shard_id()),

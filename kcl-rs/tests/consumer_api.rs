@@ -7,7 +7,6 @@ use std::time::Duration;
 use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::{Lease, LeaseStore, MemoryLeaseStore};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
 use kcl::worker::Worker;
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::consumers::{InProcess, Log, config, produce};
+use common::strict;
 use kcl::local::testing::{unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -66,21 +66,24 @@ impl RecordProcessor for Prober {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpointer_rejects_positions_it_must_not_accept() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-    let clients = aws.clients().await;
+    let aws = strict::local_aws().await;
+    let clients = strict::admin(&aws).await;
     let name = unique("checkpointer");
     let app = unique("checkpointer-app");
+    let worker_clients = strict::worker_clients(&aws, &name, &app).await;
     stream::create_stream(&clients.kinesis, &name, 1, Duration::from_secs(30))
         .await
         .unwrap();
     produce(&clients, &name, 5, 0..1).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(config(&name, &app, "prober"), &clients, move |_: &str| {
-        Prober {
+    let worker = Worker::new(
+        config(&name, &app, "prober"),
+        &worker_clients,
+        move |_: &str| Prober {
             report: tx.clone(),
             probed: false,
-        }
-    });
+        },
+    );
     let cancel = CancellationToken::new();
     let run = tokio::spawn(worker.run(cancel.clone()));
     let mut outcomes = Vec::new();
@@ -133,12 +136,14 @@ async fn checkpointer_rejects_positions_it_must_not_accept() {
 
     // A restarted processor starts after it.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(config(&name, &app, "prober-2"), &clients, move |_: &str| {
-        Prober {
+    let worker = Worker::new(
+        config(&name, &app, "prober-2"),
+        &worker_clients,
+        move |_: &str| Prober {
             report: tx.clone(),
             probed: false,
-        }
-    });
+        },
+    );
     let cancel = CancellationToken::new();
     let run = tokio::spawn(worker.run(cancel.clone()));
     let init = tokio::time::timeout(WAIT, rx.recv())
@@ -153,16 +158,16 @@ async fn checkpointer_rejects_positions_it_must_not_accept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scaling_out_hands_leases_over_without_processing_anything_twice() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-    let clients = aws.clients().await;
-    let endpoints = aws.endpoints();
+    let aws = strict::local_aws().await;
+    let clients = strict::admin(&aws).await;
     let name = unique("handoff");
     let app = unique("handoff-app");
+    let worker_clients = strict::worker_clients(&aws, &name, &app).await;
     stream::create_stream(&clients.kinesis, &name, 4, Duration::from_secs(30))
         .await
         .unwrap();
     let log = Log::default();
-    let first = InProcess::start(&endpoints, &name, &app, "first", &log).await;
+    let first = InProcess::start_with(&worker_clients, &name, &app, "first", &log);
     produce(&clients, &name, 12, 0..10).await;
     wait_for(
         "the first worker to process the first records",
@@ -171,7 +176,7 @@ async fn scaling_out_hands_leases_over_without_processing_anything_twice() {
     )
     .await;
     // A second worker joins while records keep coming: two leases move by handoff.
-    let second = InProcess::start(&endpoints, &name, &app, "second", &log).await;
+    let second = InProcess::start_with(&worker_clients, &name, &app, "second", &log);
     let producing = {
         let clients = clients.clone();
         let name = name.clone();

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::Checkpointer;
 use kcl::local::faults::{Fault, Rule, kinesis_target};
 use kcl::local::testing::{unique, wait_for};
@@ -65,7 +64,7 @@ async fn a_read_error_no_retry_fixes_lets_the_lease_go_and_the_shard_is_read_aga
     for i in 0..5 {
         env.put(&name, "k", &format!("r{i}")).await;
     }
-    let denied = env.kinesis.injector().add(
+    let denied = env.kinesis().injector().add(
         Rule::kinesis(
             "GetRecords",
             Fault::error(400, "AccessDeniedException", "injected: not allowed"),
@@ -75,12 +74,12 @@ async fn a_read_error_no_retry_fixes_lets_the_lease_go_and_the_shard_is_read_aga
     let deliveries = Deliveries::default();
     let worker = Running::start(
         config(&name, &app, "w"),
-        &env.faulty().await,
+        &env.faulty(&name, &app).await,
         &deliveries,
         &Arc::new(AtomicBool::new(false)),
     );
     wait_for("the read to be denied", WAIT, || async {
-        (env.kinesis.injector().remaining(denied) == Some(0)).then_some(())
+        (env.kinesis().injector().remaining(denied) == Some(0)).then_some(())
     })
     .await;
     wait_for(
@@ -99,7 +98,7 @@ async fn a_failed_shard_end_checkpoint_lets_the_lease_go_and_the_children_procee
     let (name, parent) = env.split_stream().await;
     let app = unique("shard-end-app");
     // The first SHARD_END write is refused with an error no retry fixes.
-    let refused = env.dynamodb.injector().add(
+    let refused = env.dynamodb().injector().add(
         Rule::dynamodb(
             "UpdateItem",
             Fault::error(400, "ValidationException", "injected: SHARD_END refused"),
@@ -110,12 +109,12 @@ async fn a_failed_shard_end_checkpoint_lets_the_lease_go_and_the_children_procee
     let deliveries = Deliveries::default();
     let worker = Running::start(
         config(&name, &app, "w"),
-        &env.faulty().await,
+        &env.faulty(&name, &app).await,
         &deliveries,
         &Arc::new(AtomicBool::new(false)),
     );
     wait_for("the SHARD_END write to be refused", WAIT, || async {
-        (env.dynamodb.injector().remaining(refused) == Some(0)).then_some(())
+        (env.dynamodb().injector().remaining(refused) == Some(0)).then_some(())
     })
     .await;
     let store = env.store(&app).await;
@@ -142,7 +141,7 @@ async fn a_shard_gone_from_the_stream_is_ended_and_its_children_proceed() {
     let (name, parent) = env.split_stream().await;
     let app = unique("gone-app");
     // As real Kinesis answers for a closed shard trimmed past the retention period.
-    env.kinesis.injector().add(
+    env.kinesis().injector().add(
         Rule::kinesis(
             "GetShardIterator",
             Fault::error(
@@ -155,11 +154,7 @@ async fn a_shard_gone_from_the_stream_is_ended_and_its_children_proceed() {
         )
         .when_body_contains(&parent),
     );
-    let clients = Clients::connect(&Endpoints::local(
-        env.kinesis.url(),
-        env.aws.endpoints().dynamodb.unwrap(),
-    ))
-    .await;
+    let clients = env.faulty(&name, &app).await;
     let deliveries = Deliveries::default();
     let worker = Running::start(
         config(&name, &app, "w"),
@@ -186,7 +181,7 @@ async fn a_shard_gone_from_the_stream_is_ended_and_its_children_proceed() {
         "the parent's records are gone"
     );
     // One GetShardIterator per shard: no release-and-retake loop on the gone parent.
-    let iterators = env.kinesis.calls(&kinesis_target("GetShardIterator"));
+    let iterators = env.kinesis().calls(&kinesis_target("GetShardIterator"));
     assert!(iterators <= 4, "{iterators} GetShardIterator calls");
     worker.stop().await;
     env.shutdown().await;
@@ -226,7 +221,7 @@ async fn cancelling_a_worker_returns_within_the_grace_when_nothing_answers() {
         .build()
         .unwrap();
     let entered = Arc::new(AtomicBool::new(false));
-    let worker = Worker::new(config, &env.faulty().await, {
+    let worker = Worker::new(config, &env.faulty(&name, &app).await, {
         let entered = Arc::clone(&entered);
         move |_: &str| Stuck(Arc::clone(&entered))
     });
@@ -237,7 +232,7 @@ async fn cancelling_a_worker_returns_within_the_grace_when_nothing_answers() {
     })
     .await;
     // DynamoDB stops answering altogether.
-    env.dynamodb.injector().add(Rule::new(
+    env.dynamodb().injector().add(Rule::new(
         "DynamoDB_20120810.*",
         Fault::Timeout {
             hold: Duration::from_secs(300),

@@ -135,7 +135,7 @@ async fn a_failed_child_lease_creation_is_retried_before_the_periodic_sync() {
     let deliveries = Deliveries::default();
     let worker = Running::start(
         config(&name, &app, "w"),
-        &env.faulty().await,
+        &env.faulty(&name, &app).await,
         &deliveries,
         &Arc::new(AtomicBool::new(false)),
     );
@@ -149,7 +149,7 @@ async fn a_failed_child_lease_creation_is_retried_before_the_periodic_sync() {
         .shard_id
         .clone();
     let first_child = format!("shardId-{:012}", 1);
-    env.dynamodb.injector().add(
+    env.dynamodb().injector().add(
         Rule::dynamodb("PutItem", Fault::internal_server_error())
             .when_body_contains(&first_child)
             .for_next(3),

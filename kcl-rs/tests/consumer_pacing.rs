@@ -6,49 +6,49 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use kcl::local::faults::{FaultPlan, FaultProxy, kinesis_target};
+use kcl::local::LocalAws;
+use kcl::local::faults::{FaultProxy, kinesis_target};
 use kcl::local::testing::unique;
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::retrieval::{RetrievalConfig, ShardReader};
 use kcl::stream;
+
+mod common;
+use common::strict;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Env {
     aws: LocalAws,
-    proxy: FaultProxy,
     stream: String,
     shard: String,
 }
 
 impl Env {
     async fn start() -> Env {
-        let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-        let direct = aws.endpoints();
-        let proxy = FaultProxy::start(direct.kinesis.as_deref().unwrap(), FaultPlan::new(1))
-            .await
-            .unwrap();
+        let aws = strict::local_aws().await;
         let stream = unique("pacing");
-        let kinesis = aws.clients().await.kinesis;
+        let kinesis = strict::admin(&aws).await.kinesis;
         stream::create_stream(&kinesis, &stream, 1, WAIT)
             .await
             .unwrap();
         let shard = stream::list_shards(&kinesis, &stream).await.unwrap()[0]
             .shard_id
             .clone();
-        Env {
-            aws,
-            proxy,
-            stream,
-            shard,
-        }
+        Env { aws, stream, shard }
     }
 
-    /// A reader whose calls go through the counting proxy.
+    /// The strict proxy in front of Kinesis: it counts the calls.
+    fn proxy(&self) -> &FaultProxy {
+        self.aws.strict().expect("strict mode").kinesis_proxy()
+    }
+
+    /// A reader whose calls go through the strict proxy, signed as the worker policy:
+    /// a call over the 5-per-second limit is refused there.
     async fn reader(&self, config: RetrievalConfig) -> ShardReader {
-        let endpoints =
-            kcl::aws::Endpoints::local(self.proxy.url(), self.aws.endpoints().dynamodb.unwrap());
-        let kinesis = kcl::aws::Clients::connect(&endpoints).await.kinesis;
+        let app = unique("pacing-app");
+        let kinesis = strict::worker_clients(&self.aws, &self.stream, &app)
+            .await
+            .kinesis;
         ShardReader::new(
             kinesis,
             &self.stream,
@@ -59,8 +59,7 @@ impl Env {
     }
 
     async fn put(&self, data: String) {
-        self.aws
-            .clients()
+        strict::admin(&self.aws)
             .await
             .kinesis
             .put_record()
@@ -73,7 +72,7 @@ impl Env {
     }
 
     fn get_records_calls(&self) -> u64 {
-        self.proxy.calls(&kinesis_target("GetRecords"))
+        self.proxy().calls(&kinesis_target("GetRecords"))
     }
 }
 
@@ -83,7 +82,7 @@ async fn a_caught_up_reader_on_a_trickling_shard_calls_at_most_five_times_a_seco
     let mut reader = env.reader(RetrievalConfig::default()).await;
     const RECORDS: usize = 80; // one every 50 ms: 4 s
     let producer = {
-        let kinesis = env.aws.clients().await.kinesis;
+        let kinesis = strict::admin(&env.aws).await.kinesis;
         let stream = env.stream.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -125,13 +124,23 @@ async fn a_caught_up_reader_on_a_trickling_shard_calls_at_most_five_times_a_seco
         calls as f64 <= allowed,
         "{calls} GetRecords calls in {elapsed:?}: more than 5 per second"
     );
-    env.proxy.shutdown().await;
+    // The service's own count agrees: strict mode refused none of them.
+    let strict = env.aws.strict().expect("strict mode");
+    assert_eq!(strict.refusals("GetRecords"), 0);
     env.aws.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_is_behind_is_not_paced() {
     let env = Env::start().await;
+    // What is measured is the reader's own pacing, not the service's limit: raised here
+    // so that AWS's 5 calls per second (which a behind reader with batches this small
+    // would meet, and back off from) does not decide the time.
+    let strict = env.aws.strict().expect("strict mode").kinesis();
+    strict.set_limits(kcl::local::strict::KinesisLimits {
+        get_records_per_shard: 1_000,
+        ..strict.limits()
+    });
     const RECORDS: usize = 300;
     for i in 0..RECORDS {
         env.put(format!("r{i}")).await;
@@ -155,6 +164,5 @@ async fn a_reader_that_is_behind_is_not_paced() {
         elapsed < Duration::from_secs(3),
         "30 full batches took {elapsed:?}"
     );
-    env.proxy.shutdown().await;
     env.aws.shutdown().await;
 }

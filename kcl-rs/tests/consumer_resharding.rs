@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::stream;
 
 mod common;
 use common::consumers::{
     InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, produce,
 };
+use common::strict;
 use kcl::local::testing::{unique, wait_for};
 
 const KEYS: usize = 15;
@@ -29,18 +29,20 @@ async fn open_shards_by_range(clients: &kcl::aws::Clients, name: &str) -> Vec<st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-    let clients = aws.clients().await;
+    let aws = strict::local_aws().await;
+    let clients = strict::admin(&aws).await;
     let endpoints = aws.endpoints();
     let name = unique("reshard");
     let app = unique("reshard-app");
+    let worker_clients = strict::worker_clients(&aws, &name, &app).await;
+    let key = strict::worker_key(&app);
     stream::create_stream(&clients.kinesis, &name, 2, Duration::from_secs(30))
         .await
         .unwrap();
     let log = Log::default();
-    let a = InProcess::start(&endpoints, &name, &app, "in-a", &log).await;
-    let b = InProcess::start(&endpoints, &name, &app, "in-b", &log).await;
-    let c = Process::spawn(&endpoints, &name, &app, "proc-c", &log);
+    let a = InProcess::start_with(&worker_clients, &name, &app, "in-a", &log);
+    let b = InProcess::start_with(&worker_clients, &name, &app, "in-b", &log);
+    let c = Process::spawn_as(&endpoints, &key, &name, &app, "proc-c", &log);
 
     produce(&clients, &name, KEYS, 0..20).await;
     let open = open_shards_by_range(&clients, &name).await;
@@ -107,7 +109,7 @@ async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
     a.stop().await;
     b.stop().await;
     let before = log.snapshot().len();
-    let restarted = InProcess::start(&endpoints, &name, &app, "in-restarted", &log).await;
+    let restarted = InProcess::start_with(&worker_clients, &name, &app, "in-restarted", &log);
     produce(&clients, &name, KEYS, 60..61).await;
     wait_for("the records put after the restart", WAIT, || async {
         (log.distinct_data() == total + KEYS).then_some(())
@@ -122,19 +124,20 @@ async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_batch_replays_only_after_the_last_checkpoint() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-    let clients = aws.clients().await;
+    let aws = strict::local_aws().await;
+    let clients = strict::admin(&aws).await;
     let endpoints = aws.endpoints();
     let name = unique("crash");
     let app = unique("crash-app");
+    let key = strict::bind_worker(&aws, &name, &app);
     stream::create_stream(&clients.kinesis, &name, 3, Duration::from_secs(30))
         .await
         .unwrap();
     let log = Log::default();
-    let victim = Process::spawn(&endpoints, &name, &app, "victim", &log);
+    let victim = Process::spawn_as(&endpoints, &key, &name, &app, "victim", &log);
     let survivors = [
-        Process::spawn(&endpoints, &name, &app, "survivor-1", &log),
-        Process::spawn(&endpoints, &name, &app, "survivor-2", &log),
+        Process::spawn_as(&endpoints, &key, &name, &app, "survivor-1", &log),
+        Process::spawn_as(&endpoints, &key, &name, &app, "survivor-2", &log),
     ];
     produce(&clients, &name, KEYS, 0..30).await;
     wait_for("the victim to process some records", WAIT, || async {
@@ -184,5 +187,14 @@ async fn sigkill_mid_batch_replays_only_after_the_last_checkpoint() {
         survivor.signal(libc::SIGTERM);
         assert!(survivor.wait().await.success());
     }
+    // The processes called as the documented worker policy, and it allowed them.
+    let strict = aws.strict().expect("strict mode");
+    assert!(strict.iam().checked("GetRecords") > 0);
+    assert!(strict.iam().checked("UpdateItem") > 0);
+    assert_eq!(
+        strict.refusals_of("GetRecords", kcl::local::strict::RefusalKind::AccessDenied)
+            + strict.refusals_of("UpdateItem", kcl::local::strict::RefusalKind::AccessDenied),
+        0
+    );
     aws.shutdown().await;
 }

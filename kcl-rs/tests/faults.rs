@@ -1,7 +1,8 @@
 //! Fault injection: throttling, 5xx answers, dropped connections and added latency
 //! between kcl-rs and its AWS services, through `kcl::local::faults::FaultProxy` in
 //! front of the embedded DynamoDB and Kinesis (or the external Kinesis named by
-//! `KCL_TEST_KINESIS_ENDPOINT`). Each test starts its own local AWS and proxies.
+//! `KCL_TEST_KINESIS_ENDPOINT`). Each test starts its own strict local AWS and injects
+//! faults through the plans of its strict proxies.
 //!
 //! What must hold: renewals ride out throttling while the lease has time left and give
 //! the lease up once it has none; a checkpoint that fails is retried or reported, never
@@ -20,8 +21,8 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::handle::{LeaseHandle, LeasePhase, LostReason};
 use kcl::leases::observer::Observer;
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseError, LeaseStore};
+use kcl::local::LocalAws;
 use kcl::local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::retrieval::{RetrievalConfig, ShardReader};
 use kcl::worker::Worker;
@@ -31,55 +32,55 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::consumers::{self, InProcess, Log};
+use common::strict;
 use kcl::local::testing::{unique, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const FAILOVER: Duration = Duration::from_secs(3);
 
-/// A local AWS with a fault proxy (empty plan) in front of each service.
+/// A strict local AWS; the plans of its strict proxies (empty at start) inject faults.
 struct Env {
     aws: LocalAws,
-    kinesis: FaultProxy,
-    dynamodb: FaultProxy,
 }
 
 impl Env {
     async fn start(seed: u64) -> Env {
-        let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-        let direct = aws.endpoints();
-        let plan = |offset| kcl::local::faults::FaultPlan::new(seed + offset);
-        let kinesis = FaultProxy::start(direct.kinesis.as_deref().unwrap(), plan(0))
-            .await
-            .unwrap();
-        let dynamodb = FaultProxy::start(direct.dynamodb.as_deref().unwrap(), plan(1))
-            .await
-            .unwrap();
-        Env {
-            aws,
-            kinesis,
-            dynamodb,
-        }
+        let env = Env {
+            aws: strict::local_aws().await,
+        };
+        env.kinesis().plan().reseed(seed);
+        env.dynamodb().plan().reseed(seed + 1);
+        env
+    }
+
+    /// The strict proxy in front of Kinesis.
+    fn kinesis(&self) -> &FaultProxy {
+        self.aws.strict().expect("strict mode").kinesis_proxy()
+    }
+
+    /// The strict proxy in front of DynamoDB.
+    fn dynamodb(&self) -> &FaultProxy {
+        self.aws.strict().expect("strict mode").dynamodb_proxy()
     }
 
     /// Both services through their proxies.
     fn faulty(&self) -> Endpoints {
-        Endpoints::local(self.kinesis.url(), self.dynamodb.url())
+        self.aws.endpoints()
     }
 
     /// Both services directly: for setting up and for looking.
     async fn direct(&self) -> Clients {
-        self.aws.clients().await
+        strict::admin(&self.aws).await
     }
 
     async fn direct_store(&self, table: &str) -> DynamoLeaseStore {
         DynamoLeaseStore::new(self.direct().await.dynamodb, table)
     }
 
+    /// A worker's lease store: through the proxy, signed as the worker policy.
     async fn faulty_store(&self, table: &str) -> Arc<dyn LeaseStore> {
-        Arc::new(DynamoLeaseStore::new(
-            Clients::connect(&self.faulty()).await.dynamodb,
-            table,
-        ))
+        let clients = strict::worker_clients(&self.aws, "no-stream", table).await;
+        Arc::new(DynamoLeaseStore::new(clients.dynamodb, table))
     }
 
     async fn stream(&self, shards: i32) -> String {
@@ -108,8 +109,6 @@ impl Env {
     }
 
     async fn shutdown(self) {
-        self.kinesis.shutdown().await;
-        self.dynamodb.shutdown().await;
         self.aws.shutdown().await;
     }
 }
@@ -125,12 +124,12 @@ async fn single_attempt_clients(env: &Env) -> (aws_sdk_kinesis::Client, aws_sdk_
         .operation_attempt_timeout(Duration::from_millis(500))
         .build();
     let kinesis = aws_sdk_kinesis::config::Builder::from(&config)
-        .endpoint_url(env.kinesis.url())
+        .endpoint_url(env.kinesis().url())
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts.clone())
         .build();
     let dynamodb = aws_sdk_dynamodb::config::Builder::from(&config)
-        .endpoint_url(env.dynamodb.url())
+        .endpoint_url(env.dynamodb().url())
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts)
         .build();
@@ -149,7 +148,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
     let list_tables = dynamodb_target("ListTables");
 
     // Error answers: the SDK parses code and status.
-    env.kinesis
+    env.kinesis()
         .plan()
         .add(Rule::kinesis("ListStreams", Fault::throughput_exceeded()).for_next(1));
     let err = kinesis.list_streams().send().await.unwrap_err();
@@ -166,7 +165,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
         (Fault::internal_server_error(), "InternalServerError", 500),
         (Fault::service_unavailable(), "ServiceUnavailable", 503),
     ] {
-        env.dynamodb
+        env.dynamodb()
             .plan()
             .add(Rule::dynamodb("ListTables", fault).for_next(1));
         let err = dynamodb.list_tables().send().await.unwrap_err();
@@ -177,7 +176,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
     }
 
     // A dropped connection is a dispatch (I/O) failure, retryable.
-    env.dynamodb
+    env.dynamodb()
         .plan()
         .add(Rule::dynamodb("ListTables", Fault::DropConnection).for_next(1));
     let err = dynamodb.list_tables().send().await.unwrap_err();
@@ -190,7 +189,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
     );
 
     // A request held past the attempt timeout is a timeout, and is not forwarded.
-    env.dynamodb.plan().add(
+    env.dynamodb().plan().add(
         Rule::dynamodb(
             "ListTables",
             Fault::Timeout {
@@ -209,7 +208,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
     );
 
     // Latency delays, then answers.
-    env.dynamodb.plan().add(
+    env.dynamodb().plan().add(
         Rule::dynamodb(
             "ListTables",
             Fault::Latency {
@@ -224,7 +223,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
 
     // A dropped response: the service acted, the client cannot know.
     let table = unique("dropped");
-    env.dynamodb
+    env.dynamodb()
         .plan()
         .add(Rule::dynamodb("CreateTable", Fault::DropResponse).for_next(1));
     let err = DynamoLeaseStore::new(dynamodb.clone(), &table)
@@ -242,7 +241,7 @@ async fn each_fault_reaches_the_sdk_as_the_service_would_send_it() {
         .unwrap();
     assert!(tables.table_names().contains(&table), "{tables:?}");
 
-    let counts = env.dynamodb.counts();
+    let counts = env.dynamodb().counts();
     assert_eq!(counts.calls(&list_tables), 7);
     assert_eq!(counts.injected(&list_tables, FaultKind::Throttling), 2);
     assert_eq!(counts.injected(&list_tables, FaultKind::ServerError), 2);
@@ -336,11 +335,11 @@ async fn renewals_throttled_half_the_time_keep_every_lease() {
 
     // Half of all UpdateItem calls (renewals and heartbeats) are throttled.
     let update_item = dynamodb_target("UpdateItem");
-    env.dynamodb
+    env.dynamodb()
         .plan()
         .add(Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()).with_probability(0.5));
     let renewal_interval = worker.coordinator.config().renewal_interval();
-    let throttled_before = env.dynamodb.injected(&update_item, FaultKind::Throttling);
+    let throttled_before = env.dynamodb().injected(&update_item, FaultKind::Throttling);
 
     // Watch the table for five renewal intervals exactly as a taking worker does: a
     // lease whose counter stays unchanged for the failover time would be taken.
@@ -361,13 +360,13 @@ async fn renewals_throttled_half_the_time_keep_every_lease() {
         // Sampling pace of the watch, not a synchronisation.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let throttled = env.dynamodb.injected(&update_item, FaultKind::Throttling) - throttled_before;
+    let throttled = env.dynamodb().injected(&update_item, FaultKind::Throttling) - throttled_before;
     assert!(
         throttled >= 5,
         "only {throttled} UpdateItem calls were throttled; the test proves nothing"
     );
 
-    env.dynamodb.plan().clear();
+    env.dynamodb().plan().clear();
     worker.stop().await;
     env.shutdown().await;
 }
@@ -380,7 +379,7 @@ async fn renewals_throttled_past_the_failover_time_give_the_leases_up_to_a_healt
     let mut sick = Coordinator::start(env.faulty_store(&table).await, "worker-sick");
     let handles = sick.acquire(4).await;
 
-    env.dynamodb
+    env.dynamodb()
         .plan()
         .add(Rule::dynamodb("UpdateItem", Fault::throughput_exceeded()));
     let throttled_at = Instant::now();
@@ -414,7 +413,7 @@ async fn renewals_throttled_past_the_failover_time_give_the_leases_up_to_a_healt
         "{leases:?}"
     );
 
-    env.dynamodb.plan().clear();
+    env.dynamodb().plan().clear();
     healthy.stop().await;
     sick.stop().await;
     env.shutdown().await;
@@ -469,7 +468,7 @@ impl CheckpointFixture {
         let (tx, results) = mpsc::unbounded_channel();
         let worker = Worker::new(
             config,
-            &Clients::connect(&env.faulty()).await,
+            &strict::worker_clients(&env.aws, &stream, &app).await,
             move |_: &str| ReportingProcessor {
                 results: tx.clone(),
             },
@@ -520,7 +519,7 @@ impl CheckpointFixture {
     }
 
     async fn stop(self) {
-        self.env.dynamodb.plan().clear();
+        self.env.dynamodb().plan().clear();
         self.cancel.cancel();
         self.run.await.unwrap().unwrap();
         self.env.shutdown().await;
@@ -537,18 +536,18 @@ async fn a_checkpoint_failing_twice_is_retried_and_stored() {
     let mut fixture = CheckpointFixture::start(21).await;
     let rule = fixture
         .env
-        .dynamodb
+        .dynamodb()
         .plan()
         .add(checkpoint_writes(Fault::internal_server_error()).for_next(2));
     fixture.put("first").await;
 
     let (result, position) = fixture.next_result().await;
     result.expect("checkpoint retried past two 500s");
-    assert_eq!(fixture.env.dynamodb.plan().remaining(rule), Some(0));
+    assert_eq!(fixture.env.dynamodb().plan().remaining(rule), Some(0));
     assert_eq!(
         fixture
             .env
-            .dynamodb
+            .dynamodb()
             .injected(&dynamodb_target("UpdateItem"), FaultKind::ServerError),
         2
     );
@@ -566,7 +565,7 @@ async fn a_checkpoint_failing_persistently_is_reported_and_changes_nothing() {
 
     fixture
         .env
-        .dynamodb
+        .dynamodb()
         .plan()
         .add(checkpoint_writes(Fault::internal_server_error()));
     fixture.put("second").await;
@@ -582,7 +581,7 @@ async fn a_checkpoint_failing_persistently_is_reported_and_changes_nothing() {
     assert_eq!(fixture.stored_checkpoint().await, first);
     let failed = fixture
         .env
-        .dynamodb
+        .dynamodb()
         .injected(&dynamodb_target("UpdateItem"), FaultKind::ServerError);
     assert!(failed >= 3, "the checkpoint was tried only {failed} times");
     fixture.stop().await;
@@ -598,7 +597,7 @@ async fn kinesis_without_sdk_retries(env: &Env) -> aws_sdk_kinesis::Client {
     let config = kcl::aws::sdk_config(&endpoints).await;
     aws_sdk_kinesis::Client::from_conf(
         aws_sdk_kinesis::config::Builder::from(&config)
-            .endpoint_url(env.kinesis.url())
+            .endpoint_url(env.kinesis().url())
             .retry_config(RetryConfig::disabled())
             .build(),
     )
@@ -640,7 +639,7 @@ async fn get_records_throttled_for_the_next_calls_backs_off_and_delivers_everyth
     let env = Env::start(31).await;
     let mut reader = reader_with_records(&env, 20).await;
     let get_records = kinesis_target("GetRecords");
-    env.kinesis
+    env.kinesis()
         .plan()
         .add(Rule::kinesis("GetRecords", Fault::throughput_exceeded()).for_next(THROTTLED));
 
@@ -653,9 +652,9 @@ async fn get_records_throttled_for_the_next_calls_backs_off_and_delivers_everyth
 
     let expected: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
     assert_eq!(data(&batch), expected);
-    assert_eq!(env.kinesis.calls(&get_records), THROTTLED + 1);
+    assert_eq!(env.kinesis().calls(&get_records), THROTTLED + 1);
     assert_eq!(
-        env.kinesis.injected(&get_records, FaultKind::Throttling),
+        env.kinesis().injected(&get_records, FaultKind::Throttling),
         THROTTLED
     );
     // Full jitter: the k-th delay is uniform in [0, min(20 ms · 2^(k-1), 200 ms)], so
@@ -681,7 +680,7 @@ async fn persistent_get_records_throttling_is_paced_by_the_backoff() {
     let mut reader = reader_with_records(&env, 5).await;
     let get_records = kinesis_target("GetRecords");
     let rule = env
-        .kinesis
+        .kinesis()
         .plan()
         .add(Rule::kinesis("GetRecords", Fault::throughput_exceeded()));
 
@@ -691,9 +690,9 @@ async fn persistent_get_records_throttling_is_paced_by_the_backoff() {
     });
     // Watch the calls for two seconds of throttling.
     let window = Duration::from_secs(2);
-    let calls_at_start = env.kinesis.calls(&get_records);
+    let calls_at_start = env.kinesis().calls(&get_records);
     tokio::time::sleep(window).await;
-    let calls = env.kinesis.calls(&get_records) - calls_at_start;
+    let calls = env.kinesis().calls(&get_records) - calls_at_start;
     // Delays are uniform in [0, bound] with the bound doubling from 20 ms up to 200 ms:
     // 40 calls in 2 s would need 40 delays averaging 50 ms against an expected ~100 ms
     // (a chance below 1e-6). A reader without backoff makes thousands.
@@ -704,7 +703,7 @@ async fn persistent_get_records_throttling_is_paced_by_the_backoff() {
     );
 
     // Healed, the same call delivers.
-    assert!(env.kinesis.plan().remove(rule));
+    assert!(env.kinesis().plan().remove(rule));
     let (_reader, batch) = tokio::time::timeout(DEADLINE, reading)
         .await
         .expect("delivered once healed")
@@ -724,7 +723,8 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
     let stream = env.stream(2).await;
     let app = unique("drops");
     let log = Log::default();
-    let worker = InProcess::start(&env.faulty(), &stream, &app, "worker-1", &log).await;
+    let clients = strict::worker_clients(&env.aws, &stream, &app).await;
+    let worker = InProcess::start_with(&clients, &stream, &app, "worker-1", &log);
     // Faults start once the worker runs: its start-up is not what is tested here.
     let direct = env.direct_store(&app).await;
     wait_for("the worker to hold both leases", DEADLINE, || async {
@@ -738,8 +738,8 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
     .await;
 
     for (proxy, service) in [
-        (&env.kinesis, "Kinesis_20131202.*"),
-        (&env.dynamodb, "DynamoDB_20120810.*"),
+        (env.kinesis(), "Kinesis_20131202.*"),
+        (env.dynamodb(), "DynamoDB_20120810.*"),
     ] {
         let plan = proxy.plan();
         plan.add(Rule::new(service, Fault::DropConnection).with_probability(0.1));
@@ -757,7 +757,7 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
     // One round at a time, each after a further fault on both services, so that the
     // faults fall among the deliveries rather than after them.
     let clients = env.direct().await;
-    let injected = || [&env.kinesis, &env.dynamodb].map(|proxy| proxy.counts().total_injected());
+    let injected = || [env.kinesis(), env.dynamodb()].map(|proxy| proxy.counts().total_injected());
     for round in 0..ROUNDS {
         consumers::produce(&clients, &stream, KEYS, round..round + 1).await;
         let before = injected();
@@ -782,14 +782,14 @@ async fn a_worker_delivers_everything_in_order_through_drops_and_latency() {
         DEADLINE,
         || async {
             (log.distinct_data() == KEYS * ROUNDS
-                && every_kind(&env.kinesis)
-                && every_kind(&env.dynamodb))
+                && every_kind(env.kinesis())
+                && every_kind(env.dynamodb()))
             .then_some(())
         },
     )
     .await;
-    env.kinesis.plan().clear();
-    env.dynamodb.plan().clear();
+    env.kinesis().plan().clear();
+    env.dynamodb().plan().clear();
     worker.stop().await;
     consumers::assert_per_key_order(&log.snapshot());
     env.shutdown().await;
@@ -822,7 +822,7 @@ async fn a_worker_whose_get_records_calls_time_out_delivers_every_record_once_in
     let direct = env.direct().await.kinesis;
     // A third of the GetRecords calls hang past the worker's 300 ms attempt timeout;
     // the SDK gives up on them, the reader retries with the same iterator.
-    env.kinesis.plan().add(
+    env.kinesis().plan().add(
         Rule::kinesis(
             "GetRecords",
             Fault::Timeout {
@@ -834,7 +834,7 @@ async fn a_worker_whose_get_records_calls_time_out_delivers_every_record_once_in
     let faulty = env.faulty();
     let config = kcl::aws::sdk_config(&faulty).await;
     let kinesis = aws_sdk_kinesis::config::Builder::from(&config)
-        .endpoint_url(env.kinesis.url())
+        .endpoint_url(env.kinesis().url())
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .operation_attempt_timeout(Duration::from_millis(300))
@@ -873,14 +873,14 @@ async fn a_worker_whose_get_records_calls_time_out_delivers_every_record_once_in
     let expected: Vec<String> = (0..RECORDS).map(|i| format!("r{i}")).collect();
     assert_eq!(delivered, expected, "every record once, in order");
     let timeouts = env
-        .kinesis
+        .kinesis()
         .counts()
         .injected(&kinesis_target("GetRecords"), FaultKind::Timeout);
     assert!(timeouts >= 3, "only {timeouts} GetRecords calls timed out");
 
     // Nothing more arrives, the lease stayed with the worker, and the checkpoint is at
     // the last record.
-    env.kinesis.plan().clear();
+    env.kinesis().plan().clear();
     let leases = env.direct_store(&app).await;
     let last = direct
         .get_shard_iterator()

@@ -13,13 +13,14 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::handle::{HandleError, LeaseHandle, RenewOutcome};
 use kcl::leases::{Lease, LeaseStore};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl::local::LocalAws;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod common;
+use common::strict;
 use kcl::local::testing::{unique, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -31,7 +32,7 @@ struct Table {
 
 impl Table {
     async fn with_leases(count: usize) -> Table {
-        let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+        let aws = strict::local_aws().await;
         let table = Table {
             aws,
             name: unique("leases"),
@@ -48,12 +49,11 @@ impl Table {
         table
     }
 
-    /// Each worker gets its own SDK client, as separate machines would.
+    /// Each worker gets its own SDK client, as separate machines would, signed as the
+    /// documented worker policy (the lease table is the only resource used here).
     async fn store(&self) -> Arc<dyn LeaseStore> {
-        Arc::new(DynamoLeaseStore::new(
-            self.aws.clients().await.dynamodb,
-            self.name.clone(),
-        ))
+        let clients = strict::worker_clients(&self.aws, "no-stream", &self.name).await;
+        Arc::new(DynamoLeaseStore::new(clients.dynamodb, self.name.clone()))
     }
 
     /// Owner → number of leases (unowned under "").
@@ -249,6 +249,10 @@ impl WorkerProcess {
     fn spawn(table: &Table, id: &str, failover: Duration) -> WorkerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kcl-lease-worker"))
             .arg(table.aws.endpoints().dynamodb.unwrap())
+            .env(
+                kcl::aws::LOCAL_ACCESS_KEY_ENV,
+                strict::bind_worker(&table.aws, "no-stream", &table.name),
+            )
             .arg(&table.name)
             .arg(id)
             .arg(failover.as_millis().to_string())

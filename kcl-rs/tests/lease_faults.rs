@@ -1,6 +1,7 @@
 //! Lease coordination when the lease table misbehaves the way real DynamoDB does:
 //! transaction conflicts on lease writes, a hung connection, a malformed item. Every
-//! worker talks to the embedded DynamoDB through a fault proxy; the test's own reads go
+//! worker talks to the embedded DynamoDB through the strict proxy (whose plan injects
+//! the faults), signed as the documented worker policy; the test's own reads go
 //! directly.
 
 use std::collections::BTreeMap;
@@ -8,35 +9,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::handle::{LeasePhase, LostReason};
 use kcl::leases::{Lease, LeaseStore};
-use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, dynamodb_target};
+use kcl::local::LocalAws;
+use kcl::local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target};
 use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::strict;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const FAILOVER: Duration = Duration::from_secs(3);
 
 struct Env {
     aws: LocalAws,
-    proxy: FaultProxy,
     table: String,
 }
 
 impl Env {
     async fn start(leases: usize) -> Env {
-        let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-        let proxy = FaultProxy::start(&aws.endpoints().dynamodb.unwrap(), FaultPlan::new(11))
-            .await
-            .unwrap();
         let env = Env {
-            aws,
-            proxy,
+            aws: strict::local_aws().await,
             table: unique("leases"),
         };
         let store = env.direct_store().await;
@@ -51,18 +48,23 @@ impl Env {
         env
     }
 
+    /// The strict proxy in front of DynamoDB: its plan injects the faults.
+    fn proxy(&self) -> &FaultProxy {
+        self.aws.strict().expect("strict mode").dynamodb_proxy()
+    }
+
     /// The test's own view, not through the proxy.
     async fn direct_store(&self) -> Arc<dyn LeaseStore> {
         Arc::new(DynamoLeaseStore::new(
-            self.aws.clients().await.dynamodb,
+            strict::admin(&self.aws).await.dynamodb,
             self.table.clone(),
         ))
     }
 
-    /// A worker's store: its own SDK client, through the fault proxy.
+    /// A worker's store: its own SDK client, through the strict proxy, signed as the
+    /// documented worker policy.
     async fn faulty_store(&self) -> Arc<dyn LeaseStore> {
-        let endpoints = Endpoints::local(self.aws.endpoints().kinesis.unwrap(), self.proxy.url());
-        let clients = Clients::connect(&endpoints).await;
+        let clients = strict::worker_clients(&self.aws, "no-stream", &self.table).await;
         Arc::new(DynamoLeaseStore::new(clients.dynamodb, self.table.clone()))
     }
 
@@ -199,7 +201,7 @@ async fn half_of_lease_writes_conflicted_costs_no_lease() {
         .map(|l| (l.key, l.counter))
         .collect();
 
-    env.proxy.plan().add(
+    env.proxy().plan().add(
         Rule::dynamodb(
             "UpdateItem",
             Fault::error(
@@ -213,10 +215,10 @@ async fn half_of_lease_writes_conflicted_costs_no_lease() {
     );
     // A sustained period, not a synchronisation: five failover times of conflicts.
     tokio::time::sleep(FAILOVER * 5).await;
-    env.proxy.plan().clear();
+    env.proxy().plan().clear();
 
     let conflicted = env
-        .proxy
+        .proxy()
         .injected(&dynamodb_target("UpdateItem"), FaultKind::ClientError);
     assert!(conflicted >= 20, "only {conflicted} conflicts injected");
     let lost: Vec<_> = a.lost().into_iter().chain(b.lost()).collect();
@@ -238,7 +240,6 @@ async fn half_of_lease_writes_conflicted_costs_no_lease() {
     }
     a.stop().await;
     b.stop().await;
-    env.proxy.shutdown().await;
     env.aws.shutdown().await;
 }
 
@@ -254,19 +255,19 @@ async fn a_hung_renewal_or_heartbeat_costs_no_lease() {
     let hold = Fault::Timeout {
         hold: Duration::from_secs(60),
     };
-    env.proxy.plan().add(
+    env.proxy().plan().add(
         Rule::dynamodb("UpdateItem", hold.clone())
             .when_body_contains(env.lease_table_fragment())
             .for_next(2),
     );
-    env.proxy.plan().add(
+    env.proxy().plan().add(
         Rule::dynamodb("UpdateItem", hold)
             .when_body_contains(env.workers_table_fragment())
             .for_next(2),
     );
     tokio::time::sleep(FAILOVER * 4).await;
     let hung = env
-        .proxy
+        .proxy()
         .injected(&dynamodb_target("UpdateItem"), FaultKind::Timeout);
     assert_eq!(hung, 4, "the hung calls were not all made");
     let lost: Vec<_> = a.lost().into_iter().chain(b.lost()).collect();
@@ -281,7 +282,6 @@ async fn a_hung_renewal_or_heartbeat_costs_no_lease() {
     assert_eq!(env.owners().await, before);
     a.stop().await;
     b.stop().await;
-    env.proxy.shutdown().await;
     env.aws.shutdown().await;
 }
 
@@ -318,7 +318,6 @@ async fn a_malformed_lease_item_does_not_stop_the_worker() {
     .await;
     assert!(!worker.run.is_finished(), "the coordinator stopped");
     worker.stop().await;
-    env.proxy.shutdown().await;
     env.aws.shutdown().await;
 }
 
@@ -334,12 +333,12 @@ async fn release_all_retries_transient_errors_and_releases_every_lease() {
     .await;
     worker.cancel.cancel();
     worker.run.await.unwrap().unwrap();
-    env.proxy.plan().add(
+    env.proxy().plan().add(
         Rule::dynamodb("DeleteItem", Fault::service_unavailable())
             .when_body_contains(env.workers_table_fragment())
             .for_next(4),
     );
-    env.proxy.plan().add(
+    env.proxy().plan().add(
         Rule::dynamodb(
             "UpdateItem",
             Fault::error(
@@ -360,7 +359,6 @@ async fn release_all_retries_transient_errors_and_releases_every_lease() {
     let workers = env.direct_store().await.list_workers().await.unwrap();
     assert!(workers.is_empty(), "worker record left: {workers:?}");
     assert!(worker.lost.lock().unwrap().is_empty());
-    env.proxy.shutdown().await;
     env.aws.shutdown().await;
 }
 
@@ -374,7 +372,7 @@ async fn shutdown_is_bounded_when_dynamodb_hangs() {
         (env.owners().await.get("worker-a").map(Vec::len) == Some(4)).then_some(())
     })
     .await;
-    env.proxy.plan().add(Rule::dynamodb(
+    env.proxy().plan().add(Rule::dynamodb(
         "*",
         Fault::Timeout {
             hold: Duration::from_secs(120),
@@ -397,7 +395,6 @@ async fn shutdown_is_bounded_when_dynamodb_hangs() {
         took <= FAILOVER * 2 + Duration::from_secs(1),
         "shutdown took {took:?} with DynamoDB hanging (failover time {FAILOVER:?})"
     );
-    env.proxy.plan().clear();
-    env.proxy.shutdown().await;
+    env.proxy().plan().clear();
     env.aws.shutdown().await;
 }

@@ -15,8 +15,10 @@ use kcl::leases::dynamo::{DynamoLeaseStore, ownership_check};
 use kcl::leases::handle::{HandleError, LeaseHandle};
 use kcl::leases::{Lease, LeaseStore};
 use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::strict;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const SHARD: &str = "shardId-000000000000";
@@ -89,7 +91,8 @@ async fn fenced_put(
 /// it again: the consumer instance of the first ownership must not write any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_from_before_its_worker_retook_the_lease_is_refused() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    // Through the strict proxies: fencing transactions meet transaction conflicts.
+    let aws = strict::local_aws().await;
     let client = aws.clients().await.dynamodb;
     let table = unique("leases");
     let effects = unique("effects");
@@ -169,7 +172,8 @@ async fn a_consumer_from_before_its_worker_retook_the_lease_is_refused() {
 /// checkpoint), fenced by its own epoch; the new owner only once it holds the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ownership_check_follows_a_graceful_handoff() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    // Through the strict proxies: fencing transactions meet transaction conflicts.
+    let aws = strict::local_aws().await;
     let client = aws.clients().await.dynamodb;
     let table = unique("leases");
     let store: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(client.clone(), &table));

@@ -17,6 +17,7 @@ use kcl::stream;
 use tokio_util::sync::CancellationToken;
 
 mod common;
+use common::strict;
 use kcl::local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,21 +25,28 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A running Kinesis with one stream of `shards` shards.
 struct Fixture {
     aws: LocalAws,
+    /// The administrator's, straight to Kinesis: set-up and looking.
     kinesis: Client,
+    /// Through the strict proxy, signed as the documented worker policy: the readers'.
+    reader_kinesis: Client,
     stream: String,
 }
 
 impl Fixture {
     async fn start(options: LocalAwsOptions, prefix: &str, shards: i32) -> Fixture {
         let aws = LocalAws::start(options).await.unwrap();
-        let kinesis = aws.clients().await.kinesis;
+        let kinesis = strict::admin(&aws).await.kinesis;
         let stream = unique(prefix);
+        let reader_kinesis = strict::worker_clients(&aws, &stream, &unique("retr-app"))
+            .await
+            .kinesis;
         stream::create_stream(&kinesis, &stream, shards, WAIT)
             .await
             .unwrap();
         Fixture {
             aws,
             kinesis,
+            reader_kinesis,
             stream,
         }
     }
@@ -82,7 +90,13 @@ impl Fixture {
         start: ExtendedSequenceNumber,
         config: RetrievalConfig,
     ) -> ShardReader {
-        ShardReader::new(self.kinesis.clone(), &self.stream, shard_id, start, config)
+        ShardReader::new(
+            self.reader_kinesis.clone(),
+            &self.stream,
+            shard_id,
+            start,
+            config,
+        )
     }
 }
 
@@ -146,7 +160,7 @@ async fn collect(reader: &mut ShardReader, n: usize) -> Collected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trim_horizon_reads_everything_in_order_across_batches() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-trim", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-trim", 1).await;
     let shard = fx.first_shard().await;
     let sequence_numbers = fx.put_texts(texts(0..50, "r")).await;
 
@@ -189,7 +203,7 @@ async fn trim_horizon_reads_everything_in_order_across_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_from_a_checkpoint_delivers_only_later_records() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-resume", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-resume", 1).await;
     let shard = fx.first_shard().await;
     let sequence_numbers = fx.put_texts(texts(0..20, "r")).await;
 
@@ -209,7 +223,7 @@ async fn resume_from_a_checkpoint_delivers_only_later_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_sees_only_records_put_after_the_first_read() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-latest", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-latest", 1).await;
     let shard = fx.first_shard().await;
     fx.put_texts(texts(0..5, "before")).await;
 
@@ -224,7 +238,7 @@ async fn latest_sees_only_records_put_after_the_first_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_timestamp_starts_at_the_first_record_at_or_after_it() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-ts", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-ts", 1).await;
     let shard = fx.first_shard().await;
     fx.put_texts(texts(0..5, "before")).await;
     // Arrival timestamps are what is compared: leave a clear gap on either side.
@@ -256,7 +270,7 @@ async fn at_timestamp_starts_at_the_first_record_at_or_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_parent_is_read_to_its_end_after_a_split() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-split", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-split", 1).await;
     let parent = fx.first_shard().await;
     fx.put_texts(texts(0..10, "parent")).await;
     stream::split_shard(&fx.kinesis, &fx.stream, &parent, None, WAIT)
@@ -311,7 +325,7 @@ async fn closed_parent_is_read_to_its_end_after_a_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_are_split_and_resumed_inside() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-kpl", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-kpl", 1).await;
     let shard = fx.first_shard().await;
     let mut aggregator = Aggregator::new();
     for i in 0..5 {
@@ -373,7 +387,7 @@ async fn aggregates_are_split_and_resumed_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn magic_with_garbage_is_one_plain_record_and_counted() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-garbage", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-garbage", 1).await;
     let shard = fx.first_shard().await;
     let mut garbage = MAGIC.to_vec();
     garbage.extend_from_slice(b"not a protobuf, and the last 16 bytes are no MD5");
@@ -394,7 +408,7 @@ async fn magic_with_garbage_is_one_plain_record_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetcher_delivers_batches_in_order_and_stops_promptly_on_cancel() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-prefetch", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-prefetch", 1).await;
     let shard = fx.first_shard().await;
     fx.put_texts(texts(0..60, "r")).await;
 
@@ -463,7 +477,7 @@ async fn prefetcher_retries_an_unreachable_endpoint_until_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_stream_is_a_typed_error_delivered_last() {
-    let fx = Fixture::start(LocalAwsOptions::from_env(), "retr-missing", 1).await;
+    let fx = Fixture::start(strict::options(), "retr-missing", 1).await;
     let shard = fx.first_shard().await;
     let reader = ShardReader::new(
         fx.kinesis.clone(),
@@ -496,7 +510,7 @@ async fn expired_iterator_is_reacquired_after_the_last_delivered_record() {
     let options = LocalAwsOptions {
         iterator_ttl_seconds: 1,
         kinesis: KinesisBackend::Embedded,
-        ..LocalAwsOptions::default()
+        ..strict::options()
     };
     let fx = Fixture::start(options, "retr-expired", 1).await;
     let shard = fx.first_shard().await;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseStore};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::shard_sync::ShardSyncer;
 use kcl::stream;
 
 mod common;
+use common::strict;
 use kcl::local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,19 +28,19 @@ async fn leases_by_key(store: &Arc<dyn LeaseStore>) -> BTreeMap<String, Lease> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_follow_splits_and_merges_with_lineage() {
-    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-    let clients = aws.clients().await;
+    let aws = strict::local_aws().await;
+    let clients = strict::admin(&aws).await;
     let name = unique("sync");
+    let app = unique("sync-leases");
+    // The syncer and its store call as a worker does.
+    let worker = strict::worker_clients(&aws, &name, &app).await;
     stream::create_stream(&clients.kinesis, &name, 2, WAIT)
         .await
         .unwrap();
-    let store: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
-        clients.dynamodb.clone(),
-        unique("sync-leases"),
-    ));
+    let store: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(worker.dynamodb.clone(), app));
     store.ensure_tables().await.unwrap();
     let syncer = ShardSyncer::new(
-        clients.kinesis.clone(),
+        worker.kinesis.clone(),
         &name,
         Arc::clone(&store),
         ExtendedSequenceNumber::new(SequencePosition::Latest),

@@ -4,6 +4,9 @@
 //!
 //! Usage: `kcl-lease-worker <dynamodb-endpoint-url> <lease-table> <worker-id> <failover-ms>`
 //! (an empty endpoint URL means real AWS).
+//!
+//! With `KCL_LOCAL_ACCESS_KEY_ID` set, its requests to local endpoints are signed with
+//! that key (the IAM principal a strict local AWS binds to it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +38,7 @@ async fn main() -> std::process::ExitCode {
         dynamodb: (!endpoint.is_empty()).then(|| endpoint.clone()),
         ..Endpoints::default()
     };
-    let clients = Clients::connect(&endpoints).await;
+    let clients = Clients::connect_from_env(&endpoints).await;
     let store = Arc::new(DynamoLeaseStore::new(clients.dynamodb, table.clone()));
     let mut config = LeaseConfig::new(worker_id.clone());
     config.failover_time = Duration::from_millis(failover_ms);

@@ -6,6 +6,9 @@
 //! SIGTERM: graceful shutdown. SIGKILL: a crash.
 //!
 //! Usage: `kcl-record-worker <kinesis-url> <dynamodb-url> <stream> <application> <worker-id> <failover-ms>`
+//!
+//! With `KCL_LOCAL_ACCESS_KEY_ID` set, its requests to local endpoints are signed with
+//! that key (the IAM principal a strict local AWS binds to it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -111,7 +114,8 @@ async fn main() -> std::process::ExitCode {
         eprintln!("failover-ms must be a whole number, got {failover_ms:?}");
         return std::process::ExitCode::from(2);
     };
-    let clients = Clients::connect(&Endpoints::local(kinesis.clone(), dynamodb.clone())).await;
+    let clients =
+        Clients::connect_from_env(&Endpoints::local(kinesis.clone(), dynamodb.clone())).await;
     let config = match WorkerConfig::builder(stream.clone(), application.clone())
         .worker_id(worker_id.clone())
         .initial_position(InitialPosition::TrimHorizon)

@@ -7,18 +7,20 @@
 //! ended (SHARD_END), and so do we, so that its children can start. A deleted stream
 //! answers ResourceNotFound too, and must not be mistaken for it: checkpointing
 //! SHARD_END on every lease of a deleted (or wrongly named) stream would skip whatever
-//! it holds if it is recreated. So the stream is looked at first.
+//! it holds if it is recreated. So the stream is looked at first, with ListShards only:
+//! it answers ResourceNotFound for a missing stream too, and it is the one call of the
+//! three a worker's documented IAM policy allows (DescribeStreamSummary is not in it).
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::DisplayErrorContext;
 
 use super::polling::ChildShardRef;
-use crate::stream::{ShardInfo, list_shards};
+use crate::stream::ShardInfo;
 
 /// What the stream says about the stream and the shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StreamView {
-    /// DescribeStreamSummary answered ResourceNotFound: the stream itself is missing.
+    /// ListShards answered ResourceNotFound: the stream itself is missing.
     StreamMissing,
     /// The stream exists and ListShards returned these shards.
     Listed(Vec<ShardInfo>),
@@ -62,27 +64,40 @@ pub(crate) fn judge(shard_id: &str, view: &StreamView) -> Verdict {
     Verdict::Ended(children)
 }
 
-/// Looks at the stream: DescribeStreamSummary tells a missing stream apart (typed), then
-/// ListShards lists its shards.
+/// Looks at the stream with ListShards (every page): ResourceNotFound on the stream
+/// means it is missing.
 pub(crate) async fn look(client: &Client, stream: &str) -> StreamView {
-    match client
-        .describe_stream_summary()
-        .stream_name(stream)
-        .send()
-        .await
-    {
-        Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_resource_not_found_exception()) =>
-        {
-            return StreamView::StreamMissing;
+    let mut shards = Vec::new();
+    let mut next_token: Option<String> = None;
+    loop {
+        let request = match &next_token {
+            // With a NextToken the stream name must not be sent again.
+            Some(token) => client.list_shards().next_token(token),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = match request.send().await {
+            Ok(page) => page,
+            // Only the first page names the stream; a later one's ResourceNotFound
+            // would be about the token.
+            Err(e)
+                if next_token.is_none()
+                    && e.as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                return StreamView::StreamMissing;
+            }
+            Err(e) => return StreamView::Unknown(DisplayErrorContext(&e).to_string()),
+        };
+        for shard in page.shards() {
+            match ShardInfo::from_sdk(shard) {
+                Ok(info) => shards.push(info),
+                Err(e) => return StreamView::Unknown(e.to_string()),
+            }
         }
-        Err(e) => return StreamView::Unknown(DisplayErrorContext(&e).to_string()),
-    }
-    match list_shards(client, stream).await {
-        Ok(shards) => StreamView::Listed(shards),
-        Err(e) => StreamView::Unknown(e.to_string()),
+        match page.next_token() {
+            Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+            _ => return StreamView::Listed(shards),
+        }
     }
 }
 

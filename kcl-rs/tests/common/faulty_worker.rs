@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
-use kcl::aws::{Clients, Endpoints};
+use kcl::aws::Clients;
 use kcl::checkpoint::Checkpointer;
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
-use kcl::local::faults::{FaultPlan, FaultProxy};
+use kcl::local::LocalAws;
+use kcl::local::faults::FaultProxy;
 use kcl::local::testing::unique;
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
 use kcl::worker::{Worker, WorkerError};
@@ -21,36 +21,37 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Room for the taking interval and a loaded machine on top of a bound under test.
 pub const SLACK: Duration = Duration::from_secs(1);
 
+/// A strict local AWS; faults are injected by the strict proxies' own plans.
 pub struct Env {
     pub aws: LocalAws,
-    pub kinesis: FaultProxy,
-    pub dynamodb: FaultProxy,
 }
 
 impl Env {
     pub async fn start() -> Env {
-        let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
-        let direct = aws.endpoints();
-        let kinesis = FaultProxy::start(direct.kinesis.as_deref().unwrap(), FaultPlan::new(1))
-            .await
-            .unwrap();
-        let dynamodb = FaultProxy::start(direct.dynamodb.as_deref().unwrap(), FaultPlan::new(2))
-            .await
-            .unwrap();
         Env {
-            aws,
-            kinesis,
-            dynamodb,
+            aws: super::strict::local_aws().await,
         }
     }
 
-    pub async fn direct(&self) -> Clients {
-        self.aws.clients().await
+    /// The strict proxy in front of Kinesis: its plan injects faults, it counts calls.
+    pub fn kinesis(&self) -> &FaultProxy {
+        self.aws.strict().expect("strict mode").kinesis_proxy()
     }
 
-    /// Both services through their fault proxies.
-    pub async fn faulty(&self) -> Clients {
-        Clients::connect(&Endpoints::local(self.kinesis.url(), self.dynamodb.url())).await
+    /// The strict proxy in front of DynamoDB, as [`Env::kinesis`].
+    pub fn dynamodb(&self) -> &FaultProxy {
+        self.aws.strict().expect("strict mode").dynamodb_proxy()
+    }
+
+    /// The administrator's clients straight to the servers: set-up and looking.
+    pub async fn direct(&self) -> Clients {
+        super::strict::admin(&self.aws).await
+    }
+
+    /// Both services through the strict proxies (and their faults), signed as the
+    /// documented worker policy of `stream` and `app`.
+    pub async fn faulty(&self, stream: &str, app: &str) -> Clients {
+        super::strict::worker_clients(&self.aws, stream, app).await
     }
 
     pub async fn store(&self, app: &str) -> DynamoLeaseStore {
@@ -95,8 +96,6 @@ impl Env {
     }
 
     pub async fn shutdown(self) {
-        self.kinesis.shutdown().await;
-        self.dynamodb.shutdown().await;
         self.aws.shutdown().await;
     }
 }

@@ -3,6 +3,76 @@
 
 pub mod faulty_worker;
 
+pub mod strict {
+    //! The local AWS of every suite about leases, resharding and the worker: strict mode
+    //! (AWS's read and control-plane limits, transaction conflicts, IAM), so the tests
+    //! meet what production meets. Set-up and observation use the administrator's key
+    //! around the strict proxies; workers sign as the documented "kcl-rs worker" policy.
+
+    use kcl::aws::Clients;
+    use kcl::local::strict::DEFAULT_ACCOUNT_ID;
+    use kcl::local::strict::iam::{Placeholders, Policy};
+    use kcl::local::{LocalAws, LocalAwsOptions};
+
+    const IAM_POLICY_DOC: &str = include_str!("../../../docs/iam-policy.md");
+
+    /// A local AWS in strict mode with AWS's limits ([`LocalAwsOptions::strict`] starts
+    /// from `from_env`, so an external Kinesis still works).
+    pub async fn local_aws() -> LocalAws {
+        LocalAws::start(options()).await.unwrap()
+    }
+
+    /// The options [`local_aws`] starts with, for suites that change some of them.
+    pub fn options() -> LocalAwsOptions {
+        LocalAwsOptions::strict()
+    }
+
+    /// Administrator clients straight to the servers: creating streams and tables,
+    /// putting records and looking at leases meet neither limits nor injected faults.
+    pub async fn admin(aws: &LocalAws) -> Clients {
+        Clients::connect(&aws.direct_endpoints()).await
+    }
+
+    /// The access key of the worker principal of `app`.
+    pub fn worker_key(app: &str) -> String {
+        format!("AKIDWORKER{app}")
+    }
+
+    /// The "kcl-rs worker" policy of docs/iam-policy.md for `stream` and `app`.
+    pub fn worker_policy(stream: &str, app: &str) -> Policy {
+        let placeholders = Placeholders {
+            region: kcl::aws::LOCAL_REGION.into(),
+            account: DEFAULT_ACCOUNT_ID.into(),
+            stream: stream.into(),
+            app: app.into(),
+            key_id: "unused".into(),
+        };
+        Policy::from_markdown(IAM_POLICY_DOC, "kcl-rs worker", &placeholders).unwrap()
+    }
+
+    /// Binds the worker policy of `stream` and `app` to [`worker_key`] (next to the
+    /// principals already bound) and returns that key: any call a worker makes that the
+    /// documented policy does not allow is denied. A no-op without strict mode.
+    pub fn bind_worker(aws: &LocalAws, stream: &str, app: &str) -> String {
+        let key = worker_key(app);
+        if let Some(strict) = aws.strict() {
+            let iam = strict.iam();
+            iam.set_principals(iam.principals().with(
+                &key,
+                "kcl-worker",
+                worker_policy(stream, app),
+            ));
+        }
+        key
+    }
+
+    /// Clients through the strict proxies signed as the worker of `stream` and `app`.
+    pub async fn worker_clients(aws: &LocalAws, stream: &str, app: &str) -> Clients {
+        let key = bind_worker(aws, stream, app);
+        aws.clients_as(&key).await
+    }
+}
+
 pub mod consumers {
     //! Workers that record every delivery, in this process or as `kcl-record-worker`
     //! processes, and the checks made on what they delivered.
@@ -173,10 +243,20 @@ pub mod consumers {
             id: &str,
             log: &Log,
         ) -> InProcess {
-            let clients = Clients::connect(endpoints).await;
+            InProcess::start_with(&Clients::connect(endpoints).await, stream, app, id, log)
+        }
+
+        /// A worker using `clients` (in strict mode, signed as the worker principal).
+        pub fn start_with(
+            clients: &Clients,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+        ) -> InProcess {
             let log = log.clone();
             let worker_id = id.to_string();
-            let worker = Worker::new(config(stream, app, id), &clients, move |shard: &str| {
+            let worker = Worker::new(config(stream, app, id), clients, move |shard: &str| {
                 Recorder {
                     worker: worker_id.clone(),
                     shard: shard.to_string(),
@@ -208,7 +288,21 @@ pub mod consumers {
             id: &str,
             log: &Log,
         ) -> Process {
+            Process::spawn_as(endpoints, "", stream, app, id, log)
+        }
+
+        /// A process signing its requests with `access_key_id` (empty: the default
+        /// local key), in strict mode the principal bound to it.
+        pub fn spawn_as(
+            endpoints: &Endpoints,
+            access_key_id: &str,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+        ) -> Process {
             let mut child = Command::new(env!("CARGO_BIN_EXE_kcl-record-worker"))
+                .env(kcl::aws::LOCAL_ACCESS_KEY_ENV, access_key_id)
                 .arg(endpoints.kinesis.as_deref().unwrap())
                 .arg(endpoints.dynamodb.as_deref().unwrap())
                 .arg(stream)

@@ -317,6 +317,12 @@ impl FaultPlan {
         }
     }
 
+    /// Restarts the probability draws from `seed`, keeping the rules: for a plan made
+    /// elsewhere (a strict proxy's) that a test wants reproducible with its own seed.
+    pub fn reseed(&self, seed: u64) {
+        self.lock().rng = StdRng::seed_from_u64(seed);
+    }
+
     /// Adds `rule` (builder style).
     pub fn with(self, rule: Rule) -> FaultPlan {
         self.add(rule);
@@ -527,6 +533,21 @@ mod tests {
         let never =
             FaultPlan::new(0).with(Rule::new("*", Fault::DropConnection).with_probability(0.0));
         assert!((0..100).all(|_| never.fault_for(&call("x", b"")).is_none()));
+    }
+
+    #[test]
+    fn a_reseeded_plan_draws_as_a_plan_made_with_that_seed() {
+        let draws = |plan: &FaultPlan| {
+            (0..200)
+                .map(|_| plan.fault_for(&call("x", b"")).is_some())
+                .collect::<Vec<_>>()
+        };
+        let rule = || Rule::new("*", Fault::DropConnection).with_probability(0.5);
+        let made = FaultPlan::new(42).with(rule());
+        let reseeded = FaultPlan::default().with(rule());
+        draws(&reseeded);
+        reseeded.reseed(42);
+        assert_eq!(draws(&reseeded), draws(&made));
     }
 
     #[test]
