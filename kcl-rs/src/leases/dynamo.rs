@@ -698,7 +698,12 @@ impl Expression {
 /// `ItemCollectionSizeLimitExceededException` (a lease table has no local secondary
 /// index; retrying cannot shrink a collection) and `UnrecognizedClientException`
 /// (bad credentials stay bad within a failover time; better reported at once).
-const TRANSIENT_CODES: &[&str] = &[
+/// `InternalFailure` is the AWS-wide name of a 500 some endpoints answer instead of
+/// `InternalServerError`.
+///
+/// Public so that applications writing their own DynamoDB tables beside the lease table
+/// (fenced by [`ownership_check`]) retry exactly what the lease store retries.
+pub const TRANSIENT_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
@@ -706,6 +711,7 @@ const TRANSIENT_CODES: &[&str] = &[
     "TransactionConflictException",
     "TransactionInProgressException",
     "InternalServerError",
+    "InternalFailure",
     "ServiceUnavailable",
 ];
 
@@ -831,6 +837,7 @@ mod tests {
             (service_error("ThrottlingException", 400), "transient"),
             (service_error("RequestLimitExceeded", 400), "transient"),
             (service_error("InternalServerError", 500), "transient"),
+            (service_error("InternalFailure", 500), "transient"),
             (service_error("ServiceUnavailable", 503), "transient"),
             (
                 service_error("TransactionConflictException", 400),

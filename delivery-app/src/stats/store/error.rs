@@ -57,17 +57,9 @@ impl StoreError {
 }
 
 /// Error codes worth retrying: throttling, capacity, a transaction in the way, a 5xx.
-pub const TRANSIENT_CODES: &[&str] = &[
-    "ThrottlingException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "TransactionInProgressException",
-    "TransactionConflictException",
-    "LimitExceededException",
-];
+/// The lease store's list: the statistics transactions meet the same DynamoDB errors
+/// (and the same conflicts with lease writes) as the lease table.
+pub use kcl::leases::dynamo::TRANSIENT_CODES;
 
 /// What a `TransactionCanceledException` means, from its per-item reason codes
 /// (`None` for an item that was fine).
