@@ -83,7 +83,7 @@ impl AwsArgs {
     ) -> Result<Clients, UnreachableError> {
         let endpoints = self.endpoints();
         let clients = match (&self.access_key_id, self.real_aws) {
-            (Some(key), false) => connect_as(&endpoints, key).await,
+            (Some(key), false) => Clients::connect_as(&endpoints, key).await,
             _ => Clients::connect(&endpoints).await,
         };
         let name = |e: &Option<String>| e.clone().unwrap_or_else(|| "AWS default".to_string());
@@ -140,35 +140,6 @@ impl AwsArgs {
         }
         args
     }
-}
-
-/// Clients for local `endpoints` signed with `access_key_id` (and a dummy secret: the
-/// local AWS does not check signatures, only who signed). On the strict local AWS that
-/// key's principal is who calls; see [`crate::principals`].
-pub async fn connect_as(endpoints: &Endpoints, access_key_id: &str) -> Clients {
-    let config = kcl::aws::sdk_config(endpoints).await;
-    let credentials = aws_sdk_dynamodb::config::Credentials::new(
-        access_key_id,
-        "local-secret",
-        None,
-        None,
-        "delivery-app-principal",
-    );
-    let mut kinesis =
-        aws_sdk_kinesis::config::Builder::from(&config).credentials_provider(credentials.clone());
-    if let Some(url) = &endpoints.kinesis {
-        kinesis = kinesis.endpoint_url(url);
-    }
-    let mut dynamodb =
-        aws_sdk_dynamodb::config::Builder::from(&config).credentials_provider(credentials);
-    if let Some(url) = &endpoints.dynamodb {
-        dynamodb = dynamodb.endpoint_url(url);
-    }
-    Clients::from_sdk(
-        aws_sdk_kinesis::Client::from_conf(kinesis.build()),
-        aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
-        endpoints.clone(),
-    )
 }
 
 /// The stream and the application (consumer group) names.

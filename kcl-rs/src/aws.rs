@@ -89,6 +89,35 @@ impl Clients {
         }
     }
 
+    /// Builds clients like [`Clients::connect`], signed with `access_key_id` and a dummy
+    /// secret: for a local AWS, which checks who signed but not the signature. On the
+    /// strict local AWS the IAM principal bound to that key is who calls.
+    pub async fn connect_as(endpoints: &Endpoints, access_key_id: &str) -> Clients {
+        let config = sdk_config(endpoints).await;
+        let credentials = Credentials::new(
+            access_key_id,
+            "local-secret",
+            None,
+            None,
+            "kcl-local-principal",
+        );
+        let mut kinesis = aws_sdk_kinesis::config::Builder::from(&config)
+            .credentials_provider(credentials.clone());
+        if let Some(url) = &endpoints.kinesis {
+            kinesis = kinesis.endpoint_url(url);
+        }
+        let mut dynamodb =
+            aws_sdk_dynamodb::config::Builder::from(&config).credentials_provider(credentials);
+        if let Some(url) = &endpoints.dynamodb {
+            dynamodb = dynamodb.endpoint_url(url);
+        }
+        Clients {
+            kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+            endpoints: endpoints.clone(),
+        }
+    }
+
     /// Wraps SDK clients built elsewhere — other timeouts, retry settings or HTTP
     /// client — for [`Worker::new`](crate::worker::Worker::new). `endpoints` only names
     /// the services in [`Clients::verify`]'s errors.

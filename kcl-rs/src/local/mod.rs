@@ -290,30 +290,7 @@ impl LocalAws {
     /// [`StrictOptions::principals`](strict::StrictOptions::principals) (or set with
     /// [`StrictIam::set_principals`](strict::StrictIam::set_principals)) is who calls.
     pub async fn clients_as(&self, access_key_id: &str) -> Clients {
-        let endpoints = self.endpoints();
-        let config = crate::aws::sdk_config(&endpoints).await;
-        let credentials = aws_sdk_dynamodb::config::Credentials::new(
-            access_key_id,
-            "local-secret",
-            None,
-            None,
-            "kcl-local-principal",
-        );
-        let mut kinesis = aws_sdk_kinesis::config::Builder::from(&config)
-            .credentials_provider(credentials.clone());
-        if let Some(url) = &endpoints.kinesis {
-            kinesis = kinesis.endpoint_url(url);
-        }
-        let mut dynamodb =
-            aws_sdk_dynamodb::config::Builder::from(&config).credentials_provider(credentials);
-        if let Some(url) = &endpoints.dynamodb {
-            dynamodb = dynamodb.endpoint_url(url);
-        }
-        Clients::from_sdk(
-            aws_sdk_kinesis::Client::from_conf(kinesis.build()),
-            aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
-            endpoints,
-        )
+        Clients::connect_as(&self.endpoints(), access_key_id).await
     }
 
     /// Stops accepting connections, lets requests in flight finish, and waits for both
