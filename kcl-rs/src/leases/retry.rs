@@ -14,7 +14,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-use super::store::LeaseError;
+use super::lease::Lease;
+use super::store::{Change, Expect, LeaseError, LeaseStore};
 
 /// The first pause after a transient failure; the AWS SDKs for Java use 25 ms for
 /// DynamoDB.
@@ -68,6 +69,25 @@ where
         let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
         tokio::time::sleep(pause).await;
     }
+}
+
+/// One conditional write of lease `key`, retried like [`until_deadline`]. Returns the
+/// lease as written and when the successful attempt was sent: the expiry clock of a
+/// write starts when it was sent, not when its (possibly late) answer came.
+pub(crate) async fn update_lease(
+    store: &dyn LeaseStore,
+    key: &str,
+    expect: Expect,
+    change: Change,
+    deadline: Instant,
+    per_attempt: Duration,
+) -> Result<(Lease, std::time::Instant), LeaseError> {
+    until_deadline(deadline, per_attempt, || {
+        let sent_at = std::time::Instant::now();
+        let write = store.update_lease(key, expect.clone(), change.clone());
+        async move { write.await.map(|lease| (lease, sent_at)) }
+    })
+    .await
 }
 
 #[cfg(test)]
