@@ -6,8 +6,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use kcl::aws::{Clients, Endpoints, UnreachableError};
 
 /// The innermost cause of an error, in words (for a connection failure, what the OS
-/// said; for a timeout, that it timed out).
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+/// said; for a timeout, that it timed out); the error's own text if that is empty.
+pub fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     let mut inner = err;
     while let Some(next) = inner.source() {
         inner = next;
@@ -15,6 +15,29 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     match inner.to_string() {
         text if text.is_empty() => err.to_string(),
         text => text,
+    }
+}
+
+/// Ok if `probe` got an answer from `service`, even an error of the service ("not
+/// found", "access denied" prove it reachable); otherwise what kept it from answering.
+fn answered<T, E, R>(
+    probe: Result<T, SdkError<E, R>>,
+    service: &'static str,
+    endpoint: &Option<String>,
+) -> Result<(), UnreachableError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match probe {
+        Err(e) if !matches!(e, SdkError::ServiceError(_)) => Err(UnreachableError {
+            service,
+            endpoint: endpoint
+                .clone()
+                .unwrap_or_else(|| "AWS default".to_string()),
+            message: innermost(&e),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -86,7 +109,6 @@ impl AwsArgs {
             (Some(key), false) => Clients::connect_as(&endpoints, key).await,
             _ => Clients::connect(&endpoints).await,
         };
-        let name = |e: &Option<String>| e.clone().unwrap_or_else(|| "AWS default".to_string());
         if let Some(stream) = stream {
             let probe = clients
                 .kinesis
@@ -95,15 +117,7 @@ impl AwsArgs {
                 .max_results(1)
                 .send()
                 .await;
-            if let Err(e) = probe
-                && !matches!(e, SdkError::ServiceError(_))
-            {
-                return Err(UnreachableError {
-                    service: "Kinesis",
-                    endpoint: name(&endpoints.kinesis),
-                    message: innermost(&e),
-                });
-            }
+            answered(probe, "Kinesis", &endpoints.kinesis)?;
         }
         if let Some(table) = table {
             let probe = clients
@@ -112,15 +126,7 @@ impl AwsArgs {
                 .table_name(table)
                 .send()
                 .await;
-            if let Err(e) = probe
-                && !matches!(e, SdkError::ServiceError(_))
-            {
-                return Err(UnreachableError {
-                    service: "DynamoDB",
-                    endpoint: name(&endpoints.dynamodb),
-                    message: innermost(&e),
-                });
-            }
+            answered(probe, "DynamoDB", &endpoints.dynamodb)?;
         }
         Ok(clients)
     }
