@@ -68,6 +68,10 @@ where
         tracing::debug!(error = %error, "lease-table request failed; retrying");
         let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
         tokio::time::sleep(pause).await;
+        if Instant::now() >= deadline {
+            // An attempt with no time left would only time out and hide this error.
+            return Err(error);
+        }
     }
 }
 
@@ -162,6 +166,22 @@ mod tests {
             "a hung attempt is cut off and retried"
         );
         assert!(Instant::now() < deadline + slack);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_returns_the_last_real_error_not_an_attempt_without_time() {
+        // An attempt that takes a few milliseconds, like any real request: one started
+        // with no time left would time out at once and hide the real error.
+        let result: Result<(), _> = until_deadline(
+            Instant::now() + Duration::from_millis(200),
+            Duration::from_millis(50),
+            || async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Err(transient())
+            },
+        )
+        .await;
+        assert_eq!(result, Err(transient()));
     }
 
     #[test]
