@@ -6,8 +6,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use kcl::aws::{Clients, Endpoints, UnreachableError};
 
 /// The innermost cause of an error, in words (for a connection failure, what the OS
-/// said; for a timeout, that it timed out).
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+/// said; for a timeout, that it timed out); the error's own text if that is empty.
+pub fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     let mut inner = err;
     while let Some(next) = inner.source() {
         inner = next;
@@ -15,6 +15,29 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     match inner.to_string() {
         text if text.is_empty() => err.to_string(),
         text => text,
+    }
+}
+
+/// Ok if `probe` got an answer from `service`, even an error of the service ("not
+/// found", "access denied" prove it reachable); otherwise what kept it from answering.
+fn answered<T, E, R>(
+    probe: Result<T, SdkError<E, R>>,
+    service: &'static str,
+    endpoint: &Option<String>,
+) -> Result<(), UnreachableError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match probe {
+        Err(e) if !matches!(e, SdkError::ServiceError(_)) => Err(UnreachableError {
+            service,
+            endpoint: endpoint
+                .clone()
+                .unwrap_or_else(|| "AWS default".to_string()),
+            message: innermost(&e),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -83,10 +106,9 @@ impl AwsArgs {
     ) -> Result<Clients, UnreachableError> {
         let endpoints = self.endpoints();
         let clients = match (&self.access_key_id, self.real_aws) {
-            (Some(key), false) => connect_as(&endpoints, key).await,
+            (Some(key), false) => Clients::connect_as(&endpoints, key).await,
             _ => Clients::connect(&endpoints).await,
         };
-        let name = |e: &Option<String>| e.clone().unwrap_or_else(|| "AWS default".to_string());
         if let Some(stream) = stream {
             let probe = clients
                 .kinesis
@@ -95,15 +117,7 @@ impl AwsArgs {
                 .max_results(1)
                 .send()
                 .await;
-            if let Err(e) = probe
-                && !matches!(e, SdkError::ServiceError(_))
-            {
-                return Err(UnreachableError {
-                    service: "Kinesis",
-                    endpoint: name(&endpoints.kinesis),
-                    message: innermost(&e),
-                });
-            }
+            answered(probe, "Kinesis", &endpoints.kinesis)?;
         }
         if let Some(table) = table {
             let probe = clients
@@ -112,15 +126,7 @@ impl AwsArgs {
                 .table_name(table)
                 .send()
                 .await;
-            if let Err(e) = probe
-                && !matches!(e, SdkError::ServiceError(_))
-            {
-                return Err(UnreachableError {
-                    service: "DynamoDB",
-                    endpoint: name(&endpoints.dynamodb),
-                    message: innermost(&e),
-                });
-            }
+            answered(probe, "DynamoDB", &endpoints.dynamodb)?;
         }
         Ok(clients)
     }
@@ -140,35 +146,6 @@ impl AwsArgs {
         }
         args
     }
-}
-
-/// Clients for local `endpoints` signed with `access_key_id` (and a dummy secret: the
-/// local AWS does not check signatures, only who signed). On the strict local AWS that
-/// key's principal is who calls; see [`crate::principals`].
-pub async fn connect_as(endpoints: &Endpoints, access_key_id: &str) -> Clients {
-    let config = kcl::aws::sdk_config(endpoints).await;
-    let credentials = aws_sdk_dynamodb::config::Credentials::new(
-        access_key_id,
-        "local-secret",
-        None,
-        None,
-        "delivery-app-principal",
-    );
-    let mut kinesis =
-        aws_sdk_kinesis::config::Builder::from(&config).credentials_provider(credentials.clone());
-    if let Some(url) = &endpoints.kinesis {
-        kinesis = kinesis.endpoint_url(url);
-    }
-    let mut dynamodb =
-        aws_sdk_dynamodb::config::Builder::from(&config).credentials_provider(credentials);
-    if let Some(url) = &endpoints.dynamodb {
-        dynamodb = dynamodb.endpoint_url(url);
-    }
-    Clients::from_sdk(
-        aws_sdk_kinesis::Client::from_conf(kinesis.build()),
-        aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
-        endpoints.clone(),
-    )
 }
 
 /// The stream and the application (consumer group) names.

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 mod common;
 
-use delivery_app::connect::connect_as;
 use delivery_app::events::Reason;
 use delivery_app::principals::{POLICY_DOC, Role, principals};
 use delivery_app::stats::StatsStore;
@@ -57,7 +56,7 @@ async fn setup_with_policies(
     let proxy = FaultProxy::start(endpoints.dynamodb.as_deref().unwrap(), FaultPlan::new(7))
         .await
         .unwrap();
-    let clients = connect_as(
+    let clients = Clients::connect_as(
         &Endpoints::local(endpoints.kinesis.clone().unwrap(), proxy.url()),
         Role::Worker.access_key_id(),
     )
@@ -395,7 +394,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     let _ = tokio::time::timeout(Duration::from_secs(30), worker)
         .await
         .expect("the worker stops within 30 s");
-    let direct = connect_as(&aws.endpoints(), Role::Worker.access_key_id()).await;
+    let direct = Clients::connect_as(&aws.endpoints(), Role::Worker.access_key_id()).await;
     let leases = kcl::leases::DynamoLeaseStore::new(direct.dynamodb.clone(), &app);
     let lease = kcl::leases::LeaseStore::get_lease(&leases, parent)
         .await

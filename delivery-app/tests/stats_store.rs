@@ -452,3 +452,41 @@ async fn only_the_lease_holder_or_the_worker_handing_it_over_may_write() {
     common::assert_no_call_denied_to_the_worker(&aws);
     aws.shutdown().await;
 }
+
+/// A table of the application's name that something else made, with another key, is
+/// refused at set-up, never written into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_another_key_schema_is_refused() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let (aws, store, _reader) = strict_stores("ForeignTable").await;
+    aws.clients()
+        .await
+        .dynamodb
+        .create_table()
+        .table_name(&store.tables().orders)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = store.ensure_tables().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Fatal(m) if m.contains("key schema [id HASH (N)]")),
+        "{err}"
+    );
+}

@@ -28,7 +28,7 @@ pub use latency::{LatencyTracker, percentile};
 pub use workers::{WorkerLauncher, WorkerProcess};
 
 use crate::autoscaler::{self, Action, ScalerConfig};
-use crate::connect::{AwsArgs, connect_as};
+use crate::connect::AwsArgs;
 use crate::principals::Role;
 use crate::sim::{GroundTruth, SimConfig, Simulation};
 use crate::sink::{EventSink, Progress, replay};
@@ -204,8 +204,8 @@ pub async fn run_with_hosts(
     // and the resharding sign as their commands would.
     let (producer, resharder) = if config.as_principals {
         (
-            connect_as(&config.endpoints, Role::Produce.access_key_id()).await,
-            connect_as(&config.endpoints, Role::Reshard.access_key_id()).await,
+            Clients::connect_as(&config.endpoints, Role::Produce.access_key_id()).await,
+            Clients::connect_as(&config.endpoints, Role::Reshard.access_key_id()).await,
         )
     } else {
         (clients.clone(), clients.clone())

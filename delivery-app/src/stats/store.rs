@@ -3,15 +3,13 @@
 //! [`Chunk`]), and the scans `stats` reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership};
+use kcl::leases::table::{TableError, ensure_hash_key_table};
 
 use super::items::{
     self, DEAD_LETTER_KEY, ORDER_KEY, STATS_KEY, ShardStats, StatsTables, decode_order,
@@ -24,6 +22,20 @@ use crate::events::{Reason, Region};
 mod error;
 
 pub use error::{Cancellation, StoreError, TRANSIENT_CODES, cancellation, classify, denied_action};
+
+/// How long [`StatsStore::ensure_tables`] waits for a table to become ACTIVE.
+const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A failed table set-up in the store's terms, the SDK errors classified like every
+/// other call of the store.
+fn table_error(err: TableError) -> StoreError {
+    match err {
+        TableError::Describe { table, source } => classify(*source, "DescribeTable", &table),
+        TableError::Create { table, source } => classify(*source, "CreateTable", &table),
+        TableError::KeySchema { .. } => StoreError::Fatal(err.to_string()),
+        TableError::NotActive { .. } => StoreError::Transient(err.to_string()),
+    }
+}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -78,67 +90,19 @@ impl StatsStore {
         &self.tables
     }
 
-    /// Creates the three tables unless they exist and waits until they are ACTIVE.
+    /// Creates the three tables unless they exist and waits until they are ACTIVE
+    /// (refusing a table of that name with another key schema).
     pub async fn ensure_tables(&self) -> Result<(), StoreError> {
         for (table, key) in [
             (&self.tables.orders, ORDER_KEY),
             (&self.tables.stats, STATS_KEY),
             (&self.tables.dead_letters, DEAD_LETTER_KEY),
         ] {
-            self.ensure_table(table, key).await?;
+            ensure_hash_key_table(&self.client, table, key, TABLE_READY_TIMEOUT)
+                .await
+                .map_err(table_error)?;
         }
         Ok(())
-    }
-
-    async fn ensure_table(&self, table: &str, key: &str) -> Result<(), StoreError> {
-        let created = self
-            .client
-            .create_table()
-            .table_name(table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(key)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| StoreError::Fatal(e.to_string()))?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(key)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(|e| StoreError::Fatal(e.to_string()))?,
-            )
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(classify(e, "CreateTable", table)),
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let described = self
-                .client
-                .describe_table()
-                .table_name(table)
-                .send()
-                .await
-                .map_err(|e| classify(e, "DescribeTable", table))?;
-            let status = described.table().and_then(|t| t.table_status().cloned());
-            if status == Some(TableStatus::Active) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(StoreError::Transient(format!(
-                    "table {table} not ACTIVE after 120 s"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// The last record applied for `shard_id`, read consistently.

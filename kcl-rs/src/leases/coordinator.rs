@@ -469,13 +469,14 @@ impl LeaseCoordinator {
         // plans afresh.
         let attempt = retry::attempt_timeout(self.config.failover_time);
         let deadline = tokio::time::Instant::now() + attempt * 2;
-        let written = retry::until_deadline(deadline, attempt, || {
-            let sent = Instant::now();
-            let write = self
-                .store
-                .update_lease(action.key(), expect.clone(), change.clone());
-            async move { write.await.map(|lease| (lease, sent)) }
-        })
+        let written = retry::update_lease(
+            self.store.as_ref(),
+            action.key(),
+            expect,
+            change,
+            deadline,
+            attempt,
+        )
         .await;
         let (lease, sent) = match written {
             Ok(written) => written,

@@ -21,15 +21,13 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, ConsumedCapacity,
-    KeySchemaElement, KeyType, ReturnConsumedCapacity, ReturnValue, ScalarAttributeType,
-    TableDescription, TableStatus,
+    AttributeValue, ConditionCheck, ConsumedCapacity, ReturnConsumedCapacity, ReturnValue,
 };
-use tokio::time::Instant;
 
 use super::item::{self, Item};
 use super::lease::Lease;
 use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+use super::table::{TableError, ensure_hash_key_table};
 use crate::checkpoint::LeaseOwnership;
 
 /// A `ConditionCheck` on the lease of `shard_id` in `lease_table` that holds only while
@@ -206,87 +204,6 @@ impl DynamoLeaseStore {
         &self.workers_table
     }
 
-    /// Creates `table` with hash key `key` (S) unless it exists, and waits until it is
-    /// ACTIVE with that key schema.
-    async fn ensure_table(&self, table: &str, key: &str) -> Result<(), LeaseError> {
-        let deadline = Instant::now() + TABLE_READY_TIMEOUT;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let status = match self.describe_table(table).await? {
-                Some(description) => {
-                    check_key_schema(table, key, &description)?;
-                    description.table_status
-                }
-                None => {
-                    self.create_table(table, key).await?;
-                    None
-                }
-            };
-            if status == Some(TableStatus::Active) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let status = status.map_or("absent".to_string(), |s| s.as_str().to_string());
-                return Err(LeaseError::Transient {
-                    message: format!(
-                        "table {table} is not ACTIVE after {TABLE_READY_TIMEOUT:?} (status {status})"
-                    ),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    async fn describe_table(&self, table: &str) -> Result<Option<TableDescription>, LeaseError> {
-        match self.client.describe_table().table_name(table).send().await {
-            Ok(out) => Ok(out.table),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(classify(e, &format!("DescribeTable {table}"), "")),
-        }
-    }
-
-    async fn create_table(&self, table: &str, key: &str) -> Result<(), LeaseError> {
-        let created = self
-            .client
-            .create_table()
-            .table_name(table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(key)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(fatal)?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(key)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(fatal)?,
-            )
-            .send()
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            // Another worker starting at the same time created it first; the caller
-            // goes on to wait for ACTIVE and check its schema like any existing table.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(classify(e, &format!("CreateTable {table}"), "")),
-        }
-    }
-
     /// Every item of `table`, following `LastEvaluatedKey` across pages (DynamoDB
     /// returns at most 1 MB per page).
     async fn scan_all(&self, table: &str, consistent: bool) -> Result<Vec<Item>, LeaseError> {
@@ -344,9 +261,13 @@ impl DynamoLeaseStore {
 impl LeaseStore for DynamoLeaseStore {
     fn ensure_tables(&self) -> BoxFuture<'_, Result<(), LeaseError>> {
         Box::pin(async move {
-            self.ensure_table(&self.table, item::LEASE_KEY).await?;
-            self.ensure_table(&self.workers_table, item::WORKER_ID)
-                .await
+            for (table, key) in [
+                (&self.table, item::LEASE_KEY),
+                (&self.workers_table, item::WORKER_ID),
+            ] {
+                ensure_hash_key_table(&self.client, table, key, TABLE_READY_TIMEOUT).await?;
+            }
+            Ok(())
         })
     }
 
@@ -698,7 +619,12 @@ impl Expression {
 /// `ItemCollectionSizeLimitExceededException` (a lease table has no local secondary
 /// index; retrying cannot shrink a collection) and `UnrecognizedClientException`
 /// (bad credentials stay bad within a failover time; better reported at once).
-const TRANSIENT_CODES: &[&str] = &[
+/// `InternalFailure` is the AWS-wide name of a 500 some endpoints answer instead of
+/// `InternalServerError`.
+///
+/// Public so that applications writing their own DynamoDB tables beside the lease table
+/// (fenced by [`ownership_check`]) retry exactly what the lease store retries.
+pub const TRANSIENT_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",
@@ -706,6 +632,7 @@ const TRANSIENT_CODES: &[&str] = &[
     "TransactionConflictException",
     "TransactionInProgressException",
     "InternalServerError",
+    "InternalFailure",
     "ServiceUnavailable",
 ];
 
@@ -743,49 +670,22 @@ where
     }
 }
 
-fn fatal(err: impl std::fmt::Display) -> LeaseError {
-    LeaseError::Fatal {
-        message: err.to_string(),
-    }
-}
-
-/// A table whose key is not exactly `key` (S, hash) belongs to something else; writing
-/// leases into it would corrupt it or fail on every call.
-fn check_key_schema(
-    table: &str,
-    key: &str,
-    description: &TableDescription,
-) -> Result<(), LeaseError> {
-    let type_of = |name: &str| {
-        description
-            .attribute_definitions()
-            .iter()
-            .find(|d| d.attribute_name() == name)
-            .map(|d| d.attribute_type().as_str().to_string())
-            .unwrap_or_else(|| "?".to_string())
-    };
-    let found: Vec<String> = description
-        .key_schema()
-        .iter()
-        .map(|k| {
-            format!(
-                "{} {} ({})",
-                k.attribute_name(),
-                k.key_type().as_str(),
-                type_of(k.attribute_name())
-            )
-        })
-        .collect();
-    let expected = format!("{key} HASH (S)");
-    if found == [expected.as_str()] {
-        Ok(())
-    } else {
-        Err(LeaseError::Fatal {
-            message: format!(
-                "table {table} has key schema [{}]; expected [{expected}]",
-                found.join(", ")
-            ),
-        })
+impl From<TableError> for LeaseError {
+    fn from(err: TableError) -> LeaseError {
+        match err {
+            TableError::Describe { table, source } => {
+                classify(*source, &format!("DescribeTable {table}"), "")
+            }
+            TableError::Create { table, source } => {
+                classify(*source, &format!("CreateTable {table}"), "")
+            }
+            TableError::KeySchema { .. } => LeaseError::Fatal {
+                message: err.to_string(),
+            },
+            TableError::NotActive { .. } => LeaseError::Transient {
+                message: err.to_string(),
+            },
+        }
     }
 }
 
@@ -831,6 +731,7 @@ mod tests {
             (service_error("ThrottlingException", 400), "transient"),
             (service_error("RequestLimitExceeded", 400), "transient"),
             (service_error("InternalServerError", 500), "transient"),
+            (service_error("InternalFailure", 500), "transient"),
             (service_error("ServiceUnavailable", 503), "transient"),
             (
                 service_error("TransactionConflictException", 400),
@@ -1023,52 +924,6 @@ mod tests {
             condition,
             "attribute_exists(#leaseKey) AND #leaseEpoch = :expectedEpoch AND \
              #checkpointOwnerEpoch = :expectedCheckpointOwnerEpoch"
-        );
-    }
-
-    #[test]
-    fn key_schema_must_be_the_lease_key() {
-        let description = |name: &str, ty: ScalarAttributeType| {
-            TableDescription::builder()
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(name)
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .unwrap(),
-                )
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(name)
-                        .attribute_type(ty)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-        };
-        check_key_schema(
-            "t",
-            "leaseKey",
-            &description("leaseKey", ScalarAttributeType::S),
-        )
-        .unwrap();
-        let err = check_key_schema(
-            "t",
-            "leaseKey",
-            &description("leaseKey", ScalarAttributeType::N),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "lease table error: table t has key schema [leaseKey HASH (N)]; expected [leaseKey HASH (S)]"
-        );
-        assert!(
-            check_key_schema(
-                "t",
-                "leaseKey",
-                &description("shardId", ScalarAttributeType::S)
-            )
-            .is_err()
         );
     }
 }

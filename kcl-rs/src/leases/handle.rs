@@ -297,13 +297,14 @@ impl LeaseHandle {
         expect: Expect,
         change: Change,
     ) -> Result<(Lease, Instant), LeaseError> {
-        retry::until_deadline(deadline.into(), self.attempt_timeout, || {
-            let sent_at = Instant::now();
-            let write = self
-                .store
-                .update_lease(&self.key, expect.clone(), change.clone());
-            async move { write.await.map(|lease| (lease, sent_at)) }
-        })
+        retry::update_lease(
+            self.store.as_ref(),
+            &self.key,
+            expect,
+            change,
+            deadline.into(),
+            self.attempt_timeout,
+        )
         .await
     }
 

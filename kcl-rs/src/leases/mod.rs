@@ -3,6 +3,7 @@
 //! - [`lease`]: the lease record and its lifecycle states.
 //! - [`store`]: the storage trait; [`dynamo`] over DynamoDB, [`memory`] in memory.
 //! - [`taker`]: which leases a worker takes (a pure function of what it sees).
+//! - [`table`]: creating a table unless it exists and waiting until it is ACTIVE.
 
 pub mod coordinator;
 pub mod dynamo;
@@ -14,6 +15,7 @@ pub mod observer;
 mod retry;
 mod scan;
 pub mod store;
+pub mod table;
 pub mod taker;
 
 pub use dynamo::DynamoLeaseStore;

@@ -14,7 +14,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-use super::store::LeaseError;
+use super::lease::Lease;
+use super::store::{Change, Expect, LeaseError, LeaseStore};
 
 /// The first pause after a transient failure; the AWS SDKs for Java use 25 ms for
 /// DynamoDB.
@@ -74,7 +75,30 @@ where
         tracing::debug!(error = %error, "lease-table request failed; retrying");
         let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
         tokio::time::sleep(pause).await;
+        if Instant::now() >= deadline {
+            // An attempt with no time left would only time out and hide this error.
+            return Err(said.unwrap_or(error));
+        }
     }
+}
+
+/// One conditional write of lease `key`, retried like [`until_deadline`]. Returns the
+/// lease as written and when the successful attempt was sent: the expiry clock of a
+/// write starts when it was sent, not when its (possibly late) answer came.
+pub(crate) async fn update_lease(
+    store: &dyn LeaseStore,
+    key: &str,
+    expect: Expect,
+    change: Change,
+    deadline: Instant,
+    per_attempt: Duration,
+) -> Result<(Lease, std::time::Instant), LeaseError> {
+    until_deadline(deadline, per_attempt, || {
+        let sent_at = std::time::Instant::now();
+        let write = store.update_lease(key, expect.clone(), change.clone());
+        async move { write.await.map(|lease| (lease, sent_at)) }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -174,6 +198,22 @@ mod tests {
                 message: "ProvisionedThroughputExceededException".into()
             })
         );
+    }
+
+    #[tokio::test]
+    async fn the_deadline_returns_the_last_real_error_not_an_attempt_without_time() {
+        // An attempt that takes a few milliseconds, like any real request: one started
+        // with no time left would time out at once and hide the real error.
+        let result: Result<(), _> = until_deadline(
+            Instant::now() + Duration::from_millis(200),
+            Duration::from_millis(50),
+            || async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Err(transient())
+            },
+        )
+        .await;
+        assert_eq!(result, Err(transient()));
     }
 
     #[test]

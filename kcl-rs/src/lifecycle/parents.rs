@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use crate::leases::Lease;
+use crate::shard_sync::plan::shard_lease;
 use crate::stream::ShardInfo;
 
 /// What the lease table says about one parent.
@@ -79,20 +80,18 @@ pub(crate) fn parent_step(
     let Some(shard) = shards.iter().find(|s| s.shard_id == parent) else {
         return ParentStep::Done;
     };
-    let mut lease = Lease::new(
-        parent,
-        ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
-    );
-    lease.parent_shard_ids = shard.parents();
-    lease.hash_key_range = Some((shard.starting_hash_key, shard.ending_hash_key));
-    lease.child_shard_ids = shards
+    let children = shards
         .iter()
         .filter(|s| s.parents().iter().any(|p| p == parent))
         .map(|s| s.shard_id.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    ParentStep::Create(Box::new(lease))
+    ParentStep::Create(Box::new(shard_lease(
+        shard,
+        ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+        children,
+    )))
 }
 
 #[cfg(test)]

@@ -144,13 +144,7 @@ pub fn plan_sync(
             continue;
         };
         has_lease.insert(id, true);
-        let mut lease = Lease::new(id, start);
-        lease.parent_shard_ids = shard.parents();
-        lease.hash_key_range = Some((shard.starting_hash_key, shard.ending_hash_key));
-        // Known now, so the lease can be deleted later without waiting for its consumer
-        // to report them at SHARD_END.
-        lease.child_shard_ids = children_of(id);
-        plan.create.push(lease);
+        plan.create.push(shard_lease(shard, start, children_of(id)));
     }
 
     let mut sorted: Vec<&Lease> = leased.values().copied().collect();
@@ -229,6 +223,22 @@ fn parents_first<'a>(by_id: &BTreeMap<&'a str, &'a ShardInfo>) -> Vec<&'a ShardI
         );
     }
     order
+}
+
+/// A new lease for a listed `shard` starting at `start`: its parents and hash key range
+/// from the listing, and its `children` (sorted) as far as the listing shows them,
+/// known now so that the lease can be deleted later without waiting for its consumer
+/// to report them at SHARD_END.
+pub(crate) fn shard_lease(
+    shard: &ShardInfo,
+    start: ExtendedSequenceNumber,
+    children: Vec<String>,
+) -> Lease {
+    let mut lease = Lease::new(&shard.shard_id, start);
+    lease.parent_shard_ids = shard.parents();
+    lease.hash_key_range = Some((shard.starting_hash_key, shard.ending_hash_key));
+    lease.child_shard_ids = children;
+    lease
 }
 
 #[cfg(test)]

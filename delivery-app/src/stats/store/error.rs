@@ -6,6 +6,8 @@
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
+use crate::connect::innermost;
+
 /// Errors of the statistics store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,17 +59,9 @@ impl StoreError {
 }
 
 /// Error codes worth retrying: throttling, capacity, a transaction in the way, a 5xx.
-pub const TRANSIENT_CODES: &[&str] = &[
-    "ThrottlingException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "TransactionInProgressException",
-    "TransactionConflictException",
-    "LimitExceededException",
-];
+/// The lease store's list: the statistics transactions meet the same DynamoDB errors
+/// (and the same conflicts with lease writes) as the lease table.
+pub use kcl::leases::dynamo::TRANSIENT_CODES;
 
 /// What a `TransactionCanceledException` means, from its per-item reason codes
 /// (`None` for an item that was fine).
@@ -173,22 +167,13 @@ where
         )),
         SdkError::DispatchFailure(f) if !f.is_user() => StoreError::Transient(format!(
             "{operation} on {table}: DynamoDB unreachable ({})",
-            source_text(&err)
+            innermost(&err)
         )),
         _ => StoreError::Fatal(format!(
             "{operation} on {table} could not be sent: {}",
-            source_text(&err)
+            innermost(&err)
         )),
     }
-}
-
-/// The innermost error's text: for a connection failure, what the OS said.
-fn source_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner: &dyn std::error::Error = err;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    inner.to_string()
 }
 
 #[cfg(test)]
