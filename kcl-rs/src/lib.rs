@@ -106,7 +106,6 @@
 pub mod aws;
 pub mod checkpoint;
 pub mod config;
-pub mod kpl;
 pub mod leases;
 pub mod lifecycle;
 #[cfg(feature = "local")]
@@ -115,8 +114,12 @@ pub mod local;
 pub mod processor;
 pub mod retrieval;
 pub mod shard_sync;
-pub mod stream;
 pub mod worker;
+
+// The KPL format, hash-key routing and stream administration live in the kinesis-core
+// crate, which the producer shares without depending on the consumer.
+#[doc(inline)]
+pub use kinesis_core::{hash, kpl, stream};
 
 // The API a consumer needs, at the crate root (the modules stay reachable for the
 // less common pieces).

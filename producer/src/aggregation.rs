@@ -1,11 +1,11 @@
 //! Aggregation: user records of one predicted shard packed into KPL aggregated records
-//! with [`kcl::kpl::Aggregator`], whose exact `encoded_len` keeps every aggregate within
+//! with [`kinesis_core::kpl::Aggregator`], whose exact `encoded_len` keeps every aggregate within
 //! [`ProducerConfig::aggregation_max_size`](crate::ProducerConfig::aggregation_max_size)
 //! and the 1 MiB record limit.
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use kcl::kpl::Aggregator;
+use kinesis_core::kpl::Aggregator;
 use tokio::time::Instant;
 
 use crate::config::MAX_RECORD_SIZE;
@@ -242,7 +242,7 @@ impl ShardAggregator {
 
 #[cfg(test)]
 mod tests {
-    use kcl::kpl::{deaggregate, is_aggregated};
+    use kinesis_core::kpl::{deaggregate, is_aggregated};
 
     use super::*;
     use crate::record::tests::pending;

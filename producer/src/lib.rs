@@ -15,7 +15,7 @@
 //!
 //! let aws = LocalAws::start(LocalAwsOptions::default()).await?;
 //! let kinesis = aws.clients().await.kinesis;
-//! kcl::stream::create_stream(&kinesis, "deliveries", 4, Duration::from_secs(10)).await?;
+//! kinesis_core::stream::create_stream(&kinesis, "deliveries", 4, Duration::from_secs(10)).await?;
 //!
 //! let config = ProducerConfig::builder("deliveries").build()?;
 //! let producer = Producer::new(config, kinesis);
@@ -37,7 +37,7 @@
 //!   (records and bytes), then hands the record to the producer task.
 //! - `shard_map`: the stream's shards from ListShards. A record's hash key (MD5 of its
 //!   partition key, or its explicit hash key) predicts its shard.
-//! - `aggregation`: one KPL aggregate per predicted shard (see [`kcl::kpl`]), sized
+//! - `aggregation`: one KPL aggregate per predicted shard (see [`kinesis_core::kpl`]), sized
 //!   exactly; its `ExplicitHashKey` is its first user record's hash key, inside the
 //!   shard's range. A container of one user record goes out as that plain record.
 //! - `collector`: sealed records queue per shard and leave in PutRecords calls of at

@@ -33,7 +33,7 @@ const CHANNEL_CAPACITY: usize = 1024;
 ///
 /// let aws = LocalAws::start(LocalAwsOptions::default()).await?;
 /// let kinesis = aws.clients().await.kinesis;
-/// kcl::stream::create_stream(&kinesis, "orders", 2, Duration::from_secs(10)).await?;
+/// kinesis_core::stream::create_stream(&kinesis, "orders", 2, Duration::from_secs(10)).await?;
 ///
 /// let producer = Producer::new(ProducerConfig::builder("orders").build()?, kinesis);
 /// let mut results = Vec::new();
@@ -136,7 +136,7 @@ impl Producer {
     /// # use producer::{Producer, ProducerConfig};
     /// # let aws = LocalAws::start(LocalAwsOptions::default()).await?;
     /// # let kinesis = aws.clients().await.kinesis;
-    /// # kcl::stream::create_stream(&kinesis, "events", 2, Duration::from_secs(10)).await?;
+    /// # kinesis_core::stream::create_stream(&kinesis, "events", 2, Duration::from_secs(10)).await?;
     /// let producer = Producer::new(ProducerConfig::builder("events").build()?, kinesis);
     /// // Hash key 0 belongs to the first shard, whatever the partition key.
     /// let pending = producer.put_with_hash_key("any-key", "0", b"event".to_vec()).await?;

@@ -31,11 +31,11 @@ pub(crate) fn validate(
     }
     match explicit_hash_key {
         Some(key) => {
-            kcl::kpl::parse_explicit_hash_key(key).ok_or_else(|| PutError::InvalidExplicitHashKey {
+            kinesis_core::kpl::parse_explicit_hash_key(key).ok_or_else(|| PutError::InvalidExplicitHashKey {
                 value: key.to_string(),
             })
         }
-        None => Ok(kcl::kpl::partition_key_hash(partition_key)),
+        None => Ok(kinesis_core::kpl::partition_key_hash(partition_key)),
     }
 }
 
@@ -194,7 +194,7 @@ pub(crate) mod tests {
         assert_eq!(validate("k", Some("42"), 1), Ok(42));
         assert_eq!(
             validate("a", None, 1),
-            Ok(kcl::kpl::partition_key_hash("a"))
+            Ok(kinesis_core::kpl::partition_key_hash("a"))
         );
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use kcl::stream::ShardInfo;
+use kinesis_core::stream::ShardInfo;
 
 /// A shard id shared by the buffers keyed by it.
 pub(crate) type ShardId = Arc<str>;

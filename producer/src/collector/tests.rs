@@ -243,7 +243,7 @@ fn expired_members_are_dropped_and_the_rest_re_encoded() {
         .unwrap();
     assert_eq!(expired.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
     let sent = &batch.records[0];
-    let users = kcl::kpl::deaggregate(&sent.data).unwrap();
+    let users = kinesis_core::kpl::deaggregate(&sent.data).unwrap();
     assert_eq!(users.len(), 2);
     assert_eq!(
         sent.members.iter().map(|m| m.id).collect::<Vec<_>>(),

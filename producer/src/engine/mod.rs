@@ -16,7 +16,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
 use backon::{ExponentialBuilder, Retryable};
-use kcl::stream::{ShardInfo, StreamError};
+use kinesis_core::stream::{ShardInfo, StreamError};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, sleep_until};
@@ -455,7 +455,7 @@ impl Engine {
         let ticket = r.wanted;
         let (client, stream) = (self.client.clone(), self.config.stream_name.clone());
         let handle = self.tasks.spawn(async move {
-            let list = || kcl::stream::list_shards(&client, &stream);
+            let list = || kinesis_core::stream::list_shards(&client, &stream);
             let backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(Duration::from_secs(2))

@@ -1,5 +1,6 @@
 //! Stream administration and shard listing: create a stream and wait for it, list every
-//! shard (paginated), split and merge. Used by shard sync, the tools and the tests.
+//! shard (paginated), split and merge. Used by kcl-rs's shard sync, the producer's shard
+//! map, the tools and the tests.
 
 use std::time::Duration;
 
@@ -46,7 +47,9 @@ impl ShardInfo {
         (self.starting_hash_key..=self.ending_hash_key).contains(&hash_key)
     }
 
-    pub(crate) fn from_sdk(shard: &Shard) -> Result<ShardInfo, StreamError> {
+    /// Reads a shard as ListShards (or DescribeStream) describes it; a hash key that is
+    /// not a 128-bit decimal is [`StreamError::Malformed`].
+    pub fn from_sdk(shard: &Shard) -> Result<ShardInfo, StreamError> {
         let parse = |s: &str| {
             s.parse::<u128>().map_err(|_| StreamError::Malformed {
                 what: format!("hash key {s:?} of shard {}", shard.shard_id()),

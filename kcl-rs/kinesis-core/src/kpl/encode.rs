@@ -1,0 +1,198 @@
+//! Encoding: the [`Aggregator`] and its exact sizes.
+
+use std::collections::HashMap;
+
+use md5::{Digest, Md5};
+
+use super::wire::*;
+
+/// Builds one aggregated Kinesis record from user records, for the producer.
+///
+/// Partition keys and explicit hash keys go into deduplicated tables, as the KPL does, so
+/// a key repeated across user records costs its bytes once. [`Aggregator::encoded_len`]
+/// is exact at every step, which lets a producer stop adding just below the Kinesis
+/// record size limit: check [`Aggregator::size_if_added`] first, and [`Aggregator::encode`]
+/// and start a new aggregator when the next record would not fit.
+///
+/// Keys are written as given: checking that a partition key is 1–256 characters and that
+/// an explicit hash key is a valid decimal (see [`parse_explicit_hash_key`]) is the
+/// producer's job. Tags are never written.
+///
+/// ```
+/// use kinesis_core::kpl::Aggregator;
+///
+/// const MAX_RECORD_LEN: usize = 1024 * 1024;
+/// let mut aggregator = Aggregator::new();
+/// let payload = vec![7u8; 100];
+/// if aggregator.size_if_added("key", None, payload.len()) <= MAX_RECORD_LEN {
+///     aggregator.add("key", None, payload);
+/// }
+/// assert_eq!(aggregator.len(), 1);
+/// let record = std::mem::take(&mut aggregator).encode();
+/// assert!(aggregator.is_empty());
+/// // magic, table entry "key", record { index, data }, digest
+/// assert_eq!(record.len(), 4 + (2 + 3) + 2 + (2 + 2 + 100) + 16);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Aggregator {
+    partition_key_table: KeyTable,
+    explicit_hash_key_table: KeyTable,
+    records: Vec<PendingRecord>,
+    /// Length of the `AggregatedRecord` protobuf so far.
+    message_len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct PendingRecord {
+    partition_key_index: u64,
+    explicit_hash_key_index: Option<u64>,
+    data: Vec<u8>,
+}
+
+/// A repeated string field whose entries are unique, with each entry's index.
+#[derive(Debug, Clone, Default)]
+struct KeyTable {
+    keys: Vec<String>,
+    indexes: HashMap<String, u64>,
+}
+
+impl KeyTable {
+    /// The index `key` has or would get, and whether it is already in the table.
+    fn index_of(&self, key: &str) -> (u64, bool) {
+        match self.indexes.get(key) {
+            Some(&index) => (index, true),
+            None => (self.keys.len() as u64, false),
+        }
+    }
+
+    fn insert(&mut self, key: &str) -> u64 {
+        let (index, present) = self.index_of(key);
+        if !present {
+            self.keys.push(key.to_owned());
+            self.indexes.insert(key.to_owned(), index);
+        }
+        index
+    }
+}
+
+impl Aggregator {
+    /// An empty aggregator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of user records added so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no user record has been added.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The exact length of what [`Aggregator::encode`] would return now.
+    ///
+    /// An empty aggregator encodes to 20 bytes (magic and digest), which readers do not
+    /// take for an aggregated record (see [`is_aggregated`]): send nothing instead.
+    pub fn encoded_len(&self) -> usize {
+        MAGIC.len() + self.message_len + DIGEST_LEN
+    }
+
+    /// The exact [`Aggregator::encoded_len`] after adding a user record with these keys
+    /// and `data_len` bytes of data, without adding it.
+    pub fn size_if_added(
+        &self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+    ) -> usize {
+        self.encoded_len() + self.added_message_len(partition_key, explicit_hash_key, data_len)
+    }
+
+    /// Adds a user record; its sub-sequence number will be the current [`Aggregator::len`].
+    pub fn add(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data: impl Into<Vec<u8>>,
+    ) {
+        let data = data.into();
+        self.message_len += self.added_message_len(partition_key, explicit_hash_key, data.len());
+        self.records.push(PendingRecord {
+            partition_key_index: self.partition_key_table.insert(partition_key),
+            explicit_hash_key_index: explicit_hash_key
+                .map(|key| self.explicit_hash_key_table.insert(key)),
+            data,
+        });
+    }
+
+    /// How much the protobuf grows if this user record is added.
+    fn added_message_len(
+        &self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+    ) -> usize {
+        // A key new to its table costs a table entry; either way the record pays for
+        // its index, whose varint length depends on the index's value.
+        let mut added = 0;
+        let (partition_key_index, present) = self.partition_key_table.index_of(partition_key);
+        if !present {
+            added += len_delimited_field_len(partition_key.len());
+        }
+        let explicit_hash_key_index = explicit_hash_key.map(|key| {
+            let (index, present) = self.explicit_hash_key_table.index_of(key);
+            if !present {
+                added += len_delimited_field_len(key.len());
+            }
+            index
+        });
+        let record_len = record_len(partition_key_index, explicit_hash_key_index, data_len);
+        added + len_delimited_field_len(record_len)
+    }
+
+    /// The aggregated record: magic, `AggregatedRecord` protobuf, MD5 digest.
+    ///
+    /// Fields are written in field-number order and keys in first-use order, as the
+    /// official aggregators do, so the same user records give the same bytes
+    /// (`tests/kpl_vectors.rs` checks this against `aws_kinesis_agg`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(&MAGIC);
+        for key in &self.partition_key_table.keys {
+            write_len_delimited(
+                &mut out,
+                AGGREGATED_RECORD_PARTITION_KEY_TABLE,
+                key.as_bytes(),
+            );
+        }
+        for key in &self.explicit_hash_key_table.keys {
+            write_len_delimited(
+                &mut out,
+                AGGREGATED_RECORD_EXPLICIT_HASH_KEY_TABLE,
+                key.as_bytes(),
+            );
+        }
+        for record in &self.records {
+            let record_len = record_len(
+                record.partition_key_index,
+                record.explicit_hash_key_index,
+                record.data.len(),
+            );
+            write_key(&mut out, AGGREGATED_RECORD_RECORDS, WIRE_LEN);
+            write_varint(&mut out, record_len as u64);
+            write_key(&mut out, RECORD_PARTITION_KEY_INDEX, WIRE_VARINT);
+            write_varint(&mut out, record.partition_key_index);
+            if let Some(index) = record.explicit_hash_key_index {
+                write_key(&mut out, RECORD_EXPLICIT_HASH_KEY_INDEX, WIRE_VARINT);
+                write_varint(&mut out, index);
+            }
+            write_len_delimited(&mut out, RECORD_DATA, &record.data);
+        }
+        let digest = Md5::digest(&out[MAGIC.len()..]);
+        out.extend_from_slice(&digest);
+        debug_assert_eq!(out.len(), self.encoded_len());
+        out
+    }
+}
