@@ -30,11 +30,11 @@ pub(crate) fn validate(
         return Err(PutError::RecordTooLarge { bytes });
     }
     match explicit_hash_key {
-        Some(key) => {
-            kinesis_core::kpl::parse_explicit_hash_key(key).ok_or_else(|| PutError::InvalidExplicitHashKey {
+        Some(key) => kinesis_core::kpl::parse_explicit_hash_key(key).ok_or_else(|| {
+            PutError::InvalidExplicitHashKey {
                 value: key.to_string(),
-            })
-        }
+            }
+        }),
         None => Ok(kinesis_core::kpl::partition_key_hash(partition_key)),
     }
 }

@@ -127,21 +127,21 @@ pub fn deaggregate(data: &[u8]) -> Result<Vec<UserRecord>, DeaggregationError> {
 }
 
 /// The `AggregatedRecord` message, borrowing from the input.
-struct AggregatedRecord<'a> {
-    partition_key_table: Vec<&'a str>,
-    explicit_hash_key_table: Vec<&'a str>,
-    records: Vec<Record<'a>>,
+pub(super) struct AggregatedRecord<'a> {
+    pub(super) partition_key_table: Vec<&'a str>,
+    pub(super) explicit_hash_key_table: Vec<&'a str>,
+    pub(super) records: Vec<Record<'a>>,
 }
 
 /// The `Record` message, borrowing from the input.
-struct Record<'a> {
-    partition_key_index: u64,
-    explicit_hash_key_index: Option<u64>,
+pub(super) struct Record<'a> {
+    pub(super) partition_key_index: u64,
+    pub(super) explicit_hash_key_index: Option<u64>,
     data: &'a [u8],
 }
 
 impl<'a> AggregatedRecord<'a> {
-    fn decode(buf: &'a [u8]) -> Result<Self, DeaggregationError> {
+    pub(super) fn decode(buf: &'a [u8]) -> Result<Self, DeaggregationError> {
         let mut message = AggregatedRecord {
             partition_key_table: Vec::new(),
             explicit_hash_key_table: Vec::new(),
@@ -275,16 +275,16 @@ fn check_tag(buf: &[u8]) -> Result<(), DeaggregationError> {
 }
 
 /// A cursor over protobuf wire format that never reads past its slice.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
 
-    fn varint(&mut self) -> Result<u64, DeaggregationError> {
+    pub(super) fn varint(&mut self) -> Result<u64, DeaggregationError> {
         let mut value = 0u64;
         for (i, &byte) in self.buf.iter().enumerate().take(10) {
             // The tenth byte holds bit 63 alone; anything more overflows 64 bits.
