@@ -26,6 +26,12 @@ pub struct InitializationInput {
     pub checkpoint: ExtendedSequenceNumber,
     /// A prepared but uncommitted checkpoint left by a previous processor, if any.
     pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// The shard's parents: none for a shard the stream was created with, one after a
+    /// split, two after a merge. Their records were all processed before this shard's.
+    pub parent_shard_ids: Vec<String>,
+    /// The shard's hash key range (inclusive), when the lease records it: the keys
+    /// whose records this shard holds.
+    pub hash_key_range: Option<(u128, u128)>,
 }
 
 /// Passed to [`RecordProcessor::process_records`].
@@ -35,6 +41,15 @@ pub struct ProcessRecordsInput {
     pub records: Vec<KinesisClientRecord>,
     /// How far behind the tip of the shard this batch is, in milliseconds.
     pub millis_behind_latest: Option<i64>,
+    /// Records of this batch that began with the KPL magic but did not decode; each is
+    /// in `records` as one plain record with its original bytes.
+    pub undecodable_aggregates: usize,
+    /// User records of this batch left out because their KPL aggregate was stored in a
+    /// shard that does not own all of them (a producer with a stale shard map after a
+    /// split puts them again, routed right, as the KPL does); the Java KCL drops them
+    /// too. A batch left empty by this is not delivered unless
+    /// `call_process_records_even_for_empty` is set.
+    pub foreign_records_dropped: usize,
 }
 
 /// Processes the records of one shard. One instance per lease; never shared.

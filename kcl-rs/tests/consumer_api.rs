@@ -274,3 +274,126 @@ async fn coordinators_balance_over_the_in_memory_store() {
             .all(|l| l.owner.is_none())
     );
 }
+
+/// What the worker hands a processor.
+#[derive(Debug)]
+enum Seen {
+    Init(InitializationInput),
+    Batch {
+        shard: String,
+        data: Vec<Vec<u8>>,
+        foreign: usize,
+    },
+}
+
+struct Recorder {
+    shard: String,
+    report: mpsc::UnboundedSender<Seen>,
+}
+
+impl RecordProcessor for Recorder {
+    async fn initialize(&mut self, input: InitializationInput) {
+        let _ = self.report.send(Seen::Init(input));
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput, cp: &mut Checkpointer) {
+        let _ = self.report.send(Seen::Batch {
+            shard: self.shard.clone(),
+            data: input.records.into_iter().map(|r| r.data).collect(),
+            foreign: input.foreign_records_dropped,
+        });
+        let _ = cp.checkpoint().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_learn_their_lineage_and_foreign_aggregates_are_left_out() {
+    use aws_sdk_kinesis::primitives::Blob;
+    use kcl::kpl::Aggregator;
+
+    let aws = strict::local_aws().await;
+    let clients = strict::admin(&aws).await;
+    let name = unique("foreign");
+    let app = unique("foreign-app");
+    let worker_clients = strict::worker_clients(&aws, &name, &app).await;
+    stream::create_stream(&clients.kinesis, &name, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let parent = stream::list_shards(&clients.kinesis, &name).await.unwrap()[0]
+        .shard_id
+        .clone();
+    let middle = 1u128 << 127;
+    stream::split_shard(&clients.kinesis, &name, &parent, Some(middle), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let low = stream::list_shards(&clients.kinesis, &name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.is_open() && s.starting_hash_key == 0)
+        .unwrap()
+        .shard_id;
+
+    // Stored in the low child (explicit hash key 0): an aggregate of its own keys, an
+    // aggregate holding one user record of the high child, a plain record.
+    let mut own = Aggregator::new();
+    own.add("p", Some("1"), b"own-1".to_vec());
+    own.add("p", Some("2"), b"own-2".to_vec());
+    let mut foreign = Aggregator::new();
+    foreign.add("p", Some("3"), b"foreign-1".to_vec());
+    foreign.add("p", Some(&u128::MAX.to_string()), b"foreign-2".to_vec());
+    for data in [own.encode(), foreign.encode(), b"plain".to_vec()] {
+        clients
+            .kinesis
+            .put_record()
+            .stream_name(&name)
+            .partition_key("p")
+            .explicit_hash_key("0")
+            .data(Blob::new(data))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(
+        config(&name, &app, "recorder"),
+        &worker_clients,
+        move |shard: &str| Recorder {
+            shard: shard.to_string(),
+            report: tx.clone(),
+        },
+    );
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    let (mut inits, mut delivered, mut dropped) = (Vec::new(), Vec::new(), 0);
+    while !delivered.iter().any(|d: &Vec<u8>| d == b"plain") {
+        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Seen::Init(input) => inits.push(input),
+            Seen::Batch {
+                shard,
+                data,
+                foreign,
+            } => {
+                if shard == low {
+                    delivered.extend(data);
+                    dropped += foreign;
+                }
+            }
+        }
+    }
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+
+    assert_eq!(
+        delivered,
+        [b"own-1".to_vec(), b"own-2".to_vec(), b"plain".to_vec()]
+    );
+    assert_eq!(dropped, 2, "both user records of the foreign aggregate");
+    let init_of = |shard: &str| inits.iter().find(|i| i.shard_id == shard).unwrap();
+    assert_eq!(init_of(&parent).parent_shard_ids, Vec::<String>::new());
+    assert_eq!(init_of(&parent).hash_key_range, Some((0, u128::MAX)));
+    assert_eq!(init_of(&low).parent_shard_ids, [parent.clone()]);
+    assert_eq!(init_of(&low).hash_key_range, Some((0, middle - 1)));
+    aws.shutdown().await;
+}

@@ -111,6 +111,8 @@ fn records() -> ProcessRecordsInput {
             record("200", 3, "b", b"\x00\xff"),
         ],
         millis_behind_latest: Some(1234),
+        undecodable_aggregates: 0,
+        foreign_records_dropped: 0,
     }
 }
 

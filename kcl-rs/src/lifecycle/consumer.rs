@@ -235,6 +235,8 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 shard_id: self.lease.key.clone(),
                 checkpoint: self.lease.checkpoint.clone(),
                 pending_checkpoint: self.lease.pending_checkpoint.clone(),
+                parent_shard_ids: self.lease.parent_shard_ids.clone(),
+                hash_key_range: self.lease.hash_key_range,
             })
             .await;
         self.processor = Some(processor);
@@ -250,6 +252,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,
             },
+            hash_key_range: self.lease.hash_key_range,
             ..RetrievalConfig::default()
         };
         let reader = ShardReader::new(
@@ -314,6 +317,8 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                         ProcessRecordsInput {
                             records: batch.records,
                             millis_behind_latest: batch.millis_behind_latest,
+                            undecodable_aggregates: batch.undecodable_aggregates,
+                            foreign_records_dropped: batch.foreign_records_dropped,
                         },
                         &mut self.checkpointer,
                     )

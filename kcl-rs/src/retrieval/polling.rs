@@ -59,6 +59,10 @@ pub struct RetrievalConfig {
     pub initial_backoff: Duration,
     /// The largest retry delay bound. Default: 5 s.
     pub max_backoff: Duration,
+    /// The shard's hash key range, when known: a KPL aggregate holding a user record
+    /// outside it is left out whole (see [`deaggregate_records`]). Default: `None`
+    /// (every aggregate delivered). The worker sets it from the lease.
+    pub hash_key_range: Option<(u128, u128)>,
 }
 
 impl Default for RetrievalConfig {
@@ -70,6 +74,7 @@ impl Default for RetrievalConfig {
             at_timestamp: None,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            hash_key_range: None,
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct Batch {
     /// Records that began with the KPL magic but did not decode; each is in `records`
     /// as one plain record with its original bytes.
     pub undecodable_aggregates: usize,
+    /// User records left out because their aggregate was stored in a shard that does
+    /// not own all of them ([`RetrievalConfig::hash_key_range`]).
+    pub foreign_records_dropped: usize,
     /// Data bytes GetRecords returned, before deaggregation and the resume skip: what
     /// counts against the shard's read limit of 2 MB/s.
     pub bytes: usize,
@@ -465,7 +473,8 @@ impl ShardReader {
         let Deaggregated {
             records,
             undecodable_aggregates,
-        } = deaggregate_records(records);
+            foreign_records_dropped,
+        } = deaggregate_records(records, self.config.hash_key_range);
         let records = skip_through(records, &mut self.skip);
         if let Some(last) = records.last() {
             self.last_delivered = Some(last.extended_sequence_number());
@@ -503,6 +512,7 @@ impl ShardReader {
                 .collect(),
             shard_end,
             undecodable_aggregates,
+            foreign_records_dropped,
             bytes,
         }
     }

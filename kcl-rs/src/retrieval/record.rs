@@ -63,6 +63,9 @@ pub struct Deaggregated {
     /// Records that start with the KPL magic but do not decode as an aggregate. Each
     /// was delivered as one plain record with its original bytes.
     pub undecodable_aggregates: usize,
+    /// User records left out because their aggregate was stored in a shard that does
+    /// not own all of them (see [`deaggregate_records`]).
+    pub foreign_records_dropped: usize,
 }
 
 /// Splits KPL aggregates into their user records and passes plain records through.
@@ -72,7 +75,18 @@ pub struct Deaggregated {
 /// delivered as one plain record with its original bytes and counted in
 /// [`Deaggregated::undecodable_aggregates`]: dropping it would lose data, and failing
 /// the shard on it would stop the shard forever.
-pub fn deaggregate_records(records: impl IntoIterator<Item = Record>) -> Deaggregated {
+///
+/// With the shard's `hash_key_range`, an aggregate holding a user record whose hash key
+/// (its explicit hash key, else the partition key's) lies outside the range is left out
+/// whole and its user records counted in [`Deaggregated::foreign_records_dropped`], as
+/// the Java KCL does: a producer aggregating with a stale shard map after a split puts
+/// such an aggregate in the wrong child, notices, and puts every user record of it
+/// again, routed right, so each user record is still delivered once, by its own shard.
+/// Plain records are never left out: Kinesis routed them by their own key.
+pub fn deaggregate_records(
+    records: impl IntoIterator<Item = Record>,
+    hash_key_range: Option<(u128, u128)>,
+) -> Deaggregated {
     let mut out = Deaggregated::default();
     for record in records {
         let arrival = record
@@ -81,6 +95,16 @@ pub fn deaggregate_records(records: impl IntoIterator<Item = Record>) -> Deaggre
         let data = record.data.into_inner();
         if kpl::is_aggregated(&data) {
             match kpl::deaggregate(&data) {
+                Ok(users) if !owns_all(hash_key_range, &users) => {
+                    tracing::warn!(
+                        sequence_number = %record.sequence_number,
+                        user_records = users.len(),
+                        "aggregate stored in a shard that does not own all its user records; \
+                         left out (its producer puts them again, routed by the new shards)"
+                    );
+                    out.foreign_records_dropped += users.len();
+                    continue;
+                }
                 Ok(users) => {
                     out.records
                         .extend(users.into_iter().enumerate().map(|(i, user)| {
@@ -120,6 +144,21 @@ pub fn deaggregate_records(records: impl IntoIterator<Item = Record>) -> Deaggre
         });
     }
     out
+}
+
+/// Whether every user record belongs to the shard of `range` (always, without one). An
+/// explicit hash key that does not parse counts as owned: leaving data out needs proof.
+fn owns_all(range: Option<(u128, u128)>, users: &[kpl::UserRecord]) -> bool {
+    let Some((start, end)) = range else {
+        return true;
+    };
+    users.iter().all(|user| {
+        let hash = match user.explicit_hash_key.as_deref() {
+            Some(explicit) => kpl::parse_explicit_hash_key(explicit),
+            None => Some(kpl::partition_key_hash(&user.partition_key)),
+        };
+        hash.is_none_or(|hash| (start..=end).contains(&hash))
+    })
 }
 
 /// The resume rule: drops every record at or before `checkpoint` and clears it once a
@@ -182,7 +221,7 @@ mod tests {
 
     #[test]
     fn plain_records_pass_through_with_sub_sequence_zero() {
-        let out = deaggregate_records([sdk_record("10", b"a".to_vec())]);
+        let out = deaggregate_records([sdk_record("10", b"a".to_vec())], None);
         assert_eq!(out.undecodable_aggregates, 0);
         assert_eq!(out.records.len(), 1);
         let r = &out.records[0];
@@ -204,7 +243,7 @@ mod tests {
         let out = deaggregate_records([
             sdk_record("10", data.clone()),
             sdk_record("11", b"plain".to_vec()),
-        ]);
+        ], None);
         assert_eq!(out.undecodable_aggregates, 1);
         assert_eq!(
             positions(&out.records),
@@ -212,6 +251,44 @@ mod tests {
         );
         assert!(!out.records[0].aggregated);
         assert_eq!(out.records[0].data, data);
+    }
+
+    #[test]
+    fn an_aggregate_with_a_user_record_outside_the_shard_is_left_out_whole() {
+        let aggregate = |keys: &[(&str, Option<&str>)]| {
+            let mut aggregator = kpl::Aggregator::new();
+            for (key, explicit) in keys {
+                aggregator.add(key, *explicit, b"x".to_vec());
+            }
+            aggregator.encode()
+        };
+        let a = kpl::partition_key_hash("a");
+        let b = kpl::partition_key_hash("b");
+        let (low, high) = (a.min(b), a.max(b));
+        let max = u128::MAX.to_string();
+        // (shard range, user records of the aggregate, user records delivered, dropped)
+        let cases: [(Option<(u128, u128)>, Vec<(&str, Option<&str>)>, usize, usize); 6] = [
+            (None, vec![("a", None), ("b", None)], 2, 0),
+            (Some((low, high)), vec![("a", None), ("b", None)], 2, 0),
+            (Some((low, low)), vec![("a", None), ("b", None)], 0, 2),
+            (Some((high, high)), vec![("a", None), ("b", None)], 0, 2),
+            // The explicit hash key decides, not the partition key.
+            (Some((0, 0)), vec![("a", Some("0")), ("b", Some("0"))], 2, 0),
+            (Some((0, 0)), vec![("a", Some("0")), ("b", Some(max.as_str()))], 0, 2),
+        ];
+        for (range, keys, delivered, dropped) in cases {
+            let out = deaggregate_records(
+                [
+                    sdk_record("10", aggregate(&keys)),
+                    // A plain record is never left out, whatever its key.
+                    sdk_record("11", b"plain".to_vec()),
+                ],
+                range,
+            );
+            assert_eq!(out.records.len(), delivered + 1, "{range:?} {keys:?}");
+            assert_eq!(out.foreign_records_dropped, dropped, "{range:?} {keys:?}");
+            assert_eq!(out.records.last().unwrap().sequence_number, "11");
+        }
     }
 
     #[test]
