@@ -323,9 +323,15 @@ async fn processors_learn_their_lineage_and_foreign_aggregates_are_left_out() {
         .shard_id
         .clone();
     let middle = 1u128 << 127;
-    stream::split_shard(&clients.kinesis, &name, &parent, Some(middle), Duration::from_secs(30))
-        .await
-        .unwrap();
+    stream::split_shard(
+        &clients.kinesis,
+        &name,
+        &parent,
+        Some(middle),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let low = stream::list_shards(&clients.kinesis, &name)
         .await
         .unwrap()
@@ -368,7 +374,11 @@ async fn processors_learn_their_lineage_and_foreign_aggregates_are_left_out() {
     let run = tokio::spawn(worker.run(cancel.clone()));
     let (mut inits, mut delivered, mut dropped) = (Vec::new(), Vec::new(), 0);
     while !delivered.iter().any(|d: &Vec<u8>| d == b"plain") {
-        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Seen::Init(input) => inits.push(input),
             Seen::Batch {
                 shard,
@@ -393,7 +403,7 @@ async fn processors_learn_their_lineage_and_foreign_aggregates_are_left_out() {
     let init_of = |shard: &str| inits.iter().find(|i| i.shard_id == shard).unwrap();
     assert_eq!(init_of(&parent).parent_shard_ids, Vec::<String>::new());
     assert_eq!(init_of(&parent).hash_key_range, Some((0, u128::MAX)));
-    assert_eq!(init_of(&low).parent_shard_ids, [parent.clone()]);
+    assert_eq!(init_of(&low).parent_shard_ids, vec![parent.clone()]);
     assert_eq!(init_of(&low).hash_key_range, Some((0, middle - 1)));
     aws.shutdown().await;
 }

@@ -79,7 +79,7 @@ fn check_deaggregate_records(data: &[u8], decoded: &Result<Vec<UserRecord>, Deag
         .data(Blob::new(data.to_vec()))
         .build()
         .expect("all required fields set");
-    let out = kcl::retrieval::deaggregate_records([record]);
+    let out = kcl::retrieval::deaggregate_records([record], None);
     match decoded {
         Ok(users) => {
             assert_eq!(out.undecodable_aggregates, 0);

@@ -240,10 +240,13 @@ mod tests {
     fn magic_with_garbage_is_one_plain_record_and_counted() {
         let mut data = vec![0xF3, 0x89, 0x9A, 0xC2];
         data.extend_from_slice(b"definitely not protobuf and no checksum");
-        let out = deaggregate_records([
-            sdk_record("10", data.clone()),
-            sdk_record("11", b"plain".to_vec()),
-        ], None);
+        let out = deaggregate_records(
+            [
+                sdk_record("10", data.clone()),
+                sdk_record("11", b"plain".to_vec()),
+            ],
+            None,
+        );
         assert_eq!(out.undecodable_aggregates, 1);
         assert_eq!(
             positions(&out.records),
@@ -267,14 +270,25 @@ mod tests {
         let (low, high) = (a.min(b), a.max(b));
         let max = u128::MAX.to_string();
         // (shard range, user records of the aggregate, user records delivered, dropped)
-        let cases: [(Option<(u128, u128)>, Vec<(&str, Option<&str>)>, usize, usize); 6] = [
+        type Case<'a> = (
+            Option<(u128, u128)>,
+            Vec<(&'a str, Option<&'a str>)>,
+            usize,
+            usize,
+        );
+        let cases: [Case; 6] = [
             (None, vec![("a", None), ("b", None)], 2, 0),
             (Some((low, high)), vec![("a", None), ("b", None)], 2, 0),
             (Some((low, low)), vec![("a", None), ("b", None)], 0, 2),
             (Some((high, high)), vec![("a", None), ("b", None)], 0, 2),
             // The explicit hash key decides, not the partition key.
             (Some((0, 0)), vec![("a", Some("0")), ("b", Some("0"))], 2, 0),
-            (Some((0, 0)), vec![("a", Some("0")), ("b", Some(max.as_str()))], 0, 2),
+            (
+                Some((0, 0)),
+                vec![("a", Some("0")), ("b", Some(max.as_str()))],
+                0,
+                2,
+            ),
         ];
         for (range, keys, delivered, dropped) in cases {
             let out = deaggregate_records(
