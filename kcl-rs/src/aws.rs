@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
-use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_kinesis::error::DisplayErrorContext;
 
 /// Region used for local endpoints when none is given.
@@ -73,27 +73,13 @@ pub struct UnreachableError {
 impl Clients {
     /// Builds clients for the given endpoints. No request is sent; see [`Clients::verify`].
     pub async fn connect(endpoints: &Endpoints) -> Clients {
-        let config = sdk_config(endpoints).await;
-        let mut kinesis = aws_sdk_kinesis::config::Builder::from(&config);
-        if let Some(url) = &endpoints.kinesis {
-            kinesis = kinesis.endpoint_url(url);
-        }
-        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&config);
-        if let Some(url) = &endpoints.dynamodb {
-            dynamodb = dynamodb.endpoint_url(url);
-        }
-        Clients {
-            kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
-            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
-            endpoints: endpoints.clone(),
-        }
+        Clients::with_endpoints(&sdk_config(endpoints).await, endpoints)
     }
 
     /// Like [`Clients::connect`], signed with the static key `access_key_id`: for local
     /// endpoints whose strict mode binds an IAM principal to that key (see
     /// `kcl::local::LocalAws::clients_as`, feature `local`).
     pub async fn connect_as(endpoints: &Endpoints, access_key_id: &str) -> Clients {
-        let config = sdk_config(endpoints).await;
         let credentials = Credentials::new(
             access_key_id,
             "local-secret",
@@ -101,13 +87,21 @@ impl Clients {
             None,
             "kcl-local-principal",
         );
-        let mut kinesis = aws_sdk_kinesis::config::Builder::from(&config)
-            .credentials_provider(credentials.clone());
+        let config = sdk_config(endpoints)
+            .await
+            .into_builder()
+            .credentials_provider(SharedCredentialsProvider::new(credentials))
+            .build();
+        Clients::with_endpoints(&config, endpoints)
+    }
+
+    /// Both clients from `config`, each pointed at its local endpoint when one is given.
+    fn with_endpoints(config: &SdkConfig, endpoints: &Endpoints) -> Clients {
+        let mut kinesis = aws_sdk_kinesis::config::Builder::from(config);
         if let Some(url) = &endpoints.kinesis {
             kinesis = kinesis.endpoint_url(url);
         }
-        let mut dynamodb =
-            aws_sdk_dynamodb::config::Builder::from(&config).credentials_provider(credentials);
+        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(config);
         if let Some(url) = &endpoints.dynamodb {
             dynamodb = dynamodb.endpoint_url(url);
         }

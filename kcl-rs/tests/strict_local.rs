@@ -492,3 +492,33 @@ async fn writes_are_limited_per_shard_by_the_embedded_kinesis() {
     assert!(failed >= 400, "{failed} of 1,500 refused");
     aws.shutdown().await;
 }
+
+#[tokio::test]
+async fn waiting_for_active_outlasts_a_refused_describe_stream_summary() {
+    let aws = strict_aws(KinesisLimits {
+        describe_stream_summary_per_account: 1,
+        ..KinesisLimits::default()
+    })
+    .await;
+    let strict = aws.strict().unwrap();
+    // Clients that never retry on their own: each refusal reaches the waiting loop.
+    let client = single_attempt(&aws).await;
+    let waits: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, name) = (client.clone(), unique("busy"));
+            tokio::spawn(async move {
+                let result = stream::create_stream(&client, &name, 1, DEADLINE).await;
+                (name, result)
+            })
+        })
+        .collect();
+    for wait in waits {
+        let (name, result) = wait.await.unwrap();
+        assert!(result.is_ok(), "{name}: {result:?}");
+    }
+    assert!(
+        strict.refusal_counts().total() > 0,
+        "four streams polled at once at one call per second: some polls were refused"
+    );
+    aws.shutdown().await;
+}

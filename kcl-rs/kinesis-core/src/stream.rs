@@ -78,7 +78,14 @@ impl ShardInfo {
 
 /// Errors of stream administration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
+    /// The stream does not exist (ListShards answered `ResourceNotFoundException`).
+    #[error("stream {stream} does not exist")]
+    StreamNotFound {
+        /// The stream.
+        stream: String,
+    },
     /// A Kinesis call failed.
     #[error("Kinesis {operation} on stream {stream} failed: {message}")]
     Kinesis {
@@ -148,7 +155,8 @@ fn sdk_error<'a, E: std::error::Error + 'static>(
     }
 }
 
-/// Lists every shard of the stream, open and closed, following `NextToken`.
+/// Lists every shard of the stream, open and closed, following `NextToken`; a stream
+/// that does not exist is [`StreamError::StreamNotFound`].
 pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, StreamError> {
     let mut shards = Vec::new();
     let mut next_token: Option<String> = None;
@@ -158,10 +166,21 @@ pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>
             Some(token) => client.list_shards().next_token(token),
             None => client.list_shards().stream_name(stream),
         };
-        let page = request
-            .send()
-            .await
-            .map_err(sdk_error("ListShards", stream))?;
+        let page = match request.send().await {
+            Ok(page) => page,
+            // Only the first page names the stream; a later one's ResourceNotFound
+            // would be about the token.
+            Err(e)
+                if next_token.is_none()
+                    && e.as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                return Err(StreamError::StreamNotFound {
+                    stream: stream.to_string(),
+                });
+            }
+            Err(e) => return Err(sdk_error("ListShards", stream)(e)),
+        };
         for shard in page.shards() {
             shards.push(ShardInfo::from_sdk(shard)?);
         }
@@ -195,7 +214,10 @@ pub async fn create_stream(
     wait_for_active(client, stream, timeout).await
 }
 
-/// Polls DescribeStreamSummary until the stream is ACTIVE or `timeout` passes.
+/// Polls DescribeStreamSummary until the stream is ACTIVE or `timeout` passes. A poll
+/// the service refuses for its rate limit (`LimitExceededException`, 20 calls per
+/// second per account, shared with every other caller) is polled again later, within
+/// the same timeout.
 pub async fn wait_for_active(
     client: &Client,
     stream: &str,
@@ -204,15 +226,24 @@ pub async fn wait_for_active(
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
-        let summary = client
+        let status = match client
             .describe_stream_summary()
             .stream_name(stream)
             .send()
             .await
-            .map_err(sdk_error("DescribeStreamSummary", stream))?;
-        let status = summary
-            .stream_description_summary()
-            .map(|d| d.stream_status().clone());
+        {
+            Ok(summary) => summary
+                .stream_description_summary()
+                .map(|d| d.stream_status().clone()),
+            Err(e)
+                if started.elapsed() < timeout
+                    && e.as_service_error()
+                        .is_some_and(|e| e.is_limit_exceeded_exception()) =>
+            {
+                None
+            }
+            Err(e) => return Err(sdk_error("DescribeStreamSummary", stream)(e)),
+        };
         if status == Some(StreamStatus::Active) {
             return Ok(());
         }

@@ -12,10 +12,9 @@
 //! three a worker's documented IAM policy allows (DescribeStreamSummary is not in it).
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::error::DisplayErrorContext;
 
 use super::polling::ChildShardRef;
-use crate::stream::ShardInfo;
+use crate::stream::{ShardInfo, StreamError, list_shards};
 
 /// What the stream says about the stream and the shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,37 +66,10 @@ pub(crate) fn judge(shard_id: &str, view: &StreamView) -> Verdict {
 /// Looks at the stream with ListShards (every page): ResourceNotFound on the stream
 /// means it is missing.
 pub(crate) async fn look(client: &Client, stream: &str) -> StreamView {
-    let mut shards = Vec::new();
-    let mut next_token: Option<String> = None;
-    loop {
-        let request = match &next_token {
-            // With a NextToken the stream name must not be sent again.
-            Some(token) => client.list_shards().next_token(token),
-            None => client.list_shards().stream_name(stream),
-        };
-        let page = match request.send().await {
-            Ok(page) => page,
-            // Only the first page names the stream; a later one's ResourceNotFound
-            // would be about the token.
-            Err(e)
-                if next_token.is_none()
-                    && e.as_service_error()
-                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
-            {
-                return StreamView::StreamMissing;
-            }
-            Err(e) => return StreamView::Unknown(DisplayErrorContext(&e).to_string()),
-        };
-        for shard in page.shards() {
-            match ShardInfo::from_sdk(shard) {
-                Ok(info) => shards.push(info),
-                Err(e) => return StreamView::Unknown(e.to_string()),
-            }
-        }
-        match page.next_token() {
-            Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-            _ => return StreamView::Listed(shards),
-        }
+    match list_shards(client, stream).await {
+        Ok(shards) => StreamView::Listed(shards),
+        Err(StreamError::StreamNotFound { .. }) => StreamView::StreamMissing,
+        Err(e) => StreamView::Unknown(e.to_string()),
     }
 }
 
