@@ -52,6 +52,7 @@ pub struct ConfigError {
 /// # Ok::<(), kcl::config::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// The Kinesis stream to read.
     pub stream_name: String,

@@ -16,6 +16,7 @@ use crate::shard_sync::{ShardSyncError, ShardSyncer};
 
 /// Why a worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// The lease table could not be used (wrong schema, access denied, unreachable).
     #[error(transparent)]

@@ -34,6 +34,8 @@ fn table_error(err: TableError) -> StoreError {
         TableError::Create { table, source } => classify(*source, "CreateTable", &table),
         TableError::KeySchema { .. } => StoreError::Fatal(err.to_string()),
         TableError::NotActive { .. } => StoreError::Transient(err.to_string()),
+        // A set-up failure this version does not know: not worth retrying blindly.
+        _ => StoreError::Fatal(err.to_string()),
     }
 }
 

@@ -55,6 +55,8 @@ impl JavaCheckpointError {
                 LeaseError::ConditionFailed { .. } => JavaCheckpointError::Shutdown,
                 _ => JavaCheckpointError::Dependency,
             },
+            // A kind of failure this daemon does not know yet: Java's catch-all.
+            _ => JavaCheckpointError::Dependency,
         }
     }
 }

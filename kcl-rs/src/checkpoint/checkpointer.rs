@@ -11,6 +11,7 @@ use super::ExtendedSequenceNumber;
 
 /// Why a checkpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     /// The lease is no longer this worker's: stop processing the shard.
     #[error("shard {shard_id}: lease lost ({reason:?}); checkpoint refused")]

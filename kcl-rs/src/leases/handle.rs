@@ -72,6 +72,7 @@ impl LeasePhase {
 
 /// Errors of lease operations through a handle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandleError {
     /// The lease is not ours any more.
     #[error("lease {key} lost ({reason:?})")]

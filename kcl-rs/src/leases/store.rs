@@ -73,6 +73,7 @@ pub struct Change {
 
 /// Lease storage errors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LeaseError {
     /// The item was not as expected (or is missing): the write did nothing. For the
     /// holder of a lease this means the lease is lost or being handed off.

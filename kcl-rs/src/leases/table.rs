@@ -23,6 +23,7 @@ use tokio::time::Instant;
 /// Why [`ensure_hash_key_table`] failed. The SDK errors are kept whole so that each
 /// caller classifies them as it classifies its other calls (retry or give up).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TableError {
     /// `DescribeTable` failed (other than "not found").
     #[error("DescribeTable {table} failed")]

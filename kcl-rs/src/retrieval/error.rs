@@ -6,6 +6,7 @@ use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError
 /// its way out of. Throttling, 5xx answers, timeouts and network failures are retried
 /// inside the reader and never surface here; an expired iterator is re-acquired.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RetrievalError {
     /// The stream or shard does not exist (deleted, or a wrong name).
     #[error("{operation} on shard {shard_id}: stream or shard not found: {message}")]

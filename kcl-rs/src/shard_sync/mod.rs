@@ -36,6 +36,7 @@ pub struct SyncReport {
 
 /// Errors of a shard sync.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShardSyncError {
     /// ListShards failed.
     #[error(transparent)]

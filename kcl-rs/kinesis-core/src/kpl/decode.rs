@@ -40,6 +40,7 @@ pub struct UserRecord {
 
 /// Why a record could not be deaggregated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeaggregationError {
     /// The data does not start with [`MAGIC`].
     #[error("record does not start with the KPL magic bytes")]
