@@ -10,7 +10,7 @@ use kcl::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::stats::{Halt, ShardRanges, StatsProcessor, StatsStore};
+use crate::stats::{Halt, StatsProcessor, StatsStore};
 
 /// Settings of a statistics worker.
 #[derive(Clone, Debug)]
@@ -48,7 +48,6 @@ pub async fn run_worker(
 ) -> Result<(), WorkerError> {
     let store = Arc::new(StatsStore::new(clients.dynamodb.clone(), &options.app));
     store.ensure_tables().await?;
-    let ranges = Arc::new(ShardRanges::new(clients.kinesis.clone(), &options.stream));
     let audit = match &options.audit_file {
         Some(path) => Some(Arc::new(AuditLog::open(path).map_err(|e| {
             format!("cannot open the audit log {}: {e}", path.display())
@@ -70,7 +69,7 @@ pub async fn run_worker(
     let worker = Worker::new(
         config,
         clients,
-        StatsProcessor::factory(store, ranges, audit, halt.clone()),
+        StatsProcessor::factory(store, audit, halt.clone()),
     );
     let stopping = halt.token().clone();
     tokio::select! {

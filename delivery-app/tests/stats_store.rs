@@ -69,7 +69,7 @@ fn record(seq: u64, json: &str) -> ParsedRecord {
         position: ExtendedSequenceNumber::at(seq.to_string(), 0),
         partition_key: "k".into(),
         raw: json.as_bytes().to_vec(),
-        parsed: Some(parse(json.as_bytes())),
+        parsed: parse(json.as_bytes()),
     }
 }
 

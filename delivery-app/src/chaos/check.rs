@@ -66,8 +66,8 @@ pub struct StoredView {
     /// Each shard's watermark, as [`kcl::checkpoint::ExtendedSequenceNumber`] displays
     /// it.
     pub watermarks: HashMap<String, String>,
-    /// Records the statistics account for: valid events, dead letters, skipped foreign
-    /// records and skipped redeliveries.
+    /// Records the statistics account for: valid events, dead letters and skipped
+    /// redeliveries.
     pub records: u64,
 }
 

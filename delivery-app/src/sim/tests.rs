@@ -15,7 +15,7 @@ fn consume(events: &[SimEvent]) -> Totals {
             position: ExtendedSequenceNumber::at((1000 + i).to_string(), 0),
             partition_key: e.partition_key.clone(),
             raw: e.data.clone(),
-            parsed: Some(parse(&e.data)),
+            parsed: parse(&e.data),
         })
         .collect();
     let mut states: HashMap<String, Option<OrderState>> = referenced_orders(&records)

@@ -100,7 +100,7 @@ fn s(v: impl Into<String>) -> AttributeValue {
 }
 
 /// The counters of a statistics item, by attribute name.
-fn counters(t: &Totals) -> [(&'static str, i64); 11] {
+fn counters(t: &Totals) -> [(&'static str, i64); 10] {
     let x = &t.sums;
     [
         ("events", x.events as i64),
@@ -112,7 +112,6 @@ fn counters(t: &Totals) -> [(&'static str, i64); 11] {
         ("completed_price_cents", x.completed_price_cents),
         ("completion_ms_sum", x.completion_ms_sum),
         ("cross_shard_completions", t.cross_shard_completions as i64),
-        ("foreign_records_skipped", t.foreign_records_skipped as i64),
         ("redeliveries_skipped", t.redeliveries_skipped as i64),
     ]
 }
@@ -129,7 +128,6 @@ fn set_counter(t: &mut Totals, name: &str, v: i64) -> bool {
         "completed_price_cents" => x.completed_price_cents = v,
         "completion_ms_sum" => x.completion_ms_sum = v,
         "cross_shard_completions" => t.cross_shard_completions = v as u64,
-        "foreign_records_skipped" => t.foreign_records_skipped = v as u64,
         "redeliveries_skipped" => t.redeliveries_skipped = v as u64,
         _ => return false,
     }

@@ -7,7 +7,6 @@
 //! - [`store`]: the tables and the calls.
 //! - [`isolate`]: which record explains a refused transaction (pure).
 //! - [`halt`]: how a processor stops its worker on an error no record explains.
-//! - [`ranges`]: which records of a shard belong to it (hash key ranges).
 //! - [`processor`]: the kcl-rs record processor that ties them together.
 //! - [`report`]: what `delivery-app stats` prints.
 //!
@@ -18,7 +17,6 @@ pub mod isolate;
 pub mod items;
 pub mod plan;
 pub mod processor;
-pub mod ranges;
 pub mod report;
 pub mod size;
 pub mod store;
@@ -26,6 +24,5 @@ pub mod summary;
 
 pub use halt::Halt;
 pub use processor::StatsProcessor;
-pub use ranges::ShardRanges;
 pub use store::{StatsStore, StoreError, StoredStats};
 pub use summary::{Summary, Totals};

@@ -63,9 +63,8 @@ pub struct ParsedRecord {
     pub partition_key: String,
     /// Its bytes.
     pub raw: Vec<u8>,
-    /// The event, why it is rejected, or `None` for a user record of an aggregate stored
-    /// in the wrong shard (skipped; see [`Totals::foreign_records_skipped`]).
-    pub parsed: Option<Result<Event, Rejection>>,
+    /// The event, or why it is rejected.
+    pub parsed: Result<Event, Rejection>,
 }
 
 /// The stable 64-bit FNV-1a hash of a record's bytes: what identifies an exact copy of
@@ -232,10 +231,7 @@ pub fn referenced_orders(records: &[ParsedRecord]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     records
         .iter()
-        .filter_map(|r| match &r.parsed {
-            Some(Ok(event)) => Some(event.order_id()),
-            _ => None,
-        })
+        .filter_map(|r| r.parsed.as_ref().ok().map(Event::order_id))
         .filter(|id| seen.insert(*id))
         .map(str::to_string)
         .collect()
@@ -383,9 +379,8 @@ pub fn plan_chunk_within(
             break;
         }
         let (order, outcome) = match &record.parsed {
-            None => (None, Outcome::Foreign),
-            Some(Err(rejection)) => (None, Outcome::Rejected(rejection.clone())),
-            Some(Ok(event)) => {
+            Err(rejection) => (None, Outcome::Rejected(rejection.clone())),
+            Ok(event) => {
                 let id = event.order_id();
                 let state = chunk.after.get(id).unwrap_or_else(|| {
                     states
@@ -451,7 +446,6 @@ pub fn plan_chunk_within(
             chunk.after.insert(id.to_string(), before);
         }
         match outcome {
-            Outcome::Foreign => chunk.delta.foreign_records_skipped += 1,
             // The order's op (a check unless something else changes it) stays: the
             // decision depended on its state.
             Outcome::Redelivery => chunk.delta.redeliveries_skipped += 1,
@@ -517,8 +511,6 @@ pub fn plan_chunk_within(
 
 /// What planning does with one record.
 enum Outcome {
-    /// A user record of a foreign aggregate: skipped.
-    Foreign,
     /// An exact copy of an event applied to its order: skipped.
     Redelivery,
     /// A dead letter.

@@ -10,8 +10,8 @@
 //! pause) has its transaction refused and abandons the batch. A transaction cancelled
 //! otherwise (an order changed elsewhere) is re-read and re-planned, never forced.
 //!
-//! Every record ends somewhere: applied, skipped (a replay, a redelivery, a foreign
-//! aggregate's copy) or a dead letter, whether the parser, the plan (a sum that would
+//! Every record ends somewhere: applied, skipped (a replay, a redelivery) or a dead
+//! letter, whether the parser, the plan (a sum that would
 //! overflow) or DynamoDB itself (a refused transaction, isolated by
 //! [`isolate`](super::isolate)) rejects it. Every retry names what ends it: success,
 //! the lease moving (the transaction's check), an error retrying cannot fix (which stops
@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::halt::Halt;
 use super::isolate::{AfterRefusal, after_refusal};
-pub use super::ranges::{ShardRanges, foreign_aggregates, in_range};
 
 use super::plan::{OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders};
 use super::store::{StatsStore, StoreError, now_ms};
@@ -83,10 +82,8 @@ enum Stop {
 pub struct StatsProcessor {
     shard_id: String,
     store: Arc<StatsStore>,
-    ranges: Arc<ShardRanges>,
     audit: Option<Arc<AuditLog>>,
     halt: Halt,
-    range: Option<(u128, u128)>,
     /// The last record applied, once read from the statistics item.
     watermark: Option<Option<ExtendedSequenceNumber>>,
     /// The shard's orders per pickup region, as stored with `watermark`.
@@ -109,17 +106,14 @@ impl StatsProcessor {
     pub fn new(
         shard_id: &str,
         store: Arc<StatsStore>,
-        ranges: Arc<ShardRanges>,
         audit: Option<Arc<AuditLog>>,
         halt: Halt,
     ) -> Self {
         StatsProcessor {
             shard_id: shard_id.to_string(),
             store,
-            ranges,
             audit,
             halt,
-            range: None,
             watermark: None,
             regions: BTreeMap::new(),
             sums: Summary::default(),
@@ -131,18 +125,11 @@ impl StatsProcessor {
     /// A processor factory for [`kcl::worker::Worker::new`].
     pub fn factory(
         store: Arc<StatsStore>,
-        ranges: Arc<ShardRanges>,
         audit: Option<Arc<AuditLog>>,
         halt: Halt,
     ) -> impl Fn(&str) -> StatsProcessor + Send + Sync + 'static {
         move |shard: &str| {
-            StatsProcessor::new(
-                shard,
-                Arc::clone(&store),
-                Arc::clone(&ranges),
-                audit.clone(),
-                halt.clone(),
-            )
+            StatsProcessor::new(shard, Arc::clone(&store), audit.clone(), halt.clone())
         }
     }
 
@@ -201,7 +188,7 @@ impl StatsProcessor {
     ) -> Result<HashMap<String, Option<OrderState>>, Stop> {
         let mut first_is_creation: HashMap<&str, bool> = HashMap::new();
         for r in records {
-            if let Some(Ok(event)) = &r.parsed {
+            if let Ok(event) = &r.parsed {
                 first_is_creation
                     .entry(event.order_id())
                     .or_insert(matches!(event, Event::Created { .. }));
@@ -345,15 +332,16 @@ impl StatsProcessor {
                         AfterRefusal::DeadLetterFirst => {
                             let record = &mut records[0];
                             tracing::warn!(shard = %self.shard_id, position = ?record.position, %message, "DynamoDB refuses this record's writes; dead-lettering it");
-                            let order_id = match &record.parsed {
-                                Some(Ok(event)) => Some(event.order_id().to_string()),
-                                _ => None,
-                            };
-                            record.parsed = Some(Err(Rejection::new(
+                            let order_id = record
+                                .parsed
+                                .as_ref()
+                                .ok()
+                                .map(|event| event.order_id().to_string());
+                            record.parsed = Err(Rejection::new(
                                 Reason::RejectedByDynamodb,
                                 message,
                                 order_id.as_deref(),
-                            )));
+                            ));
                             max_records = usize::MAX;
                         }
                         AfterRefusal::Stop => {
@@ -413,24 +401,10 @@ impl StatsProcessor {
         &mut self,
         input: ProcessRecordsInput,
     ) -> Result<Option<Vec<ParsedRecord>>, Stop> {
-        let range = match self.range {
-            Some(range) => range,
-            None => {
-                let range = self
-                    .ranges
-                    .range_of(&self.shard_id, self.halt.token())
-                    .await
-                    .ok_or(Stop::Cancelled)?;
-                self.range = Some(range);
-                range
-            }
-        };
         let watermark = match self.watermark.clone() {
             Some(w) => w,
             None => self.reload_watermark().await?,
         };
-        // Judged on whole aggregates, before the watermark may cut one.
-        let foreign = foreign_aggregates(&input.records, range);
         let records: Vec<ParsedRecord> = input
             .records
             .into_iter()
@@ -441,7 +415,7 @@ impl StatsProcessor {
             })
             .map(|r| ParsedRecord {
                 position: r.extended_sequence_number(),
-                parsed: (!foreign.contains(&r.sequence_number)).then(|| parse(&r.data)),
+                parsed: parse(&r.data),
                 partition_key: r.partition_key,
                 raw: r.data,
             })

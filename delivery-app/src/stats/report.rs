@@ -21,13 +21,10 @@ pub struct StatsJson {
     pub avg_completion_ms: Option<f64>,
     /// Dead letters per reason.
     pub dead_letters: std::collections::BTreeMap<Reason, u64>,
-    /// Records accounted for (events + dead letters + skipped foreign copies + skipped
-    /// redeliveries).
+    /// Records accounted for (events + dead letters + skipped redeliveries).
     pub records: u64,
     /// Orders completed in another shard than they were created in.
     pub cross_shard_completions: u64,
-    /// Foreign copies skipped.
-    pub foreign_records_skipped: u64,
     /// Exact copies of applied events (producer retries) skipped. Not compared with the
     /// ground truth.
     pub redeliveries_skipped: u64,
@@ -65,7 +62,7 @@ pub struct TruthComparison {
 }
 
 /// Compares stored statistics with a ground truth: the summary and the dead letters.
-/// The skip counters (foreign copies, redeliveries) are not part of the ground truth.
+/// The skip counter (redeliveries) is not part of the ground truth.
 pub fn compare(stats: &StoredStats, truth: &GroundTruth) -> TruthComparison {
     let mut differences: Vec<String> = stats
         .totals
@@ -95,7 +92,6 @@ pub fn to_json(stats: &StoredStats, truth: Option<&GroundTruth>) -> StatsJson {
         dead_letters: stats.totals.dead_letters.clone(),
         records: stats.totals.records(),
         cross_shard_completions: stats.totals.cross_shard_completions,
-        foreign_records_skipped: stats.totals.foreign_records_skipped,
         redeliveries_skipped: stats.totals.redeliveries_skipped,
         shards: stats
             .shards
@@ -194,13 +190,6 @@ pub fn to_table(stats: &StoredStats, truth: Option<&GroundTruth>) -> String {
         let _ = writeln!(out, "\nDead letters by reason: {}", parts.join(", "));
     }
     let mut skipped = String::new();
-    if stats.totals.foreign_records_skipped > 0 {
-        let _ = write!(
-            skipped,
-            "; {} foreign record copies skipped",
-            thousands(stats.totals.foreign_records_skipped)
-        );
-    }
     if stats.totals.redeliveries_skipped > 0 {
         let _ = write!(
             skipped,

@@ -148,7 +148,6 @@ pub fn stats_item_bound(shard_id: &str) -> usize {
         "completed_price_cents",
         "completion_ms_sum",
         "cross_shard_completions",
-        "foreign_records_skipped",
         "redeliveries_skipped",
         "updated_at",
         "applied_sub",

@@ -22,7 +22,7 @@ fn records(jsons: &[&str]) -> Vec<ParsedRecord> {
             position: ExtendedSequenceNumber::at(format!("{}", 500 + i), i as u64),
             partition_key: "k".into(),
             raw: j.as_bytes().to_vec(),
-            parsed: Some(parse(j.as_bytes())),
+            parsed: parse(j.as_bytes()),
         })
         .collect()
 }

@@ -7,7 +7,7 @@ fn rec(n: u64, json: &str) -> ParsedRecord {
         position: ExtendedSequenceNumber::at(format!("{}", 1000 + n), 0),
         partition_key: "pk".into(),
         raw: json.as_bytes().to_vec(),
-        parsed: Some(parse(json.as_bytes())),
+        parsed: parse(json.as_bytes()),
     }
 }
 
@@ -296,19 +296,6 @@ fn large_dead_letters_are_truncated_and_bounded_by_bytes() {
     );
     assert_eq!(chunk.dead_letters[0].raw_len, big.len());
     assert_eq!(chunk.dead_letters[0].id, "s0#1000#0");
-}
-
-#[test]
-fn foreign_copies_are_counted_and_advance_the_watermark() {
-    let mut foreign = created(1, "o1", 1, 1);
-    foreign.parsed = None;
-    let records = vec![created(0, "o0", 1, 1), foreign];
-    let states = states_for(&records, &[]);
-    let chunk = plan_chunk("s0", &records, &states);
-    assert_eq!(chunk.records, 2);
-    assert_eq!(chunk.delta.foreign_records_skipped, 1);
-    assert_eq!(chunk.delta.sums.orders_created, 1);
-    assert_eq!(chunk.orders.len(), 1);
 }
 
 #[test]

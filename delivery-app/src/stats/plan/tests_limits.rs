@@ -12,7 +12,7 @@ fn rec(n: u64, json: &str) -> ParsedRecord {
         position: ExtendedSequenceNumber::at(format!("{}", 1000 + n), 0),
         partition_key: "pk".into(),
         raw: json.as_bytes().to_vec(),
-        parsed: Some(parse(json.as_bytes())),
+        parsed: parse(json.as_bytes()),
     }
 }
 
