@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Faults change a worker namespace's routes and queues only:
-//! - a cut service gets its route through 10.203.<N>.3, an address nobody has, so its
+//! - a cut service gets its route through `10.203.<N>.3`, an address nobody has, so its
 //!   packets are dropped silently (no ARP answer) as on a real partition, and the
 //!   TCP connections open at the time survive to deliver late what they still hold;
 //! - a bad link gets a token-bucket filter (`tbf`) on both ends of the veth: a low

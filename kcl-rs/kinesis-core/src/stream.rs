@@ -81,7 +81,7 @@ impl ShardInfo {
 #[non_exhaustive]
 pub enum StreamError {
     /// The stream does not exist (ListShards answered `ResourceNotFoundException`).
-    #[error("stream {stream} does not exist")]
+    #[error("stream {stream} does not exist (ResourceNotFoundException)")]
     StreamNotFound {
         /// The stream.
         stream: String,

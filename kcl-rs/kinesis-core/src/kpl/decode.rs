@@ -32,7 +32,7 @@ pub struct UserRecord {
     /// The partition key the producer gave this user record.
     pub partition_key: String,
     /// The explicit hash key the producer gave, if any, exactly as it was encoded
-    /// (see [`parse_explicit_hash_key`]).
+    /// (see [`parse_explicit_hash_key`](crate::hash::parse_explicit_hash_key)).
     pub explicit_hash_key: Option<String>,
     /// The user record's payload.
     pub data: Vec<u8>,

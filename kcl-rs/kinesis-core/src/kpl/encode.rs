@@ -18,6 +18,8 @@ use super::wire::*;
 /// an explicit hash key is a valid decimal (see [`parse_explicit_hash_key`]) is the
 /// producer's job. Tags are never written.
 ///
+/// [`parse_explicit_hash_key`]: crate::hash::parse_explicit_hash_key
+///
 /// ```
 /// use kinesis_core::kpl::Aggregator;
 ///
@@ -94,7 +96,8 @@ impl Aggregator {
     /// The exact length of what [`Aggregator::encode`] would return now.
     ///
     /// An empty aggregator encodes to 20 bytes (magic and digest), which readers do not
-    /// take for an aggregated record (see [`is_aggregated`]): send nothing instead.
+    /// take for an aggregated record (see [`is_aggregated`](super::is_aggregated)): send
+    /// nothing instead.
     pub fn encoded_len(&self) -> usize {
         MAGIC.len() + self.message_len + DIGEST_LEN
     }

@@ -42,7 +42,7 @@
 //! assert_eq!(records[1].data, b"second");
 //! ```
 //!
-//! The module is split by concern: [`wire`](self) constants and protobuf primitives,
+//! The module is split by concern: wire constants and protobuf primitives,
 //! decoding, encoding. Hash-key routing is in [`crate::hash`] and re-exported here.
 
 mod decode;

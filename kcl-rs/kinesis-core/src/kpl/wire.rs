@@ -7,9 +7,10 @@ pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 pub(super) const DIGEST_LEN: usize = 16;
 
 /// How many times its protobuf's size the user records of one aggregate may take once
-/// decoded (see [`deaggregate`]). A valid aggregate stays below about 171: a record of
-/// empty data takes 6 bytes and repeats a partition key of at most 256 characters, so
-/// at most 1,024 UTF-8 bytes (an explicit hash key adds at most 39 for 2 more bytes).
+/// decoded (see [`deaggregate`](super::deaggregate)). A valid aggregate stays below
+/// about 171: a record of empty data takes 6 bytes and repeats a partition key of at
+/// most 256 characters, so at most 1,024 UTF-8 bytes (an explicit hash key adds at most
+/// 39 for 2 more bytes).
 pub(super) const MAX_DECODED_RATIO: usize = 256;
 
 // Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
