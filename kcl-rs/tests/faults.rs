@@ -18,8 +18,8 @@ use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
 use kcl::config::{InitialPosition, WorkerConfig};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::leases::expiry::ExpiryTracker;
 use kcl::leases::handle::{LeaseHandle, LeasePhase, LostReason};
-use kcl::leases::observer::Observer;
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseError, LeaseStore};
 use kcl::local::LocalAws;
 use kcl::local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target};
@@ -343,13 +343,13 @@ async fn renewals_throttled_half_the_time_keep_every_lease() {
 
     // Watch the table for five renewal intervals exactly as a taking worker does: a
     // lease whose counter stays unchanged for the failover time would be taken.
-    let mut observer = Observer::new(FAILOVER);
+    let mut expiry = ExpiryTracker::new(FAILOVER);
     let watch_until = Instant::now() + renewal_interval * 5;
     while Instant::now() < watch_until {
         let leases = direct.list_leases().await.unwrap();
         let now = std::time::Instant::now();
-        observer.observe_leases(&leases, now);
-        let expired = observer.expired_leases(now);
+        expiry.observe_leases(&leases, now);
+        let expired = expiry.expired_leases(now);
         assert!(expired.is_empty(), "a taker would see {expired:?} expired");
         for lease in &leases {
             assert_eq!(lease.owner.as_deref(), Some("worker-a"), "{lease:?}");

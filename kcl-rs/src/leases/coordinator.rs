@@ -11,7 +11,7 @@
 //! - **taking**, every `taking_interval` and also exactly when an observed lease is due
 //!   to expire: list the workers and, when something may have changed (a worker came
 //!   or went, a lease is due to expire, this worker is below its share, or
-//!   `lease_scan_interval` passed), the lease table; update the [`Observer`], plan
+//!   `lease_scan_interval` passed), the lease table; update the expiry tracker, plan
 //!   with [`plan_takes`] and perform the planned conditional
 //!   writes.
 //!
@@ -29,9 +29,9 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::expiry::ExpiryTracker;
 use super::handle::{HandleError, LeaseHandle, LeasePhase, LostReason, RenewOutcome};
 use super::lease::Lease;
-use super::observer::Observer;
 use super::retry;
 use super::scan::{LastScan, scan_due};
 use super::store::{Change, Expect, LeaseError, LeaseStore};
@@ -143,7 +143,7 @@ pub struct LeaseCoordinator {
     store: Arc<dyn LeaseStore>,
     config: LeaseConfig,
     held: Mutex<HashMap<String, Arc<LeaseHandle>>>,
-    observer: Mutex<Observer>,
+    expiry: Mutex<ExpiryTracker>,
     events: mpsc::UnboundedSender<LeaseEvent>,
     stats: CoordinatorStats,
     seed: u64,
@@ -162,7 +162,7 @@ impl LeaseCoordinator {
         let mut hasher = DefaultHasher::new();
         config.worker_id.hash(&mut hasher);
         let coordinator = LeaseCoordinator {
-            observer: Mutex::new(Observer::new(config.failover_time)),
+            expiry: Mutex::new(ExpiryTracker::new(config.failover_time)),
             store,
             held: Mutex::new(HashMap::new()),
             events,
@@ -330,12 +330,12 @@ impl LeaseCoordinator {
         let workers = self.store.list_workers().await?;
         let now = Instant::now();
         let live = {
-            let mut observer = self.observer.lock().unwrap();
-            observer.observe_workers(&workers, now);
-            observer.live_workers(now)
+            let mut expiry = self.expiry.lock().unwrap();
+            expiry.observe_workers(&workers, now);
+            expiry.live_workers(now)
         };
         if !self.lease_scan_due(&live, now) {
-            return Ok(self.observer.lock().unwrap().next_expiry(now));
+            return Ok(self.expiry.lock().unwrap().next_expiry(now));
         }
         let leases = self.store.scan_leases().await?;
         self.stats.lease_scans.fetch_add(1, Ordering::Relaxed);
@@ -348,13 +348,13 @@ impl LeaseCoordinator {
             leases: leases.len(),
         };
         let (expired, next_expiry) = {
-            let mut observer = self.observer.lock().unwrap();
-            observer.observe_leases(&leases, now);
-            let mut expired = observer.expired_leases(now);
+            let mut expiry = self.expiry.lock().unwrap();
+            expiry.observe_leases(&leases, now);
+            let mut expired = expiry.expired_leases(now);
             let held = self.held.lock().unwrap();
             // Our own renewals are fresh whatever the listing's timing says.
             expired.retain(|key| !held.contains_key(key));
-            (expired, observer.next_expiry(now))
+            (expired, expiry.next_expiry(now))
         };
         self.notice_changes(&leases).await;
         if cancel.is_cancelled() || self.taking_stopped.load(Ordering::SeqCst) {
@@ -388,7 +388,7 @@ impl LeaseCoordinator {
         let last = self.last_scan.lock().unwrap();
         let expiry_due = last
             .at
-            .is_some_and(|at| self.observer.lock().unwrap().expiry_between(at, now));
+            .is_some_and(|at| self.expiry.lock().unwrap().expiry_between(at, now));
         scan_due(
             &last,
             live,
@@ -486,7 +486,7 @@ impl LeaseCoordinator {
             }
             Err(e) => return Err(e),
         };
-        self.observer
+        self.expiry
             .lock()
             .unwrap()
             .note_write(&lease.key, lease.counter, sent);

@@ -7,11 +7,11 @@
 
 pub mod coordinator;
 pub mod dynamo;
+pub mod expiry;
 pub mod handle;
 mod item;
 pub mod lease;
 pub mod memory;
-pub mod observer;
 mod retry;
 mod scan;
 pub mod store;

@@ -25,7 +25,7 @@ pub struct TakerInput<'a> {
     pub me: &'a str,
     /// Every lease of the table, as last read.
     pub leases: &'a [Lease],
-    /// Keys of leases the observer judges expired (their leaseCounter has not changed for failover_time).
+    /// Keys of leases the expiry tracker judges expired (their leaseCounter has not changed for failover_time).
     pub expired: &'a HashSet<String>,
     /// Workers with a live heartbeat (may or may not include `me`; treat `me` as live anyway).
     pub live_workers: &'a [String],

@@ -1,5 +1,5 @@
 //! Expiry as each worker sees it: a lease (or a worker heartbeat) is expired when its
-//! counter has not changed for `failover_time` since *this* observer saw it change.
+//! counter has not changed for `failover_time` since *this* worker saw it change.
 //! Clocks of different machines are never compared; only the local monotonic clock is.
 
 use std::collections::{HashMap, HashSet};
@@ -14,32 +14,19 @@ struct Seen {
     changed_at: Instant,
 }
 
-/// Tracks when leases' counters and workers' heartbeats last changed.
-///
-/// ```
-/// use std::time::{Duration, Instant};
-/// use kcl::checkpoint::ExtendedSequenceNumber;
-/// use kcl::leases::{Lease, observer::Observer};
-///
-/// let mut lease = Lease::new("shardId-0", ExtendedSequenceNumber::shard_end());
-/// lease.owner = Some("w1".into());
-/// let t0 = Instant::now();
-/// let mut observer = Observer::new(Duration::from_secs(10));
-/// observer.observe_leases(std::slice::from_ref(&lease), t0);
-/// assert!(observer.expired_leases(t0 + Duration::from_secs(9)).is_empty());
-/// assert!(observer.expired_leases(t0 + Duration::from_secs(10)).contains("shardId-0"));
-/// ```
+/// Tracks when leases' counters and workers' heartbeats last changed, as this worker
+/// saw them: what decides that a lease or a worker has expired.
 #[derive(Debug)]
-pub struct Observer {
+pub struct ExpiryTracker {
     failover_time: Duration,
     leases: HashMap<String, Seen>,
     workers: HashMap<String, Seen>,
 }
 
-impl Observer {
-    /// An observer judging expiry after `failover_time` without a counter change.
-    pub fn new(failover_time: Duration) -> Observer {
-        Observer {
+impl ExpiryTracker {
+    /// A tracker judging expiry after `failover_time` without a counter change.
+    pub fn new(failover_time: Duration) -> ExpiryTracker {
+        ExpiryTracker {
             failover_time,
             leases: HashMap::new(),
             workers: HashMap::new(),
@@ -136,5 +123,29 @@ impl Observer {
             .map(|seen| seen.changed_at + self.failover_time)
             .filter(|at| *at > now)
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ExtendedSequenceNumber;
+
+    #[test]
+    fn a_lease_expires_a_failover_time_after_its_counter_last_changed() {
+        let mut lease = Lease::new("shardId-0", ExtendedSequenceNumber::shard_end());
+        lease.owner = Some("w1".into());
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut tracker = ExpiryTracker::new(s(10));
+        tracker.observe_leases(std::slice::from_ref(&lease), t0);
+        assert!(tracker.expired_leases(t0 + s(9)).is_empty());
+        assert!(tracker.expired_leases(t0 + s(10)).contains("shardId-0"));
+        // A renewal seen in a later listing starts the clock again.
+        lease.counter += 1;
+        tracker.observe_leases(std::slice::from_ref(&lease), t0 + s(9));
+        assert!(tracker.expired_leases(t0 + s(18)).is_empty());
+        assert!(tracker.expired_leases(t0 + s(19)).contains("shardId-0"));
+        assert_eq!(tracker.next_expiry(t0 + s(9)), Some(t0 + s(19)));
     }
 }
