@@ -1,0 +1,127 @@
+//! Renewal: one task per held lease and one for the worker heartbeat, each on its own
+//! timer, so that a slow or hung call delays nothing but itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::LeaseCoordinator;
+use crate::leases::handle::{HandleError, LeaseHandle, LeasePhase, LostReason, RenewOutcome};
+use crate::leases::retry;
+
+impl LeaseCoordinator {
+    /// Keeps one renewal task running per held lease, and the heartbeat task, until
+    /// cancelled; then waits for them (each ends at once on cancellation).
+    pub(super) async fn renewal_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let interval = self.config.renewal_interval();
+        let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat_loop(cancel.clone()));
+        // A new lease was written at its take; its first renewal is due an interval
+        // later, so noticing it within a fraction of that is soon enough.
+        let tick = (interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut renewers: HashMap<String, (Arc<LeaseHandle>, JoinHandle<()>)> = HashMap::new();
+        loop {
+            for handle in self.held() {
+                let running = renewers.get(handle.key()).is_some_and(|(renewed, task)| {
+                    Arc::ptr_eq(renewed, &handle) && !task.is_finished()
+                });
+                if !running {
+                    let task =
+                        tokio::spawn(renew_lease(Arc::clone(&handle), interval, cancel.clone()));
+                    renewers.insert(handle.key().to_string(), (handle, task));
+                }
+            }
+            renewers.retain(|_, (_, task)| !task.is_finished());
+            self.forget_lost();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        for (_, (_, task)) in renewers {
+            let _ = task.await;
+        }
+        let _ = heartbeat.await;
+        self.forget_lost();
+    }
+
+    /// Heartbeats the worker record every renewal interval, each call bounded by the
+    /// interval, independently of the lease renewals.
+    pub(super) async fn heartbeat_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let interval = self.config.renewal_interval();
+        let attempt = retry::attempt_timeout(self.config.failover_time);
+        let mut next = tokio::time::Instant::now() + interval;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            next = (next + interval).max(tokio::time::Instant::now());
+            if self.taking_stopped.load(Ordering::SeqCst) {
+                // Leaving: the worker record is gone and must stay gone.
+                continue;
+            }
+            let deadline = tokio::time::Instant::now() + interval;
+            let beat = retry::until_deadline(deadline, attempt, || {
+                self.store.heartbeat(&self.config.worker_id)
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = beat => if let Err(e) = result {
+                    tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+
+    pub(super) fn forget_lost(&self) {
+        let mut lost = 0;
+        self.held
+            .lock()
+            .unwrap()
+            .retain(|_, handle| match handle.phase() {
+                LeasePhase::Lost(LostReason::HandedOver | LostReason::Released) => false,
+                LeasePhase::Lost(_) => {
+                    lost += 1;
+                    false
+                }
+                _ => true,
+            });
+        self.stats.leases_lost.fetch_add(lost, Ordering::Relaxed);
+    }
+}
+
+/// Renews `handle` every `interval` until it is lost or `cancel` is cancelled. Each
+/// renewal retries transient errors itself until the lease would expire.
+async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: CancellationToken) {
+    let mut next = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = (next + interval).max(tokio::time::Instant::now());
+        let renewed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            renewed = handle.renew() => renewed,
+        };
+        match renewed {
+            Ok(RenewOutcome::PhaseChanged(phase)) => {
+                tracing::info!(lease = %handle.key(), ?phase, "lease phase changed at renewal");
+            }
+            Ok(_) => {}
+            Err(HandleError::Lost { reason, .. }) => {
+                tracing::warn!(lease = %handle.key(), ?reason, "lease lost");
+            }
+            Err(e) => {
+                tracing::warn!(lease = %handle.key(), error = %e, "renewal failed");
+            }
+        }
+        if matches!(handle.phase(), LeasePhase::Lost(_)) {
+            return;
+        }
+    }
+}
