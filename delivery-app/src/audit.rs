@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::store::now_ms;
+use crate::clock::now_ms;
 
 /// One line of the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

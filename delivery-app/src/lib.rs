@@ -20,6 +20,7 @@
 pub mod audit;
 pub mod autoscaler;
 pub mod chaos;
+pub mod clock;
 pub mod connect;
 pub mod events;
 pub mod principals;

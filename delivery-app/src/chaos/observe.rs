@@ -8,7 +8,7 @@ use std::time::Duration;
 use kcl::leases::LeaseStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::store::now_ms;
+use crate::clock::now_ms;
 
 /// A lease as one scan saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]

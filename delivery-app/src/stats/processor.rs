@@ -29,9 +29,10 @@ use super::halt::Halt;
 use super::isolate::{AfterRefusal, after_refusal};
 
 use super::plan::{OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders};
-use super::store::{StatsStore, StoreError, now_ms};
+use super::store::{StatsStore, StoreError};
 use super::summary::Summary;
 use crate::audit::{AttemptResult, AuditLog, conflict_outcome};
+use crate::clock::now_ms;
 use crate::events::{Event, Reason, Region, Rejection, parse};
 
 /// Orders kept in a processor's cache before it is emptied.

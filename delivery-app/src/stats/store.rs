@@ -3,7 +3,7 @@
 //! [`Chunk`]), and the scans `stats` reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -17,6 +17,7 @@ use super::items::{
 };
 use super::plan::{Chunk, OrderState};
 use super::summary::Totals;
+use crate::clock::now_ms;
 use crate::events::{Reason, Region};
 
 mod error;
@@ -37,13 +38,6 @@ fn table_error(err: TableError) -> StoreError {
         // A set-up failure this version does not know: not worth retrying blindly.
         _ => StoreError::Fatal(err.to_string()),
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Everything the statistics table holds.
