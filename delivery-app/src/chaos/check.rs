@@ -210,9 +210,16 @@ fn follow_chain(
     violations: &mut Vec<String>,
 ) -> u64 {
     let mut from: HashMap<Option<&str>, Vec<&Attempt>> = HashMap::new();
-    for a in attempts.iter().filter(|a| a.maybe_applied()) {
+    for a in attempts {
         from.entry(a.previous.as_deref()).or_default().push(a);
     }
+    // Whether a transaction that may have been applied starts where `a` ends: then the
+    // watermark stood at `a.last`, which only a write from `a.previous` to `a.last` puts
+    // there.
+    let leads_on = |a: &Attempt| {
+        from.get(&Some(a.last.as_str()))
+            .is_some_and(|next| next.iter().any(|b| b.maybe_applied()))
+    };
     let mut on_chain: HashSet<*const Attempt> = HashSet::new();
     let (mut at, mut covered, mut epoch) = (None::<&str>, 0, None::<(u64, &str)>);
     while let Some(next) = from.get(&at) {
@@ -226,11 +233,20 @@ fn follow_chain(
         }
         // An attempt that may have been applied continues the chain only where no
         // accepted one does; of several (retries of one transaction), one that leads on.
-        let Some(a) = applied.first().copied().or_else(|| {
-            next.iter()
-                .find(|a| from.contains_key(&Some(a.last.as_str())))
-                .or_else(|| next.first())
-        }) else {
+        // Last, a refused attempt that leads on: its write stands although its answer
+        // was a refusal. The SDK retries a request whose answer was lost; on AWS the
+        // retry is recognised by its idempotency token (for 10 minutes) and answered
+        // with success, but the local DynamoDB forgets tokens when it restarts, so the
+        // retry meets the lease or watermark the first try left behind and is refused.
+        // The write itself passed the lease check, so it is no stale owner's.
+        let maybe = || next.iter().filter(|a| a.maybe_applied());
+        let Some(a) = applied
+            .first()
+            .copied()
+            .or_else(|| maybe().find(|a| leads_on(a)))
+            .or_else(|| maybe().next())
+            .or_else(|| next.iter().find(|a| leads_on(a)))
+        else {
             break;
         };
         if !on_chain.insert(*a as *const Attempt) {

@@ -272,6 +272,64 @@ fn unanswered_and_failed_attempts_may_continue_a_chain() {
 }
 
 #[test]
+fn a_refused_retry_of_an_applied_transaction_continues_the_chain_only_when_it_leads_on() {
+    let mut h = History::default();
+    h.tx("w1", 1, "s", None, "10.0", 10, 100, OK)
+        // w1's first try was applied but its answer lost; the SDK's retry met the lease
+        // w2 had taken meanwhile and was refused. w2 goes on from w1's end.
+        .tx(
+            "w1",
+            1,
+            "s",
+            Some("10.0"),
+            "20.0",
+            10,
+            200,
+            Some(AttemptResult::LeaseLost),
+        )
+        .tx("w2", 2, "s", Some("20.0"), "30.0", 10, 300, OK);
+    let f = h.check(&[shard("s", &[])], &[("s", "30.0")], 30);
+    assert!(f.violations.is_empty(), "{:?}", f.violations);
+    assert_eq!(f.refused_lease_lost, 1);
+
+    // A refusal nothing continues from is not followed: the chain ends before it.
+    let mut h = History::default();
+    h.tx("w1", 1, "s", None, "10.0", 10, 100, OK).tx(
+        "w1",
+        1,
+        "s",
+        Some("10.0"),
+        "20.0",
+        10,
+        200,
+        Some(AttemptResult::LeaseLost),
+    );
+    let f = h.check(&[shard("s", &[])], &[("s", "10.0")], 10);
+    assert!(f.violations.is_empty(), "{:?}", f.violations);
+    // And it is no excuse for a stale owner: an accepted write after it from an older
+    // epoch is still reported.
+    let mut h = History::default();
+    h.tx("w2", 2, "s", None, "10.0", 10, 100, OK)
+        .tx(
+            "w2",
+            2,
+            "s",
+            Some("10.0"),
+            "20.0",
+            10,
+            200,
+            Some(AttemptResult::Conflict),
+        )
+        .tx("w1", 1, "s", Some("20.0"), "30.0", 10, 300, OK);
+    let f = h.check(&[shard("s", &[])], &[("s", "30.0")], 30);
+    assert!(
+        f.violations.iter().any(|v| v.contains("stale owner")),
+        "{:?}",
+        f.violations
+    );
+}
+
+#[test]
 fn audit_and_statistics_must_agree() {
     let h = clean();
     let f = h.check(&[], &[("p", "20.0"), ("c", "40.0")], 31);
