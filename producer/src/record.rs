@@ -29,14 +29,11 @@ pub(crate) fn validate(
     if bytes > MAX_RECORD_SIZE {
         return Err(PutError::RecordTooLarge { bytes });
     }
-    match explicit_hash_key {
-        Some(key) => kinesis_core::kpl::parse_explicit_hash_key(key).ok_or_else(|| {
-            PutError::InvalidExplicitHashKey {
-                value: key.to_string(),
-            }
-        }),
-        None => Ok(kinesis_core::kpl::partition_key_hash(partition_key)),
-    }
+    kinesis_core::hash::effective_hash_key(partition_key, explicit_hash_key).ok_or_else(|| {
+        PutError::InvalidExplicitHashKey {
+            value: explicit_hash_key.unwrap_or_default().to_string(),
+        }
+    })
 }
 
 /// Capacity a record holds in the producer's bounded buffer; dropping it frees the room.

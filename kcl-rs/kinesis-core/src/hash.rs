@@ -46,3 +46,20 @@ pub fn parse_explicit_hash_key(s: &str) -> Option<u128> {
         value.checked_mul(10)?.checked_add(u128::from(digit))
     })
 }
+
+/// The hash key Kinesis routes a record by: its explicit hash key when it has one
+/// (`None` when that is not a valid one), else the hash of its partition key.
+///
+/// ```
+/// use kinesis_core::hash::{effective_hash_key, partition_key_hash};
+///
+/// assert_eq!(effective_hash_key("k", None), Some(partition_key_hash("k")));
+/// assert_eq!(effective_hash_key("k", Some("7")), Some(7));
+/// assert_eq!(effective_hash_key("k", Some("-7")), None);
+/// ```
+pub fn effective_hash_key(partition_key: &str, explicit_hash_key: Option<&str>) -> Option<u128> {
+    match explicit_hash_key {
+        Some(explicit) => parse_explicit_hash_key(explicit),
+        None => Some(partition_key_hash(partition_key)),
+    }
+}

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use aws_sdk_kinesis::types::Record;
 
 use crate::checkpoint::ExtendedSequenceNumber;
+use crate::hash::effective_hash_key;
 use crate::kpl;
 
 /// One user record: a plain Kinesis record, or one user record of a KPL aggregate.
@@ -153,11 +154,8 @@ fn owns_all(range: Option<(u128, u128)>, users: &[kpl::UserRecord]) -> bool {
         return true;
     };
     users.iter().all(|user| {
-        let hash = match user.explicit_hash_key.as_deref() {
-            Some(explicit) => kpl::parse_explicit_hash_key(explicit),
-            None => Some(kpl::partition_key_hash(&user.partition_key)),
-        };
-        hash.is_none_or(|hash| (start..=end).contains(&hash))
+        effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref())
+            .is_none_or(|hash| (start..=end).contains(&hash))
     })
 }
 

@@ -54,12 +54,7 @@ impl LeaseCoordinator {
         let interval = self.config.renewal_interval();
         let attempt = retry::attempt_timeout(self.config.failover_time);
         let mut next = tokio::time::Instant::now() + interval;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(next) => {}
-            }
-            next = (next + interval).max(tokio::time::Instant::now());
+        while tick(&mut next, interval, &cancel).await {
             if self.taking_stopped.load(Ordering::SeqCst) {
                 // Leaving: the worker record is gone and must stay gone.
                 continue;
@@ -98,12 +93,7 @@ impl LeaseCoordinator {
 /// renewal retries transient errors itself until the lease would expire.
 async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: CancellationToken) {
     let mut next = tokio::time::Instant::now() + interval;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        next = (next + interval).max(tokio::time::Instant::now());
+    while tick(&mut next, interval, &cancel).await {
         let renewed = tokio::select! {
             _ = cancel.cancelled() => return,
             renewed = handle.renew() => renewed,
@@ -124,4 +114,20 @@ async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: Cance
             return;
         }
     }
+}
+
+/// Waits for the tick of a fixed-rate timer due at `next`, then moves `next` an
+/// `interval` on (to now at the earliest, so a late tick is not followed by a burst);
+/// false, at once, when `cancel` is cancelled.
+async fn tick(
+    next: &mut tokio::time::Instant,
+    interval: Duration,
+    cancel: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => return false,
+        _ = tokio::time::sleep_until(*next) => {}
+    }
+    *next = (*next + interval).max(tokio::time::Instant::now());
+    true
 }
