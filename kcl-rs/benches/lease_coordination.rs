@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::{BoxFuture, Change, Expect, Lease, LeaseError, LeaseStore, WorkerHeartbeat};
+use kcl::leases::{BoxFuture, Change, Expect, Lease, LeaseError, LeaseStore, Membership};
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -69,14 +69,30 @@ impl LeaseStore for CountingStore {
         self.lease_writes.fetch_add(1, Ordering::Relaxed);
         self.inner.delete_lease(key, expect)
     }
-    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+    fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>> {
+        self.inner.join(worker_id)
+    }
+    fn heartbeat<'a>(
+        &'a self,
+        worker_id: &'a str,
+    ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
         self.inner.heartbeat(worker_id)
+    }
+    fn evict_worker<'a>(
+        &'a self,
+        worker_id: &'a str,
+        heartbeat: u64,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        self.inner.evict_worker(worker_id, heartbeat)
     }
     fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
         self.inner.remove_worker(worker_id)
     }
-    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
-        self.inner.list_workers()
+    fn membership(&self) -> BoxFuture<'_, Result<Membership, LeaseError>> {
+        self.inner.membership()
+    }
+    fn note_leases_changed(&self) -> BoxFuture<'_, Result<(), LeaseError>> {
+        self.inner.note_leases_changed()
     }
 }
 

@@ -66,7 +66,10 @@ pub struct WorkerConfig {
     /// Lease expiry: a worker that stops renewing loses its leases after this. Default
     /// 10 s. Renewal runs every third of it.
     pub failover_time: Duration,
-    /// How often the lease table is scanned for leases to take. Default 500 ms.
+    /// How often a taking cycle runs: the two watcher workers read the worker group
+    /// then (so a departure is noticed within one), and every worker lists the lease
+    /// table when something changed. Default 750 ms; see
+    /// [`LeaseConfig::taking_interval`](crate::leases::coordinator::LeaseConfig::taking_interval).
     pub taking_interval: Duration,
     /// How long a graceful handoff may take before the lease is taken by force.
     /// Default: the failover time.
@@ -110,7 +113,7 @@ impl WorkerConfig {
                 worker_id: default_worker_id(),
                 initial_position: InitialPosition::Latest,
                 failover_time,
-                taking_interval: Duration::from_millis(500),
+                taking_interval: Duration::from_millis(750),
                 handoff_timeout: failover_time,
                 max_leases_per_worker: None,
                 max_records: 10_000,

@@ -123,22 +123,29 @@ impl<F: RecordProcessorFactory> Worker<F> {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
         self.store.ensure_tables().await?;
-        let syncer = Arc::new(ShardSyncer::new(
-            self.kinesis.clone(),
-            &config.stream_name,
-            Arc::clone(&self.store),
-            config.initial_position.checkpoint(),
-        ));
+        let leads: Arc<std::sync::OnceLock<std::sync::Weak<LeaseCoordinator>>> = Arc::default();
+        let syncer = Arc::new(
+            ShardSyncer::new(
+                self.kinesis.clone(),
+                &config.stream_name,
+                Arc::clone(&self.store),
+                config.initial_position.checkpoint(),
+            )
+            // Periodically only on the leader: one listing of the stream and of the
+            // lease table per interval for the fleet, not one per worker.
+            .periodic_when({
+                let leads = Arc::clone(&leads);
+                move || {
+                    leads
+                        .get()
+                        .and_then(std::sync::Weak::upgrade)
+                        .is_none_or(|coordinator| coordinator.is_leader())
+                }
+            }),
+        );
         syncer.sync_once().await?;
 
         let background = CancellationToken::new();
-        let sync_task = tokio::spawn({
-            let syncer = Arc::clone(&syncer);
-            let interval = config.shard_sync_interval;
-            let stop = background.clone();
-            async move { syncer.run(interval, stop).await }
-        });
-
         let mut lease_config = LeaseConfig::new(config.worker_id.clone());
         lease_config.failover_time = config.failover_time;
         lease_config.taking_interval = config.taking_interval;
@@ -146,6 +153,13 @@ impl<F: RecordProcessorFactory> Worker<F> {
         lease_config.handoff_timeout = Some(config.handoff_timeout);
         let (coordinator, mut events) =
             LeaseCoordinator::new(Arc::clone(&self.store), lease_config);
+        let _ = leads.set(Arc::downgrade(&coordinator));
+        let sync_task = tokio::spawn({
+            let syncer = Arc::clone(&syncer);
+            let interval = config.shard_sync_interval;
+            let stop = background.clone();
+            async move { syncer.run(interval, stop).await }
+        });
         let coordinator_task = tokio::spawn({
             let coordinator = Arc::clone(&coordinator);
             let stop = background.clone();
@@ -206,7 +220,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             coordinator.stop_taking();
             let remove_worker = async {
                 if let Err(e) = coordinator.leave().await {
-                    tracing::warn!(error = %e, "could not remove the worker record");
+                    tracing::warn!(error = %e, "could not leave the worker group");
                 }
             };
             // Concurrently: a DynamoDB that does not answer must not keep the
@@ -224,7 +238,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             // Releases what is still held; the record is already gone (`leave` is
             // idempotent), or its removal is tried once more.
             if let Err(e) = coordinator.release_all().await {
-                tracing::warn!(error = %e, "could not remove the worker record");
+                tracing::warn!(error = %e, "could not leave the worker group");
             }
         };
         if tokio::time::timeout(config.shutdown_grace, graceful)

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
@@ -90,6 +90,9 @@ impl Env {
     }
 }
 
+/// A lease, when it was announced acquired, and when it was lost (any reason).
+type Tenure = (String, Instant, Option<Instant>);
+
 /// A coordinator that hands leases over when asked and records every lease it lost
 /// for a reason other than a graceful handoff or release.
 struct Worker {
@@ -97,6 +100,8 @@ struct Worker {
     cancel: CancellationToken,
     run: tokio::task::JoinHandle<Result<(), kcl::leases::LeaseError>>,
     lost: Arc<Mutex<Vec<(String, LostReason)>>>,
+    /// When each lease was announced acquired, and when it was lost (any reason).
+    timeline: Arc<Mutex<Vec<Tenure>>>,
 }
 
 impl Worker {
@@ -111,13 +116,22 @@ impl Worker {
             async move { coordinator.run(cancel).await }
         });
         let lost = Arc::new(Mutex::new(Vec::new()));
+        let timeline = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn({
             let lost = Arc::clone(&lost);
+            let timeline = Arc::clone(&timeline);
             async move {
                 while let Some(LeaseEvent::Acquired { handle, .. }) = events.recv().await {
                     let lost = Arc::clone(&lost);
+                    let timeline = Arc::clone(&timeline);
+                    let entry = {
+                        let mut timeline = timeline.lock().unwrap();
+                        timeline.push((handle.key().to_string(), Instant::now(), None));
+                        timeline.len() - 1
+                    };
                     tokio::spawn(async move {
                         let reason = handle.hand_over_when_asked().await;
+                        timeline.lock().unwrap()[entry].2 = Some(Instant::now());
                         if !matches!(reason, LostReason::HandedOver | LostReason::Released) {
                             lost.lock()
                                 .unwrap()
@@ -132,6 +146,7 @@ impl Worker {
             cancel,
             run,
             lost,
+            timeline,
         }
     }
 
@@ -280,6 +295,70 @@ async fn a_hung_renewal_or_heartbeat_costs_no_lease() {
         changes_before
     );
     assert_eq!(env.owners().await, before);
+    a.stop().await;
+    b.stop().await;
+    env.aws.shutdown().await;
+}
+
+/// A worker whose heartbeats fail while its lease renewals succeed gives up every
+/// lease a failover time after its last heartbeat; the other worker evicts it and
+/// takes them at once, but never before they were given up. When the heartbeats pass
+/// again it joins again and the leases are shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_without_heartbeats_gives_up_its_leases_before_they_are_taken() {
+    let env = Env::start(8).await;
+    let (a, b) = two_balanced_workers(&env).await;
+    let a_leases = env.owners().await["worker-a"].clone();
+    let failing = Instant::now();
+    // Only worker-a's heartbeats (and joins) fail; its eviction by worker-b passes.
+    let rule = env.proxy().plan().add(
+        Rule::dynamodb("UpdateItem", Fault::service_unavailable())
+            .when_body_contains("\"#member\":\"hb:worker-a\""),
+    );
+    wait_for("worker-b to hold all 8", DEADLINE, || async {
+        (env.owners().await.get("worker-b").map(Vec::len) == Some(8)).then_some(())
+    })
+    .await;
+    let taken = failing.elapsed();
+    assert!(
+        b.coordinator
+            .stats()
+            .evictions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "worker-b evicted worker-a"
+    );
+    let a_lost = a.lost();
+    assert_eq!(a_lost.len(), 4, "{a_lost:?}");
+    assert!(a_lost.iter().all(|(_, r)| *r == LostReason::ExpiredLocally));
+    let a_timeline = a.timeline.lock().unwrap().clone();
+    let b_timeline = b.timeline.lock().unwrap().clone();
+    for key in &a_leases {
+        let given_up = a_timeline
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .filter_map(|(_, _, lost)| *lost)
+            .max()
+            .expect("worker-a gave it up");
+        let acquired = b_timeline
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, at, _)| *at)
+            .max()
+            .expect("worker-b acquired it");
+        assert!(
+            acquired >= given_up,
+            "{key}: acquired by worker-b {:?} before worker-a gave it up",
+            given_up - acquired
+        );
+    }
+    // Within the failover time plus a heartbeat interval and a few cycles.
+    assert!(taken < FAILOVER * 2, "took {taken:?}");
+    env.proxy().plan().remove(rule);
+    wait_for("4/4 again once worker-a heartbeats", DEADLINE, || async {
+        balanced(&env.owners().await, 2, 4).then_some(())
+    })
+    .await;
     a.stop().await;
     b.stop().await;
     env.aws.shutdown().await;

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::memory::MemoryLeaseStore;
-use kcl::leases::{Change, Expect, Lease, LeaseError, LeaseStore, ShardLoad};
+use kcl::leases::{Change, Expect, Lease, LeaseError, LeaseStore, Membership, ShardLoad};
 use kcl::local::testing::unique;
 use kcl::local::{LocalAws, LocalAwsOptions};
 use tokio::sync::Barrier;
@@ -472,35 +472,63 @@ async fn list_returns_every_lease(store: Arc<dyn LeaseStore>, _: Arc<dyn LeaseSt
     );
 }
 
-async fn heartbeats_count_up(store: Arc<dyn LeaseStore>, _: Arc<dyn LeaseStore>) {
+async fn the_group_counts_heartbeats_and_evicts_on_condition(
+    store: Arc<dyn LeaseStore>,
+    _: Arc<dyn LeaseStore>,
+) {
     ready(&*store).await;
-    assert!(store.list_workers().await.unwrap().is_empty());
-    store.heartbeat("worker-a").await.unwrap();
-    store.heartbeat("worker-a").await.unwrap();
-    store.heartbeat("worker-b").await.unwrap();
-    let beats = |mut workers: Vec<kcl::leases::WorkerHeartbeat>| {
-        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        workers
+    assert_eq!(store.membership().await.unwrap(), Membership::default());
+    let beats = |group: Membership| {
+        group
+            .workers
             .into_iter()
             .map(|w| (w.worker_id, w.heartbeat))
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        beats(store.list_workers().await.unwrap()),
-        [("worker-a".to_string(), 2), ("worker-b".to_string(), 1)]
-    );
-    store.remove_worker("worker-a").await.unwrap();
-    store.remove_worker("worker-never-seen").await.unwrap();
-    store.heartbeat("worker-b").await.unwrap();
-    assert_eq!(
-        beats(store.list_workers().await.unwrap()),
-        [("worker-b".to_string(), 2)]
-    );
-    // A worker coming back starts counting again.
+    // Any worker id, whatever its characters.
+    let odd = "host:1 #b.c-d";
+    assert!(matches!(
+        store.heartbeat("worker-a").await,
+        Err(LeaseError::ConditionFailed { .. })
+    ));
+    store.join("worker-a").await.unwrap();
     store.heartbeat("worker-a").await.unwrap();
+    // Every heartbeat returns the whole group.
+    let group = store.join(odd).await.unwrap();
     assert_eq!(
-        beats(store.list_workers().await.unwrap())[0],
-        ("worker-a".to_string(), 1)
+        beats(group),
+        [(odd.to_string(), 1), ("worker-a".to_string(), 2)]
+    );
+    assert_eq!(beats(store.membership().await.unwrap()).len(), 2);
+    // Eviction only at the heartbeat last seen.
+    assert!(matches!(
+        store.evict_worker("worker-a", 1).await,
+        Err(LeaseError::ConditionFailed { .. })
+    ));
+    store.evict_worker("worker-a", 2).await.unwrap();
+    assert!(matches!(
+        store.heartbeat("worker-a").await,
+        Err(LeaseError::ConditionFailed { .. })
+    ));
+    assert_eq!(
+        beats(store.heartbeat(odd).await.unwrap()),
+        [(odd.to_string(), 2)]
+    );
+    // Leaving, and coming back: counting starts again.
+    store.remove_worker(odd).await.unwrap();
+    store.remove_worker("worker-never-seen").await.unwrap();
+    assert!(store.list_workers().await.unwrap().is_empty());
+    assert_eq!(
+        beats(store.join("worker-a").await.unwrap()),
+        [("worker-a".to_string(), 1)]
+    );
+    // The lease generation moves when told.
+    store.note_leases_changed().await.unwrap();
+    store.note_leases_changed().await.unwrap();
+    assert_eq!(store.membership().await.unwrap().lease_generation, 2);
+    assert_eq!(
+        store.heartbeat("worker-a").await.unwrap().lease_generation,
+        2
     );
 }
 
@@ -523,7 +551,7 @@ async fn ensure_tables_is_idempotent_and_concurrent(
         .create_lease(&trim_horizon("shardId-0"))
         .await
         .unwrap();
-    store.heartbeat("worker-a").await.unwrap();
+    store.join("worker-a").await.unwrap();
     assert_eq!(store.list_leases().await.unwrap().len(), 1);
     assert_eq!(store.list_workers().await.unwrap().len(), 1);
 }
@@ -649,7 +677,7 @@ contract!(
     checkpoint_resets_owner_switches,
     delete_is_conditional,
     list_returns_every_lease,
-    heartbeats_count_up,
+    the_group_counts_heartbeats_and_evicts_on_condition,
     ensure_tables_is_idempotent_and_concurrent,
     exactly_one_taker_wins,
     the_counter_alone_fences,

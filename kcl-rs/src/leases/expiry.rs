@@ -106,23 +106,22 @@ impl ExpiryTracker {
         live
     }
 
-    /// Whether an observed lease reached its expiry in `(after, until]`: a reason to
-    /// list the table again and take it.
-    pub fn expiry_between(&self, after: Instant, until: Instant) -> bool {
-        self.leases.values().any(|seen| {
-            let at = seen.changed_at + self.failover_time;
-            at > after && at <= until
-        })
+    /// Workers whose heartbeat has not changed for the failover time, with the
+    /// heartbeat last seen: the condition of their eviction.
+    pub fn dead_workers(&self, now: Instant) -> Vec<(String, u64)> {
+        let mut dead: Vec<(String, u64)> = self
+            .workers
+            .iter()
+            .filter(|(_, seen)| now.duration_since(seen.changed_at) >= self.failover_time)
+            .map(|(id, seen)| (id.clone(), seen.counter))
+            .collect();
+        dead.sort();
+        dead
     }
 
-    /// The earliest instant at which a currently unexpired lease will expire if its
-    /// counter does not change, so the taker can wake exactly then.
-    pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
-        self.leases
-            .values()
-            .map(|seen| seen.changed_at + self.failover_time)
-            .filter(|at| *at > now)
-            .min()
+    /// Forgets a worker (evicted by this worker).
+    pub fn forget_worker(&mut self, worker_id: &str) {
+        self.workers.remove(worker_id);
     }
 }
 
@@ -146,6 +145,29 @@ mod tests {
         tracker.observe_leases(std::slice::from_ref(&lease), t0 + s(9));
         assert!(tracker.expired_leases(t0 + s(18)).is_empty());
         assert!(tracker.expired_leases(t0 + s(19)).contains("shardId-0"));
-        assert_eq!(tracker.next_expiry(t0 + s(9)), Some(t0 + s(19)));
+    }
+
+    #[test]
+    fn a_worker_is_dead_a_failover_time_after_its_heartbeat_last_changed() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let beat = |id: &str, heartbeat| WorkerHeartbeat {
+            worker_id: id.into(),
+            heartbeat,
+        };
+        let mut tracker = ExpiryTracker::new(s(10));
+        tracker.observe_workers(&[beat("a", 1), beat("b", 1)], t0);
+        tracker.observe_workers(&[beat("a", 2), beat("b", 1)], t0 + s(5));
+        assert_eq!(tracker.live_workers(t0 + s(9)), ["a", "b"]);
+        assert!(tracker.dead_workers(t0 + s(9)).is_empty());
+        assert_eq!(tracker.live_workers(t0 + s(10)), ["a"]);
+        assert_eq!(tracker.dead_workers(t0 + s(10)), [("b".to_string(), 1)]);
+        tracker.forget_worker("b");
+        assert!(
+            tracker
+                .dead_workers(t0 + s(20))
+                .iter()
+                .all(|(id, _)| id != "b")
+        );
     }
 }

@@ -478,8 +478,22 @@ impl LeaseHandle {
     }
 
     /// Ends a graceful handoff: lets the new owner start. Call after the final
-    /// checkpoint. Also used to release a lease on graceful shutdown when held.
+    /// checkpoint. Also used to release a lease on graceful shutdown when held; a
+    /// release that finds the lease asked for by another worker (a request this worker
+    /// had not noticed yet) completes that handoff instead.
     pub async fn hand_over(&self) -> Result<(), HandleError> {
+        match self.hand_over_once().await? {
+            // The lease changed under the release (asked for, or our own renewal):
+            // once more, in the phase the lease now implies.
+            Retry::Again => match self.hand_over_once().await? {
+                Retry::Again => Err(self.lost(LostReason::TakenOver)),
+                Retry::Done => Ok(()),
+            },
+            Retry::Done => Ok(()),
+        }
+    }
+
+    async fn hand_over_once(&self) -> Result<Retry, HandleError> {
         let inner = self.inner.lock().await;
         // A release must not be skipped for a transient error (the lease would stay
         // blocked for a whole failover time), but nor may it outlive the lease.
@@ -523,7 +537,14 @@ impl LeaseHandle {
         match self.write(deadline, expect, change).await {
             Ok(_) => {
                 self.set_phase(LeasePhase::Lost(reason));
-                Ok(())
+                Ok(Retry::Done)
+            }
+            Err(LeaseError::ConditionFailed { .. }) if reason == LostReason::Released => {
+                // Asked for meanwhile (then the lease moves to handing off), or renewed
+                // by us since: reconcile tells, or that it is someone else's.
+                let mut inner = self.inner.lock().await;
+                self.reconcile(&mut inner).await?;
+                Ok(Retry::Again)
             }
             Err(LeaseError::ConditionFailed { .. }) => Err(self.lost(LostReason::TakenOver)),
             Err(e) => Err(e.into()),
@@ -571,6 +592,12 @@ impl LeaseHandle {
             self.set_phase(LeasePhase::HandingOff { to: to.to_string() });
         }
     }
+}
+
+/// Whether a release must be tried again after reconciling.
+enum Retry {
+    Done,
+    Again,
 }
 
 fn valid_until(sent_at: Instant, failover_time: Duration) -> Instant {

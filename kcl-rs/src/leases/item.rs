@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 
 use super::lease::{Lease, ShardLoad};
-use super::store::{LeaseError, WorkerHeartbeat};
+use super::store::{LeaseError, Membership, WorkerHeartbeat};
 
 /// A DynamoDB item as the SDK represents it.
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -38,7 +38,11 @@ pub(super) const THROUGHPUT_BYTES_PER_SECOND: &str = "throughputBytesPerSecond";
 pub(super) const MILLIS_BEHIND_LATEST: &str = "millisBehindLatest";
 
 pub(super) const WORKER_ID: &str = "workerId";
-pub(super) const HEARTBEAT: &str = "heartbeat";
+/// The `workerId` of the one item of the workers table that holds the group.
+pub(super) const GROUP_KEY: &str = "kcl-rs:group";
+/// Prefix of the group item's attribute per member: `hb:{worker id}` = heartbeat.
+pub(super) const MEMBER_PREFIX: &str = "hb:";
+pub(super) const LEASE_GENERATION: &str = "leaseGeneration";
 
 /// The item for a lease. Empty parent and child lists are left out because DynamoDB
 /// rejects empty sets.
@@ -156,26 +160,35 @@ pub(super) fn canonical(mut lease: Lease) -> Lease {
     lease
 }
 
-/// The worker heartbeat in an item of the workers table.
-pub(super) fn to_worker(item: &Item) -> Result<WorkerHeartbeat, LeaseError> {
-    let worker_id = match item.get(WORKER_ID) {
-        Some(AttributeValue::S(id)) => id.clone(),
-        _ => {
-            return Err(malformed(
-                "?",
-                format!("worker item without a {WORKER_ID} string"),
-            ));
-        }
+/// The attribute of `worker_id` in the group item.
+pub(super) fn member_attribute(worker_id: &str) -> String {
+    format!("{MEMBER_PREFIX}{worker_id}")
+}
+
+/// The group in the group item of the workers table (an absent item is an empty group).
+/// A member attribute that is not a number is an error: the item is written only by
+/// workers.
+pub(super) fn to_membership(item: Option<&Item>) -> Result<Membership, LeaseError> {
+    let Some(item) = item else {
+        return Ok(Membership::default());
     };
-    let heartbeat = Attributes {
+    let attributes = Attributes {
         item,
-        key: &worker_id,
+        key: GROUP_KEY,
+    };
+    let mut workers = Vec::new();
+    for name in item.keys() {
+        if let Some(worker_id) = name.strip_prefix(MEMBER_PREFIX) {
+            workers.push(WorkerHeartbeat {
+                worker_id: worker_id.to_string(),
+                heartbeat: attributes.u64(name)?.unwrap_or(0),
+            });
+        }
     }
-    .u64(HEARTBEAT)?
-    .unwrap_or(0);
-    Ok(WorkerHeartbeat {
-        worker_id,
-        heartbeat,
+    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    Ok(Membership {
+        workers,
+        lease_generation: attributes.u64(LEASE_GENERATION)?.unwrap_or(0),
     })
 }
 

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::item;
 use super::lease::Lease;
-use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+use super::store::{
+    BoxFuture, Change, Expect, LeaseError, LeaseStore, Membership, WorkerHeartbeat,
+};
 
 /// A [`LeaseStore`] held in memory. Clones share the same leases and workers, so one
 /// store can stand for the lease table seen by several workers.
@@ -43,6 +45,23 @@ pub struct MemoryLeaseStore {
 struct Tables {
     leases: BTreeMap<String, Lease>,
     workers: BTreeMap<String, u64>,
+    lease_generation: u64,
+}
+
+impl Tables {
+    fn membership(&self) -> Membership {
+        Membership {
+            workers: self
+                .workers
+                .iter()
+                .map(|(worker_id, &heartbeat)| WorkerHeartbeat {
+                    worker_id: worker_id.clone(),
+                    heartbeat,
+                })
+                .collect(),
+            lease_generation: self.lease_generation,
+        }
+    }
 }
 
 impl MemoryLeaseStore {
@@ -180,11 +199,41 @@ impl LeaseStore for MemoryLeaseStore {
         })
     }
 
-    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+    fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>> {
         Box::pin(async move {
             let mut tables = self.tables();
             let beat = tables.workers.entry(worker_id.to_string()).or_insert(0);
             *beat = beat.saturating_add(1);
+            Ok(tables.membership())
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        worker_id: &'a str,
+    ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
+        Box::pin(async move {
+            let mut tables = self.tables();
+            let beat = tables
+                .workers
+                .get_mut(worker_id)
+                .ok_or_else(|| condition_failed(worker_id))?;
+            *beat = beat.saturating_add(1);
+            Ok(tables.membership())
+        })
+    }
+
+    fn evict_worker<'a>(
+        &'a self,
+        worker_id: &'a str,
+        heartbeat: u64,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            let mut tables = self.tables();
+            if tables.workers.get(worker_id) != Some(&heartbeat) {
+                return Err(condition_failed(worker_id));
+            }
+            tables.workers.remove(worker_id);
             Ok(())
         })
     }
@@ -196,17 +245,15 @@ impl LeaseStore for MemoryLeaseStore {
         })
     }
 
-    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
+    fn membership(&self) -> BoxFuture<'_, Result<Membership, LeaseError>> {
+        Box::pin(async move { Ok(self.tables().membership()) })
+    }
+
+    fn note_leases_changed(&self) -> BoxFuture<'_, Result<(), LeaseError>> {
         Box::pin(async move {
-            Ok(self
-                .tables()
-                .workers
-                .iter()
-                .map(|(worker_id, &heartbeat)| WorkerHeartbeat {
-                    worker_id: worker_id.clone(),
-                    heartbeat,
-                })
-                .collect())
+            let mut tables = self.tables();
+            tables.lease_generation = tables.lease_generation.saturating_add(1);
+            Ok(())
         })
     }
 }

@@ -21,4 +21,4 @@ pub mod taker;
 pub use dynamo::DynamoLeaseStore;
 pub use lease::{Lease, LeaseState, ShardLoad};
 pub use memory::MemoryLeaseStore;
-pub use store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+pub use store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, Membership, WorkerHeartbeat};

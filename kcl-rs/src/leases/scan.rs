@@ -1,5 +1,5 @@
 //! When a taking cycle lists the whole lease table: a decision as a pure function of
-//! what the last listing showed and what the worker table shows now.
+//! what the last listing showed and what the worker sees of the group now.
 
 use std::time::Instant;
 
@@ -10,33 +10,55 @@ use super::coordinator::LeaseConfig;
 #[derive(Default)]
 pub(super) struct LastScan {
     pub(super) at: Option<Instant>,
-    pub(super) live_workers: Vec<String>,
+    /// The group's members as seen before the listing: one that leaves after it is
+    /// noticed at the next cycle.
+    pub(super) members: Vec<String>,
     pub(super) leases: usize,
+    pub(super) lease_generation: u64,
+}
+
+/// What the worker sees now: the group (from its last heartbeat, or for the leader its
+/// last read of the group) and its own leases.
+pub(super) struct Seen<'a> {
+    pub(super) at: Instant,
+    /// Members of the group (a dead worker stays one until it is evicted).
+    pub(super) members: &'a [String],
+    /// How many workers have a live heartbeat.
+    pub(super) live: usize,
+    pub(super) lease_generation: u64,
+    pub(super) held: usize,
+    pub(super) leader: bool,
 }
 
 /// Whether a taking cycle must list the whole lease table, the one expensive read (on
-/// a 1,000-lease table, tens of read units): only when something may have changed that
-/// this worker must act on. Its own leases need no listing: their renewals see a
-/// handoff request or a new owner.
-pub(super) fn scan_due(
-    last: &LastScan,
-    live: &[String],
-    held: usize,
-    expiry_due: bool,
-    config: &LeaseConfig,
-    now: Instant,
-) -> bool {
+/// a 1,000-lease table, tens of read units): only when there may be something this
+/// worker must act on.
+///
+/// - Leases were created or deleted (the group's lease generation moved).
+/// - A worker left or was evicted: its leases are free (released) or orphaned (owned by
+///   a worker that is no longer a member), and shares grew.
+/// - This worker holds fewer than its share (`leases / live workers`, rounded down):
+///   it is new, or others are over their share.
+/// - The leader, in addition, every `lease_scan_interval`: the slow path for a lease
+///   whose owner heartbeats but stopped renewing that lease; expiry is judged across
+///   two such listings.
+///
+/// A worker that joined needs no listing by the others: it asks for handoffs itself.
+/// Own leases need no listing: their renewals see a handoff request or a new owner.
+pub(super) fn scan_due(last: &LastScan, seen: &Seen, config: &LeaseConfig) -> bool {
     let Some(at) = last.at else { return true };
-    if now >= at + config.lease_scan_interval() || last.live_workers != live {
-        // Periodically, and at once when a worker joined or left (a graceful leaver
-        // releases its leases before it removes its record).
+    if seen.lease_generation != last.lease_generation {
         return true;
     }
-    let share = last.leases / live.len().max(1);
+    if last.members.iter().any(|w| !seen.members.contains(w)) {
+        return true;
+    }
+    if seen.leader && seen.at >= at + config.lease_scan_interval() {
+        return true;
+    }
+    let share = last.leases / seen.live.max(1);
     let share = config.max_leases_per_worker.map_or(share, |m| share.min(m));
-    // Balancing: keep looking until this worker holds its share. And a lease observed
-    // held by another worker may have expired since.
-    held < share || expiry_due
+    seen.held < share
 }
 
 #[cfg(test)]
@@ -47,44 +69,61 @@ mod tests {
 
     #[test]
     fn the_lease_table_is_listed_only_when_something_may_have_changed() {
-        let config = LeaseConfig::new("w1"); // failover 10 s: listed every 2.5 s at least
+        let config = LeaseConfig::new("w1"); // failover 10 s: the leader lists every 60 s
         let t0 = Instant::now();
-        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
         let live = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let last = LastScan {
             at: Some(t0),
-            live_workers: live(&["w1", "w2"]),
+            members: live(&["w1", "w2"]),
             leases: 10,
+            lease_generation: 3,
         };
         let never = LastScan::default();
-        // (last scan, live workers, held, an expiry due, elapsed) → due
+        // (last, live, generation, held, leader, elapsed) → due
         let cases = [
-            (&never, live(&["w1"]), 0, false, ms(0), true),
-            (&last, live(&["w1", "w2"]), 5, false, ms(500), false),
-            (&last, live(&["w1", "w2"]), 5, false, ms(2_499), false),
-            (&last, live(&["w1", "w2"]), 5, false, ms(2_500), true),
-            (&last, live(&["w1", "w2", "w3"]), 5, false, ms(500), true),
-            (&last, live(&["w1"]), 5, false, ms(500), true),
-            (&last, live(&["w1", "w2"]), 4, false, ms(500), true),
-            (&last, live(&["w1", "w2"]), 6, false, ms(500), false),
-            (&last, live(&["w1", "w2"]), 5, true, ms(500), true),
+            (&never, live(&["w1"]), 0, 0, false, s(0), true),
+            // Nothing changed.
+            (&last, live(&["w1", "w2"]), 3, 5, false, s(1), false),
+            (&last, live(&["w1", "w2"]), 3, 5, false, s(300), false),
+            (&last, live(&["w1", "w2"]), 3, 5, true, s(59), false),
+            // The leader's slow path.
+            (&last, live(&["w1", "w2"]), 3, 5, true, s(60), true),
+            // Leases created or deleted.
+            (&last, live(&["w1", "w2"]), 4, 5, false, s(1), true),
+            // A worker joined: the newcomer asks, the others need not look.
+            (&last, live(&["w1", "w2", "w3"]), 3, 5, false, s(1), false),
+            (&last, live(&["w1", "w2", "w3"]), 3, 5, true, s(1), false),
+            // A worker left or was evicted.
+            (&last, live(&["w1"]), 3, 5, false, s(1), true),
+            (&last, live(&["w1", "w3"]), 3, 5, false, s(1), true),
+            // Below its share.
+            (&last, live(&["w1", "w2"]), 3, 4, false, s(1), true),
+            (&last, live(&["w1", "w2"]), 3, 6, false, s(1), false),
         ];
-        for (i, (last, live, held, expiry, elapsed, due)) in cases.into_iter().enumerate() {
-            assert_eq!(
-                scan_due(last, &live, held, expiry, &config, t0 + elapsed),
-                due,
-                "case {i}"
-            );
+        for (i, (last, live, generation, held, leader, elapsed, due)) in
+            cases.into_iter().enumerate()
+        {
+            let seen = Seen {
+                at: t0 + elapsed,
+                members: &live,
+                live: live.len(),
+                lease_generation: generation,
+                held,
+                leader,
+            };
+            assert_eq!(scan_due(last, &seen, &config), due, "case {i}");
         }
         let mut capped = config.clone();
         capped.max_leases_per_worker = Some(3);
-        assert!(!scan_due(
-            &last,
-            &live(&["w1", "w2"]),
-            3,
-            false,
-            &capped,
-            t0 + ms(500)
-        ));
+        let seen = Seen {
+            at: t0 + s(1),
+            members: &live(&["w1", "w2"]),
+            live: 2,
+            lease_generation: 3,
+            held: 3,
+            leader: false,
+        };
+        assert!(!scan_due(&last, &seen, &capped));
     }
 }

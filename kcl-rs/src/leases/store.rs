@@ -121,6 +121,28 @@ pub struct WorkerHeartbeat {
     pub heartbeat: u64,
 }
 
+/// The group of workers sharing a lease table, as one read (or one heartbeat) returns
+/// it: every member's heartbeat, and a counter bumped whenever leases are created or
+/// deleted.
+///
+/// Stored as one item, so that every heartbeat write returns the whole group at no read
+/// cost: a worker learns who joined, left or died from its own heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Every member, sorted by worker id.
+    pub workers: Vec<WorkerHeartbeat>,
+    /// Bumped by [`LeaseStore::note_leases_changed`]: when it moves, the set of leases
+    /// changed and workers list the lease table again.
+    pub lease_generation: u64,
+}
+
+impl Membership {
+    /// Whether `worker_id` is a member.
+    pub fn contains(&self, worker_id: &str) -> bool {
+        self.workers.iter().any(|w| w.worker_id == worker_id)
+    }
+}
+
 /// Storage for leases and worker heartbeats.
 pub trait LeaseStore: Send + Sync + 'static {
     /// Creates the lease table (and worker table) if absent and waits until usable. An
@@ -168,12 +190,38 @@ pub trait LeaseStore: Send + Sync + 'static {
         expect: Expect,
     ) -> BoxFuture<'a, Result<(), LeaseError>>;
 
-    /// Increments the worker's heartbeat (creating its record on first call).
-    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>>;
+    /// Adds the worker to the group (or, when it is a member already, increments its
+    /// heartbeat) and returns the group as it is after the write.
+    fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>>;
 
-    /// Removes the worker's record (graceful shutdown).
+    /// Increments the worker's heartbeat and returns the group after the write (no read
+    /// cost on DynamoDB: the write returns the item). [`LeaseError::ConditionFailed`]
+    /// when the worker is not a member: it was evicted (judged dead) or removed, and
+    /// must give up its leases before it joins again.
+    fn heartbeat<'a>(&'a self, worker_id: &'a str)
+    -> BoxFuture<'a, Result<Membership, LeaseError>>;
+
+    /// Removes a worker judged dead, if its heartbeat is still `heartbeat` (otherwise
+    /// [`LeaseError::ConditionFailed`]). Its leases may then be taken at once: a worker
+    /// gives up its leases when it has not heartbeaten for the failover time.
+    fn evict_worker<'a>(
+        &'a self,
+        worker_id: &'a str,
+        heartbeat: u64,
+    ) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Removes the worker from the group (graceful shutdown).
     fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>>;
 
-    /// Every worker record.
-    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>>;
+    /// The group, in one small read (eventually consistent on DynamoDB).
+    fn membership(&self) -> BoxFuture<'_, Result<Membership, LeaseError>>;
+
+    /// Every member's heartbeat (the workers of [`LeaseStore::membership`]).
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
+        Box::pin(async move { Ok(self.membership().await?.workers) })
+    }
+
+    /// Bumps [`Membership::lease_generation`]: call after creating or deleting leases,
+    /// so that every worker lists the lease table again soon.
+    fn note_leases_changed(&self) -> BoxFuture<'_, Result<(), LeaseError>>;
 }

@@ -33,6 +33,10 @@ pub struct TakerInput<'a> {
     pub max_leases_per_worker: Option<usize>,
     /// Spreads choices of different workers over different leases to reduce conflicting takes.
     pub seed: u64,
+    /// Take every free and expired lease, beyond the target (up to
+    /// `max_leases_per_worker`): the leader does, since it notices a departure first;
+    /// workers below target then ask it for handoffs.
+    pub absorb: bool,
 }
 
 /// One lease write the worker should attempt.
@@ -130,6 +134,7 @@ pub fn target_per_worker(counted: usize, live: usize, max: Option<usize>) -> usi
 ///     live_workers: &["worker-a".to_string()],
 ///     max_leases_per_worker: None,
 ///     seed: 42,
+///     absorb: false,
 /// });
 /// assert_eq!(plan, vec![TakeAction::Take {
 ///     key: "shardId-1".into(),
@@ -162,8 +167,15 @@ pub fn plan_takes(input: &TakerInput) -> Vec<TakeAction> {
 
     let target = target_per_worker(counted.len(), load.len(), input.max_leases_per_worker);
     let mut need = target.saturating_sub(load[input.me]);
+    let room = if input.absorb {
+        input
+            .max_leases_per_worker
+            .map_or(usize::MAX, |max| max.saturating_sub(load[input.me]))
+    } else {
+        need
+    };
     let mut plan = Vec::new();
-    if need == 0 {
+    if room == 0 {
         return plan;
     }
 
@@ -176,13 +188,13 @@ pub fn plan_takes(input: &TakerInput) -> Vec<TakeAction> {
         .filter(|l| l.owner.is_none() || expired(l))
         .collect();
     let available = spread(available, input.seed, slot);
-    for lease in available.into_iter().take(need) {
+    for lease in available.into_iter().take(room) {
         plan.push(TakeAction::Take {
             key: lease.key.clone(),
             counter: lease.counter,
             previous_owner: lease.owner.clone(),
         });
-        need -= 1;
+        need = need.saturating_sub(1);
     }
     if need == 0 {
         return plan;
@@ -740,6 +752,42 @@ mod tests {
     }
 
     #[test]
+    fn the_leader_absorbs_every_free_and_expired_lease_up_to_the_cap() {
+        // 8 leases, 3 live workers (target 3); the leader holds 2, a worker that left
+        // released 2 and an evicted one left 2 behind (expired).
+        let mut leases = held_by("leader", "a", 0..2);
+        leases.extend(held_by("w2", "b", 0..2));
+        leases.extend(free_n("c", 0..2));
+        leases.extend(held_by("gone", "d", 0..2));
+        let expired: HashSet<String> = keys("d", 0..2).into_iter().collect();
+        let live = vec!["leader".to_string(), "w2".to_string(), "w3".to_string()];
+        // (absorb, cap) → takes
+        for (absorb, max, takes) in [
+            (false, None, 1),
+            (true, None, 4),
+            (true, Some(5), 3),
+            (true, Some(2), 0),
+        ] {
+            let input = TakerInput {
+                me: "leader",
+                leases: &leases,
+                expired: &expired,
+                live_workers: &live,
+                max_leases_per_worker: max,
+                seed: 7,
+                absorb,
+            };
+            let plan = plan_takes(&input);
+            check_invariants("absorb", &input, &plan);
+            assert_eq!(plan.len(), takes, "absorb {absorb}, cap {max:?}: {plan:?}");
+            assert!(
+                plan.iter().all(|a| matches!(a, TakeAction::Take { .. })),
+                "absorbing asks for no handoff"
+            );
+        }
+    }
+
+    #[test]
     fn scenarios_table() {
         for s in scenarios() {
             let (expired, live) = input_parts(&s);
@@ -751,6 +799,7 @@ mod tests {
                     live_workers: &live,
                     max_leases_per_worker: s.max,
                     seed,
+                    absorb: false,
                 };
                 let plan = plan_takes(&input);
                 check_invariants(s.name, &input, &plan);
@@ -816,6 +865,7 @@ mod tests {
                 live_workers: &live,
                 max_leases_per_worker: None,
                 seed: worker_seed(me, 0),
+                absorb: false,
             });
             assert_eq!(plan.len(), 2, "{me}: {plan:?}");
             assert!(plan.iter().all(|a| matches!(
@@ -848,6 +898,7 @@ mod tests {
                 live_workers: workers,
                 max_leases_per_worker: None,
                 seed: worker_seed(me, cycle) ^ base_seed,
+                absorb: false,
             });
             for action in plan {
                 let lease = leases.iter_mut().find(|l| l.key == action.key()).unwrap();

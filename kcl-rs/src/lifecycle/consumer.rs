@@ -194,7 +194,10 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 ParentStep::Create(lease) => {
                     match self.ctx.store.create_lease(&lease).await {
                         Ok(()) => {
-                            tracing::info!(shard = %self.lease.key, parent = %parent, "created the missing parent lease")
+                            tracing::info!(shard = %self.lease.key, parent = %parent, "created the missing parent lease");
+                            if let Err(e) = self.ctx.store.note_leases_changed().await {
+                                tracing::warn!(shard = %self.lease.key, error = %e, "could not announce the parent lease");
+                            }
                         }
                         Err(LeaseError::ConditionFailed { .. }) => {}
                         // Retried at the next look.
@@ -335,6 +338,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
     /// Kinesis names them; emulators that don't are covered by the shard sync run at
     /// shard end), so children need not wait for the next ListShards.
     async fn create_child_leases(&mut self, children: &[ChildShardRef]) {
+        let mut created = false;
         for child in children {
             let mut lease = Lease::new(
                 child.shard_id.clone(),
@@ -344,6 +348,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             lease.hash_key_range = child.hash_key_range;
             match self.ctx.store.create_lease(&lease).await {
                 Ok(()) => {
+                    created = true;
                     tracing::info!(shard = %child.shard_id, "created child lease from ChildShards")
                 }
                 Err(LeaseError::ConditionFailed { .. }) => {}
@@ -353,6 +358,10 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                     self.ctx.syncer.request_sync();
                 }
             }
+        }
+        if created && let Err(e) = self.ctx.store.note_leases_changed().await {
+            // The leader's periodic listing finds them anyway.
+            tracing::warn!(shard = %self.lease.key, error = %e, "could not announce the child leases");
         }
     }
 

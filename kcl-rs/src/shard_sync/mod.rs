@@ -72,6 +72,7 @@ pub struct ShardSyncer {
     store: Arc<dyn LeaseStore>,
     initial: ExtendedSequenceNumber,
     wake: Notify,
+    periodic: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl ShardSyncer {
@@ -88,13 +89,24 @@ impl ShardSyncer {
             store,
             initial,
             wake: Notify::new(),
+            periodic: Box::new(|| true),
         }
+    }
+
+    /// Makes [`ShardSyncer::run`]'s periodic syncs conditional on `gate` (requested
+    /// syncs and retries always run). A worker passes "this worker leads", so one
+    /// worker of the fleet lists the stream and the lease table every interval, not
+    /// every worker.
+    pub fn periodic_when(mut self, gate: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.periodic = Box::new(gate);
+        self
     }
 
     /// One sync: ListShards (paginated), read the lease table, apply the plan.
     pub async fn sync_once(&self) -> Result<SyncReport, ShardSyncError> {
         let shards = list_shards(&self.kinesis, &self.stream).await?;
-        let leases = self.store.list_leases().await?;
+        // Eventually consistent: every write of the plan is conditional.
+        let leases = self.store.scan_leases().await?;
         let plan = plan_sync(&shards, &leases, &self.initial);
         let mut report = SyncReport::default();
         for lease in &plan.create {
@@ -136,6 +148,11 @@ impl ShardSyncer {
             }
         }
         if !report.created.is_empty() || !report.deleted.is_empty() {
+            // Every worker lists the lease table again at its next heartbeat. Best
+            // effort: the leader's periodic listing finds the leases anyway.
+            if let Err(e) = self.store.note_leases_changed().await {
+                tracing::warn!(error = %e, "could not announce the lease changes");
+            }
             tracing::info!(stream = %self.stream, created = ?report.created, deleted = ?report.deleted, "shard sync");
         }
         Ok(report)
@@ -146,14 +163,21 @@ impl ShardSyncer {
         self.wake.notify_one();
     }
 
-    /// Syncs every `interval` and whenever [`ShardSyncer::request_sync`] is called,
-    /// until `cancel`. A failed sync is retried sooner, after 1 s doubling up to
+    /// Syncs at once, then every `interval` (when the gate of
+    /// [`ShardSyncer::periodic_when`] allows) and whenever [`ShardSyncer::request_sync`]
+    /// is called, until `cancel`. A failed sync is retried sooner, after 1 s doubling up to
     /// `interval`: it may be the creation of a child lease that a finished parent's
     /// children are waiting for. Ends only with `cancel`.
     pub async fn run(&self, interval: Duration, cancel: CancellationToken) {
         let mut retry = FIRST_RETRY;
+        let mut due = true;
         loop {
-            let wait = match self.sync_once().await {
+            let outcome = if due {
+                self.sync_once().await
+            } else {
+                Ok(SyncReport::default())
+            };
+            let wait = match outcome {
                 Ok(_) => {
                     retry = FIRST_RETRY;
                     interval
@@ -165,11 +189,12 @@ impl ShardSyncer {
                     wait
                 }
             };
-            tokio::select! {
+            let failed = retry > FIRST_RETRY;
+            due = tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
-            }
+                _ = tokio::time::sleep(wait) => failed || (self.periodic)(),
+                _ = self.wake.notified() => true,
+            };
         }
     }
 }

@@ -309,7 +309,10 @@ pub mod consumers {
                 .arg(app)
                 .arg(id)
                 .arg(FAILOVER.as_millis().to_string())
-                .env("RUST_LOG", "warn")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("WORKER_LOG").unwrap_or("warn".into()),
+                )
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()

@@ -8,12 +8,20 @@
 //!   but itself; transient errors (throttling, transaction conflicts, timeouts) are
 //!   retried with backoff until the lease would expire, and then it is given up
 //!   (`Lost(ExpiredLocally)`).
-//! - **taking**, every `taking_interval` and also exactly when an observed lease is due
-//!   to expire: list the workers and, when something may have changed (a worker came
-//!   or went, a lease is due to expire, this worker is below its share, or
-//!   `lease_scan_interval` passed), the lease table; update the expiry tracker, plan
-//!   with [`plan_takes`](super::taker::plan_takes) and perform the planned conditional
-//!   writes.
+//! - **membership**: the heartbeat (in the group item of the worker table) returns the
+//!   whole group, so every worker sees who joined, left or died without a read. A
+//!   worker whose heartbeat has not changed for the failover time is evicted, and its
+//!   leases may be taken at once: every worker gives up its leases when its own
+//!   heartbeat has not succeeded for the failover time.
+//! - **taking**, every `taking_interval`: the two *watchers* (the live workers with the
+//!   smallest ids; the first is the *leader*) read the group (one small read) and evict
+//!   the dead; then, only when
+//!   something may have changed (see `scan::scan_due`: leases created or deleted, a
+//!   worker gone, this worker below its share, or for the leader `lease_scan_interval`
+//!   passed), the lease table is listed, the expiry tracker updated, a plan made with
+//!   [`plan_takes`](super::taker::plan_takes) and the planned conditional writes
+//!   performed. The leader takes every free or orphaned lease it sees (others then ask
+//!   it for handoffs), so a worker's departure is covered within about a cycle.
 //!
 //! Acquired leases are announced on a channel as [`LeaseEvent::Acquired`] once they may
 //! be processed (after any previous owner has handed over). Everything after that is
@@ -29,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod membership;
 mod renewal;
 mod taking;
 
@@ -38,6 +47,7 @@ use super::lease::Lease;
 use super::retry;
 use super::scan::LastScan;
 use super::store::{LeaseError, LeaseStore};
+use membership::Group;
 
 /// Lease coordination settings. Build with [`LeaseConfig::new`] and adjust fields.
 ///
@@ -56,21 +66,23 @@ pub struct LeaseConfig {
     pub failover_time: Duration,
     /// How often held leases are renewed; default `failover_time / 3`.
     pub renewal_interval: Option<Duration>,
-    /// How often a taking cycle runs; default 500 ms, so a released lease is picked up
-    /// within about a second. Each cycle lists the worker table (a consistent Scan of
-    /// one small item per worker) and, only when
-    /// [`lease_scan_interval`](LeaseConfig::lease_scan_interval) says so, the lease
-    /// table (an eventually consistent Scan).
+    /// How often a taking cycle runs; default 750 ms, so a released lease is picked up
+    /// within a second. In each cycle the two *watchers* (the live workers with the
+    /// smallest ids) read the group (one GetItem of half a read unit), so a departure is
+    /// noticed within a cycle even when one of them is the worker leaving; the lease
+    /// table (an eventually consistent Scan) is listed only when something may have
+    /// changed.
     pub taking_interval: Duration,
     /// Upper bound on leases held by this worker.
     pub max_leases_per_worker: Option<usize>,
     /// How long a graceful handoff may take before the new owner takes the lease by
     /// force; default `failover_time`.
     pub handoff_timeout: Option<Duration>,
-    /// The longest time between two listings of the whole lease table; default
-    /// `failover_time / 4`. Between them a taking cycle lists only the worker table,
-    /// and lists the lease table too when a worker joined or left, when an observed
-    /// lease is due to expire, or while this worker holds fewer than its share.
+    /// How often the leader lists the whole lease table when nothing prompts it; default
+    /// `6 × failover_time`. This is the slow path for a lease whose owner still
+    /// heartbeats but stopped renewing that one lease (it is taken once two listings
+    /// a failover time apart show the same counter). Workers leaving, dying, joining
+    /// and leases being created are noticed without it.
     pub lease_scan_interval: Option<Duration>,
 }
 
@@ -81,7 +93,7 @@ impl LeaseConfig {
             worker_id: worker_id.into(),
             failover_time: Duration::from_secs(10),
             renewal_interval: None,
-            taking_interval: Duration::from_millis(500),
+            taking_interval: Duration::from_millis(750),
             max_leases_per_worker: None,
             handoff_timeout: None,
             lease_scan_interval: None,
@@ -93,9 +105,9 @@ impl LeaseConfig {
         self.renewal_interval.unwrap_or(self.failover_time / 3)
     }
 
-    /// The effective longest interval between two listings of the lease table.
+    /// The effective interval of the leader's periodic listings of the lease table.
     pub fn lease_scan_interval(&self) -> Duration {
-        self.lease_scan_interval.unwrap_or(self.failover_time / 4)
+        self.lease_scan_interval.unwrap_or(self.failover_time * 6)
     }
 
     /// The effective handoff timeout.
@@ -132,6 +144,8 @@ pub struct CoordinatorStats {
     pub conflicts: AtomicU64,
     /// Listings of the whole lease table (the expensive read of a taking cycle).
     pub lease_scans: AtomicU64,
+    /// Workers this worker evicted from the group (their heartbeat had stopped).
+    pub evictions: AtomicU64,
     /// Leases lost other than by a graceful handoff or release: taken over, expired
     /// locally because renewals kept failing, or deleted.
     pub leases_lost: AtomicU64,
@@ -152,6 +166,7 @@ pub struct LeaseCoordinator {
     taking_stopped: AtomicBool,
     worker_removed: AtomicBool,
     last_scan: Mutex<LastScan>,
+    group: Mutex<Group>,
 }
 
 impl LeaseCoordinator {
@@ -173,6 +188,7 @@ impl LeaseCoordinator {
             taking_stopped: AtomicBool::new(false),
             worker_removed: AtomicBool::new(false),
             last_scan: Mutex::new(LastScan::default()),
+            group: Mutex::new(Group::default()),
             config,
         };
         (Arc::new(coordinator), receiver)
@@ -194,6 +210,14 @@ impl LeaseCoordinator {
         self.taking_stopped.store(true, Ordering::SeqCst);
     }
 
+    /// Whether this worker leads the group now: it is the live worker with the
+    /// smallest id, as far as it can tell. The leader lists the lease table
+    /// periodically and runs the periodic shard sync; two workers may both believe it
+    /// for a moment, which costs a read, never correctness.
+    pub fn is_leader(&self) -> bool {
+        self.rank(std::time::Instant::now()) == 0
+    }
+
     /// Handles of leases currently held or being acquired.
     pub fn held(&self) -> Vec<Arc<LeaseHandle>> {
         self.held.lock().unwrap().values().cloned().collect()
@@ -203,7 +227,7 @@ impl LeaseCoordinator {
     /// call [`LeaseCoordinator::release_all`] after the processors have checkpointed.
     pub async fn run(self: &Arc<Self>, cancel: CancellationToken) -> Result<(), LeaseError> {
         self.store.ensure_tables().await?;
-        self.store.heartbeat(&self.config.worker_id).await?;
+        self.join().await?;
         // Workers that start together see each other's heartbeats before planning, so
         // they do not all aim for the same too-high target.
         tokio::select! {
@@ -217,8 +241,8 @@ impl LeaseCoordinator {
         taking
     }
 
-    /// Leaves the group: stops taking and heartbeating and removes this worker's record
-    /// (so others count one worker fewer at once), once; later calls do nothing. The
+    /// Leaves the group: stops taking and heartbeating and removes this worker from the
+    /// group (so others count one worker fewer at once), once; later calls do nothing. The
     /// removal is retried while transient for at most a failover time.
     pub async fn leave(&self) -> Result<(), LeaseError> {
         self.stop_taking();

@@ -1,5 +1,6 @@
-//! Renewal: one task per held lease and one for the worker heartbeat, each on its own
-//! timer, so that a slow or hung call delays nothing but itself.
+//! Renewal: one task per held lease and one for the worker heartbeat (in
+//! `membership`), each on its own timer, so that a slow or hung call delays nothing but
+//! itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::LeaseCoordinator;
 use crate::leases::handle::{HandleError, LeaseHandle, LeasePhase, LostReason, RenewOutcome};
-use crate::leases::retry;
 
 impl LeaseCoordinator {
     /// Keeps one renewal task running per held lease, and the heartbeat task, until
@@ -46,30 +46,6 @@ impl LeaseCoordinator {
         }
         let _ = heartbeat.await;
         self.forget_lost();
-    }
-
-    /// Heartbeats the worker record every renewal interval, each call bounded by the
-    /// interval, independently of the lease renewals.
-    pub(super) async fn heartbeat_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let interval = self.config.renewal_interval();
-        let attempt = retry::attempt_timeout(self.config.failover_time);
-        let mut next = tokio::time::Instant::now() + interval;
-        while tick(&mut next, interval, &cancel).await {
-            if self.taking_stopped.load(Ordering::SeqCst) {
-                // Leaving: the worker record is gone and must stay gone.
-                continue;
-            }
-            let deadline = tokio::time::Instant::now() + interval;
-            let beat = retry::until_deadline(deadline, attempt, || {
-                self.store.heartbeat(&self.config.worker_id)
-            });
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                result = beat => if let Err(e) = result {
-                    tracing::warn!(worker = %self.config.worker_id, error = %e, "heartbeat failed");
-                }
-            }
-        }
     }
 
     pub(super) fn forget_lost(&self) {
@@ -119,7 +95,7 @@ async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: Cance
 /// Waits for the tick of a fixed-rate timer due at `next`, then moves `next` an
 /// `interval` on (to now at the earliest, so a late tick is not followed by a burst);
 /// false, at once, when `cancel` is cancelled.
-async fn tick(
+pub(super) async fn tick(
     next: &mut tokio::time::Instant,
     interval: Duration,
     cancel: &CancellationToken,

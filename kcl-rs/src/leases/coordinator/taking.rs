@@ -2,7 +2,7 @@
 //! plan with [`plan_takes`] and perform the planned conditional writes; wait for a
 //! previous owner's handoff before announcing a lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,8 +15,8 @@ use super::{LeaseCoordinator, LeaseEvent};
 use crate::leases::handle::{HandleError, LeaseHandle, LeasePhase, LostReason};
 use crate::leases::lease::Lease;
 use crate::leases::retry;
-use crate::leases::scan::{LastScan, scan_due};
-use crate::leases::store::{Change, Expect, LeaseError};
+use crate::leases::scan::{LastScan, Seen, scan_due};
+use crate::leases::store::{Change, Expect, LeaseError, Membership};
 use crate::leases::taker::{TakeAction, TakerInput, plan_takes};
 
 impl LeaseCoordinator {
@@ -31,63 +31,95 @@ impl LeaseCoordinator {
                 _ = cancel.cancelled() => return Ok(()),
                 cycle = self.taking_cycle(&cancel) => cycle,
             };
-            let next_expiry = match cycle {
-                Ok(next_expiry) => next_expiry,
+            match cycle {
+                Ok(()) => {}
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "taking cycle failed; retrying next cycle");
-                    None
                 }
                 Err(e) => return Err(e),
-            };
-            self.stats.taking_cycles.fetch_add(1, Ordering::Relaxed);
-            let mut wake = Instant::now() + self.config.taking_interval;
-            if let Some(expiry) = next_expiry {
-                wake = wake.min(expiry + Duration::from_millis(1));
             }
+            self.stats.taking_cycles.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep(self.config.taking_interval) => {}
             }
         }
     }
 
-    /// One taking cycle; returns when the next observed lease would expire.
+    /// One taking cycle.
     pub(super) async fn taking_cycle(
         self: &Arc<Self>,
         cancel: &CancellationToken,
-    ) -> Result<Option<Instant>, LeaseError> {
-        let workers = self.store.list_workers().await?;
+    ) -> Result<(), LeaseError> {
+        if !self.membership_valid() {
+            // Not a member in good standing: the heartbeat task gives up the leases
+            // and joins again; nothing to take until then.
+            return Ok(());
+        }
+        let rank = self.rank(Instant::now());
+        // A watcher reads the group unless its own heartbeat just returned it.
+        let fresh = self
+            .group_age()
+            .is_some_and(|age| age < self.config.taking_interval / 2);
+        if rank < 2 && !fresh {
+            let snapshot = self.store.membership().await?;
+            self.observe(&snapshot);
+            self.evict_dead().await;
+        }
         let now = Instant::now();
-        let live = {
-            let mut expiry = self.expiry.lock().unwrap();
-            expiry.observe_workers(&workers, now);
-            expiry.live_workers(now)
+        // Ranks move when a watcher sees the leader go.
+        let leader = self.rank(now) == 0;
+        let (members, generation) = {
+            let group = self.group.lock().unwrap();
+            (group.members.clone(), group.lease_generation)
         };
-        if !self.lease_scan_due(&live, now) {
-            return Ok(self.expiry.lock().unwrap().next_expiry(now));
+        let live = self.expiry.lock().unwrap().live_workers(now).len();
+        if !self.lease_scan_due(&members, live, generation, leader, now) {
+            return Ok(());
         }
         let leases = self.store.scan_leases().await?;
         self.stats.lease_scans.fetch_add(1, Ordering::Relaxed);
         self.stats
             .malformed_items
             .store(self.store.malformed_items(), Ordering::Relaxed);
-        *self.last_scan.lock().unwrap() = LastScan {
-            at: Some(now),
-            live_workers: live.clone(),
-            leases: leases.len(),
+        // The group read after the listing: every owner the listing shows joined before
+        // it took its lease, so an owner missing here was evicted or left. It also
+        // gives the plan the workers as they are now.
+        let group = self.store.membership().await?;
+        self.observe(&group);
+        let departed = {
+            let mut last = self.last_scan.lock().unwrap();
+            let departed = last.members.iter().any(|w| !members.contains(w));
+            *last = LastScan {
+                at: Some(now),
+                members,
+                leases: leases.len(),
+                lease_generation: generation,
+            };
+            departed
         };
-        let (expired, next_expiry) = {
+        let (expired, live) = {
             let mut expiry = self.expiry.lock().unwrap();
             expiry.observe_leases(&leases, now);
             let mut expired = expiry.expired_leases(now);
+            expired.extend(orphans(&leases, &group, &self.config.worker_id));
             let held = self.held.lock().unwrap();
             // Our own renewals are fresh whatever the listing's timing says.
             expired.retain(|key| !held.contains_key(key));
-            (expired, expiry.next_expiry(now))
+            (expired, expiry.live_workers(Instant::now()))
         };
+        // The leader covers a departure at once: it takes every lease the worker that
+        // left released or that an evicted worker left behind (others then ask it for
+        // handoffs). Otherwise, at a cold start or for new leases, everyone takes up to
+        // its share, so no lease moves twice.
+        let me = self.config.worker_id.as_str();
+        let absorb = departed && live.iter().all(|w| w.as_str() >= me);
         self.notice_changes(&leases).await;
-        if cancel.is_cancelled() || self.taking_stopped.load(Ordering::SeqCst) {
-            return Ok(next_expiry);
+        if cancel.is_cancelled()
+            || self.taking_stopped.load(Ordering::SeqCst)
+            || !self.membership_valid()
+        {
+            return Ok(());
         }
         let plan = plan_takes(&TakerInput {
             me: &self.config.worker_id,
@@ -96,6 +128,7 @@ impl LeaseCoordinator {
             live_workers: &live,
             max_leases_per_worker: self.config.max_leases_per_worker,
             seed: self.seed,
+            absorb,
         });
         if !plan.is_empty() {
             self.stats.active_cycles.fetch_add(1, Ordering::Relaxed);
@@ -109,23 +142,27 @@ impl LeaseCoordinator {
                 tracing::warn!(error = %e, "lease take failed");
             }
         }
-        Ok(next_expiry)
+        Ok(())
     }
 
     /// Whether this taking cycle must list the whole lease table (see [`scan_due`]).
-    pub(super) fn lease_scan_due(&self, live: &[String], now: Instant) -> bool {
-        let last = self.last_scan.lock().unwrap();
-        let expiry_due = last
-            .at
-            .is_some_and(|at| self.expiry.lock().unwrap().expiry_between(at, now));
-        scan_due(
-            &last,
+    pub(super) fn lease_scan_due(
+        &self,
+        members: &[String],
+        live: usize,
+        lease_generation: u64,
+        leader: bool,
+        now: Instant,
+    ) -> bool {
+        let seen = Seen {
+            at: now,
+            members,
             live,
-            self.held.lock().unwrap().len(),
-            expiry_due,
-            &self.config,
-            now,
-        )
+            lease_generation,
+            held: self.held.lock().unwrap().len(),
+            leader,
+        };
+        scan_due(&self.last_scan.lock().unwrap(), &seen, &self.config)
     }
 
     /// Applies what a listing shows about leases we hold: a handoff request, or
@@ -245,6 +282,13 @@ impl LeaseCoordinator {
             .lock()
             .unwrap()
             .insert(lease.key.clone(), Arc::clone(&handle));
+        if !self.membership_valid() {
+            // The membership lapsed while the take was in flight: others may take
+            // this worker's leases now, so this one is not ours to process.
+            handle.mark_lost(LostReason::ExpiredLocally);
+            self.forget_lost();
+            return Ok(());
+        }
         if from.is_some() {
             self.await_previous_owner(handle, sent).await;
         } else {
@@ -278,5 +322,56 @@ impl LeaseCoordinator {
                 let _ = handle.hand_over().await;
             }
         }
+    }
+}
+
+/// Leases owned by a worker that is not in the group (evicted or gone) other than `me`:
+/// free to take at once, since a worker gives up its leases when its own heartbeat has
+/// not succeeded for the failover time, which its eviction required.
+fn orphans(leases: &[Lease], group: &Membership, me: &str) -> HashSet<String> {
+    leases
+        .iter()
+        .filter(|l| {
+            l.owner
+                .as_deref()
+                .is_some_and(|owner| owner != me && !group.contains(owner))
+        })
+        .map(|l| l.key.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ExtendedSequenceNumber;
+    use crate::leases::store::WorkerHeartbeat;
+
+    #[test]
+    fn leases_of_workers_outside_the_group_are_orphans() {
+        let lease = |key: &str, owner: Option<&str>| {
+            let mut lease = Lease::new(key, ExtendedSequenceNumber::shard_end());
+            lease.owner = owner.map(str::to_string);
+            lease
+        };
+        let leases = [
+            lease("free", None),
+            lease("mine", Some("me")),
+            lease("member", Some("a")),
+            lease("evicted", Some("b")),
+        ];
+        let group = Membership {
+            workers: ["a", "me"]
+                .iter()
+                .map(|id| WorkerHeartbeat {
+                    worker_id: id.to_string(),
+                    heartbeat: 1,
+                })
+                .collect(),
+            lease_generation: 0,
+        };
+        assert_eq!(
+            orphans(&leases, &group, "me"),
+            HashSet::from(["evicted".to_string()])
+        );
     }
 }

@@ -23,6 +23,15 @@ impl Expression {
         placeholder
     }
 
+    /// A placeholder `#{tag}` for an attribute whose name is not a valid placeholder
+    /// (a member attribute holds a worker id, which may contain any character).
+    pub(super) fn tagged_name(&mut self, tag: &str, attribute: &str) -> String {
+        let placeholder = format!("#{tag}");
+        self.names
+            .insert(placeholder.clone(), attribute.to_string());
+        placeholder
+    }
+
     pub(super) fn value(&mut self, tag: &str, value: AttributeValue) -> String {
         let placeholder = format!(":{tag}");
         self.values.insert(placeholder.clone(), value);

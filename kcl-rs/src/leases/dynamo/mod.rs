@@ -1,5 +1,7 @@
 //! The lease store over DynamoDB: a lease table keyed by `leaseKey` (the item encoding
-//! is in `item.rs`) and a worker table `{lease table}-Workers` keyed by `workerId`.
+//! is in `item.rs`) and a worker table `{lease table}-Workers` keyed by `workerId`,
+//! whose one item `kcl-rs:group` holds the group: a heartbeat attribute `hb:{worker id}`
+//! per member and the lease generation.
 //!
 //! Every write is a single conditional request, so DynamoDB itself decides races
 //! between workers: of two writers expecting the same counter, exactly one succeeds.
@@ -32,7 +34,7 @@ use expression::Expression;
 
 use super::item::{self, Item};
 use super::lease::Lease;
-use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, WorkerHeartbeat};
+use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, Membership};
 use super::table::ensure_hash_key_table;
 use crate::checkpoint::LeaseOwnership;
 
@@ -380,54 +382,126 @@ impl LeaseStore for DynamoLeaseStore {
         })
     }
 
-    fn heartbeat<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
+    fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>> {
+        Box::pin(self.beat(worker_id, false))
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        worker_id: &'a str,
+    ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
+        Box::pin(self.beat(worker_id, true))
+    }
+
+    fn evict_worker<'a>(
+        &'a self,
+        worker_id: &'a str,
+        heartbeat: u64,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(async move {
             let mut expression = Expression::default();
-            let heartbeat = expression.name(item::HEARTBEAT);
-            let zero = expression.value("zero", item::number(0));
-            let one = expression.value("one", item::number(1));
-            self.client
-                .update_item()
-                .table_name(&self.workers_table)
-                .set_key(Some(Self::worker_key(worker_id)))
-                .update_expression(format!(
-                    "SET {heartbeat} = if_not_exists({heartbeat}, {zero}) + {one}"
-                ))
-                .set_expression_attribute_names(expression.names())
-                .set_expression_attribute_values(expression.values())
-                .send()
-                .await
-                .map_err(|e| {
-                    classify(e, &format!("UpdateItem {}", self.workers_table), worker_id)
-                })?;
-            Ok(())
+            let member = expression.tagged_name("dead", &item::member_attribute(worker_id));
+            let seen = expression.value("seen", item::number(heartbeat));
+            self.update_group(
+                expression,
+                format!("REMOVE {member}"),
+                Some(format!("{member} = {seen}")),
+                worker_id,
+            )
+            .await
+            .map(|_| ())
         })
     }
 
     fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(async move {
-            self.client
-                .delete_item()
-                .table_name(&self.workers_table)
-                .set_key(Some(Self::worker_key(worker_id)))
-                .send()
+            let mut expression = Expression::default();
+            let member = expression.tagged_name("leaving", &item::member_attribute(worker_id));
+            self.update_group(expression, format!("REMOVE {member}"), None, worker_id)
                 .await
-                .map_err(|e| {
-                    classify(e, &format!("DeleteItem {}", self.workers_table), worker_id)
-                })?;
-            Ok(())
+                .map(|_| ())
         })
     }
 
-    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerHeartbeat>, LeaseError>> {
+    fn membership(&self) -> BoxFuture<'_, Result<Membership, LeaseError>> {
         Box::pin(async move {
             // Eventually consistent: a stale heartbeat only delays judging a worker dead.
-            self.scan_all(&self.workers_table, false)
-                .await?
-                .iter()
-                .map(item::to_worker)
-                .collect()
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.workers_table)
+                .set_key(Some(Self::worker_key(item::GROUP_KEY)))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(
+                        e,
+                        &format!("GetItem {}", self.workers_table),
+                        item::GROUP_KEY,
+                    )
+                })?;
+            self.count_read(out.consumed_capacity());
+            item::to_membership(out.item.as_ref())
         })
+    }
+
+    fn note_leases_changed(&self) -> BoxFuture<'_, Result<(), LeaseError>> {
+        Box::pin(async move {
+            let mut expression = Expression::default();
+            let generation = expression.name(item::LEASE_GENERATION);
+            let one = expression.value("one", item::number(1));
+            self.update_group(
+                expression,
+                format!("ADD {generation} {one}"),
+                None,
+                item::GROUP_KEY,
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+}
+
+impl DynamoLeaseStore {
+    /// A heartbeat of `worker_id` in the group item; `member` requires it to be a member
+    /// already (a heartbeat), otherwise it joins.
+    async fn beat(&self, worker_id: &str, member: bool) -> Result<Membership, LeaseError> {
+        let mut expression = Expression::default();
+        let attribute = expression.tagged_name("member", &item::member_attribute(worker_id));
+        let zero = expression.value("zero", item::number(0));
+        let one = expression.value("one", item::number(1));
+        let update = format!("SET {attribute} = if_not_exists({attribute}, {zero}) + {one}");
+        let condition = member.then(|| format!("attribute_exists({attribute})"));
+        let item = self
+            .update_group(expression, update, condition, worker_id)
+            .await?;
+        item::to_membership(item.as_ref())
+    }
+
+    /// One conditional UpdateItem of the group item, returning the item after it (no
+    /// read units: a write's return values are part of the write).
+    async fn update_group(
+        &self,
+        expression: Expression,
+        update: String,
+        condition: Option<String>,
+        worker_id: &str,
+    ) -> Result<Option<Item>, LeaseError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.workers_table)
+            .set_key(Some(Self::worker_key(item::GROUP_KEY)))
+            .update_expression(update)
+            .set_condition_expression(condition)
+            .set_expression_attribute_names(expression.names())
+            .set_expression_attribute_values(expression.values())
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| classify(e, &format!("UpdateItem {}", self.workers_table), worker_id))?;
+        Ok(out.attributes)
     }
 }
 
