@@ -169,3 +169,15 @@ pub struct NameArgs {
     )]
     pub app: String,
 }
+
+impl NameArgs {
+    /// The names as command-line arguments.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--stream".into(),
+            self.stream.clone().into(),
+            "--app".into(),
+            self.app.clone().into(),
+        ]
+    }
+}

@@ -30,6 +30,70 @@ pub struct WorkerOptions {
     pub audit_file: Option<std::path::PathBuf>,
 }
 
+/// The `worker` command's own flags, defined once: the command parses them, and what
+/// starts worker processes (the scenarios, `chaos`) writes them with
+/// [`WorkerFlags::to_args`], so the two cannot drift apart.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct WorkerFlags {
+    /// This worker's id, unique among the running workers (default: generated).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Lease failover time: a crashed worker's shards move to the others after about
+    /// this long.
+    #[arg(long, default_value_t = 10_000)]
+    pub failover_ms: u64,
+    /// Pause between reads of a shard that is caught up (real Kinesis allows five reads
+    /// per second per shard).
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
+    /// Append a JSON line per statistics transaction and per checkpoint to this file
+    /// (what `chaos` checks).
+    #[arg(long)]
+    pub audit_file: Option<std::path::PathBuf>,
+}
+
+impl WorkerFlags {
+    /// Flags for a worker with these timings (no id, no audit log).
+    pub fn new(failover: Duration, poll: Duration) -> WorkerFlags {
+        WorkerFlags {
+            worker_id: None,
+            failover_ms: failover.as_millis() as u64,
+            poll_ms: poll.as_millis() as u64,
+            audit_file: None,
+        }
+    }
+
+    /// The flags as command-line arguments, parsed back to the same value.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(id) = &self.worker_id {
+            args.extend(["--worker-id".into(), id.into()]);
+        }
+        args.extend([
+            "--failover-ms".into(),
+            self.failover_ms.to_string().into(),
+            "--poll-ms".into(),
+            self.poll_ms.to_string().into(),
+        ]);
+        if let Some(path) = &self.audit_file {
+            args.extend(["--audit-file".into(), path.into()]);
+        }
+        args
+    }
+
+    /// The worker's settings, for the stream and application `names`.
+    pub fn options(&self, names: &crate::connect::NameArgs) -> WorkerOptions {
+        WorkerOptions {
+            stream: names.stream.clone(),
+            app: names.app.clone(),
+            worker_id: self.worker_id.clone(),
+            failover: Duration::from_millis(self.failover_ms),
+            poll: Duration::from_millis(self.poll_ms),
+            audit_file: self.audit_file.clone(),
+        }
+    }
+}
+
 /// How long a stopping worker may take to checkpoint and release its leases.
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -62,7 +126,7 @@ pub async fn run_worker(
         builder = builder.worker_id(id.clone());
     }
     let config = builder.build()?;
-    tracing::info!(worker = %config.worker_id, stream = %options.stream, app = %options.app, "statistics worker starting");
+    tracing::info!(worker = %config.worker_id(), stream = %options.stream, app = %options.app, "statistics worker starting");
     // A child token: a processor's fatal error stops this worker, not the caller's
     // other tasks; the caller's cancellation still reaches every processor.
     let halt = Halt::new(cancel.child_token());
@@ -95,5 +159,46 @@ pub async fn run_worker(
     match halt.error() {
         Some(error) => Err(format!("the statistics worker stopped: {error}").into()),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::connect::NameArgs;
+
+    #[derive(clap::Parser)]
+    struct Probe {
+        #[command(flatten)]
+        names: NameArgs,
+        #[command(flatten)]
+        flags: WorkerFlags,
+    }
+
+    #[test]
+    fn worker_flags_written_are_the_flags_parsed() {
+        let mut all = WorkerFlags::new(Duration::from_millis(3_000), Duration::from_millis(50));
+        all.worker_id = Some("worker-7".into());
+        all.audit_file = Some("/tmp/audit dir/worker-7.jsonl".into());
+        let names = NameArgs {
+            stream: "Orders".into(),
+            app: "OrdersApp".into(),
+        };
+        for flags in [
+            WorkerFlags::new(Duration::from_secs(10), Duration::from_millis(200)),
+            all,
+        ] {
+            let mut argv: Vec<std::ffi::OsString> = vec!["worker".into()];
+            argv.extend(names.to_args());
+            argv.extend(flags.to_args());
+            let parsed = Probe::try_parse_from(argv).unwrap();
+            assert_eq!(parsed.flags, flags);
+            assert_eq!(
+                (parsed.names.stream, parsed.names.app),
+                (names.stream.clone(), names.app.clone())
+            );
+        }
     }
 }

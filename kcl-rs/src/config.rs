@@ -47,7 +47,7 @@ pub struct ConfigError {
 ///     .initial_position(InitialPosition::TrimHorizon)
 ///     .failover_time(Duration::from_secs(10))
 ///     .build()?;
-/// assert_eq!(config.max_records, 10_000);
+/// assert_eq!(config.max_records(), 10_000);
 /// assert!(WorkerConfig::builder("", "app").build().is_err());
 /// # Ok::<(), kcl::config::ConfigError>(())
 /// ```
@@ -55,48 +55,149 @@ pub struct ConfigError {
 #[non_exhaustive]
 pub struct WorkerConfig {
     /// The Kinesis stream to read.
-    pub stream_name: String,
+    pub(crate) stream_name: String,
     /// The application name: also the DynamoDB lease table's name (workers of one
     /// application share it; different applications read independently).
-    pub application_name: String,
+    pub(crate) application_name: String,
     /// This worker's id. Default: `worker-<pid>-<random>`; must be unique per process.
-    pub worker_id: String,
+    pub(crate) worker_id: String,
     /// Where shards without a checkpoint start. Default `Latest`, as the Java KCL.
-    pub initial_position: InitialPosition,
+    pub(crate) initial_position: InitialPosition,
     /// Lease expiry: a worker that stops renewing loses its leases after this. Default
     /// 10 s. Renewal runs every third of it.
-    pub failover_time: Duration,
+    pub(crate) failover_time: Duration,
     /// How often a taking cycle runs: the two watcher workers read the worker group
     /// then (so a departure is noticed within one), and every worker lists the lease
     /// table when something changed. Default 750 ms; see
     /// [`LeaseConfig::taking_interval`](crate::leases::coordinator::LeaseConfig::taking_interval).
-    pub taking_interval: Duration,
+    pub(crate) taking_interval: Duration,
     /// How long a graceful handoff may take before the lease is taken by force.
     /// Default: the failover time.
-    pub handoff_timeout: Duration,
+    pub(crate) handoff_timeout: Duration,
     /// Upper bound on leases held by this worker. Default: none.
-    pub max_leases_per_worker: Option<usize>,
+    pub(crate) max_leases_per_worker: Option<usize>,
     /// Records per GetRecords call (1..=10,000). Default 10,000.
-    pub max_records: i32,
+    pub(crate) max_records: i32,
     /// Pause between GetRecords calls when a shard is caught up. Default 200 ms.
-    pub idle_time_between_reads: Duration,
+    pub(crate) idle_time_between_reads: Duration,
     /// Least time between the starts of two GetRecords calls on one shard, unless the
     /// first returned a full batch (a reader that is behind reads on at once). Default
     /// 200 ms: the service's 5 calls per second per shard.
-    pub min_time_between_get_records: Duration,
+    pub(crate) min_time_between_get_records: Duration,
     /// How long a cancelled [`Worker`](crate::worker::Worker) may spend shutting down
     /// (processors checkpointing, leases released) before it stops waiting and
     /// returns. Default 20 s.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Batches fetched ahead of the processor per shard. Default 2.
-    pub prefetch_depth: usize,
+    pub(crate) prefetch_depth: usize,
     /// How often ListShards runs to discover new shards (it also runs at start and
     /// whenever a shard ends). Default 60 s.
-    pub shard_sync_interval: Duration,
+    pub(crate) shard_sync_interval: Duration,
     /// How often a child shard waiting for its parents checks them. Default 200 ms.
-    pub parent_poll_interval: Duration,
+    pub(crate) parent_poll_interval: Duration,
     /// Call `process_records` with empty batches too. Default false.
-    pub call_process_records_even_for_empty: bool,
+    pub(crate) call_process_records_even_for_empty: bool,
+}
+
+/// Every setting, read-only: set them through [`WorkerConfig::builder`], whose
+/// `build` checks them. A built configuration cannot be changed around that check:
+///
+/// ```compile_fail
+/// # use std::time::Duration;
+/// let mut config = kcl::WorkerConfig::builder("stream", "app").build().unwrap();
+/// config.failover_time = Duration::ZERO; // private: does not compile
+/// ```
+impl WorkerConfig {
+    /// The Kinesis stream to read.
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+
+    /// The application name: also the DynamoDB lease table's name (workers of one
+    /// application share it; different applications read independently).
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// This worker's id. Default: `worker-<pid>-<random>`; must be unique per process.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Where shards without a checkpoint start. Default `Latest`, as the Java KCL.
+    pub fn initial_position(&self) -> InitialPosition {
+        self.initial_position
+    }
+
+    /// Lease expiry: a worker that stops renewing loses its leases after this. Default
+    /// 10 s. Renewal runs every third of it.
+    pub fn failover_time(&self) -> Duration {
+        self.failover_time
+    }
+
+    /// How often a taking cycle runs: the two watcher workers read the worker group
+    /// then (so a departure is noticed within one), and every worker lists the lease
+    /// table when something changed. Default 750 ms; see
+    /// [`LeaseConfig::taking_interval`](crate::leases::coordinator::LeaseConfig::taking_interval).
+    pub fn taking_interval(&self) -> Duration {
+        self.taking_interval
+    }
+
+    /// How long a graceful handoff may take before the lease is taken by force.
+    /// Default: the failover time.
+    pub fn handoff_timeout(&self) -> Duration {
+        self.handoff_timeout
+    }
+
+    /// Upper bound on leases held by this worker. Default: none.
+    pub fn max_leases_per_worker(&self) -> Option<usize> {
+        self.max_leases_per_worker
+    }
+
+    /// Records per GetRecords call (1..=10,000). Default 10,000.
+    pub fn max_records(&self) -> i32 {
+        self.max_records
+    }
+
+    /// Pause between GetRecords calls when a shard is caught up. Default 200 ms.
+    pub fn idle_time_between_reads(&self) -> Duration {
+        self.idle_time_between_reads
+    }
+
+    /// Least time between the starts of two GetRecords calls on one shard, unless the
+    /// first returned a full batch (a reader that is behind reads on at once). Default
+    /// 200 ms: the service's 5 calls per second per shard.
+    pub fn min_time_between_get_records(&self) -> Duration {
+        self.min_time_between_get_records
+    }
+
+    /// How long a cancelled [`Worker`](crate::worker::Worker) may spend shutting down
+    /// (processors checkpointing, leases released) before it stops waiting and
+    /// returns. Default 20 s.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    /// Batches fetched ahead of the processor per shard. Default 2.
+    pub fn prefetch_depth(&self) -> usize {
+        self.prefetch_depth
+    }
+
+    /// How often ListShards runs to discover new shards (it also runs at start and
+    /// whenever a shard ends). Default 60 s.
+    pub fn shard_sync_interval(&self) -> Duration {
+        self.shard_sync_interval
+    }
+
+    /// How often a child shard waiting for its parents checks them. Default 200 ms.
+    pub fn parent_poll_interval(&self) -> Duration {
+        self.parent_poll_interval
+    }
+
+    /// Call `process_records` with empty batches too. Default false.
+    pub fn call_process_records_even_for_empty(&self) -> bool {
+        self.call_process_records_even_for_empty
+    }
 }
 
 impl WorkerConfig {

@@ -127,6 +127,7 @@ pub use aws::{Clients, Endpoints, UnreachableError};
 pub use checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber};
 pub use config::{ConfigError, InitialPosition, WorkerConfig, WorkerConfigBuilder};
 pub use leases::LeaseError;
+pub use lifecycle::ConsumerOutcome;
 pub use processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };
@@ -135,4 +136,4 @@ pub use shard_sync::ShardSyncError;
 pub use stream::StreamError;
 /// The token that stops a [`Worker`]: `Worker::run` returns after it is cancelled.
 pub use tokio_util::sync::CancellationToken;
-pub use worker::{Worker, WorkerError};
+pub use worker::{Worker, WorkerError, WorkerEvent};

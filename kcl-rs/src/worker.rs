@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,28 @@ pub enum WorkerError {
     /// The stream could not be listed (missing stream, unreachable endpoint).
     #[error(transparent)]
     ShardSync(#[from] ShardSyncError),
+}
+
+/// What a running [`Worker`] reports to its caller (see [`Worker::events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// This worker acquired the shard's lease and starts processing it.
+    ShardStarted {
+        /// The shard.
+        shard_id: String,
+    },
+    /// The shard's consumer ended, and how. [`ConsumerOutcome::Failed`] is a consumer
+    /// that failed for good (reading failed for good — the stream deleted, access
+    /// denied —, the SHARD_END checkpoint could not be written, or the processor
+    /// panicked): its lease was let go, and the shard is read again from its checkpoint
+    /// by whichever worker takes it, this one included. The worker itself goes on.
+    ShardStopped {
+        /// The shard.
+        shard_id: String,
+        /// How its consumer ended.
+        outcome: ConsumerOutcome,
+    },
 }
 
 /// A consumer worker: build it, run it until a token is cancelled.
@@ -79,6 +102,7 @@ pub struct Worker<F: RecordProcessorFactory> {
     kinesis: aws_sdk_kinesis::Client,
     store: Arc<dyn LeaseStore>,
     factory: Arc<F>,
+    events: Option<mpsc::UnboundedSender<WorkerEvent>>,
 }
 
 impl<F: RecordProcessorFactory> Worker<F> {
@@ -94,6 +118,42 @@ impl<F: RecordProcessorFactory> Worker<F> {
             kinesis: clients.kinesis.clone(),
             store,
             factory: Arc::new(factory),
+            events: None,
+        }
+    }
+
+    /// The worker's events from now on: each shard it starts and how each of its shard
+    /// consumers ended, failures included (which are also logged). Call before
+    /// [`Worker::run`]; a second call replaces the first stream. Events are few (one
+    /// per lease movement), so the stream is unbounded; events the caller stopped
+    /// receiving are dropped.
+    ///
+    /// ```
+    /// # async fn demo(worker: &mut kcl::Worker<fn(&str) -> Noop>) {
+    /// use kcl::{ConsumerOutcome, WorkerEvent};
+    /// let mut events = worker.events();
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = events.recv().await {
+    ///         if let WorkerEvent::ShardStopped { shard_id, outcome: ConsumerOutcome::Failed(why) } = event {
+    ///             eprintln!("shard {shard_id} failed: {why}");
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// # struct Noop;
+    /// # impl kcl::RecordProcessor for Noop {
+    /// #     async fn process_records(&mut self, _: kcl::ProcessRecordsInput, _: &mut kcl::Checkpointer) {}
+    /// # }
+    /// ```
+    pub fn events(&mut self) -> mpsc::UnboundedReceiver<WorkerEvent> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.events = Some(sender);
+        receiver
+    }
+
+    fn report(&self, event: WorkerEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
         }
     }
 
@@ -182,19 +242,27 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 event = events.recv() => {
                     let Some(LeaseEvent::Acquired { handle, lease }) = event else { break };
                     tracing::info!(shard = %lease.key, worker = %config.worker_id, checkpoint = %lease.checkpoint, "processing shard");
-                    consumers.spawn(run_supervised(
+                    self.report(WorkerEvent::ShardStarted { shard_id: lease.key.clone() });
+                    let shard_id = lease.key.clone();
+                    let consumer = run_supervised(
                         Arc::clone(&ctx),
                         handle,
                         lease,
                         Arc::clone(&self.factory),
                         consumers_stop.clone(),
-                    ));
+                    );
+                    consumers.spawn(async move { (shard_id, consumer.await) });
                 }
                 Some(done) = consumers.join_next(), if !consumers.is_empty() => {
                     match done {
-                        Ok(ConsumerOutcome::Failed(e)) => tracing::warn!(error = %e, "shard consumer failed"),
-                        Ok(outcome) => tracing::debug!(?outcome, "shard consumer finished"),
-                        Err(e) => tracing::error!(error = %e, "shard consumer panicked"),
+                        Ok((shard_id, outcome)) => {
+                            match &outcome {
+                                ConsumerOutcome::Failed(e) => tracing::warn!(shard = %shard_id, error = %e, "shard consumer failed"),
+                                outcome => tracing::debug!(shard = %shard_id, ?outcome, "shard consumer finished"),
+                            }
+                            self.report(WorkerEvent::ShardStopped { shard_id, outcome });
+                        }
+                        Err(e) => tracing::error!(error = %e, "shard consumer task failed"),
                     }
                 }
                 done = async { coordinator_task.as_mut().unwrap().await }, if coordinator_task.is_some() => {
@@ -227,7 +295,11 @@ impl<F: RecordProcessorFactory> Worker<F> {
             // processors from hearing of the shutdown.
             let stop_consumers = async {
                 consumers_stop.cancel();
-                while consumers.join_next().await.is_some() {}
+                while let Some(done) = consumers.join_next().await {
+                    if let Ok((shard_id, outcome)) = done {
+                        self.report(WorkerEvent::ShardStopped { shard_id, outcome });
+                    }
+                }
             };
             tokio::join!(remove_worker, stop_consumers);
             background.cancel();

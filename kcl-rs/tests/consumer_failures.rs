@@ -32,7 +32,7 @@ async fn a_panicking_processor_lets_its_lease_go_and_the_shard_is_read_again() {
     }
     let deliveries = Deliveries::default();
     let panic_once = Arc::new(AtomicBool::new(true));
-    let worker = Running::start(
+    let mut worker = Running::start(
         config(&name, &app, "w"),
         &env.direct().await,
         &deliveries,
@@ -42,6 +42,10 @@ async fn a_panicking_processor_lets_its_lease_go_and_the_shard_is_read_again() {
         (!panic_once.load(Ordering::SeqCst)).then_some(())
     })
     .await;
+    // Reported to the worker's caller, not only logged.
+    let (shard, why) = worker.failure().await;
+    assert_eq!(shard, "shardId-000000000000");
+    assert!(why.contains("panicked"), "{why}");
     // Not held alive with nobody reading: released (or expired) and read again.
     wait_for(
         "every record, read again after the panic",
@@ -72,7 +76,7 @@ async fn a_read_error_no_retry_fixes_lets_the_lease_go_and_the_shard_is_read_aga
         .for_next(1),
     );
     let deliveries = Deliveries::default();
-    let worker = Running::start(
+    let mut worker = Running::start(
         config(&name, &app, "w"),
         &env.faulty(&name, &app).await,
         &deliveries,
@@ -82,6 +86,8 @@ async fn a_read_error_no_retry_fixes_lets_the_lease_go_and_the_shard_is_read_aga
         (env.kinesis().injector().remaining(denied) == Some(0)).then_some(())
     })
     .await;
+    let (_, why) = worker.failure().await;
+    assert!(why.contains("AccessDenied"), "{why}");
     wait_for(
         "every record, read again after the failure",
         2 * FAILOVER + SLACK,

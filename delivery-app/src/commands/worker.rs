@@ -1,9 +1,7 @@
 //! `delivery-app worker`: one statistics consumer worker, until Ctrl-C or SIGTERM.
 
-use std::time::Duration;
-
 use delivery_app::connect::{AwsArgs, NameArgs};
-use delivery_app::worker::{WorkerOptions, run_worker};
+use delivery_app::worker::{WorkerFlags, run_worker};
 use tokio_util::sync::CancellationToken;
 
 use super::{CommandError, SHUTDOWN_GRACE, shutdown_signal};
@@ -14,32 +12,12 @@ pub struct WorkerArgs {
     aws: AwsArgs,
     #[command(flatten)]
     names: NameArgs,
-    /// This worker's id, unique among the running workers (default: generated).
-    #[arg(long)]
-    worker_id: Option<String>,
-    /// Lease failover time: a crashed worker's shards move to the others after about
-    /// this long.
-    #[arg(long, default_value_t = 10_000)]
-    failover_ms: u64,
-    /// Pause between reads of a shard that is caught up (real Kinesis allows five reads
-    /// per second per shard).
-    #[arg(long, default_value_t = 200)]
-    poll_ms: u64,
-    /// Append a JSON line per statistics transaction and per checkpoint to this file
-    /// (what `chaos` checks).
-    #[arg(long)]
-    audit_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    flags: WorkerFlags,
 }
 
 pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
-    let options = WorkerOptions {
-        stream: args.names.stream.clone(),
-        app: args.names.app.clone(),
-        worker_id: args.worker_id.clone(),
-        failover: Duration::from_millis(args.failover_ms),
-        poll: Duration::from_millis(args.poll_ms),
-        audit_file: args.audit_file.clone(),
-    };
+    let options = args.flags.options(&args.names);
     let cancel = CancellationToken::new();
     // Connecting is inside the task too: a signal while the endpoints do not answer
     // stops the worker as well.

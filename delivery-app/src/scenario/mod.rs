@@ -28,13 +28,14 @@ pub use latency::{LatencyTracker, percentile};
 pub use workers::{WorkerLauncher, WorkerProcess};
 
 use crate::autoscaler::{self, Action, ScalerConfig};
-use crate::connect::AwsArgs;
+use crate::connect::{AwsArgs, NameArgs};
 use crate::principals::Role;
 use crate::sim::{GroundTruth, SimConfig, Simulation};
 use crate::sink::{EventSink, Progress, replay};
 use crate::stats::report::{TruthComparison, compare, live_line};
 use crate::stats::summary::thousands;
 use crate::stats::{StatsStore, StoredStats};
+use crate::worker::WorkerFlags;
 
 /// Something the scenario does mid-run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,21 +227,22 @@ pub async fn run_with_hosts(
         .as_ref()
         .map(|h| h.worker_endpoints())
         .unwrap_or_else(|| config.endpoints.clone());
-    let mut args = AwsArgs::to_args(&worker_endpoints);
-    args.extend([
-        "--stream".into(),
-        config.stream.clone(),
-        "--app".into(),
-        config.app.clone(),
-        "--failover-ms".into(),
-        config.failover.as_millis().to_string(),
-        "--poll-ms".into(),
-        config.poll.as_millis().to_string(),
-    ]);
+    let mut args: Vec<std::ffi::OsString> = AwsArgs::to_args(&worker_endpoints)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    args.extend(
+        NameArgs {
+            stream: config.stream.clone(),
+            app: config.app.clone(),
+        }
+        .to_args(),
+    );
     let mut fleet = Fleet {
         launcher: WorkerLauncher {
             exe: config.exe.clone(),
             args,
+            flags: WorkerFlags::new(config.failover, config.poll),
             log_dir: config.log_dir.clone(),
             audit_dir: config.audit_dir.clone(),
             access_key_id: config

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::worker::WorkerFlags;
+
 /// One worker process.
 #[derive(Debug)]
 pub struct WorkerProcess {
@@ -66,8 +68,11 @@ impl WorkerProcess {
 pub struct WorkerLauncher {
     /// The `delivery-app` executable.
     pub exe: PathBuf,
-    /// Arguments after `worker` common to all (endpoints, names, timings).
-    pub args: Vec<String>,
+    /// Arguments after `worker` common to all: endpoints and names.
+    pub args: Vec<OsString>,
+    /// The worker flags common to all (timings); each worker's id and audit log are
+    /// added to them.
+    pub flags: WorkerFlags,
     /// Where each worker's stderr goes (`<id>.log`); inherited when `None`.
     pub log_dir: Option<PathBuf>,
     /// Where each worker writes its audit log (`<id>.jsonl`); none when `None`.
@@ -97,16 +102,18 @@ impl WorkerLauncher {
             }
             None => Command::new(&self.exe),
         };
+        let flags = WorkerFlags {
+            worker_id: Some(id.to_string()),
+            audit_file: self
+                .audit_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{id}.jsonl"))),
+            ..self.flags.clone()
+        };
         command
             .arg("worker")
             .args(&self.args)
-            .args(["--worker-id", id])
-            .args(self.audit_dir.iter().flat_map(|dir| {
-                [
-                    OsString::from("--audit-file"),
-                    dir.join(format!("{id}.jsonl")).into(),
-                ]
-            }))
+            .args(flags.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -338,9 +338,9 @@ mod tests {
     #[test]
     fn defaults_and_every_key() {
         let c = config(BASE).unwrap();
-        assert_eq!(c.worker.stream_name, "orders");
-        assert_eq!(c.worker.application_name, "OrdersApp");
-        assert_eq!(c.worker.initial_position, InitialPosition::Latest);
+        assert_eq!(c.worker.stream_name(), "orders");
+        assert_eq!(c.worker.application_name(), "OrdersApp");
+        assert_eq!(c.worker.initial_position(), InitialPosition::Latest);
         assert_eq!(c.child.command, vec!["python3", "app.py"]);
         assert_eq!(c.timeout, None);
         assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
@@ -358,7 +358,7 @@ mod tests {
              metricsLevel = NONE\nmetricsLevel = SUMMARY\nvalidateSequenceNumberBeforeCheckpointing = true\n"
         ))
         .unwrap();
-        assert_eq!(c.worker.initial_position, InitialPosition::TrimHorizon);
+        assert_eq!(c.worker.initial_position(), InitialPosition::TrimHorizon);
         assert_eq!(c.endpoints.region.as_deref(), Some("eu-west-1"));
         assert_eq!(
             c.endpoints.kinesis.as_deref(),
@@ -368,15 +368,18 @@ mod tests {
             c.endpoints.dynamodb.as_deref(),
             Some("http://127.0.0.1:8000")
         );
-        assert_eq!(c.worker.worker_id, "w1");
-        assert_eq!(c.worker.failover_time, Duration::from_secs(20));
-        assert_eq!(c.worker.max_records, 100);
-        assert_eq!(c.worker.idle_time_between_reads, Duration::from_millis(50));
-        assert_eq!(c.worker.shard_sync_interval, Duration::from_secs(1));
-        assert!(c.worker.call_process_records_even_for_empty);
+        assert_eq!(c.worker.worker_id(), "w1");
+        assert_eq!(c.worker.failover_time(), Duration::from_secs(20));
+        assert_eq!(c.worker.max_records(), 100);
+        assert_eq!(
+            c.worker.idle_time_between_reads(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(c.worker.shard_sync_interval(), Duration::from_secs(1));
+        assert!(c.worker.call_process_records_even_for_empty());
         assert_eq!(c.timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.shutdown_grace, Duration::from_millis(2500));
-        assert_eq!(c.worker.max_leases_per_worker, Some(4));
+        assert_eq!(c.worker.max_leases_per_worker(), Some(4));
         // Unknown keys once each, in file order.
         assert_eq!(
             c.unknown_keys,
@@ -390,7 +393,7 @@ mod tests {
             "{BASE}streamArn = arn:aws:kinesis:us-east-1:123456789012:stream/fromArn\nregionName = us-east-1\n"
         ))
         .unwrap();
-        assert_eq!(c.worker.stream_name, "fromArn");
+        assert_eq!(c.worker.stream_name(), "fromArn");
         let table: &[(&str, Option<(&str, &str)>)] = &[
             (
                 "arn:aws:kinesis:us-east-1:123456789012:stream/s",
@@ -444,7 +447,7 @@ mod tests {
         ];
         for (extra, expected) in table {
             let c = config(&format!("{BASE}{extra}")).unwrap();
-            assert_eq!(c.worker.initial_position, *expected, "{extra:?}");
+            assert_eq!(c.worker.initial_position(), *expected, "{extra:?}");
         }
     }
 
@@ -460,10 +463,10 @@ mod tests {
         ];
         for (extra, expected) in table {
             let c = config(&format!("{BASE}{extra}")).unwrap();
-            assert_eq!(c.worker.max_leases_per_worker, *expected, "{extra:?}");
+            assert_eq!(c.worker.max_leases_per_worker(), *expected, "{extra:?}");
         }
         let c = config(&format!("{BASE}parentShardPollIntervalMillis = 50\n")).unwrap();
-        assert_eq!(c.worker.parent_poll_interval, Duration::from_millis(50));
+        assert_eq!(c.worker.parent_poll_interval(), Duration::from_millis(50));
     }
 
     #[test]

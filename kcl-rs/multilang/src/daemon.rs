@@ -40,21 +40,21 @@ pub async fn run(
     }
     let store: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
         clients.dynamodb.clone(),
-        config.worker.application_name.clone(),
+        config.worker.application_name().to_string(),
     ));
     let ctx = Arc::new(DaemonContext::new(
         config.child.clone(),
         config.timeout,
         config.shutdown_grace,
         Arc::clone(&store),
-        config.worker.worker_id.clone(),
+        config.worker.worker_id().to_string(),
         cancel.clone(),
     ));
     // Grace for the children's shutdownRequested and exit, plus a failover time for
     // the lease-table writes of the release.
-    let bound = config.shutdown_grace * 2 + config.worker.failover_time;
-    tracing::info!(worker = %config.worker.worker_id, stream = %config.worker.stream_name,
-        application = %config.worker.application_name, "kcl-multilang starting");
+    let bound = config.shutdown_grace * 2 + config.worker.failover_time();
+    tracing::info!(worker = %config.worker.worker_id(), stream = %config.worker.stream_name(),
+        application = %config.worker.application_name(), "kcl-multilang starting");
     let worker = Worker::new(config.worker, clients, move |shard_id: &str| {
         MultiLangProcessor::new(shard_id, Arc::clone(&ctx))
     })

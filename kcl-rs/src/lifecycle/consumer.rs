@@ -22,8 +22,8 @@ use super::load::LoadMeter;
 use super::parents::{Listing, ParentLease, ParentStep, parent_step};
 use super::supervise::{let_go, let_go_limit};
 
-/// The states of a shard consumer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The states of a shard consumer; the final one, `Done`, carries how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConsumerState {
     /// A child shard waits until every parent is checkpointed at SHARD_END.
     WaitingOnParents,
@@ -39,12 +39,43 @@ pub enum ConsumerState {
     ShutdownRequested,
     /// Another worker asked for the lease: `shutdown_requested`, then hand over.
     HandingOff,
-    /// Finished.
-    Done,
+    /// The consumer cannot go on (reading failed for good): `shutdown_requested`, then
+    /// the lease is let go; ends `Failed` with this reason.
+    Failing(String),
+    /// Finished, with the outcome.
+    Done(ConsumerOutcome),
 }
 
-/// How a shard consumer ended.
+impl ConsumerState {
+    /// The state an interruption leads to, if any: the worker stopping comes first,
+    /// then what the lease's phase says.
+    pub(crate) fn interrupted(shutdown: bool, phase: &LeasePhase) -> Option<ConsumerState> {
+        if shutdown {
+            return Some(ConsumerState::ShutdownRequested);
+        }
+        match phase {
+            LeasePhase::HandingOff { .. } => Some(ConsumerState::HandingOff),
+            LeasePhase::Lost(_) => Some(ConsumerState::LeaseLost),
+            LeasePhase::Held | LeasePhase::AwaitingPrevious { .. } => None,
+        }
+    }
+
+    /// How a consumer that stops from `self` (ShutdownRequested, HandingOff or
+    /// Failing) ends, by whether its lease was released (or handed over).
+    pub(crate) fn stopped(&self, released: bool) -> ConsumerOutcome {
+        match (self, released) {
+            (ConsumerState::Failing(reason), _) => ConsumerOutcome::Failed(reason.clone()),
+            (ConsumerState::HandingOff, true) => ConsumerOutcome::HandedOver,
+            (_, true) => ConsumerOutcome::ShutDown,
+            (_, false) => ConsumerOutcome::LeaseLost,
+        }
+    }
+}
+
+/// How a shard consumer ended (reported as
+/// [`WorkerEvent::ShardStopped`](crate::WorkerEvent::ShardStopped)).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConsumerOutcome {
     /// The shard was closed and fully processed; SHARD_END is checkpointed.
     ShardEnded,
@@ -81,7 +112,6 @@ struct ShardConsumer<P: RecordProcessor> {
     reader_cancel: CancellationToken,
     /// Stops the prefetcher however the consumer ends, a panic included.
     _reader_guard: tokio_util::sync::DropGuard,
-    outcome: Option<ConsumerOutcome>,
     load: LoadMeter,
 }
 
@@ -105,11 +135,10 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
         prefetcher: None,
         _reader_guard: reader_cancel.clone().drop_guard(),
         reader_cancel,
-        outcome: None,
         load: LoadMeter::new(Instant::now()),
     };
     let mut state = ConsumerState::WaitingOnParents;
-    while state != ConsumerState::Done {
+    let outcome = loop {
         tracing::debug!(shard = %consumer.lease.key, ?state, "shard consumer");
         state = match state {
             ConsumerState::WaitingOnParents => consumer.wait_on_parents().await,
@@ -117,27 +146,21 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
             ConsumerState::Processing => consumer.process().await,
             ConsumerState::ShardEnded => consumer.shard_ended().await,
             ConsumerState::LeaseLost => consumer.lease_lost().await,
-            ConsumerState::ShutdownRequested | ConsumerState::HandingOff => {
-                consumer.shut_down(state).await
-            }
-            ConsumerState::Done => ConsumerState::Done,
+            ConsumerState::ShutdownRequested
+            | ConsumerState::HandingOff
+            | ConsumerState::Failing(_) => consumer.shut_down(state).await,
+            ConsumerState::Done(outcome) => break outcome,
         };
-    }
+    };
     consumer.reader_cancel.cancel();
-    consumer.outcome.unwrap_or(ConsumerOutcome::ShutDown)
+    outcome
 }
 
 impl<P: RecordProcessor> ShardConsumer<P> {
     /// The state an interruption leads to, if any.
     fn interruption(&mut self) -> Option<ConsumerState> {
-        if self.shutdown.is_cancelled() {
-            return Some(ConsumerState::ShutdownRequested);
-        }
-        match &*self.phase.borrow_and_update() {
-            LeasePhase::HandingOff { .. } => Some(ConsumerState::HandingOff),
-            LeasePhase::Lost(_) => Some(ConsumerState::LeaseLost),
-            _ => None,
-        }
+        let shutdown = self.shutdown.is_cancelled();
+        ConsumerState::interrupted(shutdown, &self.phase.borrow_and_update())
     }
 
     async fn wait_on_parents(&mut self) -> ConsumerState {
@@ -292,8 +315,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
                     tracing::error!(shard = %self.lease.key, error = %e, "reading the shard failed");
-                    self.outcome = Some(ConsumerOutcome::Failed(e.to_string()));
-                    return ConsumerState::ShutdownRequested;
+                    return ConsumerState::Failing(e.to_string());
                 }
                 None => return ConsumerState::ShutdownRequested,
             };
@@ -378,12 +400,10 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 if let Err(e) = self.handle.hand_over().await {
                     tracing::debug!(shard = %self.lease.key, error = %e, "release after shard end");
                 }
-                self.outcome = Some(ConsumerOutcome::ShardEnded);
-                ConsumerState::Done
+                ConsumerState::Done(ConsumerOutcome::ShardEnded)
             }
             Err(CheckpointError::LeaseLost { .. }) => {
-                self.outcome = Some(ConsumerOutcome::LeaseLost);
-                ConsumerState::Done
+                ConsumerState::Done(ConsumerOutcome::LeaseLost)
             }
             Err(e) => {
                 // The children wait on this SHARD_END. Keeping the lease (renewed, with
@@ -393,10 +413,9 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 tracing::warn!(shard = %self.lease.key, error = %e, "SHARD_END checkpoint failed; letting the lease go");
                 self.ctx.syncer.request_sync();
                 let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await;
-                self.outcome = Some(ConsumerOutcome::Failed(format!(
+                ConsumerState::Done(ConsumerOutcome::Failed(format!(
                     "SHARD_END checkpoint failed: {e}"
-                )));
-                ConsumerState::Done
+                )))
             }
         }
     }
@@ -406,8 +425,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         if let Some(processor) = self.processor.as_mut() {
             processor.lease_lost().await;
         }
-        self.outcome = Some(ConsumerOutcome::LeaseLost);
-        ConsumerState::Done
+        ConsumerState::Done(ConsumerOutcome::LeaseLost)
     }
 
     async fn shut_down(&mut self, state: ConsumerState) -> ConsumerState {
@@ -415,17 +433,78 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         if let Some(processor) = self.processor.as_mut() {
             processor.shutdown_requested(&mut self.checkpointer).await;
         }
-        if let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await {
-            if self.outcome.is_none() {
-                self.outcome = Some(if state == ConsumerState::HandingOff {
-                    ConsumerOutcome::HandedOver
-                } else {
-                    ConsumerOutcome::ShutDown
-                });
-            }
-        } else {
-            self.outcome.get_or_insert(ConsumerOutcome::LeaseLost);
+        let released = let_go(&self.handle, let_go_limit(self.ctx.config.failover_time)).await;
+        ConsumerState::Done(state.stopped(released))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leases::handle::LostReason;
+
+    #[test]
+    fn interruptions_lead_to_the_matching_state() {
+        let handing_off = LeasePhase::HandingOff { to: "w2".into() };
+        let awaiting = LeasePhase::AwaitingPrevious { from: "w1".into() };
+        let lost = LeasePhase::Lost(LostReason::TakenOver);
+        // (worker stopping, lease phase) → next state
+        let cases = [
+            (false, &LeasePhase::Held, None),
+            (false, &awaiting, None),
+            (false, &handing_off, Some(ConsumerState::HandingOff)),
+            (false, &lost, Some(ConsumerState::LeaseLost)),
+            (
+                true,
+                &LeasePhase::Held,
+                Some(ConsumerState::ShutdownRequested),
+            ),
+            (true, &handing_off, Some(ConsumerState::ShutdownRequested)),
+            (true, &lost, Some(ConsumerState::ShutdownRequested)),
+        ];
+        for (i, (shutdown, phase, next)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                ConsumerState::interrupted(shutdown, phase),
+                next,
+                "case {i}"
+            );
         }
-        ConsumerState::Done
+    }
+
+    #[test]
+    fn a_stopping_consumer_ends_by_its_state_and_whether_the_lease_was_let_go() {
+        let failing = ConsumerState::Failing("stream deleted".into());
+        // (state, released) → outcome
+        let cases = [
+            (
+                ConsumerState::ShutdownRequested,
+                true,
+                ConsumerOutcome::ShutDown,
+            ),
+            (
+                ConsumerState::ShutdownRequested,
+                false,
+                ConsumerOutcome::LeaseLost,
+            ),
+            (ConsumerState::HandingOff, true, ConsumerOutcome::HandedOver),
+            (ConsumerState::HandingOff, false, ConsumerOutcome::LeaseLost),
+            (
+                failing.clone(),
+                true,
+                ConsumerOutcome::Failed("stream deleted".into()),
+            ),
+            (
+                failing,
+                false,
+                ConsumerOutcome::Failed("stream deleted".into()),
+            ),
+        ];
+        for (state, released, outcome) in cases {
+            assert_eq!(
+                state.stopped(released),
+                outcome,
+                "{state:?}, released {released}"
+            );
+        }
     }
 }

@@ -7,11 +7,18 @@
 //!    │ lease lost / shutdown /         │                           ^                    │
 //!    │ handoff asked                   │        Processing ──lease lost─┘               │
 //!    v                                 v                                                │
-//!  (the matching state)     Processing ──shutdown, or reading failed──> ShutdownRequested
+//!  (the matching state)     Processing ──shutdown──> ShutdownRequested               │
+//!                           Processing ──reading failed for good──> Failing             │
 //!                           Processing ──handoff asked──> HandingOff                    │
 //!                                                                                       v
-//!  ShardEnded, LeaseLost, ShutdownRequested, HandingOff ──────────────────────────> Done
+//!  ShardEnded, LeaseLost, ShutdownRequested, HandingOff, Failing ──────────> Done(outcome)
 //! ```
+//!
+//! The final state carries the [`ConsumerOutcome`], which the worker reports to its
+//! caller ([`WorkerEvent::ShardStopped`](crate::WorkerEvent::ShardStopped)). The
+//! decisions are pure functions tested from tables: which state an interruption leads
+//! to (`ConsumerState::interrupted`) and how a stopping consumer ends
+//! (`ConsumerState::stopped`).
 //!
 //! | from | to | when |
 //! |---|---|---|
@@ -20,9 +27,10 @@
 //! | Initializing | ShardEnded | the lease's checkpoint is already SHARD_END |
 //! | Initializing | LeaseLost | the lease item is gone |
 //! | Processing | ShardEnded | the shard was read to its end, or Kinesis no longer has it (trimmed) |
-//! | Processing | ShutdownRequested | reading failed for good (outcome `Failed`) |
+//! | Processing | Failing | reading failed for good |
 //! | ShardEnded | Done | SHARD_END written and the lease released (`ShardEnded`); or the write failed and the lease is let go (`Failed`), or it was lost (`LeaseLost`) |
-//! | LeaseLost, ShutdownRequested, HandingOff | Done | after the processor's callback; the lease is released or handed over |
+//! | LeaseLost | Done | after `lease_lost` (`LeaseLost`) |
+//! | ShutdownRequested, HandingOff, Failing | Done | after `shutdown_requested`; the lease is released or handed over (`ShutDown`, `HandedOver`, `Failed`), or, when that fails, left to expire (`LeaseLost`, or `Failed` when failing) |
 //!
 //! Whatever way a consumer ends (a processor panic included, caught by
 //! `supervise`), its lease is not left held with nobody reading: it is released, or,

@@ -156,6 +156,7 @@ impl RecordProcessor for Tracker {
 pub struct Running {
     pub cancel: CancellationToken,
     pub run: tokio::task::JoinHandle<Result<(), WorkerError>>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<kcl::WorkerEvent>,
 }
 
 impl Running {
@@ -166,14 +167,39 @@ impl Running {
         panic_once: &Arc<AtomicBool>,
     ) -> Running {
         let (deliveries, panic_once) = (deliveries.clone(), Arc::clone(panic_once));
-        let worker = Worker::new(config, clients, move |shard: &str| Tracker {
+        let mut worker = Worker::new(config, clients, move |shard: &str| Tracker {
             shard: shard.to_string(),
             deliveries: deliveries.clone(),
             panic_once: Arc::clone(&panic_once),
         });
+        let events = worker.events();
         let cancel = CancellationToken::new();
         let run = tokio::spawn(worker.run(cancel.clone()));
-        Running { cancel, run }
+        Running {
+            cancel,
+            run,
+            events,
+        }
+    }
+
+    /// Waits for the worker to report that a shard consumer failed; its reason.
+    #[allow(dead_code)] // not every test binary using this module asks
+    pub async fn failure(&mut self) -> (String, String) {
+        let failed = async {
+            while let Some(event) = self.events.recv().await {
+                if let kcl::WorkerEvent::ShardStopped {
+                    shard_id,
+                    outcome: kcl::ConsumerOutcome::Failed(why),
+                } = event
+                {
+                    return (shard_id, why);
+                }
+            }
+            panic!("the worker's events ended without a failure");
+        };
+        tokio::time::timeout(WAIT, failed)
+            .await
+            .expect("a shard consumer failure reported")
     }
 
     pub async fn stop(self) {
