@@ -183,7 +183,14 @@ impl<F: RecordProcessorFactory> Worker<F> {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
         self.store.ensure_tables().await?;
-        let leads: Arc<std::sync::OnceLock<std::sync::Weak<LeaseCoordinator>>> = Arc::default();
+        // Built first (no I/O) so the syncer can ask it who leads.
+        let mut lease_config = LeaseConfig::new(config.worker_id.clone());
+        lease_config.failover_time = config.failover_time;
+        lease_config.taking_interval = config.taking_interval;
+        lease_config.max_leases_per_worker = config.max_leases_per_worker;
+        lease_config.handoff_timeout = Some(config.handoff_timeout);
+        let (coordinator, mut events) =
+            LeaseCoordinator::new(Arc::clone(&self.store), lease_config);
         let syncer = Arc::new(
             ShardSyncer::new(
                 self.kinesis.clone(),
@@ -194,26 +201,13 @@ impl<F: RecordProcessorFactory> Worker<F> {
             // Periodically only on the leader: one listing of the stream and of the
             // lease table per interval for the fleet, not one per worker.
             .periodic_when({
-                let leads = Arc::clone(&leads);
-                move || {
-                    leads
-                        .get()
-                        .and_then(std::sync::Weak::upgrade)
-                        .is_none_or(|coordinator| coordinator.is_leader())
-                }
+                let coordinator = Arc::clone(&coordinator);
+                move || coordinator.is_leader()
             }),
         );
         syncer.sync_once().await?;
 
         let background = CancellationToken::new();
-        let mut lease_config = LeaseConfig::new(config.worker_id.clone());
-        lease_config.failover_time = config.failover_time;
-        lease_config.taking_interval = config.taking_interval;
-        lease_config.max_leases_per_worker = config.max_leases_per_worker;
-        lease_config.handoff_timeout = Some(config.handoff_timeout);
-        let (coordinator, mut events) =
-            LeaseCoordinator::new(Arc::clone(&self.store), lease_config);
-        let _ = leads.set(Arc::downgrade(&coordinator));
         let sync_task = tokio::spawn({
             let syncer = Arc::clone(&syncer);
             let interval = config.shard_sync_interval;

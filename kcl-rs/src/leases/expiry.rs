@@ -119,6 +119,14 @@ impl ExpiryTracker {
         dead
     }
 
+    /// Every worker of the last snapshot of the group (less those forgotten since),
+    /// sorted: the members as this worker knows them.
+    pub fn workers(&self) -> Vec<String> {
+        let mut workers: Vec<String> = self.workers.keys().cloned().collect();
+        workers.sort();
+        workers
+    }
+
     /// Forgets a worker (evicted by this worker).
     pub fn forget_worker(&mut self, worker_id: &str) {
         self.workers.remove(worker_id);
@@ -162,7 +170,9 @@ mod tests {
         assert!(tracker.dead_workers(t0 + s(9)).is_empty());
         assert_eq!(tracker.live_workers(t0 + s(10)), ["a"]);
         assert_eq!(tracker.dead_workers(t0 + s(10)), [("b".to_string(), 1)]);
+        assert_eq!(tracker.workers(), ["a", "b"]);
         tracker.forget_worker("b");
+        assert_eq!(tracker.workers(), ["a"]);
         assert!(
             tracker
                 .dead_workers(t0 + s(20))

@@ -70,6 +70,18 @@ impl MemoryLeaseStore {
         Self::default()
     }
 
+    /// A heartbeat of `worker_id`; `member` requires it to be a member already (a
+    /// heartbeat), otherwise it joins.
+    fn beat(&self, worker_id: &str, member: bool) -> Result<Membership, LeaseError> {
+        let mut tables = self.tables();
+        if member && !tables.workers.contains_key(worker_id) {
+            return Err(condition_failed(worker_id));
+        }
+        let beat = tables.workers.entry(worker_id.to_string()).or_insert(0);
+        *beat = beat.saturating_add(1);
+        Ok(tables.membership())
+    }
+
     fn tables(&self) -> MutexGuard<'_, Tables> {
         // Every operation leaves the maps consistent before it could panic, so a
         // poisoned lock still guards valid data.
@@ -200,27 +212,14 @@ impl LeaseStore for MemoryLeaseStore {
     }
 
     fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        Box::pin(async move {
-            let mut tables = self.tables();
-            let beat = tables.workers.entry(worker_id.to_string()).or_insert(0);
-            *beat = beat.saturating_add(1);
-            Ok(tables.membership())
-        })
+        Box::pin(async move { self.beat(worker_id, false) })
     }
 
     fn heartbeat<'a>(
         &'a self,
         worker_id: &'a str,
     ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        Box::pin(async move {
-            let mut tables = self.tables();
-            let beat = tables
-                .workers
-                .get_mut(worker_id)
-                .ok_or_else(|| condition_failed(worker_id))?;
-            *beat = beat.saturating_add(1);
-            Ok(tables.membership())
-        })
+        Box::pin(async move { self.beat(worker_id, true) })
     }
 
     fn evict_worker<'a>(

@@ -172,24 +172,22 @@ impl ShardSyncer {
         let mut retry = FIRST_RETRY;
         let mut due = true;
         loop {
-            let outcome = if due {
-                self.sync_once().await
+            let (wait, failed) = if !due {
+                (interval, false)
             } else {
-                Ok(SyncReport::default())
-            };
-            let wait = match outcome {
-                Ok(_) => {
-                    retry = FIRST_RETRY;
-                    interval
+                match self.sync_once().await {
+                    Ok(_) => {
+                        retry = FIRST_RETRY;
+                        (interval, false)
+                    }
+                    Err(e) => {
+                        let wait = retry.min(interval);
+                        tracing::warn!(stream = %self.stream, error = %e, retry_in = ?wait, "shard sync failed; will retry");
+                        retry = (retry * 2).min(interval);
+                        (wait, true)
+                    }
                 }
-                Err(e) => {
-                    let wait = retry.min(interval);
-                    tracing::warn!(stream = %self.stream, error = %e, retry_in = ?wait, "shard sync failed; will retry");
-                    retry = (retry * 2).min(interval);
-                    wait
-                }
             };
-            let failed = retry > FIRST_RETRY;
             due = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => failed || (self.periodic)(),

@@ -15,11 +15,10 @@ use crate::leases::handle::{LeasePhase, LostReason};
 use crate::leases::retry;
 use crate::leases::store::{LeaseError, Membership};
 
-/// The group as this worker last saw it.
+/// The group as this worker last saw it, beyond the members' heartbeats (which the
+/// expiry tracker keeps).
 #[derive(Debug, Default)]
 pub(super) struct Group {
-    /// Member ids of the last snapshot.
-    pub(super) members: Vec<String>,
     /// The lease generation of the last snapshot.
     pub(super) lease_generation: u64,
     /// When the last snapshot arrived.
@@ -35,9 +34,20 @@ impl LeaseCoordinator {
     pub(super) async fn join(&self) -> Result<(), LeaseError> {
         let sent = Instant::now();
         let group = self.store.join(&self.config.worker_id).await?;
-        self.observe(&group);
-        self.group.lock().unwrap().valid_until = Some(sent + self.config.failover_time);
+        self.beat_succeeded(&group, sent);
         Ok(())
+    }
+
+    /// A join or heartbeat sent at `sent` succeeded with `snapshot`: this worker's
+    /// membership holds until a failover time after `sent`.
+    fn beat_succeeded(&self, snapshot: &Membership, sent: Instant) {
+        self.observe(snapshot);
+        self.group.lock().unwrap().valid_until = Some(sent + self.config.failover_time);
+    }
+
+    /// The members as last seen (less the workers this one evicted since).
+    pub(super) fn members(&self) -> Vec<String> {
+        self.expiry.lock().unwrap().workers()
     }
 
     /// Records a snapshot of the group, taken now.
@@ -47,11 +57,6 @@ impl LeaseCoordinator {
             .unwrap()
             .observe_workers(&snapshot.workers, Instant::now());
         let mut group = self.group.lock().unwrap();
-        group.members = snapshot
-            .workers
-            .iter()
-            .map(|w| w.worker_id.clone())
-            .collect();
         group.lease_generation = snapshot.lease_generation;
         group.observed_at = Some(Instant::now());
     }
@@ -90,10 +95,9 @@ impl LeaseCoordinator {
     }
 
     /// Evicts every other worker whose heartbeat has not changed for the failover time
-    /// (conditional on the heartbeat last seen); true when one was evicted.
-    pub(super) async fn evict_dead(&self) -> bool {
+    /// (conditional on the heartbeat last seen).
+    pub(super) async fn evict_dead(&self) {
         let dead = self.expiry.lock().unwrap().dead_workers(Instant::now());
-        let mut evicted = false;
         for (worker, heartbeat) in dead {
             if worker == self.config.worker_id {
                 continue;
@@ -102,16 +106,13 @@ impl LeaseCoordinator {
                 Ok(()) => {
                     tracing::warn!(worker = %self.config.worker_id, evicted = %worker, "evicted a worker whose heartbeat stopped");
                     self.expiry.lock().unwrap().forget_worker(&worker);
-                    self.group.lock().unwrap().members.retain(|w| *w != worker);
                     self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-                    evicted = true;
                 }
                 // It heartbeat since, or someone else evicted it: the next snapshot says.
                 Err(LeaseError::ConditionFailed { .. }) => {}
                 Err(e) => tracing::warn!(worker = %worker, error = %e, "eviction failed"),
             }
         }
-        evicted
     }
 
     /// Gives up every lease held or being acquired: this worker's membership lapsed or
@@ -154,8 +155,7 @@ impl LeaseCoordinator {
             };
             match result {
                 Ok(snapshot) => {
-                    self.observe(&snapshot);
-                    self.group.lock().unwrap().valid_until = Some(sent + self.config.failover_time);
+                    self.beat_succeeded(&snapshot, sent);
                     self.evict_dead().await;
                 }
                 Err(LeaseError::ConditionFailed { .. }) => {

@@ -20,8 +20,9 @@
 //!   worker gone, this worker below its share, or for the leader `lease_scan_interval`
 //!   passed), the lease table is listed, the expiry tracker updated, a plan made with
 //!   [`plan_takes`](super::taker::plan_takes) and the planned conditional writes
-//!   performed. The leader takes every free or orphaned lease it sees (others then ask
-//!   it for handoffs), so a worker's departure is covered within about a cycle.
+//!   performed. After a departure the leader takes every free or orphaned lease it sees
+//!   (others then ask it for handoffs), so the departure is covered within about a
+//!   cycle.
 //!
 //! Acquired leases are announced on a channel as [`LeaseEvent::Acquired`] once they may
 //! be processed (after any previous owner has handed over). Everything after that is

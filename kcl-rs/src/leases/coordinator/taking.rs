@@ -69,10 +69,8 @@ impl LeaseCoordinator {
         let now = Instant::now();
         // Ranks move when a watcher sees the leader go.
         let leader = self.rank(now) == 0;
-        let (members, generation) = {
-            let group = self.group.lock().unwrap();
-            (group.members.clone(), group.lease_generation)
-        };
+        let members = self.members();
+        let generation = self.group.lock().unwrap().lease_generation;
         let live = self.expiry.lock().unwrap().live_workers(now).len();
         if !self.lease_scan_due(&members, live, generation, leader, now) {
             return Ok(());
@@ -98,7 +96,7 @@ impl LeaseCoordinator {
             };
             departed
         };
-        let (expired, live) = {
+        let (expired, live_workers) = {
             let mut expiry = self.expiry.lock().unwrap();
             expiry.observe_leases(&leases, now);
             let mut expired = expiry.expired_leases(now);
@@ -112,8 +110,7 @@ impl LeaseCoordinator {
         // left released or that an evicted worker left behind (others then ask it for
         // handoffs). Otherwise, at a cold start or for new leases, everyone takes up to
         // its share, so no lease moves twice.
-        let me = self.config.worker_id.as_str();
-        let absorb = departed && live.iter().all(|w| w.as_str() >= me);
+        let absorb = departed && self.rank(Instant::now()) == 0;
         self.notice_changes(&leases).await;
         if cancel.is_cancelled()
             || self.taking_stopped.load(Ordering::SeqCst)
@@ -125,7 +122,7 @@ impl LeaseCoordinator {
             me: &self.config.worker_id,
             leases: &leases,
             expired: &expired,
-            live_workers: &live,
+            live_workers: &live_workers,
             max_leases_per_worker: self.config.max_leases_per_worker,
             seed: self.seed,
             absorb,

@@ -17,10 +17,7 @@ pub(super) struct Expression {
 
 impl Expression {
     pub(super) fn name(&mut self, attribute: &str) -> String {
-        let placeholder = format!("#{attribute}");
-        self.names
-            .insert(placeholder.clone(), attribute.to_string());
-        placeholder
+        self.tagged_name(attribute, attribute)
     }
 
     /// A placeholder `#{tag}` for an attribute whose name is not a valid placeholder
