@@ -75,8 +75,9 @@ impl LeaseStore for CountingStore {
     fn heartbeat<'a>(
         &'a self,
         worker_id: &'a str,
+        leases: u64,
     ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        self.inner.heartbeat(worker_id)
+        self.inner.heartbeat(worker_id, leases)
     }
     fn evict_worker<'a>(
         &'a self,

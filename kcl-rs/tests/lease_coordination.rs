@@ -307,14 +307,22 @@ async fn sigkill_of_one_of_four_worker_processes_moves_its_leases_to_survivors()
     let mut victim = workers.remove(1);
     victim.signal(libc::SIGKILL);
     victim.child.wait().await.unwrap();
-    let owners = wait_for("every lease owned by a survivor", DEADLINE, || async {
-        let owners = table.owners().await;
-        (!owners.contains_key("") && !owners.contains_key("proc-1") && owners.len() == 3)
-            .then_some(owners)
-    })
+    // The leader may first take every lease the victim left (4/2/2); the others see
+    // in its heartbeats that it is above its share and ask it for one (3/3/2).
+    wait_for(
+        "every lease owned by a survivor, evenly",
+        DEADLINE,
+        || async {
+            let owners = table.owners().await;
+            let survivors = ["proc-0", "proc-2", "proc-3"];
+            (owners.len() == 3
+                && survivors
+                    .iter()
+                    .all(|w| owners.get(*w).is_some_and(|n| (2..=3).contains(n))))
+            .then_some(())
+        },
+    )
     .await;
-    assert_eq!(owners.values().sum::<usize>(), 8);
-    assert!(owners.values().all(|&n| (2..=3).contains(&n)), "{owners:?}");
     for worker in workers {
         worker.terminate().await;
     }

@@ -482,22 +482,25 @@ async fn the_group_counts_heartbeats_and_evicts_on_condition(
         group
             .workers
             .into_iter()
-            .map(|w| (w.worker_id, w.heartbeat))
+            .map(|w| (w.worker_id, w.heartbeat, w.leases))
             .collect::<Vec<_>>()
     };
     // Any worker id, whatever its characters.
     let odd = "host:1 #b.c-d";
     assert!(matches!(
-        store.heartbeat("worker-a").await,
+        store.heartbeat("worker-a", 0).await,
         Err(LeaseError::ConditionFailed { .. })
     ));
     store.join("worker-a").await.unwrap();
-    store.heartbeat("worker-a").await.unwrap();
-    // Every heartbeat returns the whole group.
+    store.heartbeat("worker-a", 3).await.unwrap();
+    // Every heartbeat returns the whole group, with the lease count each member sent.
     let group = store.join(odd).await.unwrap();
     assert_eq!(
         beats(group),
-        [(odd.to_string(), 1), ("worker-a".to_string(), 2)]
+        [
+            (odd.to_string(), 1, Some(0)),
+            ("worker-a".to_string(), 2, Some(3))
+        ]
     );
     assert_eq!(beats(store.membership().await.unwrap()).len(), 2);
     // Eviction only at the heartbeat last seen.
@@ -507,12 +510,12 @@ async fn the_group_counts_heartbeats_and_evicts_on_condition(
     ));
     store.evict_worker("worker-a", 2).await.unwrap();
     assert!(matches!(
-        store.heartbeat("worker-a").await,
+        store.heartbeat("worker-a", 3).await,
         Err(LeaseError::ConditionFailed { .. })
     ));
     assert_eq!(
-        beats(store.heartbeat(odd).await.unwrap()),
-        [(odd.to_string(), 2)]
+        beats(store.heartbeat(odd, 1).await.unwrap()),
+        [(odd.to_string(), 2, Some(1))]
     );
     // Leaving, and coming back: counting starts again.
     store.remove_worker(odd).await.unwrap();
@@ -520,14 +523,18 @@ async fn the_group_counts_heartbeats_and_evicts_on_condition(
     assert!(store.list_workers().await.unwrap().is_empty());
     assert_eq!(
         beats(store.join("worker-a").await.unwrap()),
-        [("worker-a".to_string(), 1)]
+        [("worker-a".to_string(), 1, Some(0))]
     );
     // The lease generation moves when told.
     store.note_leases_changed().await.unwrap();
     store.note_leases_changed().await.unwrap();
     assert_eq!(store.membership().await.unwrap().lease_generation, 2);
     assert_eq!(
-        store.heartbeat("worker-a").await.unwrap().lease_generation,
+        store
+            .heartbeat("worker-a", 0)
+            .await
+            .unwrap()
+            .lease_generation,
         2
     );
 }

@@ -162,6 +162,7 @@ mod tests {
         let beat = |id: &str, heartbeat| WorkerHeartbeat {
             worker_id: id.into(),
             heartbeat,
+            leases: None,
         };
         let mut tracker = ExpiryTracker::new(s(10));
         tracker.observe_workers(&[beat("a", 1), beat("b", 1)], t0);

@@ -42,6 +42,9 @@ pub(super) const WORKER_ID: &str = "workerId";
 pub(super) const GROUP_KEY: &str = "kcl-rs:group";
 /// Prefix of the group item's attribute per member: `hb:{worker id}` = heartbeat.
 pub(super) const MEMBER_PREFIX: &str = "hb:";
+/// Prefix of the group item's attribute per member: `held:{worker id}` = how many
+/// leases it held at its last heartbeat.
+pub(super) const HELD_PREFIX: &str = "held:";
 pub(super) const LEASE_GENERATION: &str = "leaseGeneration";
 
 /// The item for a lease. Empty parent and child lists are left out because DynamoDB
@@ -160,36 +163,52 @@ pub(super) fn canonical(mut lease: Lease) -> Lease {
     lease
 }
 
-/// The attribute of `worker_id` in the group item.
+/// The heartbeat attribute of `worker_id` in the group item.
 pub(super) fn member_attribute(worker_id: &str) -> String {
     format!("{MEMBER_PREFIX}{worker_id}")
 }
 
+/// The lease-count attribute of `worker_id` in the group item.
+pub(super) fn held_attribute(worker_id: &str) -> String {
+    format!("{HELD_PREFIX}{worker_id}")
+}
+
 /// The group in the group item of the workers table (an absent item is an empty group).
-/// A member attribute that is not a number is an error: the item is written only by
-/// workers.
-pub(super) fn to_membership(item: Option<&Item>) -> Result<Membership, LeaseError> {
+/// The item is written only by workers; an attribute that is not what they write (by
+/// hand, or by another tool) is left out with a warning rather than failing every
+/// heartbeat: a member whose heartbeat is unreadable is not a member, an unreadable
+/// lease count is unknown, an unreadable lease generation is 0.
+pub(super) fn to_membership(item: Option<&Item>) -> Membership {
     let Some(item) = item else {
-        return Ok(Membership::default());
+        return Membership::default();
     };
     let attributes = Attributes {
         item,
         key: GROUP_KEY,
     };
+    let readable = |name: &str| {
+        attributes.u64(name).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring an attribute of the group item");
+            None
+        })
+    };
     let mut workers = Vec::new();
     for name in item.keys() {
-        if let Some(worker_id) = name.strip_prefix(MEMBER_PREFIX) {
+        if let Some(worker_id) = name.strip_prefix(MEMBER_PREFIX)
+            && let Some(heartbeat) = readable(name)
+        {
             workers.push(WorkerHeartbeat {
                 worker_id: worker_id.to_string(),
-                heartbeat: attributes.u64(name)?.unwrap_or(0),
+                heartbeat,
+                leases: readable(&held_attribute(worker_id)),
             });
         }
     }
     workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-    Ok(Membership {
+    Membership {
         workers,
-        lease_generation: attributes.u64(LEASE_GENERATION)?.unwrap_or(0),
-    })
+        lease_generation: readable(LEASE_GENERATION).unwrap_or(0),
+    }
 }
 
 /// The three load attributes.
@@ -345,6 +364,34 @@ impl Attributes<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_attribute_of_the_group_item_is_left_out_not_fatal() {
+        let n = |v: &str| AttributeValue::N(v.into());
+        let s = |v: &str| AttributeValue::S(v.into());
+        let item: Item = [
+            (WORKER_ID.to_string(), s(GROUP_KEY)),
+            ("hb:a".into(), n("7")),
+            ("held:a".into(), n("3")),
+            ("hb:b".into(), n("2")),
+            ("held:b".into(), s("many")),
+            ("hb:c".into(), s("bad")),
+            ("held:c".into(), n("1")),
+            ("hb:d".into(), n("-1")),
+            (LEASE_GENERATION.into(), s("x")),
+        ]
+        .into_iter()
+        .collect();
+        let group = to_membership(Some(&item));
+        let workers: Vec<_> = group
+            .workers
+            .iter()
+            .map(|w| (w.worker_id.as_str(), w.heartbeat, w.leases))
+            .collect();
+        assert_eq!(workers, [("a", 7, Some(3)), ("b", 2, None)]);
+        assert_eq!(group.lease_generation, 0);
+        assert_eq!(to_membership(None), Membership::default());
+    }
 
     fn full_lease() -> Lease {
         Lease {

@@ -44,7 +44,8 @@ pub struct MemoryLeaseStore {
 #[derive(Debug, Default)]
 struct Tables {
     leases: BTreeMap<String, Lease>,
-    workers: BTreeMap<String, u64>,
+    /// Each member's heartbeat and lease count.
+    workers: BTreeMap<String, (u64, u64)>,
     lease_generation: u64,
 }
 
@@ -54,9 +55,10 @@ impl Tables {
             workers: self
                 .workers
                 .iter()
-                .map(|(worker_id, &heartbeat)| WorkerHeartbeat {
+                .map(|(worker_id, &(heartbeat, leases))| WorkerHeartbeat {
                     worker_id: worker_id.clone(),
                     heartbeat,
+                    leases: Some(leases),
                 })
                 .collect(),
             lease_generation: self.lease_generation,
@@ -72,13 +74,17 @@ impl MemoryLeaseStore {
 
     /// A heartbeat of `worker_id`; `member` requires it to be a member already (a
     /// heartbeat), otherwise it joins.
-    fn beat(&self, worker_id: &str, member: bool) -> Result<Membership, LeaseError> {
+    fn beat(&self, worker_id: &str, member: bool, leases: u64) -> Result<Membership, LeaseError> {
         let mut tables = self.tables();
         if member && !tables.workers.contains_key(worker_id) {
             return Err(condition_failed(worker_id));
         }
-        let beat = tables.workers.entry(worker_id.to_string()).or_insert(0);
+        let (beat, held) = tables
+            .workers
+            .entry(worker_id.to_string())
+            .or_insert((0, 0));
         *beat = beat.saturating_add(1);
+        *held = leases;
         Ok(tables.membership())
     }
 
@@ -212,14 +218,15 @@ impl LeaseStore for MemoryLeaseStore {
     }
 
     fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        Box::pin(async move { self.beat(worker_id, false) })
+        Box::pin(async move { self.beat(worker_id, false, 0) })
     }
 
     fn heartbeat<'a>(
         &'a self,
         worker_id: &'a str,
+        leases: u64,
     ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        Box::pin(async move { self.beat(worker_id, true) })
+        Box::pin(async move { self.beat(worker_id, true, leases) })
     }
 
     fn evict_worker<'a>(
@@ -229,7 +236,7 @@ impl LeaseStore for MemoryLeaseStore {
     ) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(async move {
             let mut tables = self.tables();
-            if tables.workers.get(worker_id) != Some(&heartbeat) {
+            if tables.workers.get(worker_id).map(|&(beat, _)| beat) != Some(heartbeat) {
                 return Err(condition_failed(worker_id));
             }
             tables.workers.remove(worker_id);

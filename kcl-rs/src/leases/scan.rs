@@ -27,6 +27,8 @@ pub(super) struct Seen<'a> {
     pub(super) live: usize,
     pub(super) lease_generation: u64,
     pub(super) held: usize,
+    /// The most leases another live member said it held at its last heartbeat.
+    pub(super) busiest: u64,
     pub(super) leader: bool,
 }
 
@@ -39,6 +41,10 @@ pub(super) struct Seen<'a> {
 ///   a worker that is no longer a member), and shares grew.
 /// - This worker holds fewer than its share (`leases / live workers`, rounded down):
 ///   it is new, or others are over their share.
+/// - This worker holds fewer than the target (the share rounded up) and another holds
+///   at least two more than it, as the heartbeats say: a handoff would even them out.
+///   After a departure the leader takes every lease left behind, so the others are
+///   often at their rounded-down share while it is above the target.
 /// - The leader, in addition, every `lease_scan_interval`: the slow path for a lease
 ///   whose owner heartbeats but stopped renewing that lease; expiry is judged across
 ///   two such listings.
@@ -56,9 +62,12 @@ pub(super) fn scan_due(last: &LastScan, seen: &Seen, config: &LeaseConfig) -> bo
     if seen.leader && seen.at >= at + config.lease_scan_interval() {
         return true;
     }
-    let share = last.leases / seen.live.max(1);
-    let share = config.max_leases_per_worker.map_or(share, |m| share.min(m));
-    seen.held < share
+    let cap = |n: usize| config.max_leases_per_worker.map_or(n, |m| n.min(m));
+    let live = seen.live.max(1);
+    if seen.held < cap(last.leases / live) {
+        return true;
+    }
+    seen.held < cap(last.leases.div_ceil(live)) && seen.busiest >= seen.held as u64 + 2
 }
 
 #[cfg(test)]
@@ -80,28 +89,85 @@ mod tests {
             lease_generation: 3,
         };
         let never = LastScan::default();
-        // (last, live, generation, held, leader, elapsed) → due
+        let eight = LastScan {
+            at: Some(t0),
+            members: live(&["w1", "w2", "w3"]),
+            leases: 8,
+            lease_generation: 3,
+        };
+        // (last, live, generation, held, busiest other, leader, elapsed) → due
         let cases = [
-            (&never, live(&["w1"]), 0, 0, false, s(0), true),
+            (&never, live(&["w1"]), 0, 0, 0, false, s(0), true),
             // Nothing changed.
-            (&last, live(&["w1", "w2"]), 3, 5, false, s(1), false),
-            (&last, live(&["w1", "w2"]), 3, 5, false, s(300), false),
-            (&last, live(&["w1", "w2"]), 3, 5, true, s(59), false),
+            (&last, live(&["w1", "w2"]), 3, 5, 5, false, s(1), false),
+            (&last, live(&["w1", "w2"]), 3, 5, 5, false, s(300), false),
+            (&last, live(&["w1", "w2"]), 3, 5, 5, true, s(59), false),
             // The leader's slow path.
-            (&last, live(&["w1", "w2"]), 3, 5, true, s(60), true),
+            (&last, live(&["w1", "w2"]), 3, 5, 5, true, s(60), true),
             // Leases created or deleted.
-            (&last, live(&["w1", "w2"]), 4, 5, false, s(1), true),
+            (&last, live(&["w1", "w2"]), 4, 5, 5, false, s(1), true),
             // A worker joined: the newcomer asks, the others need not look.
-            (&last, live(&["w1", "w2", "w3"]), 3, 5, false, s(1), false),
-            (&last, live(&["w1", "w2", "w3"]), 3, 5, true, s(1), false),
+            (
+                &last,
+                live(&["w1", "w2", "w3"]),
+                3,
+                5,
+                5,
+                false,
+                s(1),
+                false,
+            ),
+            (&last, live(&["w1", "w2", "w3"]), 3, 5, 5, true, s(1), false),
             // A worker left or was evicted.
-            (&last, live(&["w1"]), 3, 5, false, s(1), true),
-            (&last, live(&["w1", "w3"]), 3, 5, false, s(1), true),
+            (&last, live(&["w1"]), 3, 5, 5, false, s(1), true),
+            (&last, live(&["w1", "w3"]), 3, 5, 5, false, s(1), true),
             // Below its share.
-            (&last, live(&["w1", "w2"]), 3, 4, false, s(1), true),
-            (&last, live(&["w1", "w2"]), 3, 6, false, s(1), false),
+            (&last, live(&["w1", "w2"]), 3, 4, 6, false, s(1), true),
+            (&last, live(&["w1", "w2"]), 3, 6, 4, false, s(1), false),
+            // 8 leases on 3 workers: 3/3/2 is even; 4/2/2 (the leader absorbed a
+            // departed worker's leases) is not, and only the heartbeats show it.
+            (
+                &eight,
+                live(&["w1", "w2", "w3"]),
+                3,
+                2,
+                3,
+                false,
+                s(1),
+                false,
+            ),
+            (
+                &eight,
+                live(&["w1", "w2", "w3"]),
+                3,
+                2,
+                4,
+                false,
+                s(1),
+                true,
+            ),
+            (
+                &eight,
+                live(&["w1", "w2", "w3"]),
+                3,
+                3,
+                5,
+                false,
+                s(1),
+                false,
+            ),
+            (
+                &eight,
+                live(&["w1", "w2", "w3"]),
+                3,
+                1,
+                3,
+                false,
+                s(1),
+                true,
+            ),
         ];
-        for (i, (last, live, generation, held, leader, elapsed, due)) in
+        for (i, (last, live, generation, held, busiest, leader, elapsed, due)) in
             cases.into_iter().enumerate()
         {
             let seen = Seen {
@@ -110,6 +176,7 @@ mod tests {
                 live: live.len(),
                 lease_generation: generation,
                 held,
+                busiest,
                 leader,
             };
             assert_eq!(scan_due(last, &seen, &config), due, "case {i}");
@@ -122,6 +189,7 @@ mod tests {
             live: 2,
             lease_generation: 3,
             held: 3,
+            busiest: 7,
             leader: false,
         };
         assert!(!scan_due(&last, &seen, &capped));

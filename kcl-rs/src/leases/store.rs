@@ -119,6 +119,10 @@ pub struct WorkerHeartbeat {
     /// Incremented by the worker at every heartbeat; observers judge liveness by when
     /// they last saw it change, never by comparing clocks across machines.
     pub heartbeat: u64,
+    /// How many leases the worker held at its last heartbeat (`None` when it did not
+    /// say): lets a worker below its share see that another one is above it, without
+    /// listing the lease table.
+    pub leases: Option<u64>,
 }
 
 /// The group of workers sharing a lease table, as one read (or one heartbeat) returns
@@ -190,16 +194,20 @@ pub trait LeaseStore: Send + Sync + 'static {
         expect: Expect,
     ) -> BoxFuture<'a, Result<(), LeaseError>>;
 
-    /// Adds the worker to the group (or, when it is a member already, increments its
-    /// heartbeat) and returns the group as it is after the write.
+    /// Adds the worker to the group, holding no lease (or, when it is a member already,
+    /// increments its heartbeat) and returns the group as it is after the write.
     fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>>;
 
-    /// Increments the worker's heartbeat and returns the group after the write (no read
-    /// cost on DynamoDB: the write returns the item). [`LeaseError::ConditionFailed`]
-    /// when the worker is not a member: it was evicted (judged dead) or removed, and
-    /// must give up its leases before it joins again.
-    fn heartbeat<'a>(&'a self, worker_id: &'a str)
-    -> BoxFuture<'a, Result<Membership, LeaseError>>;
+    /// Increments the worker's heartbeat, records that it holds `leases` leases, and
+    /// returns the group after the write (no read cost on DynamoDB: the write returns
+    /// the item). [`LeaseError::ConditionFailed`] when the worker is not a member: it
+    /// was evicted (judged dead) or removed, and must give up its leases before it
+    /// joins again.
+    fn heartbeat<'a>(
+        &'a self,
+        worker_id: &'a str,
+        leases: u64,
+    ) -> BoxFuture<'a, Result<Membership, LeaseError>>;
 
     /// Removes a worker judged dead, if its heartbeat is still `heartbeat` (otherwise
     /// [`LeaseError::ConditionFailed`]). Its leases may then be taken at once: a worker

@@ -3,6 +3,7 @@
 //! rests on: a worker whose own heartbeat has not succeeded for the failover time gives
 //! up every lease, so the leases of an evicted worker may be taken at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -27,6 +28,8 @@ pub(super) struct Group {
     /// time of its last successful heartbeat plus the failover time. `None` before it
     /// joined.
     pub(super) valid_until: Option<Instant>,
+    /// How many leases each member said it held at its last heartbeat.
+    pub(super) leases_held: HashMap<String, u64>,
 }
 
 impl LeaseCoordinator {
@@ -59,6 +62,21 @@ impl LeaseCoordinator {
         let mut group = self.group.lock().unwrap();
         group.lease_generation = snapshot.lease_generation;
         group.observed_at = Some(Instant::now());
+        group.leases_held = snapshot
+            .workers
+            .iter()
+            .filter_map(|w| Some((w.worker_id.clone(), w.leases?)))
+            .collect();
+    }
+
+    /// The most leases another of the `live` workers said it held (0 if none said).
+    pub(super) fn most_held_by_another(&self, live: &[String]) -> u64 {
+        let group = self.group.lock().unwrap();
+        live.iter()
+            .filter(|w| **w != self.config.worker_id)
+            .filter_map(|w| group.leases_held.get(w).copied())
+            .max()
+            .unwrap_or(0)
     }
 
     /// How old the last snapshot of the group is (`None`: never seen).
@@ -146,8 +164,9 @@ impl LeaseCoordinator {
             let sent = Instant::now();
             let valid_until = self.group.lock().unwrap().valid_until.unwrap_or(sent);
             let deadline = valid_until.max(sent + interval);
+            let held = self.held.lock().unwrap().len() as u64;
             let beat = retry::until_deadline(deadline.into(), attempt, || {
-                self.store.heartbeat(&self.config.worker_id)
+                self.store.heartbeat(&self.config.worker_id, held)
             });
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,

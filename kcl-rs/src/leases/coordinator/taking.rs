@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LeaseCoordinator, LeaseEvent};
 use crate::leases::handle::{HandleError, LeaseHandle, LeasePhase, LostReason};
-use crate::leases::lease::Lease;
+use crate::leases::lease::{Lease, LeaseState};
 use crate::leases::retry;
 use crate::leases::scan::{LastScan, Seen, scan_due};
 use crate::leases::store::{Change, Expect, LeaseError, Membership};
@@ -71,8 +71,9 @@ impl LeaseCoordinator {
         let leader = self.rank(now) == 0;
         let members = self.members();
         let generation = self.group.lock().unwrap().lease_generation;
-        let live = self.expiry.lock().unwrap().live_workers(now).len();
-        if !self.lease_scan_due(&members, live, generation, leader, now) {
+        let live = self.expiry.lock().unwrap().live_workers(now);
+        let busiest = self.most_held_by_another(&live);
+        if !self.lease_scan_due(&members, live.len(), generation, busiest, leader, now) {
             return Ok(());
         }
         let leases = self.store.scan_leases().await?;
@@ -91,7 +92,10 @@ impl LeaseCoordinator {
             *last = LastScan {
                 at: Some(now),
                 members,
-                leases: leases.len(),
+                leases: leases
+                    .iter()
+                    .filter(|l| l.state() != LeaseState::Finished)
+                    .count(),
                 lease_generation: generation,
             };
             departed
@@ -148,6 +152,7 @@ impl LeaseCoordinator {
         members: &[String],
         live: usize,
         lease_generation: u64,
+        busiest: u64,
         leader: bool,
         now: Instant,
     ) -> bool {
@@ -157,6 +162,7 @@ impl LeaseCoordinator {
             live,
             lease_generation,
             held: self.held.lock().unwrap().len(),
+            busiest,
             leader,
         };
         scan_due(&self.last_scan.lock().unwrap(), &seen, &self.config)
@@ -362,6 +368,7 @@ mod tests {
                 .map(|id| WorkerHeartbeat {
                     worker_id: id.to_string(),
                     heartbeat: 1,
+                    leases: None,
                 })
                 .collect(),
             lease_generation: 0,

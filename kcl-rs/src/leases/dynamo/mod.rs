@@ -383,14 +383,15 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     fn join<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        Box::pin(self.beat(worker_id, false))
+        Box::pin(self.beat(worker_id, false, 0))
     }
 
     fn heartbeat<'a>(
         &'a self,
         worker_id: &'a str,
+        leases: u64,
     ) -> BoxFuture<'a, Result<Membership, LeaseError>> {
-        Box::pin(self.beat(worker_id, true))
+        Box::pin(self.beat(worker_id, true, leases))
     }
 
     fn evict_worker<'a>(
@@ -401,10 +402,11 @@ impl LeaseStore for DynamoLeaseStore {
         Box::pin(async move {
             let mut expression = Expression::default();
             let member = expression.tagged_name("dead", &item::member_attribute(worker_id));
+            let held = expression.tagged_name("held", &item::held_attribute(worker_id));
             let seen = expression.value("seen", item::number(heartbeat));
             self.update_group(
                 expression,
-                format!("REMOVE {member}"),
+                format!("REMOVE {member}, {held}"),
                 Some(format!("{member} = {seen}")),
                 worker_id,
             )
@@ -417,9 +419,15 @@ impl LeaseStore for DynamoLeaseStore {
         Box::pin(async move {
             let mut expression = Expression::default();
             let member = expression.tagged_name("leaving", &item::member_attribute(worker_id));
-            self.update_group(expression, format!("REMOVE {member}"), None, worker_id)
-                .await
-                .map(|_| ())
+            let held = expression.tagged_name("held", &item::held_attribute(worker_id));
+            self.update_group(
+                expression,
+                format!("REMOVE {member}, {held}"),
+                None,
+                worker_id,
+            )
+            .await
+            .map(|_| ())
         })
     }
 
@@ -442,7 +450,7 @@ impl LeaseStore for DynamoLeaseStore {
                     )
                 })?;
             self.count_read(out.consumed_capacity());
-            item::to_membership(out.item.as_ref())
+            Ok(item::to_membership(out.item.as_ref()))
         })
     }
 
@@ -466,17 +474,26 @@ impl LeaseStore for DynamoLeaseStore {
 impl DynamoLeaseStore {
     /// A heartbeat of `worker_id` in the group item; `member` requires it to be a member
     /// already (a heartbeat), otherwise it joins.
-    async fn beat(&self, worker_id: &str, member: bool) -> Result<Membership, LeaseError> {
+    async fn beat(
+        &self,
+        worker_id: &str,
+        member: bool,
+        leases: u64,
+    ) -> Result<Membership, LeaseError> {
         let mut expression = Expression::default();
         let attribute = expression.tagged_name("member", &item::member_attribute(worker_id));
+        let held = expression.tagged_name("held", &item::held_attribute(worker_id));
         let zero = expression.value("zero", item::number(0));
         let one = expression.value("one", item::number(1));
-        let update = format!("SET {attribute} = if_not_exists({attribute}, {zero}) + {one}");
+        let count = expression.value("leases", item::number(leases));
+        let update = format!(
+            "SET {attribute} = if_not_exists({attribute}, {zero}) + {one}, {held} = {count}"
+        );
         let condition = member.then(|| format!("attribute_exists({attribute})"));
         let item = self
             .update_group(expression, update, condition, worker_id)
             .await?;
-        item::to_membership(item.as_ref())
+        Ok(item::to_membership(item.as_ref()))
     }
 
     /// One conditional UpdateItem of the group item, returning the item after it (no
