@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use delivery_app::scenario::{self, ScenarioConfig, ScenarioReport, percentile};
 use delivery_app::sim::{KeyStrategy, SimConfig};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use delivery_app::principals::{Role, principals};
-//! use kcl::local::strict::iam::{ArnScope, required_permissions};
+//! use kcl_local::strict::iam::{ArnScope, required_permissions};
 //!
 //! let bound = principals(delivery_app::principals::POLICY_DOC, "orders", "stats").unwrap();
 //! let scope = ArnScope { region: "us-east-1".into(), account: "000000000000".into() };
@@ -33,8 +33,8 @@
 //! ```
 
 use kcl::aws::LOCAL_REGION;
-use kcl::local::strict::DEFAULT_ACCOUNT_ID;
-use kcl::local::strict::iam::{Placeholders, Policy, PolicyError, Principals};
+use kcl_local::strict::DEFAULT_ACCOUNT_ID;
+use kcl_local::strict::iam::{Placeholders, Policy, PolicyError, Principals};
 
 /// docs/iam-policy.md, as compiled into the binary.
 pub const POLICY_DOC: &str = include_str!("../../docs/iam-policy.md");

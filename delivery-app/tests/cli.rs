@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use delivery_app::principals::Role;
 use delivery_app::scenario::{LocalAwsProcess, StrictNames};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio::process::Command;
 
-use kcl::local::testing::unique;
+use kcl_local::testing::unique;
 
 const EXE: &str = env!("CARGO_BIN_EXE_delivery-app");
 

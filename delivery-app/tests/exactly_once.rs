@@ -18,7 +18,7 @@ use common::{assert_exact, assert_no_call_denied, narrator, scenario, strict_aws
 
 /// Orders per test: a few thousand events.
 fn orders() -> u64 {
-    if kcl::local::testing::external_kinesis() {
+    if kcl_local::testing::external_kinesis() {
         700
     } else {
         1_000

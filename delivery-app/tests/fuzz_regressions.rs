@@ -13,5 +13,5 @@ mod checks;
 #[test]
 fn every_kept_events_input_passes_the_fuzz_checks() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/events");
-    kcl::local::testing::replay_corpus(&dir, 20, checks::check);
+    kcl_local::testing::replay_corpus(&dir, 20, checks::check);
 }

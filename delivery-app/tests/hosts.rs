@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use kcl::local::testing::wait_for;
+use kcl_local::testing::wait_for;
 
 use delivery_app::chaos::hosts::{NetCommand, Network, Topology, parse_netns_list, run};
 use delivery_app::scenario::{HostNetwork, NetFault};

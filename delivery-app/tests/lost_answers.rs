@@ -7,9 +7,9 @@ use delivery_app::audit::{self, AttemptResult, AuditEntry};
 use delivery_app::stats::StatsStore;
 use delivery_app::worker::{WorkerOptions, run_worker};
 use kcl::aws::{Clients, Endpoints};
-use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
-use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
+use kcl_local::testing::{unique, wait_for};
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
 
 fn options(stream: &str, app: &str) -> WorkerOptions {
@@ -104,7 +104,7 @@ async fn a_transaction_applied_before_a_dynamodb_restart_is_audited_as_applied()
     });
     let target = dynamodb_target("TransactWriteItems");
     wait_for("the answer dropped", Duration::from_secs(60), || async {
-        (proxy.injected(&target, kcl::local::faults::FaultKind::DroppedResponse) >= 1).then_some(())
+        (proxy.injected(&target, kcl_local::faults::FaultKind::DroppedResponse) >= 1).then_some(())
     })
     .await;
     aws.shutdown().await;

@@ -24,10 +24,10 @@ use delivery_app::principals::{POLICY_DOC, Role, principals};
 use delivery_app::stats::StatsStore;
 use delivery_app::worker::{WorkerOptions, run_worker};
 use kcl::aws::{Clients, Endpoints};
-use kcl::local::LocalAws;
-use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
-use kcl::local::strict::RefusalKind;
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::LocalAws;
+use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
+use kcl_local::strict::RefusalKind;
+use kcl_local::testing::{unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
 const MARKER: &str = "poison-driver";
@@ -179,7 +179,7 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     assert!(
         proxy.injected(
             &dynamodb_target("TransactWriteItems"),
-            kcl::local::faults::FaultKind::ClientError
+            kcl_local::faults::FaultKind::ClientError
         ) >= 2
     );
     cancel.cancel();
@@ -386,7 +386,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
         "the processor retrying",
         Duration::from_secs(60),
         || async {
-            (proxy.injected(&target, kcl::local::faults::FaultKind::ServerError) >= 4).then_some(())
+            (proxy.injected(&target, kcl_local::faults::FaultKind::ServerError) >= 4).then_some(())
         },
     )
     .await;
@@ -459,7 +459,7 @@ async fn a_transaction_whose_answer_was_lost_is_audited_as_applied() {
     .await;
     let target = dynamodb_target("TransactWriteItems");
     assert_eq!(
-        proxy.injected(&target, kcl::local::faults::FaultKind::DroppedResponse),
+        proxy.injected(&target, kcl_local::faults::FaultKind::DroppedResponse),
         1
     );
     // The transactions the audit log says were applied cover every record once.

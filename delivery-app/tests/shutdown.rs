@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use delivery_app::principals::Role;
 use delivery_app::stats::StatsStore;
 use kcl::aws::Clients;
-use kcl::local::LocalAws;
-use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, dynamodb_target};
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::LocalAws;
+use kcl_local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, dynamodb_target};
+use kcl_local::testing::{unique, wait_for};
 use tokio::process::{Child, Command};
 
 use common::{enforce_policies, strict_aws};
@@ -272,7 +272,7 @@ async fn sigterm_stops_produce_whose_kinesis_went_silent() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let put = kcl::local::faults::kinesis_target("PutRecords");
+    let put = kcl_local::faults::kinesis_target("PutRecords");
     wait_for("events put", Duration::from_secs(60), || async {
         (proxy.calls(&put) >= 1).then_some(())
     })

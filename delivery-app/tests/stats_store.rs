@@ -18,7 +18,7 @@ use delivery_app::stats::plan::{OrderState, ParsedRecord, digest, plan_chunk, re
 use delivery_app::stats::store::StoreError;
 use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
 use kcl::leases::{Change, DynamoLeaseStore, Expect, Lease, LeaseStore};
-use kcl::local::LocalAws;
+use kcl_local::LocalAws;
 
 /// A strict local AWS with the documented policies bound for `app`, the statistics
 /// store of `app` signed as the worker principal, and one signed as the (unrestricted)

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kcl::local::testing::wait_for;
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::{
     CancellationToken, Checkpointer, InitialPosition, ProcessRecordsInput, RecordProcessor, Worker,
     WorkerConfig,
 };
+use kcl_local::testing::wait_for;
+use kcl_local::{LocalAws, LocalAwsOptions};
 use producer::{Producer, ProducerConfig};
 use tokio::sync::mpsc;
 

@@ -20,10 +20,10 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use kcl::aws::Clients;
 use kcl::checkpoint::Checkpointer;
 use kcl::config::{InitialPosition, WorkerConfig};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
 use kcl::worker::Worker;
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: i32 = 8;

@@ -28,7 +28,7 @@ use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::{BoxFuture, Change, Expect, Lease, LeaseError, LeaseStore, Membership};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 

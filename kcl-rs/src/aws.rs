@@ -78,7 +78,7 @@ impl Clients {
 
     /// Like [`Clients::connect`], signed with the static key `access_key_id`: for local
     /// endpoints whose strict mode binds an IAM principal to that key (see
-    /// `kcl::local::LocalAws::clients_as`, feature `local`).
+    /// `kcl_local::LocalAws::clients_as`, crate `kcl-local`).
     pub async fn connect_as(endpoints: &Endpoints, access_key_id: &str) -> Clients {
         let credentials = Credentials::new(
             access_key_id,

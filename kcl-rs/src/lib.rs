@@ -39,15 +39,12 @@
 //!     }
 //! }
 //!
-//! # #[cfg(not(feature = "local"))]
-//! # fn main() {}
-//! # #[cfg(feature = "local")]
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     // Real AWS: credentials and region from the usual AWS chain.
 //!     let endpoints = Endpoints::default();
 //! #   // The doctest runs against the embedded local AWS instead, with a stream to read.
-//! #   let aws = kcl::local::LocalAws::start(kcl::local::LocalAwsOptions::from_env()).await?;
+//! #   let aws = kcl_local::LocalAws::start(kcl_local::LocalAwsOptions::from_env()).await?;
 //! #   let endpoints = aws.endpoints();
 //!     let clients = Clients::connect(&endpoints).await;
 //!     clients.verify().await?; // one clear error if an endpoint is unreachable
@@ -73,7 +70,7 @@
 //! #   let stop = cancel.clone();
 //! #   tokio::spawn(async move {
 //! #       let seen = || async { (SEEN.load(Ordering::SeqCst) >= 10).then_some(()) };
-//! #       kcl::local::testing::wait_for("all ten records", timeout, seen).await;
+//! #       kcl_local::testing::wait_for("all ten records", timeout, seen).await;
 //! #       stop.cancel();
 //! #   });
 //!     worker.run(cancel).await?;
@@ -82,9 +79,9 @@
 //! }
 //! ```
 //!
-//! Cargo features: `local` embeds Kinesis and DynamoDB emulators on loopback (the
-//! `kcl::local` module) for tests, demos and local development; production builds
-//! leave it off.
+//! For tests, demos and local development, the `kcl-local` crate (library
+//! `kcl_local`) embeds Kinesis and DynamoDB emulators on loopback; this crate compiles
+//! none of it.
 //!
 //! Modules, one per concern:
 //! - [`aws`]: SDK clients for real AWS or a local endpoint.
@@ -98,7 +95,6 @@
 //! - [`shard_sync`]: which leases to create and delete from the shard list.
 //! - [`kpl`]: the KPL aggregated record format, deaggregation and aggregation.
 //! - [`retrieval`]: reading a shard by polling GetRecords, with a prefetching task.
-//! - `local` (feature `local`): embedded Kinesis and DynamoDB emulators on loopback.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -108,9 +104,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod leases;
 pub mod lifecycle;
-#[cfg(feature = "local")]
-#[cfg_attr(docsrs, doc(cfg(feature = "local")))]
-pub mod local;
 pub mod processor;
 pub mod retrieval;
 pub mod shard_sync;

@@ -57,7 +57,7 @@ pub enum WorkerEvent {
 /// use std::time::Duration;
 /// use kcl::checkpoint::Checkpointer;
 /// use kcl::config::{InitialPosition, WorkerConfig};
-/// use kcl::local::{LocalAws, LocalAwsOptions};
+/// use kcl_local::{LocalAws, LocalAwsOptions};
 /// use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 /// use kcl::worker::Worker;
 /// use tokio_util::sync::CancellationToken;

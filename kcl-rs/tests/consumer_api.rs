@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod common;
 use common::consumers::{InProcess, Log, config, produce};
 use common::strict;
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::testing::{unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 

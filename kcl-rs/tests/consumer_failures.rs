@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kcl::checkpoint::Checkpointer;
-use kcl::local::faults::{Fault, Rule, kinesis_target};
-use kcl::local::testing::{unique, wait_for};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
 use kcl::worker::Worker;
+use kcl_local::faults::{Fault, Rule, kinesis_target};
+use kcl_local::testing::{unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kcl::leases::LeaseStore;
-use kcl::local::faults::{Fault, Rule};
-use kcl::local::testing::{unique, wait_for};
 use kcl::stream;
+use kcl_local::faults::{Fault, Rule};
+use kcl_local::testing::{unique, wait_for};
 
 mod common;
 use common::consumers::{FAILOVER, config};

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use kcl::local::LocalAws;
-use kcl::local::faults::{FaultProxy, kinesis_target};
-use kcl::local::testing::unique;
 use kcl::retrieval::{RetrievalConfig, ShardReader};
 use kcl::stream;
+use kcl_local::LocalAws;
+use kcl_local::faults::{FaultProxy, kinesis_target};
+use kcl_local::testing::unique;
 
 mod common;
 use common::strict;
@@ -137,7 +137,7 @@ async fn a_reader_that_is_behind_is_not_paced() {
     // so that AWS's 5 calls per second (which a behind reader with batches this small
     // would meet, and back off from) does not decide the time.
     let strict = env.aws.strict().expect("strict mode").kinesis();
-    strict.set_limits(kcl::local::strict::KinesisLimits {
+    strict.set_limits(kcl_local::strict::KinesisLimits {
         get_records_per_shard: 1_000,
         ..strict.limits()
     });

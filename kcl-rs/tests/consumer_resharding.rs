@@ -11,7 +11,7 @@ use common::consumers::{
     InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, produce,
 };
 use common::strict;
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::testing::{unique, wait_for};
 
 const KEYS: usize = 15;
 const WAIT: Duration = Duration::from_secs(120);
@@ -192,8 +192,8 @@ async fn sigkill_mid_batch_replays_only_after_the_last_checkpoint() {
     assert!(strict.iam().checked("GetRecords") > 0);
     assert!(strict.iam().checked("UpdateItem") > 0);
     assert_eq!(
-        strict.refusals_of("GetRecords", kcl::local::strict::RefusalKind::AccessDenied)
-            + strict.refusals_of("UpdateItem", kcl::local::strict::RefusalKind::AccessDenied),
+        strict.refusals_of("GetRecords", kcl_local::strict::RefusalKind::AccessDenied)
+            + strict.refusals_of("UpdateItem", kcl_local::strict::RefusalKind::AccessDenied),
         0
     );
     aws.shutdown().await;

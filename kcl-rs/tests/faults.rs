@@ -1,5 +1,5 @@
 //! Fault injection: throttling, 5xx answers, dropped connections and added latency
-//! between kcl-rs and its AWS services, through `kcl::local::faults::FaultProxy` in
+//! between kcl-rs and its AWS services, through `kcl_local::faults::FaultProxy` in
 //! front of the embedded DynamoDB and Kinesis (or the external Kinesis named by
 //! `KCL_TEST_KINESIS_ENDPOINT`). Each test starts its own strict local AWS and injects
 //! faults through the plans of its strict proxies.
@@ -21,11 +21,11 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::expiry::ExpiryTracker;
 use kcl::leases::handle::{LeaseHandle, LeasePhase, LostReason};
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseError, LeaseStore};
-use kcl::local::LocalAws;
-use kcl::local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::retrieval::{RetrievalConfig, ShardReader};
 use kcl::worker::Worker;
+use kcl_local::LocalAws;
+use kcl_local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 mod common;
 use common::consumers::{self, InProcess, Log};
 use common::strict;
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::testing::{unique, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const FAILOVER: Duration = Duration::from_secs(3);

@@ -10,7 +10,7 @@ mod checks;
 #[test]
 fn every_kept_deaggregate_input_passes_the_fuzz_checks() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/deaggregate");
-    kcl::local::testing::replay_corpus(&dir, 20, checks::check);
+    kcl_local::testing::replay_corpus(&dir, 20, checks::check);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use kcl::kpl::{Aggregator, DeaggregationError, UserRecord, deaggregate, is_aggregated};
-use kcl::local::testing::base64_decode;
+use kcl_local::testing::base64_decode;
 use serde_json::Value;
 
 /// Every vector `generate.py` writes, so a missing file fails rather than shrinks the test.

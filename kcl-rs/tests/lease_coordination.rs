@@ -13,7 +13,7 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::handle::{HandleError, LeaseHandle, RenewOutcome};
 use kcl::leases::{Lease, LeaseStore};
-use kcl::local::LocalAws;
+use kcl_local::LocalAws;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::strict;
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::testing::{unique, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -14,9 +14,9 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::handle::{LeasePhase, LostReason};
 use kcl::leases::{Lease, LeaseStore};
-use kcl::local::LocalAws;
-use kcl::local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target};
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::LocalAws;
+use kcl_local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target};
+use kcl_local::testing::{unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -14,7 +14,7 @@ use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::{DynamoLeaseStore, ownership_check};
 use kcl::leases::handle::{HandleError, LeaseHandle};
 use kcl::leases::{Lease, LeaseStore};
-use kcl::local::testing::{unique, wait_for};
+use kcl_local::testing::{unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
 mod common;

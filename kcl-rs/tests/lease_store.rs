@@ -13,8 +13,8 @@ use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::memory::MemoryLeaseStore;
 use kcl::leases::{Change, Expect, Lease, LeaseError, LeaseStore, Membership, ShardLoad};
-use kcl::local::testing::unique;
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::testing::unique;
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio::sync::Barrier;
 
 fn trim_horizon(key: &str) -> Lease {

@@ -10,11 +10,11 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use kcl::aws::{Clients, Endpoints};
-use kcl::local::{KinesisBackend, LocalAws, LocalAwsOptions};
 use kcl::stream;
+use kcl_local::{KinesisBackend, LocalAws, LocalAwsOptions};
 
 mod common;
-use kcl::local::testing::unique;
+use kcl_local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -7,12 +7,12 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use kcl::aws::Endpoints;
-use kcl::local::faults::{
+use kcl_local::faults::{
     Answer, Fault, FaultPlan, FaultProxy, Forward, LayerFuture, ProxyLayer, ProxyRequest, Rule,
     dynamodb_target,
 };
-use kcl::local::testing::wait_for;
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::testing::wait_for;
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio::sync::Notify;
 
 /// What each layer does, and the journal of what layers saw, in order.

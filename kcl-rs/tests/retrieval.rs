@@ -8,17 +8,17 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::kpl::{Aggregator, MAGIC};
-use kcl::local::{EXTERNAL_KINESIS_ENV, KinesisBackend, LocalAws, LocalAwsOptions};
 use kcl::retrieval::{
     Batch, ChildShardRef, KinesisClientRecord, RetrievalConfig, RetrievalError, ShardReader,
     spawn_prefetcher,
 };
 use kcl::stream;
+use kcl_local::{EXTERNAL_KINESIS_ENV, KinesisBackend, LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::strict;
-use kcl::local::testing::unique;
+use kcl_local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
 

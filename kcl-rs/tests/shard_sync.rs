@@ -12,7 +12,7 @@ use kcl::stream;
 
 mod common;
 use common::strict;
-use kcl::local::testing::unique;
+use kcl_local::testing::unique;
 
 const WAIT: Duration = Duration::from_secs(30);
 

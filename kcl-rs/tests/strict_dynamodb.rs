@@ -14,12 +14,12 @@ use aws_sdk_dynamodb::types::{
 };
 use kcl::aws::Clients;
 use kcl::checkpoint::Checkpointer;
-use kcl::local::strict::iam::{Placeholders, Policy, Principals};
-use kcl::local::strict::{DEFAULT_ACCOUNT_ID, RefusalKind, StrictOptions};
-use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::worker::{Worker, WorkerError};
+use kcl_local::strict::iam::{Placeholders, Policy, Principals};
+use kcl_local::strict::{DEFAULT_ACCOUNT_ID, RefusalKind, StrictOptions};
+use kcl_local::testing::{unique, wait_for};
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
 
 const IAM_POLICY_DOC: &str = include_str!("../../docs/iam-policy.md");
@@ -310,7 +310,7 @@ async fn with_the_default_hold_writes_racing_transactions_conflict() {
     );
     assert_eq!(
         strict.dynamodb().limits(),
-        kcl::local::strict::DynamoDbLimits::default()
+        kcl_local::strict::DynamoDbLimits::default()
     );
     aws.shutdown().await;
 }

@@ -11,10 +11,10 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use kcl::local::strict::{KinesisLimits, RefusalKind, StrictOptions};
-use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::stream;
+use kcl_local::strict::{KinesisLimits, RefusalKind, StrictOptions};
+use kcl_local::testing::{unique, wait_for};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -442,7 +442,7 @@ async fn a_shard_closed_around_the_proxy_is_learned_from_the_first_listing() {
 async fn strict_mode_works_in_front_of_an_external_kinesis() {
     let external = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
     let options = LocalAwsOptions {
-        kinesis: kcl::local::KinesisBackend::External(external.endpoints().kinesis.unwrap()),
+        kinesis: kcl_local::KinesisBackend::External(external.endpoints().kinesis.unwrap()),
         ..LocalAwsOptions::strict()
     };
     let aws = LocalAws::start(options).await.unwrap();
@@ -462,7 +462,7 @@ async fn strict_mode_works_in_front_of_an_external_kinesis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_limited_per_shard_by_the_embedded_kinesis() {
-    if kcl::local::testing::external_kinesis() {
+    if kcl_local::testing::external_kinesis() {
         return; // an external Kinesis enforces its own write limits, or none
     }
     let aws = strict_aws(KinesisLimits::default()).await;

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 use producer::{Producer, ProducerConfig, ProducerConfigBuilder};
 use tokio::runtime::Runtime;
 

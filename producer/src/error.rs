@@ -22,7 +22,7 @@ pub struct ConfigError {
 /// ```
 /// # #[tokio::main(flavor = "multi_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use kcl::local::{LocalAws, LocalAwsOptions};
+/// # use kcl_local::{LocalAws, LocalAwsOptions};
 /// # let aws = LocalAws::start(LocalAwsOptions::default()).await?;
 /// # let kinesis = aws.clients().await.kinesis;
 /// use producer::{Producer, ProducerConfig, PutError};

@@ -10,7 +10,7 @@
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use kcl::local::{LocalAws, LocalAwsOptions};
+//! use kcl_local::{LocalAws, LocalAwsOptions};
 //! use producer::{Producer, ProducerConfig};
 //!
 //! let aws = LocalAws::start(LocalAwsOptions::default()).await?;

@@ -28,7 +28,7 @@ const CHANNEL_CAPACITY: usize = 1024;
 /// # #[tokio::main(flavor = "multi_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use kcl::local::{LocalAws, LocalAwsOptions};
+/// use kcl_local::{LocalAws, LocalAwsOptions};
 /// use producer::{Producer, ProducerConfig};
 ///
 /// let aws = LocalAws::start(LocalAwsOptions::default()).await?;
@@ -132,7 +132,7 @@ impl Producer {
     /// # #[tokio::main(flavor = "multi_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # use std::time::Duration;
-    /// # use kcl::local::{LocalAws, LocalAwsOptions};
+    /// # use kcl_local::{LocalAws, LocalAwsOptions};
     /// # use producer::{Producer, ProducerConfig};
     /// # let aws = LocalAws::start(LocalAwsOptions::default()).await?;
     /// # let kinesis = aws.clients().await.kinesis;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{config, payload, read_all, start, tag_of};
-use kcl::local::LocalAwsOptions;
+use kcl_local::LocalAwsOptions;
 use producer::{Producer, PutError};
 use tokio::time::timeout;
 
@@ -227,7 +227,7 @@ async fn dropping_every_handle_still_sends_what_was_accepted() {
 async fn records_expire_after_their_ttl_with_every_attempt() {
     let (aws, kinesis, _) = start(LocalAwsOptions::from_env(), "ttl", 1).await;
     // A stream that does not exist: every PutRecords fails, and is retried until the TTL.
-    let missing = kcl::local::testing::unique("missing");
+    let missing = kcl_local::testing::unique("missing");
     let config = config(&missing)
         .record_ttl(Duration::from_secs(4))
         .retry_base_delay(Duration::from_millis(50))

@@ -1,6 +1,6 @@
 //! The producer loses nothing when Kinesis misbehaves: PutRecords (and ListShards)
 //! throttled, answered with 5xx, dropped before or after Kinesis acted — through
-//! `kcl::local::faults::FaultProxy` in front of the embedded Kinesis (or the external
+//! `kcl_local::faults::FaultProxy` in front of the embedded Kinesis (or the external
 //! one named by `KCL_TEST_KINESIS_ENDPOINT`). Every future resolves `Ok`, and every
 //! user record is read back from the stream.
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{config, read_all, start};
 use kcl::aws::{Clients, Endpoints};
-use kcl::local::LocalAwsOptions;
-use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, kinesis_target};
+use kcl_local::LocalAwsOptions;
+use kcl_local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, kinesis_target};
 use producer::Producer;
 
 const KINDS: [FaultKind; 4] = [

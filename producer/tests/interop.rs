@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::{Rng, config, payload, read_raw, start};
-use kcl::local::LocalAwsOptions;
-use kcl::local::testing::{base64_decode, base64_encode};
+use kcl_local::LocalAwsOptions;
+use kcl_local::testing::{base64_decode, base64_encode};
 use producer::Producer;
 use serde_json::Value;
 

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use common::{config, payload, read_all, start, tag_of};
 use kcl::aws::{Clients, Endpoints};
-use kcl::local::LocalAwsOptions;
-use kcl::local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, kinesis_target};
-use kcl::local::testing::wait_for;
 use kcl::stream;
+use kcl_local::LocalAwsOptions;
+use kcl_local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, kinesis_target};
+use kcl_local::testing::wait_for;
 use producer::Producer;
 
 const TIMEOUT: Duration = Duration::from_secs(60);

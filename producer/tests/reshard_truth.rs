@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{config, deaggregate_all, payload, read_raw, start, tag_of};
 use kcl::aws::{Clients, Endpoints};
-use kcl::local::LocalAwsOptions;
-use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule, kinesis_target};
 use kcl::stream;
+use kcl_local::LocalAwsOptions;
+use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, kinesis_target};
 use producer::{Producer, PutError};
 
 const TIMEOUT: Duration = Duration::from_secs(60);

@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{config, deaggregate_all, payload, read_raw, start, tag_of};
-use kcl::local::LocalAwsOptions;
-use kcl::local::testing::external_kinesis;
 use kcl::stream::{self, ShardInfo};
+use kcl_local::LocalAwsOptions;
+use kcl_local::testing::external_kinesis;
 use producer::{Producer, WRONG_SHARD};
 use tokio_util::sync::CancellationToken;
 

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Rng, config, deaggregate_all, payload, read_raw, start, tag_of};
-use kcl::local::LocalAwsOptions;
-use kcl::local::testing::external_kinesis;
+use kcl_local::LocalAwsOptions;
+use kcl_local::testing::external_kinesis;
 use producer::{Producer, RecordFuture};
 
 /// What was put: partition key, explicit hash key.

@@ -10,8 +10,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::{config, payload, read_all, start, tag_of};
-use kcl::local::LocalAwsOptions;
-use kcl::local::testing::external_kinesis;
+use kcl_local::LocalAwsOptions;
+use kcl_local::testing::external_kinesis;
 use producer::{Producer, UserRecordResult};
 
 const THROTTLED: &str = "ProvisionedThroughputExceededException";

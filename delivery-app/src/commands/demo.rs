@@ -12,7 +12,7 @@ use delivery_app::scenario::{self, ScenarioConfig, Step};
 use delivery_app::stats::report::to_table;
 use delivery_app::stats::summary::thousands;
 use kcl::aws::Endpoints;
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 use super::{CommandError, SimArgs, shutdown_signal};
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use delivery_app::connect::NameArgs;
 use delivery_app::principals::{self, POLICY_DOC, Role};
-use kcl::local::strict::{KinesisLimits, StrictOptions};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::strict::{KinesisLimits, StrictOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 use super::{CommandError, shutdown_signal};
 

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 use super::CommandError;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use delivery_app::principals::{POLICY_DOC, principals};
 use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
 use delivery_app::sim::{KeyStrategy, SimConfig};
-use kcl::local::strict::RefusalKind;
-use kcl::local::testing::unique;
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::strict::RefusalKind;
+use kcl_local::testing::unique;
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 /// A local AWS as strict as the real one (AWS's limits, retention, transaction
 /// conflicts, IAM): what every test of leases, resharding, the worker and the delivery

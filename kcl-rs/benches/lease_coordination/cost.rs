@@ -10,8 +10,8 @@ use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::{Lease, LeaseStore};
-use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule};
+use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
 
 struct Running {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::leases::LeaseStore;
-use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::testing::{unique, wait_for};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -280,7 +280,7 @@ async fn a_child_hanging_past_the_timeout_is_killed_and_its_shard_restarted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn checkpoint_answers_from_the_real_checkpointer() {
-    use kcl::local::faults::{Fault, FaultPlan, FaultProxy, Rule};
+    use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule};
 
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
     let clients = aws.clients().await;

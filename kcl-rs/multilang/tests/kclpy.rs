@@ -13,8 +13,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::Clients;
 use kcl::checkpoint::{ExtendedSequenceNumber, compare_sequence_numbers};
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseStore};
-use kcl::local::testing::{unique, wait_for};
-use kcl::local::{LocalAws, LocalAwsOptions};
+use kcl_local::testing::{unique, wait_for};
+use kcl_local::{LocalAws, LocalAwsOptions};
 
 const WAIT: Duration = Duration::from_secs(180);
 

@@ -167,7 +167,7 @@ impl Batch {
 /// use std::time::Duration;
 /// use aws_sdk_kinesis::primitives::Blob;
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-/// use kcl::local::{LocalAws, LocalAwsOptions};
+/// use kcl_local::{LocalAws, LocalAwsOptions};
 /// use kcl::retrieval::{RetrievalConfig, ShardReader};
 ///
 /// let aws = LocalAws::start(LocalAwsOptions::default()).await?;

@@ -62,7 +62,7 @@ impl Prefetcher {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-/// use kcl::local::{LocalAws, LocalAwsOptions};
+/// use kcl_local::{LocalAws, LocalAwsOptions};
 /// use kcl::retrieval::{spawn_prefetcher, RetrievalConfig, ShardReader, DEFAULT_PREFETCH_DEPTH};
 /// use tokio_util::sync::CancellationToken;
 ///

@@ -9,12 +9,12 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::Clients;
 use kcl::checkpoint::Checkpointer;
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
-use kcl::local::LocalAws;
-use kcl::local::faults::FaultProxy;
-use kcl::local::testing::unique;
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
 use kcl::worker::{Worker, WorkerError};
+use kcl_local::LocalAws;
+use kcl_local::faults::FaultProxy;
+use kcl_local::testing::unique;
 use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(60);

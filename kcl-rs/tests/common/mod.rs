@@ -10,9 +10,9 @@ pub mod strict {
     //! around the strict proxies; workers sign as the documented "kcl-rs worker" policy.
 
     use kcl::aws::Clients;
-    use kcl::local::strict::DEFAULT_ACCOUNT_ID;
-    use kcl::local::strict::iam::{Placeholders, Policy};
-    use kcl::local::{LocalAws, LocalAwsOptions};
+    use kcl_local::strict::DEFAULT_ACCOUNT_ID;
+    use kcl_local::strict::iam::{Placeholders, Policy};
+    use kcl_local::{LocalAws, LocalAwsOptions};
 
     const IAM_POLICY_DOC: &str = include_str!("../../../docs/iam-policy.md");
 

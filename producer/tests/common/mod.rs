@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use kcl::local::testing::unique;
-use kcl::local::{LocalAws, LocalAwsOptions};
 use kcl::stream::{self, ShardInfo};
+use kcl_local::testing::unique;
+use kcl_local::{LocalAws, LocalAwsOptions};
 use producer::{ProducerConfig, ProducerConfigBuilder};
 
 /// Starts the local AWS (embedded, or the external Kinesis from the environment) and

@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 use super::iam::{self, ArnScope, Principals, RequestError};
 use super::kinesis::StrictKinesis;
 use super::{RefusalKind, Refusals};
-use crate::aws::LOCAL_REGION;
-use crate::local::faults::{
+use crate::faults::{
     Answer, DYNAMODB_TARGET_PREFIX, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse,
     action_of,
 };
+use kcl::aws::LOCAL_REGION;
 
 /// The strict IAM [`ProxyLayer`], one for both proxies. Principals can change at run
 /// time.

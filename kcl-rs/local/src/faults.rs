@@ -17,8 +17,8 @@
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use kcl::aws::{Clients, Endpoints};
-//! use kcl::local::faults::{dynamodb_target, Fault, FaultKind, FaultPlan, FaultProxy, Rule};
-//! use kcl::local::{LocalAws, LocalAwsOptions};
+//! use kcl_local::faults::{dynamodb_target, Fault, FaultKind, FaultPlan, FaultProxy, Rule};
+//! use kcl_local::{LocalAws, LocalAwsOptions};
 //!
 //! let aws = LocalAws::start(LocalAwsOptions::default()).await?;
 //! let plan = FaultPlan::new(1).with(Rule::dynamodb("ListTables", Fault::throttling_exception()).for_next(1));

@@ -1,14 +1,15 @@
 //! Embedded local AWS: Kinesis (ferrokinesis) and DynamoDB (dynoxide) served in-process
 //! over their real wire protocols on 127.0.0.1, for tests, demos and local development.
 //!
-//! Enabled by the `local` feature; production builds leave it off and compile no
-//! emulator. [`faults`] puts a fault-injecting proxy in front of either server;
-//! [`strict`] (on with [`LocalAwsOptions::strict`]) makes both as strict as real AWS.
+//! A development crate: kcl-rs's tests and benchmarks, the producer's tests and the
+//! delivery application use it; kcl-rs itself compiles no emulator. [`faults`] puts a
+//! fault-injecting proxy in front of either server; [`strict`] (on with
+//! [`LocalAwsOptions::strict`]) makes both as strict as real AWS.
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use kcl::local::{LocalAws, LocalAwsOptions};
+//! use kcl_local::{LocalAws, LocalAwsOptions};
 //!
 //! let aws = LocalAws::start(LocalAwsOptions::default()).await?;
 //! let clients = aws.clients().await;
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{Clients, Endpoints};
+use kcl::aws::{Clients, Endpoints};
 
 pub mod faults;
 pub mod strict;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 
-use crate::local::faults::DYNAMODB_TARGET_PREFIX;
+use crate::faults::DYNAMODB_TARGET_PREFIX;
 
 /// The message of both refusals, as DynamoDB words it.
 pub const ONGOING_TRANSACTION: &str = "Transaction is ongoing for the item";

@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::local::faults::{DYNAMODB_TARGET_PREFIX, KINESIS_TARGET_PREFIX};
+use crate::faults::{DYNAMODB_TARGET_PREFIX, KINESIS_TARGET_PREFIX};
 
 /// One permission AWS checks: `action` (e.g. `dynamodb:ConditionCheckItem`) on
 /// `resource` (an ARN, or `*` for actions that name no resource).
@@ -221,7 +221,7 @@ fn str_field<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::faults::{dynamodb_target, kinesis_target};
+    use crate::faults::{dynamodb_target, kinesis_target};
 
     fn scope() -> ArnScope {
         ArnScope {

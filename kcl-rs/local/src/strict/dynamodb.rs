@@ -29,7 +29,7 @@ use super::conflicts::{
     self, ConflictsError, InFlight, KeySchema, KeySchemas, Writes, key_schema_of_description,
 };
 use super::{RefusalKind, Refusals};
-use crate::local::faults::{
+use crate::faults::{
     Answer, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse, dynamodb_target,
 };
 

@@ -8,7 +8,7 @@
 //! test restricts exactly the clients it builds for a principal.
 //!
 //! ```
-//! use kcl::local::strict::iam::{ArnScope, Placeholders, Policy, Principals, required_permissions};
+//! use kcl_local::strict::iam::{ArnScope, Placeholders, Policy, Principals, required_permissions};
 //!
 //! // A Markdown section holding the policy in a json fence, as docs/iam-policy.md does.
 //! let fence = "`".repeat(3);

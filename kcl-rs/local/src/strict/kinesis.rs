@@ -35,7 +35,7 @@ use super::expiring::ExpiringMap;
 use super::rate::{KeyedBuckets, Rate};
 use super::retention::{ShardClosings, ShardKey, data_bytes, trim_records};
 use super::{RefusalKind, Refusals};
-use crate::local::faults::{Answer, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse};
+use crate::faults::{Answer, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse};
 
 /// One MiB.
 const MIB: u64 = 1024 * 1024;

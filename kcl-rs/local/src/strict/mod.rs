@@ -30,8 +30,8 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //!
-//! use kcl::local::strict::RefusalKind;
-//! use kcl::local::{LocalAws, LocalAwsOptions};
+//! use kcl_local::strict::RefusalKind;
+//! use kcl_local::{LocalAws, LocalAwsOptions};
 //!
 //! let aws = LocalAws::start(LocalAwsOptions::strict()).await?;
 //! let strict = aws.strict().expect("strict mode is on");
@@ -58,8 +58,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::faults::{FaultPlan, FaultProxy, ProxyLayer, action_of};
-use crate::aws::Endpoints;
 use iam::Principals;
+use kcl::aws::Endpoints;
 
 pub use access::StrictIam;
 pub use dynamodb::{DynamoDbLimits, StrictDynamoDb};

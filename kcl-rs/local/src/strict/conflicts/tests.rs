@@ -1,5 +1,5 @@
 use super::*;
-use crate::local::faults::{dynamodb_target, kinesis_target};
+use crate::faults::{dynamodb_target, kinesis_target};
 
 fn leases_schema(table: &str) -> Option<KeySchema> {
     match table {

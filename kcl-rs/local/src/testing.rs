@@ -13,7 +13,7 @@ use super::{KinesisBackend, LocalAwsOptions};
 /// tests run against an external Kinesis).
 ///
 /// ```
-/// let (a, b) = (kcl::local::testing::unique("orders"), kcl::local::testing::unique("orders"));
+/// let (a, b) = (kcl_local::testing::unique("orders"), kcl_local::testing::unique("orders"));
 /// assert!(a.starts_with("orders-") && a != b);
 /// ```
 pub fn unique(prefix: &str) -> String {
@@ -99,7 +99,7 @@ const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 /// Standard padded base64, for test fixtures (no base64 crate in the workspace).
 ///
 /// ```
-/// use kcl::local::testing::{base64_decode, base64_encode};
+/// use kcl_local::testing::{base64_decode, base64_encode};
 /// assert_eq!(base64_encode(b"Ma"), "TWE=");
 /// assert_eq!(base64_decode("TWE="), b"Ma");
 /// ```

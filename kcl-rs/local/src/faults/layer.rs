@@ -16,11 +16,11 @@
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //!
 //! use kcl::aws::{Clients, Endpoints};
-//! use kcl::local::faults::{
+//! use kcl_local::faults::{
 //!     Answer, FaultPlan, FaultProxy, Forward, LayerFuture, ProxyLayer, ProxyRequest,
 //!     dynamodb_target,
 //! };
-//! use kcl::local::{LocalAws, LocalAwsOptions};
+//! use kcl_local::{LocalAws, LocalAwsOptions};
 //!
 //! /// Refuses DeleteTable as IAM would, and counts the ListTables answers it saw.
 //! #[derive(Default)]

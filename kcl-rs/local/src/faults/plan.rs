@@ -196,7 +196,7 @@ enum Trigger {
 /// how often (a probability, or the next N), and what fault.
 ///
 /// ```
-/// use kcl::local::faults::{Fault, Rule};
+/// use kcl_local::faults::{Fault, Rule};
 ///
 /// // Half of all GetRecords calls are throttled.
 /// let throttle = Rule::kinesis("GetRecords", Fault::throughput_exceeded()).with_probability(0.5);
@@ -284,7 +284,7 @@ pub struct RuleId(u64);
 /// a different order from run to run.)
 ///
 /// ```
-/// use kcl::local::faults::{Call, Fault, FaultInjector, FaultPlan, Rule};
+/// use kcl_local::faults::{Call, Fault, FaultInjector, FaultPlan, Rule};
 ///
 /// let plan = FaultPlan::new(7);
 /// let id = plan.add(Rule::dynamodb("PutItem", Fault::service_unavailable()).for_next(1));
