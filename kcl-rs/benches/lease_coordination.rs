@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::{BoxFuture, Change, Expect, Lease, LeaseError, LeaseStore, Membership};
 use kcl_local::{LocalAws, LocalAwsOptions};

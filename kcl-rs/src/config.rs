@@ -68,8 +68,7 @@ pub struct WorkerConfig {
     pub(crate) failover_time: Duration,
     /// How often a taking cycle runs: the two watcher workers read the worker group
     /// then (so a departure is noticed within one), and every worker lists the lease
-    /// table when something changed. Default 750 ms; see
-    /// [`LeaseConfig::taking_interval`](crate::leases::coordinator::LeaseConfig::taking_interval).
+    /// table when something changed. Default 750 ms.
     pub(crate) taking_interval: Duration,
     /// How long a graceful handoff may take before the lease is taken by force.
     /// Default: the failover time.
@@ -137,8 +136,7 @@ impl WorkerConfig {
 
     /// How often a taking cycle runs: the two watcher workers read the worker group
     /// then (so a departure is noticed within one), and every worker lists the lease
-    /// table when something changed. Default 750 ms; see
-    /// [`LeaseConfig::taking_interval`](crate::leases::coordinator::LeaseConfig::taking_interval).
+    /// table when something changed. Default 750 ms.
     pub fn taking_interval(&self) -> Duration {
         self.taking_interval
     }

@@ -83,6 +83,14 @@
 //! `kcl_local`) embeds Kinesis and DynamoDB emulators on loopback; this crate compiles
 //! none of it.
 //!
+//! The engine behind the [`Worker`] (lease coordination, lease handles, the shard
+//! reader) is not part of the API: a processor cannot renew or release a lease
+//! behind the worker's back.
+//!
+//! ```compile_fail
+//! use kcl::leases::handle::LeaseHandle; // private: does not compile
+//! ```
+//!
 //! Modules, one per concern:
 //! - [`aws`]: SDK clients for real AWS or a local endpoint.
 //! - [`stream`]: stream administration and shard listing.
@@ -92,7 +100,7 @@
 //! - [`worker`]: the worker that runs everything until cancelled.
 //! - [`lifecycle`]: the per-shard consumer state machine.
 //! - [`leases`]: the lease record, its storage and the decisions about it.
-//! - [`shard_sync`]: which leases to create and delete from the shard list.
+//! - `shard_sync` (internal): which leases to create and delete from the shard list.
 //! - [`kpl`]: the KPL aggregated record format, deaggregation and aggregation.
 //! - [`retrieval`]: reading a shard by polling GetRecords, with a prefetching task.
 
@@ -106,7 +114,9 @@ pub mod leases;
 pub mod lifecycle;
 pub mod processor;
 pub mod retrieval;
-pub mod shard_sync;
+// Some of it only `kcl::internals` uses.
+#[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+pub(crate) mod shard_sync;
 pub mod worker;
 
 // The KPL format, hash-key routing and stream administration live in the kinesis-core
@@ -129,4 +139,24 @@ pub use shard_sync::ShardSyncError;
 pub use stream::StreamError;
 /// The token that stops a [`Worker`]: `Worker::run` returns after it is cancelled.
 pub use tokio_util::sync::CancellationToken;
+
+/// Engine internals, for this workspace's own tests, benchmarks and harness binaries
+/// (feature `internals`): lease coordination, lease handles, expiry tracking, the
+/// taking and shard-sync decisions, the shard reader and its prefetcher. No stability
+/// promise; an application uses [`Worker`] and never needs them.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::leases::coordinator::{
+        CoordinatorStats, LeaseConfig, LeaseCoordinator, LeaseEvent,
+    };
+    pub use crate::leases::expiry::ExpiryTracker;
+    pub use crate::leases::handle::{HandleError, LeaseHandle, LeasePhase, RenewOutcome};
+    pub use crate::leases::taker::{TakeAction, TakerInput, plan_takes, target_per_worker};
+    pub use crate::retrieval::polling::{
+        Batch, ChildShardRef, GET_RECORDS_MAX, RetrievalConfig, ShardReader,
+    };
+    pub use crate::retrieval::prefetch::{DEFAULT_PREFETCH_DEPTH, Prefetcher, spawn_prefetcher};
+    pub use crate::shard_sync::{ShardSyncer, SyncPlan, SyncReport, plan_sync};
+}
 pub use worker::{Worker, WorkerError, WorkerEvent};

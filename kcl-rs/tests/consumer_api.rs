@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::{Lease, LeaseStore, MemoryLeaseStore};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::stream;

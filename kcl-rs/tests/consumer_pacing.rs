@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use kcl::retrieval::{RetrievalConfig, ShardReader};
+use kcl::internals::{RetrievalConfig, ShardReader};
 use kcl::stream;
 use kcl_local::LocalAws;
 use kcl_local::faults::{FaultProxy, kinesis_target};

@@ -17,12 +17,13 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, SequencePosition};
 use kcl::config::{InitialPosition, WorkerConfig};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
-use kcl::leases::expiry::ExpiryTracker;
-use kcl::leases::handle::{LeaseHandle, LeasePhase, LostReason};
+use kcl::internals::ExpiryTracker;
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{LeaseHandle, LeasePhase};
+use kcl::internals::{RetrievalConfig, ShardReader};
+use kcl::leases::LostReason;
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseError, LeaseStore};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
-use kcl::retrieval::{RetrievalConfig, ShardReader};
 use kcl::worker::Worker;
 use kcl_local::LocalAws;
 use kcl_local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target, kinesis_target};
@@ -625,7 +626,7 @@ async fn reader_with_records(env: &Env, records: usize) -> ShardReader {
     )
 }
 
-fn data(batch: &kcl::retrieval::Batch) -> Vec<String> {
+fn data(batch: &kcl::internals::Batch) -> Vec<String> {
     batch
         .records
         .iter()

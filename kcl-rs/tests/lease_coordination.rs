@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kcl::checkpoint::ExtendedSequenceNumber;
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{HandleError, LeaseHandle, RenewOutcome};
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::handle::{HandleError, LeaseHandle, RenewOutcome};
 use kcl::leases::{Lease, LeaseStore};
 use kcl_local::LocalAws;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::LeasePhase;
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::leases::LostReason;
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::handle::{LeasePhase, LostReason};
 use kcl::leases::{Lease, LeaseStore};
 use kcl_local::LocalAws;
 use kcl_local::faults::{Fault, FaultKind, FaultProxy, Rule, dynamodb_target};

@@ -10,9 +10,9 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TransactWriteItem,
 };
 use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{HandleError, LeaseHandle};
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::{DynamoLeaseStore, ownership_check};
-use kcl::leases::handle::{HandleError, LeaseHandle};
 use kcl::leases::{Lease, LeaseStore};
 use kcl_local::testing::{unique, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -252,7 +252,7 @@ async fn ownership_check_follows_a_graceful_handoff() {
     wait_for("worker-a to notice the request", DEADLINE, || async {
         matches!(
             a_handle.phase(),
-            kcl::leases::handle::LeasePhase::HandingOff { .. }
+            kcl::internals::LeasePhase::HandingOff { .. }
         )
         .then_some(())
     })

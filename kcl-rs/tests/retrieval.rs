@@ -7,11 +7,9 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::internals::{Batch, ChildShardRef, RetrievalConfig, ShardReader, spawn_prefetcher};
 use kcl::kpl::{Aggregator, MAGIC};
-use kcl::retrieval::{
-    Batch, ChildShardRef, KinesisClientRecord, RetrievalConfig, RetrievalError, ShardReader,
-    spawn_prefetcher,
-};
+use kcl::retrieval::{KinesisClientRecord, RetrievalError};
 use kcl::stream;
 use kcl_local::{EXTERNAL_KINESIS_ENV, KinesisBackend, LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;

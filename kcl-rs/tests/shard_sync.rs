@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::internals::ShardSyncer;
 use kcl::leases::{DynamoLeaseStore, Lease, LeaseStore};
-use kcl::shard_sync::ShardSyncer;
 use kcl::stream;
 
 mod common;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use kcl::leases::dynamo::DynamoLeaseStore;
 use kcl::leases::{Lease, LeaseStore};
 use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule};
@@ -59,7 +59,7 @@ async fn settle(workers: &[Running], each: usize) {
         held.len() == each
             && held
                 .iter()
-                .all(|h| h.phase() == kcl::leases::handle::LeasePhase::Held)
+                .all(|h| h.phase() == kcl::internals::LeasePhase::Held)
     }) {
         assert!(
             started.elapsed() < Duration::from_secs(300),

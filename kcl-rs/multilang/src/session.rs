@@ -351,7 +351,7 @@ impl Checkpointing for NoCheckpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kcl::leases::handle::LostReason;
+    use kcl::leases::LostReason;
 
     #[test]
     fn checkpoint_requests_by_phase() {

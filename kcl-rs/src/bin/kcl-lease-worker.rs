@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kcl::aws::{Clients, Endpoints};
-use kcl::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{LeaseConfig, LeaseCoordinator, LeaseEvent};
+use kcl::internals::{LeaseHandle, LeasePhase};
 use kcl::leases::dynamo::DynamoLeaseStore;
-use kcl::leases::handle::{LeaseHandle, LeasePhase};
 use tokio_util::sync::CancellationToken;
 
 fn emit(event: &str, lease: &str, detail: &str) {

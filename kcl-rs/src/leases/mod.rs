@@ -2,13 +2,19 @@
 //!
 //! - [`lease`]: the lease record and its lifecycle states.
 //! - [`store`]: the storage trait; [`dynamo`] over DynamoDB, [`memory`] in memory.
-//! - [`taker`]: which leases a worker takes (a pure function of what it sees).
+//! - `coordinator`, `handle`, `expiry`, `taker` (internal): the worker group, lease
+//!   renewal and taking; which leases a worker takes is a pure function of what it
+//!   sees.
 //! - [`table`]: creating a table unless it exists and waiting until it is ACTIVE.
 
-pub mod coordinator;
+// Some of it only `kcl::internals` uses.
+#[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+pub(crate) mod coordinator;
 pub mod dynamo;
-pub mod expiry;
-pub mod handle;
+pub(crate) mod expiry;
+// Some of it only `kcl::internals` uses.
+#[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+pub(crate) mod handle;
 mod item;
 pub mod lease;
 pub mod memory;
@@ -16,9 +22,10 @@ mod retry;
 mod scan;
 pub mod store;
 pub mod table;
-pub mod taker;
+pub(crate) mod taker;
 
 pub use dynamo::DynamoLeaseStore;
+pub use handle::LostReason;
 pub use lease::{Lease, LeaseState, ShardLoad};
 pub use memory::MemoryLeaseStore;
 pub use store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, Membership, WorkerHeartbeat};

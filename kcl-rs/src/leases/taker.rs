@@ -77,7 +77,7 @@ impl TakeAction {
 /// lease has room somewhere unless `max` forbids it. `live` is taken as at least 1.
 ///
 /// ```
-/// use kcl::leases::taker::target_per_worker;
+/// use kcl::internals::target_per_worker;
 /// assert_eq!(target_per_worker(8, 3, None), 3);
 /// assert_eq!(target_per_worker(8, 4, None), 2);
 /// assert_eq!(target_per_worker(8, 1, Some(5)), 5);
@@ -118,7 +118,7 @@ pub fn target_per_worker(counted: usize, live: usize, max: Option<usize>) -> usi
 /// use std::collections::HashSet;
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 /// use kcl::leases::Lease;
-/// use kcl::leases::taker::{plan_takes, TakeAction, TakerInput};
+/// use kcl::internals::{plan_takes, TakeAction, TakerInput};
 ///
 /// let start = ExtendedSequenceNumber::new(SequencePosition::TrimHorizon);
 /// let mut held = Lease::new("shardId-0", start.clone());

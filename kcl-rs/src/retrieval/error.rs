@@ -2,7 +2,7 @@
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-/// A failure [`ShardReader::next_batch`](super::ShardReader::next_batch) cannot retry
+/// A failure reading a shard (the shard reader's `next_batch`) cannot retry
 /// its way out of. Throttling, 5xx answers, timeouts and network failures are retried
 /// inside the reader and never surface here; an expired iterator is re-acquired.
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +61,14 @@ pub enum RetrievalError {
         message: String,
     },
     /// The start position is `AT_TIMESTAMP` but
-    /// [`RetrievalConfig::at_timestamp`](super::RetrievalConfig::at_timestamp) is not set.
+    /// no timestamp is configured (a worker gets it from
+    /// [`InitialPosition::AtTimestamp`](crate::InitialPosition::AtTimestamp)).
     #[error("shard {shard_id} starts AT_TIMESTAMP but no timestamp is configured")]
     MissingTimestamp {
         /// The shard being read.
         shard_id: String,
     },
-    /// A [`RetrievalConfig`](super::RetrievalConfig) value out of range.
+    /// A retrieval setting out of range.
     #[error("invalid retrieval config: {field} {problem}")]
     InvalidConfig {
         /// The field.

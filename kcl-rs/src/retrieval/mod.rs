@@ -1,10 +1,10 @@
 //! Retrieval: reading a shard's records by polling, ahead of the processor.
 //!
-//! - [`ShardReader`] (`polling`): GetShardIterator from a checkpoint or start sentinel,
+//! - `ShardReader` (`polling`, internal): GetShardIterator from a checkpoint or start sentinel,
 //!   then GetRecords until the shard ends, with pacing, backoff and iterator renewal.
 //! - [`KinesisClientRecord`] (`record`): what a processor sees — KPL aggregates split
 //!   into user records addressed by (sequence number, sub-sequence number).
-//! - [`spawn_prefetcher`] (`prefetch`): a task that keeps the next batches ready so
+//! - `spawn_prefetcher` (`prefetch`, internal): a task that keeps the next batches ready so
 //!   GetRecords overlaps processing.
 //! - [`RetrievalError`] (`error`): the failures retrying cannot fix.
 //! - `gone`: a shard Kinesis answers ResourceNotFound for is read as ended when the
@@ -17,11 +17,14 @@
 mod backoff;
 mod error;
 mod gone;
-mod polling;
-mod prefetch;
+// Some of it only `kcl::internals` uses.
+#[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+pub(crate) mod polling;
+#[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+pub(crate) mod prefetch;
 mod record;
 
 pub use error::RetrievalError;
-pub use polling::{Batch, ChildShardRef, GET_RECORDS_MAX, RetrievalConfig, ShardReader};
-pub use prefetch::{DEFAULT_PREFETCH_DEPTH, Prefetcher, spawn_prefetcher};
+pub(crate) use polling::{ChildShardRef, RetrievalConfig, ShardReader};
+pub(crate) use prefetch::{Prefetcher, spawn_prefetcher};
 pub use record::{Deaggregated, KinesisClientRecord, deaggregate_records};

@@ -22,7 +22,7 @@ pub const GET_RECORDS_MAX: i32 = 10_000;
 ///
 /// ```
 /// use std::time::Duration;
-/// use kcl::retrieval::RetrievalConfig;
+/// use kcl::internals::RetrievalConfig;
 ///
 /// let config = RetrievalConfig {
 ///     max_records: 500,
@@ -168,7 +168,7 @@ impl Batch {
 /// use aws_sdk_kinesis::primitives::Blob;
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 /// use kcl_local::{LocalAws, LocalAwsOptions};
-/// use kcl::retrieval::{RetrievalConfig, ShardReader};
+/// use kcl::internals::{RetrievalConfig, ShardReader};
 ///
 /// let aws = LocalAws::start(LocalAwsOptions::default()).await?;
 /// let kinesis = aws.clients().await.kinesis;

@@ -63,7 +63,7 @@ impl Prefetcher {
 /// use std::time::Duration;
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 /// use kcl_local::{LocalAws, LocalAwsOptions};
-/// use kcl::retrieval::{spawn_prefetcher, RetrievalConfig, ShardReader, DEFAULT_PREFETCH_DEPTH};
+/// use kcl::internals::{spawn_prefetcher, RetrievalConfig, ShardReader, DEFAULT_PREFETCH_DEPTH};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// let aws = LocalAws::start(LocalAwsOptions::default()).await?;

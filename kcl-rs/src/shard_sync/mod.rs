@@ -53,7 +53,7 @@ pub enum ShardSyncError {
 /// use std::sync::Arc;
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 /// use kcl::leases::dynamo::DynamoLeaseStore;
-/// use kcl::shard_sync::ShardSyncer;
+/// use kcl::internals::ShardSyncer;
 ///
 /// let store = Arc::new(DynamoLeaseStore::new(clients.dynamodb.clone(), "MyApp"));
 /// let syncer = ShardSyncer::new(

@@ -63,7 +63,7 @@ impl SyncPlan {
 ///
 /// ```
 /// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-/// use kcl::shard_sync::plan_sync;
+/// use kcl::internals::plan_sync;
 /// use kcl::stream::ShardInfo;
 ///
 /// let shard = |id: &str, parent: Option<&str>, range: (u128, u128), open: bool| ShardInfo {

@@ -54,7 +54,7 @@ use membership::Group;
 ///
 /// ```
 /// use std::time::Duration;
-/// let config = kcl::leases::coordinator::LeaseConfig::new("worker-1");
+/// let config = kcl::internals::LeaseConfig::new("worker-1");
 /// assert_eq!(config.failover_time, Duration::from_secs(10));
 /// assert_eq!(config.renewal_interval(), Duration::from_secs(10) / 3);
 /// ```

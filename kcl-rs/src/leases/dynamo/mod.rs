@@ -174,7 +174,7 @@ impl DynamoLeaseStore {
     }
 
     /// Fits the client's timeouts inside `failover_time` (the coordinator's
-    /// [`failover_time`](super::coordinator::LeaseConfig::failover_time)): each attempt
+    /// failover time, [`WorkerConfig::failover_time`](crate::WorkerConfig::failover_time)): each attempt
     /// a fifth of it, the whole call with its SDK retries half of it. A renewal has
     /// only the rest of the failover time; one hung connection held for the SDK's usual
     /// 20 s would cost the lease.
