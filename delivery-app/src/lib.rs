@@ -4,8 +4,8 @@
 //!
 //! - [`sim`]: the simulation (grid, drivers, orders) and its ground truth.
 //! - [`events`]: the JSON schema on the stream and its validating parser.
-//! - [`stats`]: the consumer: an exactly-once record processor, its DynamoDB store and
-//!   the report `delivery-app stats` prints.
+//! - [`stats`]: the consumer: an exactly-once record processor and its DynamoDB store.
+//! - [`report`]: what `delivery-app stats` prints, beside the ground truth.
 //! - [`sink`]: putting simulated events on the stream with the producer.
 //! - [`autoscaler`]: splitting hot shards and merging cold ones from the lease loads.
 //! - [`scenario`]: a whole run — workers as processes, crashes, resharding — shared by
@@ -24,6 +24,7 @@ pub mod clock;
 pub mod connect;
 pub mod events;
 pub mod principals;
+pub mod report;
 pub mod scenario;
 pub mod sim;
 pub mod sink;

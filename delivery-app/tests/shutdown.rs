@@ -55,6 +55,7 @@ fn spawn_worker(
     app: &str,
     id: &str,
     log: &Path,
+    failover: Duration,
 ) -> Child {
     Command::new(EXE)
         .args([
@@ -65,7 +66,8 @@ fn spawn_worker(
             dynamodb,
         ])
         .args(["--stream", stream, "--app", app, "--worker-id", id])
-        .args(["--failover-ms", "3000", "--poll-ms", "100"])
+        .args(["--failover-ms", &failover.as_millis().to_string()])
+        .args(["--poll-ms", "100"])
         .env("AWS_ACCESS_KEY_ID", Role::Worker.access_key_id())
         .env("RUST_LOG", "warn")
         .stderr(std::fs::File::create(log).unwrap())
@@ -135,7 +137,18 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_silent_and_the_next_owner_is
     let s = setup().await;
     put_orders(&s.clients, &s.stream, 0, 10).await;
     let log = s.dir.join("w1.log");
-    let mut w1 = spawn_worker(&s.kinesis, &s.proxy.url(), &s.stream, &s.app, "w1", &log);
+    // Once DynamoDB is silent, w1 still holds its lease for up to the failover time, and
+    // must read and apply the next orders within it: long enough for a loaded machine.
+    let failover = Duration::from_secs(10);
+    let mut w1 = spawn_worker(
+        &s.kinesis,
+        &s.proxy.url(),
+        &s.stream,
+        &s.app,
+        "w1",
+        &log,
+        failover,
+    );
     wait_for(
         "the first orders applied",
         Duration::from_secs(60),
@@ -183,6 +196,7 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_silent_and_the_next_owner_is
         &s.app,
         "w2",
         &s.dir.join("w2.log"),
+        failover,
     );
     let stats = wait_for("every order applied", Duration::from_secs(60), || async {
         let stats = s.store.read().await.ok()?;
@@ -220,7 +234,15 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_away() {
     let s = setup().await;
     put_orders(&s.clients, &s.stream, 0, 5).await;
     let log = s.dir.join("w1.log");
-    let mut w1 = spawn_worker(&s.kinesis, &s.proxy.url(), &s.stream, &s.app, "w1", &log);
+    let mut w1 = spawn_worker(
+        &s.kinesis,
+        &s.proxy.url(),
+        &s.stream,
+        &s.app,
+        "w1",
+        &log,
+        Duration::from_secs(3),
+    );
     wait_for(
         "the first orders applied",
         Duration::from_secs(60),

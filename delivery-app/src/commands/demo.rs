@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use delivery_app::autoscaler::ScalerConfig;
 use delivery_app::connect::NameArgs;
+use delivery_app::report::to_table;
 use delivery_app::scenario::{self, ScenarioConfig, Step};
-use delivery_app::stats::report::to_table;
 use delivery_app::stats::summary::thousands;
 use kcl::aws::Endpoints;
 use kcl_local::{LocalAws, LocalAwsOptions};

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use delivery_app::connect::{AwsArgs, NameArgs};
+use delivery_app::report::{to_json, to_table};
 use delivery_app::sim::GroundTruth;
 use delivery_app::stats::StatsStore;
-use delivery_app::stats::report::{to_json, to_table};
 
 use super::CommandError;
 
@@ -76,7 +76,7 @@ pub async fn run(args: StatsArgs) -> Result<(), CommandError> {
         }
     }
     if let Some(truth) = &truth
-        && !delivery_app::stats::report::compare(&stats, truth).matches
+        && !delivery_app::report::compare(&stats, truth).matches
     {
         std::process::exit(1);
     }

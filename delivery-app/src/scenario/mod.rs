@@ -30,9 +30,9 @@ pub use workers::{WorkerLauncher, WorkerProcess};
 use crate::autoscaler::{self, Action, ScalerConfig};
 use crate::connect::{AwsArgs, NameArgs};
 use crate::principals::Role;
+use crate::report::{TruthComparison, compare, live_line};
 use crate::sim::{GroundTruth, SimConfig, Simulation};
 use crate::sink::{EventSink, Progress, replay};
-use crate::stats::report::{TruthComparison, compare, live_line};
 use crate::stats::summary::thousands;
 use crate::stats::{StatsStore, StoredStats};
 use crate::worker::WorkerFlags;
@@ -174,6 +174,13 @@ impl Fleet {
         Ok(id)
     }
 
+    fn start_all(&mut self, workers: usize) -> Result<(), ScenarioError> {
+        for n in 0..workers {
+            self.start(n)?;
+        }
+        Ok(())
+    }
+
     async fn stop_all(&mut self) {
         let stops = self
             .running
@@ -194,11 +201,127 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
 /// Runs a scenario to its end, with each worker on its own network host when `hosts`
 /// is given (the workers then reach AWS at [`HostNetwork::worker_endpoints`], and
 /// [`Step::Network`] faults can be injected).
+///
+/// In phases: [`prepare`] the stream, tables and worker fleet; start producing and the
+/// background tasks ([`Background`]); perform the steps as the simulation reaches
+/// them; [`settle`] until the statistics reflect every record; stop and report.
 pub async fn run_with_hosts(
     config: ScenarioConfig,
     hosts: Option<Arc<dyn HostNetwork>>,
     say: Narrator,
 ) -> Result<ScenarioReport, ScenarioError> {
+    let Prepared {
+        producer,
+        resharder,
+        store,
+        leases,
+        mut fleet,
+    } = prepare(&config, hosts).await?;
+    let mut consume_started = Instant::now();
+    if !config.workers_after_production {
+        fleet.start_all(config.workers)?;
+    }
+    say(&format!(
+        "{} {} worker processes ({}), stream {} with {} shards",
+        if config.workers_after_production {
+            "will start"
+        } else {
+            "started"
+        },
+        config.workers,
+        (1..=config.workers)
+            .map(|n| format!("w{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.stream,
+        config.shards
+    ));
+
+    // Producing, and what watches it.
+    let (progress_tx, progress) = watch::channel(Progress::default());
+    let mut sink = EventSink::new(
+        producer.kinesis.clone(),
+        &config.stream,
+        config.track_latency,
+    )?;
+    let started = Instant::now();
+    let background =
+        Background::start(&config, &sink, &store, &resharder, &progress, &say, started);
+    let producing = tokio::spawn({
+        let (sim_config, speed, cancel) =
+            (config.sim.clone(), config.speed, background.stop.clone());
+        async move {
+            let mut sim = Simulation::new(sim_config);
+            replay(&mut sim, &mut sink, speed, &progress_tx, &cancel).await;
+            let truth = sim.truth();
+            sink.finish().await?;
+            Ok::<_, ScenarioError>((truth, started.elapsed()))
+        }
+    });
+
+    // The steps, each when the simulation reaches it.
+    let mut steps = config.steps.clone();
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, step) in steps {
+        let mut progress = progress.clone();
+        let _ = progress.wait_for(|p| p.fraction >= at || p.done).await;
+        let text = perform(&step, &mut fleet, &resharder, leases.as_ref(), &config).await?;
+        say(&text);
+        background.note(text);
+    }
+
+    let (truth, produce_time) = producing.await??;
+    if config.workers_after_production {
+        consume_started = Instant::now();
+        fleet.start_all(config.workers)?;
+    }
+    say(&format!(
+        "all {} events written in {:.1}s; waiting for the statistics to reflect them",
+        thousands(truth.records),
+        produce_time.as_secs_f64()
+    ));
+    settle(&store, &truth, Instant::now() + config.settle_timeout).await?;
+    let (end_to_end_time, consume_time) = (started.elapsed(), consume_started.elapsed());
+
+    // Stop and report.
+    let (latencies, actions) = background.finish().await?;
+    let stats = store.read().await?;
+    let unexpected_dead_letters = if stats.totals.dead_letters == truth.dead_letters {
+        Vec::new()
+    } else {
+        store.dead_letters(20).await.unwrap_or_default()
+    };
+    fleet.stop_all().await;
+    Ok(ScenarioReport {
+        comparison: compare(&stats, &truth),
+        truth,
+        stats,
+        produce_time,
+        end_to_end_time,
+        consume_time,
+        latencies,
+        actions,
+        unexpected_dead_letters,
+    })
+}
+
+/// What [`prepare`] sets up.
+struct Prepared {
+    /// Signs as `delivery-app produce` would.
+    producer: Clients,
+    /// Signs as `delivery-app reshard` would.
+    resharder: Clients,
+    store: Arc<StatsStore>,
+    leases: Arc<dyn LeaseStore>,
+    /// No worker started yet.
+    fleet: Fleet,
+}
+
+/// The first phase: the stream and tables exist, and the fleet is ready to start.
+async fn prepare(
+    config: &ScenarioConfig,
+    hosts: Option<Arc<dyn HostNetwork>>,
+) -> Result<Prepared, ScenarioError> {
     let clients = Clients::connect(&config.endpoints).await;
     clients.verify().await?;
     // Who does what: the administrator (unrestricted) sets up and looks; the producer
@@ -238,7 +361,7 @@ pub async fn run_with_hosts(
         }
         .to_args(),
     );
-    let mut fleet = Fleet {
+    let fleet = Fleet {
         launcher: WorkerLauncher {
             exe: config.exe.clone(),
             args,
@@ -254,188 +377,160 @@ pub async fn run_with_hosts(
         restarts: 0,
         killed: None,
     };
-    let start_fleet = |fleet: &mut Fleet| -> Result<(), ScenarioError> {
-        for n in 0..config.workers {
-            fleet.start(n)?;
-        }
-        Ok(())
-    };
-    let mut consume_started = Instant::now();
-    if !config.workers_after_production {
-        start_fleet(&mut fleet)?;
-    }
-    say(&format!(
-        "{} {} worker processes ({}), stream {} with {} shards",
-        if config.workers_after_production {
-            "will start"
-        } else {
-            "started"
-        },
-        config.workers,
-        (1..=config.workers)
-            .map(|n| format!("w{n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        config.stream,
-        config.shards
-    ));
+    Ok(Prepared {
+        producer,
+        resharder,
+        store,
+        leases,
+        fleet,
+    })
+}
 
-    let background = CancellationToken::new();
-    let (progress_tx, progress) = watch::channel(Progress::default());
-    let mut sink = EventSink::new(
-        producer.kinesis.clone(),
-        &config.stream,
-        config.track_latency,
-    )?;
-    let positions = sink.positions();
-    let counters = sink.counters();
-    let started = Instant::now();
-    let producing = tokio::spawn({
-        let (sim_config, speed, cancel) = (config.sim.clone(), config.speed, background.clone());
-        async move {
-            let mut sim = Simulation::new(sim_config);
-            replay(&mut sim, &mut sink, speed, &progress_tx, &cancel).await;
-            let truth = sim.truth();
-            sink.finish().await?;
-            Ok::<_, ScenarioError>((truth, started.elapsed()))
-        }
-    });
+/// The tasks that run beside producing until the statistics settle: the live line,
+/// the auto-scaler and the latency tracker; and the log of actions taken (steps and
+/// the auto-scaler's decisions).
+struct Background {
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    latency: Option<tokio::task::JoinHandle<Vec<Duration>>>,
+    actions_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    actions: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
 
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(every) = config.live_every {
-        let (store, say, progress, stop) = (
-            Arc::clone(&store),
-            Arc::clone(&say),
-            progress.clone(),
-            background.clone(),
-        );
-        let counters = Arc::clone(&counters);
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
+impl Background {
+    fn start(
+        config: &ScenarioConfig,
+        sink: &EventSink,
+        store: &Arc<StatsStore>,
+        resharder: &Clients,
+        progress: &watch::Receiver<Progress>,
+        say: &Narrator,
+        started: Instant,
+    ) -> Background {
+        let stop = CancellationToken::new();
+        let (actions_tx, actions) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(every) = config.live_every {
+            let (store, say, progress, stop) = (
+                Arc::clone(store),
+                Arc::clone(say),
+                progress.clone(),
+                stop.clone(),
+            );
+            let counters = sink.counters();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if let Ok(stats) = store.read().await {
+                        let p = *progress.borrow();
+                        say(&format!(
+                            "[{:>5.1}s] sim {:>3.0}%, put {:>7} | {}",
+                            started.elapsed().as_secs_f64(),
+                            p.fraction * 100.0,
+                            thousands(
+                                counters
+                                    .acknowledged
+                                    .load(std::sync::atomic::Ordering::Relaxed)
+                            ),
+                            live_line(&stats)
+                        ));
+                    }
                 }
-                if let Ok(stats) = store.read().await {
-                    let p = *progress.borrow();
-                    say(&format!(
-                        "[{:>5.1}s] sim {:>3.0}%, put {:>7} | {}",
-                        started.elapsed().as_secs_f64(),
-                        p.fraction * 100.0,
-                        thousands(
-                            counters
-                                .acknowledged
-                                .load(std::sync::atomic::Ordering::Relaxed)
-                        ),
-                        live_line(&stats)
-                    ));
+            });
+        }
+        if let Some(scaler) = config.autoscale.clone() {
+            let (kinesis, leases, stream, stop) = (
+                resharder.kinesis.clone(),
+                Arc::new(DynamoLeaseStore::new(
+                    resharder.dynamodb.clone(),
+                    &config.app,
+                )) as Arc<dyn LeaseStore>,
+                config.stream.clone(),
+                stop.clone(),
+            );
+            let (say, actions_tx) = (Arc::clone(say), actions_tx.clone());
+            tasks.spawn(async move {
+                autoscaler::run(kinesis, leases, stream, scaler, stop, move |action, _| {
+                    let text = format!("auto-scaler: {}", describe(action));
+                    say(&text);
+                    let _ = actions_tx.send(text);
+                })
+                .await;
+            });
+        }
+        let positions = sink.positions();
+        let latency = config.track_latency.then(|| {
+            let (store, stop) = (Arc::clone(store), stop.clone());
+            tokio::spawn(async move {
+                let mut tracker = LatencyTracker::default();
+                loop {
+                    if let Some(positions) = &positions {
+                        tracker.add(std::mem::take(
+                            &mut *positions.lock().expect("not poisoned"),
+                        ));
+                    }
+                    if let Ok(marks) = store.watermarks().await {
+                        tracker.resolve(&marks, Instant::now());
+                    }
+                    if stop.is_cancelled() {
+                        return tracker.samples;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            }
-        });
-    }
-    let (actions_tx, mut actions_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    if let Some(scaler) = config.autoscale.clone() {
-        let (kinesis, leases, stream, stop) = (
-            resharder.kinesis.clone(),
-            Arc::new(DynamoLeaseStore::new(
-                resharder.dynamodb.clone(),
-                &config.app,
-            )) as Arc<dyn LeaseStore>,
-            config.stream.clone(),
-            background.clone(),
-        );
-        let (say, actions_tx) = (Arc::clone(&say), actions_tx.clone());
-        tasks.spawn(async move {
-            autoscaler::run(kinesis, leases, stream, scaler, stop, move |action, _| {
-                let text = format!("auto-scaler: {}", describe(action));
-                say(&text);
-                let _ = actions_tx.send(text);
             })
-            .await;
         });
-    }
-    let latency = config.track_latency.then(|| {
-        let (store, stop) = (Arc::clone(&store), background.clone());
-        tokio::spawn(async move {
-            let mut tracker = LatencyTracker::default();
-            loop {
-                if let Some(positions) = &positions {
-                    tracker.add(std::mem::take(
-                        &mut *positions.lock().expect("not poisoned"),
-                    ));
-                }
-                if let Ok(marks) = store.watermarks().await {
-                    tracker.resolve(&marks, Instant::now());
-                }
-                if stop.is_cancelled() {
-                    return tracker.samples;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    });
-
-    let mut steps = config.steps.clone();
-    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
-    for (at, step) in steps {
-        let mut progress = progress.clone();
-        let _ = progress.wait_for(|p| p.fraction >= at || p.done).await;
-        let text = perform(&step, &mut fleet, &resharder, leases.as_ref(), &config).await?;
-        say(&text);
-        let _ = actions_tx.send(text);
+        Background {
+            stop,
+            tasks,
+            latency,
+            actions_tx,
+            actions,
+        }
     }
 
-    let (truth, produce_time) = producing.await??;
-    if config.workers_after_production {
-        consume_started = Instant::now();
-        start_fleet(&mut fleet)?;
+    /// Records an action taken.
+    fn note(&self, action: String) {
+        let _ = self.actions_tx.send(action);
     }
-    say(&format!(
-        "all {} events written in {:.1}s; waiting for the statistics to reflect them",
-        thousands(truth.records),
-        produce_time.as_secs_f64()
-    ));
-    let deadline = Instant::now() + config.settle_timeout;
-    let (end_to_end_time, consume_time) = loop {
+
+    /// Stops every task; returns the latency samples and every action taken.
+    async fn finish(mut self) -> Result<(Vec<Duration>, Vec<String>), ScenarioError> {
+        let mut latencies = Vec::new();
+        if let Some(task) = self.latency {
+            // Let the tracker take one more look, then stop it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.stop.cancel();
+            latencies = task.await?;
+        }
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        drop(self.actions_tx);
+        let mut actions = Vec::new();
+        while let Some(a) = self.actions.recv().await {
+            actions.push(a);
+        }
+        Ok((latencies, actions))
+    }
+}
+
+/// Waits until the statistics account for every record of `truth` (applied or dead
+/// lettered), or `deadline` passes: the report then shows what is missing.
+async fn settle(
+    store: &StatsStore,
+    truth: &GroundTruth,
+    deadline: Instant,
+) -> Result<(), ScenarioError> {
+    loop {
         let stats = store.read().await?;
         let applied = stats.totals.sums.events + stats.totals.dead_letter_count();
         if applied >= truth.records || Instant::now() > deadline {
-            break (started.elapsed(), consume_started.elapsed());
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    let mut latencies = Vec::new();
-    if let Some(task) = latency {
-        // Let the tracker take one more look, then stop it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        background.cancel();
-        latencies = task.await?;
     }
-    background.cancel();
-    while tasks.join_next().await.is_some() {}
-    let stats = store.read().await?;
-    let unexpected_dead_letters = if stats.totals.dead_letters == truth.dead_letters {
-        Vec::new()
-    } else {
-        store.dead_letters(20).await.unwrap_or_default()
-    };
-    fleet.stop_all().await;
-    drop(actions_tx);
-    let mut actions = Vec::new();
-    while let Some(a) = actions_rx.recv().await {
-        actions.push(a);
-    }
-    Ok(ScenarioReport {
-        comparison: compare(&stats, &truth),
-        truth,
-        stats,
-        produce_time,
-        end_to_end_time,
-        consume_time,
-        latencies,
-        actions,
-        unexpected_dead_letters,
-    })
 }
 
 /// Waits at least 1.2× the failover time after `since` (until nobody could believe

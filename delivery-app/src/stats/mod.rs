@@ -8,7 +8,6 @@
 //! - [`isolate`]: which record explains a refused transaction (pure).
 //! - [`halt`]: how a processor stops its worker on an error no record explains.
 //! - [`processor`]: the kcl-rs record processor that ties them together.
-//! - [`report`]: what `delivery-app stats` prints.
 //!
 //! The design, and why it is exactly once, is in `docs/delivery-stats.md`.
 
@@ -17,7 +16,6 @@ pub mod isolate;
 pub mod items;
 pub mod plan;
 pub mod processor;
-pub mod report;
 pub mod size;
 pub mod store;
 pub mod summary;

@@ -1,14 +1,15 @@
 //! What `delivery-app stats` prints: the statistics as a table or JSON, and side by
-//! side with a ground truth.
+//! side with a ground truth. Apart from [`crate::stats`], which computes the
+//! statistics, since it needs the simulation's ground truth too.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::store::StoredStats;
-use super::summary::{Summary, money, seconds, thousands};
 use crate::events::Reason;
 use crate::sim::GroundTruth;
+use crate::stats::store::StoredStats;
+use crate::stats::summary::{Summary, money, seconds, thousands};
 
 /// The JSON `stats --json` prints.
 #[derive(Clone, Debug, Serialize)]
@@ -163,7 +164,7 @@ pub fn to_table(stats: &StoredStats, truth: Option<&GroundTruth>) -> String {
     let _ = writeln!(out, "\nTop 10 pickup regions by orders created:");
     let expected = truth.map(|t| &t.summary.top_regions);
     for i in 0..s.top_regions.len().max(expected.map_or(0, Vec::len)) {
-        let cell = |list: &Vec<super::summary::RegionCount>| {
+        let cell = |list: &Vec<crate::stats::summary::RegionCount>| {
             list.get(i)
                 .map(|c| format!("{:<9} {:>7}", c.region.to_string(), thousands(c.orders)))
                 .unwrap_or_default()
