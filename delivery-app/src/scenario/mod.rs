@@ -202,9 +202,9 @@ pub async fn run(config: ScenarioConfig, say: Narrator) -> Result<ScenarioReport
 /// is given (the workers then reach AWS at [`HostNetwork::worker_endpoints`], and
 /// [`Step::Network`] faults can be injected).
 ///
-/// In phases: [`prepare`] the stream, tables and worker fleet; start producing and the
-/// background tasks ([`Background`]); perform the steps as the simulation reaches
-/// them; [`settle`] until the statistics reflect every record; stop and report.
+/// In phases: `prepare` the stream, tables and worker fleet; start producing and the
+/// background tasks (`Background`); perform the steps as the simulation reaches
+/// them; `settle` until the statistics reflect every record; stop and report.
 pub async fn run_with_hosts(
     config: ScenarioConfig,
     hosts: Option<Arc<dyn HostNetwork>>,
