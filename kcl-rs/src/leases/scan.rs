@@ -45,6 +45,9 @@ pub(super) struct Seen<'a> {
 ///   at least two more than it, as the heartbeats say: a handoff would even them out.
 ///   After a departure the leader takes every lease left behind, so the others are
 ///   often at their rounded-down share while it is above the target.
+/// - This worker holds fewer than the target, once per failover time: a lease whose
+///   owner stopped renewing it but is still a member is taken by a worker below
+///   target, and with more workers than leases the rounded-down share is 0.
 /// - The leader, in addition, every `lease_scan_interval`: the slow path for a lease
 ///   whose owner heartbeats but stopped renewing that lease; expiry is judged across
 ///   two such listings.
@@ -67,7 +70,14 @@ pub(super) fn scan_due(last: &LastScan, seen: &Seen, config: &LeaseConfig) -> bo
     if seen.held < cap(last.leases / live) {
         return true;
     }
-    seen.held < cap(last.leases.div_ceil(live)) && seen.busiest >= seen.held as u64 + 2
+    if seen.held >= cap(last.leases.div_ceil(live)) {
+        return false;
+    }
+    // Below the target: at once when a handoff would even things out; otherwise once
+    // per failover time, so that a lease whose owner stopped renewing it without
+    // leaving the group (it gave its leases up when its heartbeats failed, then
+    // recovered) is seen expired and taken, even with more workers than leases.
+    seen.busiest >= seen.held as u64 + 2 || seen.at >= at + config.failover_time
 }
 
 #[cfg(test)]
@@ -93,6 +103,12 @@ mod tests {
             at: Some(t0),
             members: live(&["w1", "w2", "w3"]),
             leases: 8,
+            lease_generation: 3,
+        };
+        let three = LastScan {
+            at: Some(t0),
+            members: live(&["w1", "w2", "w3", "w4"]),
+            leases: 3,
             lease_generation: 3,
         };
         // (last, live, generation, held, busiest other, leader, elapsed) → due
@@ -165,6 +181,58 @@ mod tests {
                 false,
                 s(1),
                 true,
+            ),
+            // Below the target, nobody to ask: a look once per failover time (10 s).
+            (
+                &eight,
+                live(&["w1", "w2", "w3"]),
+                3,
+                2,
+                3,
+                false,
+                s(10),
+                true,
+            ),
+            (
+                &eight,
+                live(&["w1", "w2", "w3"]),
+                3,
+                3,
+                3,
+                false,
+                s(10),
+                false,
+            ),
+            // 3 leases on 4 workers: the share is 0, the target 1.
+            (
+                &three,
+                live(&["w1", "w2", "w3", "w4"]),
+                3,
+                0,
+                1,
+                false,
+                s(9),
+                false,
+            ),
+            (
+                &three,
+                live(&["w1", "w2", "w3", "w4"]),
+                3,
+                0,
+                1,
+                false,
+                s(10),
+                true,
+            ),
+            (
+                &three,
+                live(&["w1", "w2", "w3", "w4"]),
+                3,
+                1,
+                1,
+                false,
+                s(10),
+                false,
             ),
         ];
         for (i, (last, live, generation, held, busiest, leader, elapsed, due)) in
