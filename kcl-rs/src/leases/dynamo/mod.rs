@@ -173,11 +173,11 @@ impl DynamoLeaseStore {
         }
     }
 
-    /// Fits the client's timeouts inside `failover_time` (the coordinator's
-    /// failover time, [`WorkerConfig::failover_time`](crate::WorkerConfig::failover_time)): each attempt
-    /// a fifth of it, the whole call with its SDK retries half of it. A renewal has
-    /// only the rest of the failover time; one hung connection held for the SDK's usual
-    /// 20 s would cost the lease.
+    /// Fits the client's timeouts inside `failover_time` (the worker's
+    /// [`failover_time`](crate::WorkerConfig::failover_time)): each attempt a fifth of
+    /// it, the whole call with its SDK retries half of it. A renewal has only the rest
+    /// of the failover time; one hung connection held for the SDK's usual 20 s would
+    /// cost the lease.
     pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
         let config = self.client.config();
         self.client = Client::from_conf(
@@ -399,36 +399,11 @@ impl LeaseStore for DynamoLeaseStore {
         worker_id: &'a str,
         heartbeat: u64,
     ) -> BoxFuture<'a, Result<(), LeaseError>> {
-        Box::pin(async move {
-            let mut expression = Expression::default();
-            let member = expression.tagged_name("dead", &item::member_attribute(worker_id));
-            let held = expression.tagged_name("held", &item::held_attribute(worker_id));
-            let seen = expression.value("seen", item::number(heartbeat));
-            self.update_group(
-                expression,
-                format!("REMOVE {member}, {held}"),
-                Some(format!("{member} = {seen}")),
-                worker_id,
-            )
-            .await
-            .map(|_| ())
-        })
+        Box::pin(self.remove_member(worker_id, Some(heartbeat)))
     }
 
     fn remove_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LeaseError>> {
-        Box::pin(async move {
-            let mut expression = Expression::default();
-            let member = expression.tagged_name("leaving", &item::member_attribute(worker_id));
-            let held = expression.tagged_name("held", &item::held_attribute(worker_id));
-            self.update_group(
-                expression,
-                format!("REMOVE {member}, {held}"),
-                None,
-                worker_id,
-            )
-            .await
-            .map(|_| ())
-        })
+        Box::pin(self.remove_member(worker_id, None))
     }
 
     fn membership(&self) -> BoxFuture<'_, Result<Membership, LeaseError>> {
@@ -494,6 +469,30 @@ impl DynamoLeaseStore {
             .update_group(expression, update, condition, worker_id)
             .await?;
         Ok(item::to_membership(item.as_ref()))
+    }
+
+    /// Removes `worker_id`'s heartbeat and lease count from the group item; with
+    /// `heartbeat`, only if its heartbeat is still that one (an eviction).
+    async fn remove_member(
+        &self,
+        worker_id: &str,
+        heartbeat: Option<u64>,
+    ) -> Result<(), LeaseError> {
+        let mut expression = Expression::default();
+        let member = expression.tagged_name("member", &item::member_attribute(worker_id));
+        let held = expression.tagged_name("held", &item::held_attribute(worker_id));
+        let condition = heartbeat.map(|beat| {
+            let seen = expression.value("seen", item::number(beat));
+            format!("{member} = {seen}")
+        });
+        self.update_group(
+            expression,
+            format!("REMOVE {member}, {held}"),
+            condition,
+            worker_id,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// One conditional UpdateItem of the group item, returning the item after it (no
