@@ -479,7 +479,9 @@ impl DynamoLeaseStore {
         heartbeat: Option<u64>,
     ) -> Result<(), LeaseError> {
         let mut expression = Expression::default();
-        let member = expression.tagged_name("member", &item::member_attribute(worker_id));
+        // Not the `#member` placeholder of a heartbeat: faults aimed at one worker's
+        // heartbeats (in the tests) must not hit its eviction.
+        let member = expression.tagged_name("gone", &item::member_attribute(worker_id));
         let held = expression.tagged_name("held", &item::held_attribute(worker_id));
         let condition = heartbeat.map(|beat| {
             let seen = expression.value("seen", item::number(beat));
