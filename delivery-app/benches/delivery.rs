@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use delivery_app::scenario::{self, ScenarioConfig, ScenarioReport, percentile};
 use delivery_app::sim::{KeyStrategy, SimConfig};
+use delivery_app::worker::Retrieval;
 use kcl_local::{LocalAws, LocalAwsOptions};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -58,6 +59,7 @@ async fn run(name: &str, events: u64, mode: Mode) -> ScenarioReport {
         workers: 3,
         failover: Duration::from_secs(10),
         poll: Duration::from_millis(100),
+        retrieval: Retrieval::Polling,
         sim,
         speed: match mode {
             Mode::Paced(rate) => Some(rate / SIM_EVENTS_PER_SEC),

@@ -48,6 +48,8 @@ enum Command {
     /// splits, merges, local AWS restarts) and check that every record was applied
     /// once, in order, by lease holders only, and that the statistics are exact.
     Chaos(commands::chaos::ChaosArgs),
+    /// List the stream's enhanced fan-out consumers, or deregister one.
+    Consumers(commands::consumers::ConsumersArgs),
 }
 
 #[tokio::main]
@@ -77,6 +79,7 @@ async fn main() -> std::process::ExitCode {
         Command::Stats(args) => commands::stats::run(args).await,
         Command::Smoke(args) => commands::smoke::run(args).await,
         Command::Chaos(args) => commands::chaos::run(args).await,
+        Command::Consumers(args) => commands::consumers::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kcl::aws::Clients;
-use kcl::config::{InitialPosition, WorkerConfig};
+use kcl::config::{InitialPosition, RetrievalMode, WorkerConfig};
 use kcl::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,37 @@ pub struct WorkerOptions {
     /// Record every statistics transaction and checkpoint in this file (see
     /// [`crate::audit`]).
     pub audit_file: Option<std::path::PathBuf>,
+    /// Polling or enhanced fan-out.
+    pub retrieval: Retrieval,
+}
+
+/// How workers read the stream (`--retrieval`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retrieval {
+    /// GetRecords polling.
+    #[default]
+    Polling,
+    /// Enhanced fan-out (SubscribeToShard) through a stream consumer named after the
+    /// application.
+    FanOut,
+}
+
+impl Retrieval {
+    /// The flag's value, as `--retrieval` takes it.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Retrieval::Polling => "polling",
+            Retrieval::FanOut => "fan-out",
+        }
+    }
+
+    /// The kcl-rs setting.
+    pub fn mode(self) -> RetrievalMode {
+        match self {
+            Retrieval::Polling => RetrievalMode::Polling,
+            Retrieval::FanOut => RetrievalMode::fan_out(),
+        }
+    }
 }
 
 /// The `worker` command's own flags, defined once: the command parses them, and what
@@ -50,6 +81,10 @@ pub struct WorkerFlags {
     /// (what `chaos` checks).
     #[arg(long)]
     pub audit_file: Option<std::path::PathBuf>,
+    /// How to read the stream: GetRecords polling, or enhanced fan-out through a stream
+    /// consumer named after the application (registered at start if absent).
+    #[arg(long, value_enum, default_value_t = Retrieval::Polling)]
+    pub retrieval: Retrieval,
 }
 
 impl WorkerFlags {
@@ -60,6 +95,7 @@ impl WorkerFlags {
             failover_ms: failover.as_millis() as u64,
             poll_ms: poll.as_millis() as u64,
             audit_file: None,
+            retrieval: Retrieval::Polling,
         }
     }
 
@@ -78,6 +114,7 @@ impl WorkerFlags {
         if let Some(path) = &self.audit_file {
             args.extend(["--audit-file".into(), path.into()]);
         }
+        args.extend(["--retrieval".into(), self.retrieval.as_arg().into()]);
         args
     }
 
@@ -90,6 +127,7 @@ impl WorkerFlags {
             failover: Duration::from_millis(self.failover_ms),
             poll: Duration::from_millis(self.poll_ms),
             audit_file: self.audit_file.clone(),
+            retrieval: self.retrieval,
         }
     }
 }
@@ -121,7 +159,8 @@ pub async fn run_worker(
     let mut builder = WorkerConfig::builder(&options.stream, &options.app)
         .initial_position(InitialPosition::TrimHorizon)
         .failover_time(options.failover)
-        .idle_time_between_reads(options.poll);
+        .idle_time_between_reads(options.poll)
+        .retrieval_mode(options.retrieval.mode());
     if let Some(id) = &options.worker_id {
         builder = builder.worker_id(id.clone());
     }
@@ -182,6 +221,7 @@ mod tests {
         let mut all = WorkerFlags::new(Duration::from_millis(3_000), Duration::from_millis(50));
         all.worker_id = Some("worker-7".into());
         all.audit_file = Some("/tmp/audit dir/worker-7.jsonl".into());
+        all.retrieval = Retrieval::FanOut;
         let names = NameArgs {
             stream: "Orders".into(),
             app: "OrdersApp".into(),

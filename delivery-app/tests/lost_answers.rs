@@ -20,6 +20,7 @@ fn options(stream: &str, app: &str) -> WorkerOptions {
         failover: Duration::from_secs(3),
         poll: Duration::from_millis(100),
         audit_file: None,
+        retrieval: Default::default(),
     }
 }
 

@@ -26,6 +26,44 @@ impl InitialPosition {
     }
 }
 
+/// How a worker reads its shards.
+///
+/// ```
+/// use kcl::{RetrievalMode, WorkerConfig};
+///
+/// let config = WorkerConfig::builder("Orders", "OrdersApp")
+///     .retrieval_mode(RetrievalMode::fan_out())
+///     .build()?;
+/// assert_eq!(config.consumer_name(), Some("OrdersApp"));
+/// # Ok::<(), kcl::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetrievalMode {
+    /// GetRecords polling: up to 5 calls and 2 MB/s per shard, shared by every polling
+    /// application of the stream. The default (and the only mode the local emulators
+    /// serve at full speed over plain HTTP).
+    #[default]
+    Polling,
+    /// Enhanced fan-out (the Java KCL's default): SubscribeToShard through a registered
+    /// stream consumer, 2 MiB/s per shard for this application alone, records pushed
+    /// as they arrive. The worker registers the consumer at start, or reuses one of
+    /// that name. Costs extra on AWS (per consumer-shard hour and per GB).
+    FanOut {
+        /// The stream consumer's name. `None`: the application name.
+        consumer_name: Option<String>,
+    },
+}
+
+impl RetrievalMode {
+    /// Enhanced fan-out through a consumer named after the application.
+    pub fn fan_out() -> RetrievalMode {
+        RetrievalMode::FanOut {
+            consumer_name: None,
+        }
+    }
+}
+
 /// A configuration value out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field} {problem}")]
@@ -96,6 +134,16 @@ pub struct WorkerConfig {
     pub(crate) parent_poll_interval: Duration,
     /// Call `process_records` with empty batches too. Default false.
     pub(crate) call_process_records_even_for_empty: bool,
+    /// Polling or enhanced fan-out. Default polling.
+    pub(crate) retrieval_mode: RetrievalMode,
+    /// Fan-out's watchdog: a subscription that delivers no event for this long (real
+    /// Kinesis sends one at least every 5 s, records or not) is closed and a new one
+    /// starts where the last ended. Default 30 s.
+    pub(crate) subscription_timeout: Duration,
+    /// Fan-out: how long a shard may deliver no record before one polling read checks
+    /// whether it is closed and read to its end, for services that do not name the
+    /// children at the end of a subscription (real Kinesis does). Default 30 s.
+    pub(crate) shard_end_check_after: Duration,
 }
 
 /// Every setting, read-only: set them through [`WorkerConfig::builder`], whose
@@ -196,6 +244,36 @@ impl WorkerConfig {
     pub fn call_process_records_even_for_empty(&self) -> bool {
         self.call_process_records_even_for_empty
     }
+
+    /// Polling or enhanced fan-out. Default polling.
+    pub fn retrieval_mode(&self) -> &RetrievalMode {
+        &self.retrieval_mode
+    }
+
+    /// The stream consumer's name in fan-out mode (the application name unless set);
+    /// `None` when polling.
+    pub fn consumer_name(&self) -> Option<&str> {
+        match &self.retrieval_mode {
+            RetrievalMode::Polling => None,
+            RetrievalMode::FanOut { consumer_name } => {
+                Some(consumer_name.as_deref().unwrap_or(&self.application_name))
+            }
+        }
+    }
+
+    /// Fan-out's watchdog: a subscription that delivers no event for this long (real
+    /// Kinesis sends one at least every 5 s, records or not) is closed and a new one
+    /// starts where the last ended. Default 30 s.
+    pub fn subscription_timeout(&self) -> Duration {
+        self.subscription_timeout
+    }
+
+    /// Fan-out: how long a shard may deliver no record before one polling read checks
+    /// whether it is closed and read to its end, for services that do not name the
+    /// children at the end of a subscription (real Kinesis does). Default 30 s.
+    pub fn shard_end_check_after(&self) -> Duration {
+        self.shard_end_check_after
+    }
 }
 
 impl WorkerConfig {
@@ -223,6 +301,9 @@ impl WorkerConfig {
                 shard_sync_interval: Duration::from_secs(60),
                 parent_poll_interval: Duration::from_millis(200),
                 call_process_records_even_for_empty: false,
+                retrieval_mode: RetrievalMode::Polling,
+                subscription_timeout: Duration::from_secs(30),
+                shard_end_check_after: Duration::from_secs(30),
             },
             handoff_timeout_set: false,
         }
@@ -282,6 +363,12 @@ impl WorkerConfigBuilder {
         parent_poll_interval: Duration,
         /// See [`WorkerConfig::call_process_records_even_for_empty`].
         call_process_records_even_for_empty: bool,
+        /// See [`WorkerConfig::retrieval_mode`].
+        retrieval_mode: RetrievalMode,
+        /// See [`WorkerConfig::subscription_timeout`].
+        subscription_timeout: Duration,
+        /// See [`WorkerConfig::shard_end_check_after`].
+        shard_end_check_after: Duration,
     }
 
     /// See [`WorkerConfig::worker_id`].
@@ -343,9 +430,76 @@ impl WorkerConfigBuilder {
         if c.taking_interval.is_zero() || c.parent_poll_interval.is_zero() {
             return fail("taking_interval/parent_poll_interval", "must be positive");
         }
+        if let RetrievalMode::FanOut {
+            consumer_name: Some(name),
+        } = &c.retrieval_mode
+            && (name.is_empty()
+                || name.len() > 128
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch)))
+        {
+            return fail(
+                "consumer_name",
+                "must be 1 to 128 letters, digits, '_', '-' or '.' (RegisterStreamConsumer rules)",
+            );
+        }
+        if c.retrieval_mode != RetrievalMode::Polling && c.application_name.len() > 128 {
+            return fail(
+                "application_name",
+                "names the stream consumer in fan-out mode: at most 128 characters, or set consumer_name",
+            );
+        }
+        if c.subscription_timeout < Duration::from_secs(1) || c.shard_end_check_after.is_zero() {
+            return fail(
+                "subscription_timeout/shard_end_check_after",
+                "must be at least 1 s / positive",
+            );
+        }
         if c.max_leases_per_worker == Some(0) {
             return fail("max_leases_per_worker", "must be at least 1 when set");
         }
         Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_out_settings_are_checked() {
+        let build = |mode: RetrievalMode, timeout: Duration| {
+            WorkerConfig::builder("s", "app")
+                .retrieval_mode(mode)
+                .subscription_timeout(timeout)
+                .build()
+        };
+        let named = |name: &str| RetrievalMode::FanOut {
+            consumer_name: Some(name.to_string()),
+        };
+        let second = Duration::from_secs(1);
+        // (mode, watchdog) → the consumer name, or the field refused
+        type Expected = Result<Option<&'static str>, &'static str>;
+        let cases: [(RetrievalMode, Duration, Expected); 6] = [
+            (RetrievalMode::Polling, second, Ok(None)),
+            (RetrievalMode::fan_out(), second, Ok(Some("app"))),
+            (named("billing.v2"), second, Ok(Some("billing.v2"))),
+            (named(""), second, Err("consumer_name")),
+            (named("no spaces"), second, Err("consumer_name")),
+            (
+                RetrievalMode::fan_out(),
+                Duration::from_millis(999),
+                Err("subscription_timeout/shard_end_check_after"),
+            ),
+        ];
+        for (mode, timeout, expected) in cases {
+            let got = build(mode.clone(), timeout);
+            match (got, expected) {
+                (Ok(config), Ok(name)) => assert_eq!(config.consumer_name(), name, "{mode:?}"),
+                (Err(e), Err(field)) => assert_eq!(e.field, field, "{mode:?}"),
+                (got, expected) => panic!("{mode:?}: got {got:?}, expected {expected:?}"),
+            }
+        }
     }
 }

@@ -128,12 +128,13 @@ pub use kinesis_core::{hash, kpl, stream};
 // less common pieces).
 pub use aws::{Clients, Endpoints, UnreachableError};
 pub use checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber};
-pub use config::{ConfigError, InitialPosition, WorkerConfig, WorkerConfigBuilder};
+pub use config::{ConfigError, InitialPosition, RetrievalMode, WorkerConfig, WorkerConfigBuilder};
 pub use leases::LeaseError;
 pub use lifecycle::ConsumerOutcome;
 pub use processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };
+pub use retrieval::fanout::{ConsumerError, StreamConsumer};
 pub use retrieval::{KinesisClientRecord, RetrievalError};
 pub use shard_sync::ShardSyncError;
 pub use stream::StreamError;
@@ -153,10 +154,14 @@ pub mod internals {
     pub use crate::leases::expiry::ExpiryTracker;
     pub use crate::leases::handle::{HandleError, LeaseHandle, LeasePhase, RenewOutcome};
     pub use crate::leases::taker::{TakeAction, TakerInput, plan_takes, target_per_worker};
+    pub use crate::retrieval::fanout::subscription::{
+        FanOutConfig, FanOutReader, FanOutStats, SUBSCRIBE_INTERVAL,
+    };
     pub use crate::retrieval::polling::{
         Batch, ChildShardRef, GET_RECORDS_MAX, RetrievalConfig, ShardReader,
     };
     pub use crate::retrieval::prefetch::{DEFAULT_PREFETCH_DEPTH, Prefetcher, spawn_prefetcher};
+    pub use crate::retrieval::source::ShardSource;
     pub use crate::shard_sync::{ShardSyncer, SyncPlan, SyncReport, plan_sync};
 }
 pub use worker::{Worker, WorkerError, WorkerEvent};

@@ -2,6 +2,7 @@
 //! shard consumer per held lease, until cancelled; then shuts down gracefully.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -13,6 +14,7 @@ use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
 use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_supervised};
 use crate::processor::RecordProcessorFactory;
+use crate::retrieval::fanout::{ConsumerError, register_consumer};
 use crate::shard_sync::{ShardSyncError, ShardSyncer};
 
 /// Why a worker stopped with an error.
@@ -25,7 +27,15 @@ pub enum WorkerError {
     /// The stream could not be listed (missing stream, unreachable endpoint).
     #[error(transparent)]
     ShardSync(#[from] ShardSyncError),
+    /// Fan-out mode: the stream consumer could not be registered or did not become
+    /// active in time.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
 }
+
+/// How long a worker in fan-out mode waits at start for its stream consumer to become
+/// ACTIVE (real Kinesis takes some seconds to register one).
+pub const CONSUMER_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a running [`Worker`] reports to its caller (see [`Worker::events`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,7 +181,8 @@ impl<F: RecordProcessorFactory> Worker<F> {
     /// Runs until `cancel` is cancelled, then shuts down gracefully: stops taking
     /// leases, tells every processor (`shutdown_requested`, where it checkpoints),
     /// releases every lease and returns. An error is returned at once when the lease
-    /// table or the stream cannot be used at start.
+    /// table or the stream cannot be used at start, or, in fan-out mode, when the
+    /// stream consumer cannot be registered.
     ///
     /// Shutdown is bounded: `run` returns at most
     /// [`WorkerConfig::shutdown_grace`] (default 20 s) after `cancel`, even when
@@ -183,6 +194,19 @@ impl<F: RecordProcessorFactory> Worker<F> {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
         self.store.ensure_tables().await?;
+        let consumer_arn = match config.consumer_name() {
+            Some(name) => Some(
+                register_consumer(
+                    &self.kinesis,
+                    &config.stream_name,
+                    name,
+                    CONSUMER_REGISTRATION_TIMEOUT,
+                )
+                .await?
+                .arn,
+            ),
+            None => None,
+        };
         // Built first (no I/O) so the syncer can ask it who leads.
         let mut lease_config = LeaseConfig::new(config.worker_id.clone());
         lease_config.failover_time = config.failover_time;
@@ -225,6 +249,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
             syncer: Arc::clone(&syncer),
+            consumer_arn,
         });
         let consumers_stop = CancellationToken::new();
         let mut consumers = JoinSet::new();

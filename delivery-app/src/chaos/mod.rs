@@ -63,6 +63,8 @@ pub struct ChaosConfig {
     pub mean_gap: f64,
     /// Lease failover time of the workers.
     pub failover: Duration,
+    /// How the workers read the stream.
+    pub retrieval: crate::worker::Retrieval,
     /// The kinds of fault to inject.
     pub kinds: Vec<FaultKind>,
     /// Keep the stream in memory, in a local AWS process of its own that is never
@@ -290,6 +292,7 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
         workers: config.workers,
         failover: config.failover,
         poll: Duration::from_millis(100),
+        retrieval: config.retrieval,
         sim: config.sim.clone(),
         speed: Some(config.speed),
         steps,

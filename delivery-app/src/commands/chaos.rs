@@ -12,6 +12,7 @@ use delivery_app::chaos::{self, ChaosConfig};
 use delivery_app::scenario::Narrator;
 
 use super::{CommandError, SimArgs};
+use delivery_app::worker::Retrieval;
 
 #[derive(clap::Args, Debug)]
 pub struct ChaosArgs {
@@ -38,6 +39,10 @@ pub struct ChaosArgs {
     /// Lease failover time of the workers, ms.
     #[arg(long, default_value_t = 3_000)]
     failover_ms: u64,
+    /// How the workers read the stream (fan-out is not served through `--strict`'s
+    /// proxies yet).
+    #[arg(long, value_enum, default_value_t = Retrieval::Polling, conflicts_with = "strict")]
+    retrieval: Retrieval,
     /// Folder for the local AWS's data, the logs and the audit logs (emptied first;
     /// default: a new temporary folder).
     #[arg(long)]
@@ -104,6 +109,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), CommandError> {
         shards: args.shards,
         mean_gap: args.fault_every,
         failover: Duration::from_millis(args.failover_ms),
+        retrieval: args.retrieval,
         kinds: faults,
         memory_kinesis: args.memory_kinesis,
         strict: args.strict,

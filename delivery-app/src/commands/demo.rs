@@ -11,6 +11,7 @@ use delivery_app::connect::NameArgs;
 use delivery_app::report::to_table;
 use delivery_app::scenario::{self, ScenarioConfig, Step};
 use delivery_app::stats::summary::thousands;
+use delivery_app::worker::Retrieval;
 use kcl::aws::Endpoints;
 use kcl_local::{LocalAws, LocalAwsOptions};
 
@@ -38,6 +39,10 @@ pub struct DemoArgs {
     /// Lease failover time of the workers, ms (how soon a killed worker's shards move).
     #[arg(long, default_value_t = 3_000)]
     failover_ms: u64,
+    /// How the workers read the stream: GetRecords polling, or enhanced fan-out
+    /// (SubscribeToShard) through a consumer named after the application.
+    #[arg(long, value_enum, default_value_t = Retrieval::Polling)]
+    retrieval: Retrieval,
     /// Print live statistics every this many seconds.
     #[arg(long, default_value_t = 4.0)]
     live_secs: f64,
@@ -110,6 +115,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         workers: args.workers,
         failover: Duration::from_millis(args.failover_ms),
         poll: Duration::from_millis(100),
+        retrieval: args.retrieval,
         sim,
         speed: Some(args.speed),
         steps,

@@ -1,6 +1,7 @@
 //! One module per subcommand, and the options several share.
 
 pub mod chaos;
+pub mod consumers;
 pub mod create_stream;
 pub mod demo;
 pub mod failure;

@@ -35,7 +35,7 @@ use crate::sim::{GroundTruth, SimConfig, Simulation};
 use crate::sink::{EventSink, Progress, replay};
 use crate::stats::summary::thousands;
 use crate::stats::{StatsStore, StoredStats};
-use crate::worker::WorkerFlags;
+use crate::worker::{Retrieval, WorkerFlags};
 
 /// Something the scenario does mid-run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +90,8 @@ pub struct ScenarioConfig {
     pub failover: Duration,
     /// Pause between GetRecords calls of a caught-up shard.
     pub poll: Duration,
+    /// How the workers read the stream.
+    pub retrieval: Retrieval,
     /// The simulation.
     pub sim: SimConfig,
     /// Simulated seconds per real second; `None`: as fast as possible.
@@ -365,7 +367,10 @@ async fn prepare(
         launcher: WorkerLauncher {
             exe: config.exe.clone(),
             args,
-            flags: WorkerFlags::new(config.failover, config.poll),
+            flags: WorkerFlags {
+                retrieval: config.retrieval,
+                ..WorkerFlags::new(config.failover, config.poll)
+            },
             log_dir: config.log_dir.clone(),
             audit_dir: config.audit_dir.clone(),
             access_key_id: config

@@ -7,6 +7,7 @@ use std::time::Duration;
 use delivery_app::principals::{POLICY_DOC, principals};
 use delivery_app::scenario::{Narrator, ScenarioConfig, ScenarioReport, Step};
 use delivery_app::sim::{KeyStrategy, SimConfig};
+use delivery_app::worker::Retrieval;
 use kcl_local::strict::RefusalKind;
 use kcl_local::testing::unique;
 use kcl_local::{LocalAws, LocalAwsOptions};
@@ -100,6 +101,7 @@ pub fn scenario(
         workers: 3,
         failover: Duration::from_secs(3),
         poll: Duration::from_millis(100),
+        retrieval: Retrieval::Polling,
         sim,
         speed: Some(speed),
         steps,

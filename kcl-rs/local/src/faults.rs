@@ -44,7 +44,9 @@ mod plan;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -55,7 +57,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use layer::{Answer, Forward, LayerFuture, ProxyLayer, ProxyRequest, ProxyResponse, action_of};
+pub use layer::{
+    Answer, EVENT_STREAM_CONTENT_TYPE, Forward, LayerFuture, ProxyLayer, ProxyRequest,
+    ProxyResponse, StreamedBody, action_of,
+};
 use layer::{Upstream, end_to_end};
 pub use plan::{
     Call, DYNAMODB_TARGET_PREFIX, Fault, FaultCounts, FaultInjector, FaultKind, FaultPlan,
@@ -245,7 +250,7 @@ async fn serve_connection<I: FaultInjector>(stream: TcpStream, shared: Arc<Share
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+type HttpResponse = Response<BoxBody<Bytes, hyper::Error>>;
 
 async fn handle<I: FaultInjector>(
     shared: Arc<Shared<I>>,
@@ -283,11 +288,12 @@ async fn handle<I: FaultInjector>(
     };
     let forward = |request| Forward::new(&shared.layers, &shared.upstream).send(request);
     match fault {
-        None => answer(forward(request).await, &close).await,
+        None => answer(forward(request).await, &close, None).await,
         Some(Fault::Latency { delay }) => {
             tokio::time::sleep(delay).await;
-            answer(forward(request).await, &close).await
+            answer(forward(request).await, &close, None).await
         }
+        Some(Fault::Stall { after }) => answer(forward(request).await, &close, Some(after)).await,
         Some(Fault::Error {
             status,
             code,
@@ -310,19 +316,74 @@ async fn handle<I: FaultInjector>(
     }
 }
 
-/// Writes `answer`, or closes the connection when it says so.
-async fn answer(answer: Answer, close: &CancellationToken) -> Result<HttpResponse, Infallible> {
+/// Writes `answer`, or closes the connection when it says so. A streamed answer
+/// stalls after `stall`, if given.
+async fn answer(
+    answer: Answer,
+    close: &CancellationToken,
+    stall: Option<Duration>,
+) -> Result<HttpResponse, Infallible> {
     match answer {
-        Answer::Respond(response) => Ok(into_response(response)),
+        Answer::Respond(response) => Ok(into_response_stalling(response, stall)),
         Answer::Close => close_unanswered(close).await,
     }
 }
 
 fn into_response(answer: ProxyResponse) -> HttpResponse {
-    let mut response = Response::new(Full::new(answer.body));
+    into_response_stalling(answer, None)
+}
+
+fn into_response_stalling(answer: ProxyResponse, stall: Option<Duration>) -> HttpResponse {
+    let body = match answer.stream.as_ref().and_then(|s| s.take()) {
+        Some(stream) => match stall {
+            Some(after) => Stalling::new(stream, after).boxed(),
+            None => stream.boxed(),
+        },
+        None => Full::new(answer.body)
+            .map_err(|never| match never {})
+            .boxed(),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = answer.status;
     *response.headers_mut() = answer.headers;
     response
+}
+
+/// A streamed body that passes frames until a deadline, then none: the connection
+/// stays open and silent until the client gives up (or the proxy stops).
+struct Stalling {
+    inner: Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stalled: bool,
+}
+
+impl Stalling {
+    fn new(inner: Incoming, after: Duration) -> Stalling {
+        Stalling {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(after)),
+            stalled: false,
+        }
+    }
+}
+
+impl hyper::body::Body for Stalling {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if !self.stalled && self.deadline.as_mut().poll(cx).is_ready() {
+            tracing::debug!("fault proxy: stream stalled");
+            self.stalled = true;
+        }
+        if self.stalled {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
 }
 
 /// Closes the connection without an answer: the connection task drops it.

@@ -73,6 +73,10 @@ pub struct LocalAwsOptions {
     /// Seconds a shard iterator stays valid in the embedded Kinesis (real Kinesis: 300).
     /// Tests of iterator expiry lower it; ignored for an external Kinesis.
     pub iterator_ttl_seconds: u64,
+    /// How long one SubscribeToShard session of the embedded Kinesis lasts before the
+    /// service ends it (real Kinesis: 5 minutes). Tests of session renewal shorten it;
+    /// ignored for an external Kinesis.
+    pub subscription_session: Duration,
     /// Strict mode: proxies in front of both services refuse what real AWS refuses
     /// (see [`strict`]), and the embedded Kinesis enforces its write limits whatever
     /// `enforce_limits` says. `None` (the default) serves the gentle emulators as they are.
@@ -90,6 +94,7 @@ impl Default for LocalAwsOptions {
             stream_transition_ms: 50,
             kinesis: KinesisBackend::Embedded,
             iterator_ttl_seconds: 300,
+            subscription_session: Duration::from_secs(300),
             strict: None,
         }
     }
@@ -342,6 +347,8 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
         shard_limit: options.shard_limit,
         enforce_limits: options.enforce_limits || options.strict.is_some(),
         iterator_ttl_seconds: options.iterator_ttl_seconds,
+        subscribe_to_shard_session_ms: u64::try_from(options.subscription_session.as_millis())
+            .unwrap_or(u64::MAX),
         durable,
         ..Default::default()
     };

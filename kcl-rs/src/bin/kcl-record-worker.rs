@@ -8,13 +8,14 @@
 //! Usage: `kcl-record-worker <kinesis-url> <dynamodb-url> <stream> <application> <worker-id> <failover-ms>`
 //!
 //! With `KCL_LOCAL_ACCESS_KEY_ID` set, its requests to local endpoints are signed with
-//! that key (the IAM principal a strict local AWS binds to it).
+//! that key (the IAM principal a strict local AWS binds to it). With
+//! `KCL_RECORD_WORKER_FAN_OUT=1` it reads with enhanced fan-out instead of polling.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::Checkpointer;
-use kcl::config::{InitialPosition, WorkerConfig};
+use kcl::config::{InitialPosition, RetrievalMode, WorkerConfig};
 use kcl::processor::{ProcessRecordsInput, RecordProcessor};
 use kcl::worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -116,8 +117,13 @@ async fn main() -> std::process::ExitCode {
     };
     let clients =
         Clients::connect_from_env(&Endpoints::local(kinesis.clone(), dynamodb.clone())).await;
+    let retrieval_mode = match std::env::var("KCL_RECORD_WORKER_FAN_OUT").as_deref() {
+        Ok("1") => RetrievalMode::fan_out(),
+        _ => RetrievalMode::Polling,
+    };
     let config = match WorkerConfig::builder(stream.clone(), application.clone())
         .worker_id(worker_id.clone())
+        .retrieval_mode(retrieval_mode)
         .initial_position(InitialPosition::TrimHorizon)
         .failover_time(Duration::from_millis(failover_ms))
         .idle_time_between_reads(Duration::from_millis(100))

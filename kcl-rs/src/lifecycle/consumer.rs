@@ -14,7 +14,10 @@ use crate::leases::{Lease, LeaseError, LeaseStore};
 use crate::processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };
-use crate::retrieval::{ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, spawn_prefetcher};
+use crate::retrieval::fanout::{FanOutConfig, FanOutReader};
+use crate::retrieval::{
+    ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, ShardSource, spawn_prefetcher,
+};
 use crate::shard_sync::ShardSyncer;
 use crate::stream::list_shards;
 
@@ -98,6 +101,8 @@ pub(crate) struct ConsumerContext {
     pub store: Arc<dyn LeaseStore>,
     pub config: Arc<WorkerConfig>,
     pub syncer: Arc<ShardSyncer>,
+    /// The stream consumer's ARN in fan-out mode; `None` when polling.
+    pub consumer_arn: Option<String>,
 }
 
 struct ShardConsumer<P: RecordProcessor> {
@@ -281,13 +286,29 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             hash_key_range: self.lease.hash_key_range,
             ..RetrievalConfig::default()
         };
-        let reader = ShardReader::new(
-            self.ctx.kinesis.clone(),
-            &config.stream_name,
-            &self.lease.key,
-            self.lease.checkpoint.clone(),
-            retrieval,
-        );
+        let reader: ShardSource = match &self.ctx.consumer_arn {
+            None => ShardReader::new(
+                self.ctx.kinesis.clone(),
+                &config.stream_name,
+                &self.lease.key,
+                self.lease.checkpoint.clone(),
+                retrieval,
+            )
+            .into(),
+            Some(arn) => FanOutReader::new(
+                self.ctx.kinesis.clone(),
+                &config.stream_name,
+                &self.lease.key,
+                self.lease.checkpoint.clone(),
+                retrieval,
+                FanOutConfig {
+                    event_timeout: config.subscription_timeout,
+                    end_check_after: config.shard_end_check_after,
+                    ..FanOutConfig::new(arn)
+                },
+            )
+            .into(),
+        };
         self.prefetcher = Some(spawn_prefetcher(
             reader,
             self.reader_cancel.clone(),
@@ -360,6 +381,15 @@ impl<P: RecordProcessor> ShardConsumer<P> {
     /// Kinesis names them; emulators that don't are covered by the shard sync run at
     /// shard end), so children need not wait for the next ListShards.
     async fn create_child_leases(&mut self, children: &[ChildShardRef]) {
+        if !children_consistent(&self.lease.key, self.lease.hash_key_range, children) {
+            // A child that covers more than this shard but names no other parent
+            // (ferrokinesis's SubscribeToShard does that for a merge's adjacent
+            // parent): a lease with one parent would start before the other ends.
+            // ListShards names both.
+            tracing::warn!(shard = %self.lease.key, ?children, "ChildShards inconsistent with the shard's hash range; leaving the children to shard sync");
+            self.ctx.syncer.request_sync();
+            return;
+        }
         let mut created = false;
         for child in children {
             let mut lease = Lease::new(
@@ -438,6 +468,28 @@ impl<P: RecordProcessor> ShardConsumer<P> {
     }
 }
 
+/// Whether `children`, as a shard's reader reported them, can be trusted to create
+/// their leases: each names `shard` as a parent, and one with a single parent lies
+/// within `shard`'s hash range (a split's child, or a 1:1 successor); a child wider
+/// than the shard must name its other parent (a merge). Without the shard's range
+/// there is nothing to check against.
+fn children_consistent(
+    shard: &str,
+    range: Option<(u128, u128)>,
+    children: &[ChildShardRef],
+) -> bool {
+    children.iter().all(|child| {
+        let names_shard = child.parent_shard_ids.iter().any(|p| p == shard);
+        let within = match (range, child.hash_key_range) {
+            (Some((start, end)), Some((child_start, child_end))) => {
+                start <= child_start && child_end <= end
+            }
+            _ => true,
+        };
+        names_shard && (child.parent_shard_ids.len() > 1 || within)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,6 +556,44 @@ mod tests {
                 state.stopped(released),
                 outcome,
                 "{state:?}, released {released}"
+            );
+        }
+    }
+
+    #[test]
+    fn child_shards_are_trusted_only_when_they_fit_the_hash_range() {
+        let child = |id: &str, parents: &[&str], range: Option<(u128, u128)>| ChildShardRef {
+            shard_id: id.to_string(),
+            parent_shard_ids: parents.iter().map(|p| p.to_string()).collect(),
+            hash_key_range: range,
+        };
+        let own = Some((100, 199));
+        let cases = [
+            // A split: two children inside the range, each naming the shard.
+            (
+                own,
+                vec![
+                    child("c1", &["s"], Some((100, 149))),
+                    child("c2", &["s"], Some((150, 199))),
+                ],
+                true,
+            ),
+            // A merge named with both parents.
+            (own, vec![child("m", &["s", "t"], Some((100, 299)))], true),
+            // A merge naming only this parent: wider than the shard.
+            (own, vec![child("m", &["s"], Some((100, 299)))], false),
+            // A child that does not name the shard.
+            (own, vec![child("c", &["t"], Some((100, 199)))], false),
+            // Unknown ranges: nothing to check against.
+            (None, vec![child("m", &["s"], Some((100, 299)))], true),
+            (own, vec![child("m", &["s"], None)], true),
+            (own, vec![], true),
+        ];
+        for (range, children, expected) in cases {
+            assert_eq!(
+                children_consistent("s", range, &children),
+                expected,
+                "{range:?} {children:?}"
             );
         }
     }

@@ -97,6 +97,9 @@ const THROTTLING_CODES: &[&str] = &[
     "KMSThrottlingException",
     "LimitExceededException",
     "ThrottlingException",
+    // SubscribeToShard while the previous subscription of the consumer and shard
+    // (perhaps the last owner's) is still open: wait until the service closes it.
+    "ResourceInUseException",
 ];
 
 /// The service's own transient failures that arrive with a 4xx-looking shape.
@@ -109,29 +112,77 @@ const KMS_CODES: &[&str] = &[
     "KMSOptInRequired",
 ];
 
-/// Sorts a failed GetRecords or GetShardIterator call by what the reader should do.
+/// Sorts a failed GetRecords, GetShardIterator or SubscribeToShard call by what the
+/// reader should do.
 pub(crate) fn classify<E>(err: &SdkError<E>, operation: &'static str, shard_id: &str) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    classify_with(
+        err,
+        operation,
+        shard_id,
+        |raw| Some(raw.status().as_u16()),
+        None,
+    )
+}
+
+/// [`classify`] for any raw answer: `status` reads its HTTP status if it has one (an
+/// exception inside an event stream has none), and `typed_code` is the code of the
+/// error's modelled variant, for errors whose metadata carries none (the SDK parses
+/// event-stream exceptions into typed errors without a `code`).
+pub(crate) fn classify_with<E, R>(
+    err: &SdkError<E, R>,
+    operation: &'static str,
+    shard_id: &str,
+    status: impl Fn(&R) -> Option<u16>,
+    typed_code: Option<&'static str>,
+) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
     let message = format!("{operation} on {shard_id}: {}", DisplayErrorContext(err));
-    let shard_id = shard_id.to_string();
-    let retry = |throttled: bool, message: String| Failure::Retry { throttled, message };
     let SdkError::ServiceError(service) = err else {
         return match err {
-            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => retry(false, message),
+            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Failure::Retry {
+                throttled: false,
+                message,
+            },
             // A request the connector refuses to send (a malformed endpoint URL) will be
             // refused again; anything else is the network.
-            SdkError::DispatchFailure(failure) if !failure.is_user() => retry(false, message),
+            SdkError::DispatchFailure(failure) if !failure.is_user() => Failure::Retry {
+                throttled: false,
+                message,
+            },
             _ => Failure::Fatal(RetrievalError::Other {
                 operation,
-                shard_id,
+                shard_id: shard_id.to_string(),
                 message,
             }),
         };
     };
-    let status = service.raw().status().as_u16();
-    Failure::Fatal(match err.code().unwrap_or_default() {
+    classify_code(
+        err.code().or(typed_code).unwrap_or_default(),
+        status(service.raw()),
+        operation,
+        shard_id,
+        message,
+    )
+}
+
+/// Sorts a service error by its code (and HTTP status, when there is one).
+fn classify_code(
+    code: &str,
+    status: Option<u16>,
+    operation: &'static str,
+    shard_id: &str,
+    message: String,
+) -> Failure {
+    let shard_id = shard_id.to_string();
+    let status = status.unwrap_or(400);
+    let retry = |throttled: bool, message: String| Failure::Retry { throttled, message };
+    Failure::Fatal(match code {
         "ExpiredIteratorException" => return Failure::ExpiredIterator,
         c if THROTTLING_CODES.contains(&c) || status == 429 => return retry(true, message),
         c if TRANSIENT_CODES.contains(&c) || status >= 500 => return retry(false, message),
@@ -206,6 +257,7 @@ mod tests {
             ),
             (service_error("KMSThrottlingException", 400), "throttled"),
             (service_error("LimitExceededException", 400), "throttled"),
+            (service_error("ResourceInUseException", 400), "throttled"),
             (service_error("SomethingNew", 429), "throttled"),
             (service_error("InternalFailureException", 500), "retry"),
             (service_error("InternalFailureException", 400), "retry"),

@@ -90,7 +90,22 @@ pub struct ChildShardRef {
     pub hash_key_range: Option<(u128, u128)>,
 }
 
-/// What one GetRecords call delivered.
+impl From<aws_sdk_kinesis::types::ChildShard> for ChildShardRef {
+    fn from(child: aws_sdk_kinesis::types::ChildShard) -> ChildShardRef {
+        ChildShardRef {
+            hash_key_range: child.hash_key_range.as_ref().and_then(|r| {
+                Some((
+                    r.starting_hash_key.parse().ok()?,
+                    r.ending_hash_key.parse().ok()?,
+                ))
+            }),
+            shard_id: child.shard_id,
+            parent_shard_ids: child.parent_shards,
+        }
+    }
+}
+
+/// What one GetRecords call (or one SubscribeToShard event) delivered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     /// User records after the last delivered one, in shard order (KPL aggregates split;
@@ -499,16 +514,7 @@ impl ShardReader {
             child_shards: child_shards
                 .unwrap_or_default()
                 .into_iter()
-                .map(|c| ChildShardRef {
-                    hash_key_range: c.hash_key_range.as_ref().and_then(|r| {
-                        Some((
-                            r.starting_hash_key.parse().ok()?,
-                            r.ending_hash_key.parse().ok()?,
-                        ))
-                    }),
-                    shard_id: c.shard_id,
-                    parent_shard_ids: c.parent_shards,
-                })
+                .map(ChildShardRef::from)
                 .collect(),
             shard_end,
             undecodable_aggregates,

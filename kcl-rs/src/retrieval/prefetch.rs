@@ -6,7 +6,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::RetrievalError;
-use super::polling::{Batch, ShardReader};
+use super::polling::Batch;
+use super::source::ShardSource;
 
 /// Batches fetched ahead by default: one being processed, one ready, one in flight.
 pub const DEFAULT_PREFETCH_DEPTH: usize = 2;
@@ -46,7 +47,7 @@ impl Prefetcher {
     }
 }
 
-/// Starts a task that reads `reader`'s shard ahead of its consumer, keeping up to
+/// Starts a task that reads `reader`'s shard (polling or fan-out) ahead of its consumer, keeping up to
 /// `depth` batches (at least 1; [`DEFAULT_PREFETCH_DEPTH`] is a good choice) ready in
 /// a bounded channel: GetRecords for batch N+1 runs while batch N is processed.
 ///
@@ -86,17 +87,17 @@ impl Prefetcher {
 /// # }
 /// ```
 pub fn spawn_prefetcher(
-    reader: ShardReader,
+    reader: impl Into<ShardSource>,
     cancel: CancellationToken,
     depth: usize,
 ) -> Prefetcher {
     let (tx, batches) = mpsc::channel(depth.max(1));
-    let task = tokio::spawn(prefetch(reader, cancel, tx));
+    let task = tokio::spawn(prefetch(reader.into(), cancel, tx));
     Prefetcher { batches, task }
 }
 
 async fn prefetch(
-    mut reader: ShardReader,
+    mut reader: ShardSource,
     cancel: CancellationToken,
     tx: mpsc::Sender<Result<Batch, RetrievalError>>,
 ) {

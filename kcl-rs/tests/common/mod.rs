@@ -86,7 +86,7 @@ pub mod consumers {
     use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     use kcl::aws::{Clients, Endpoints};
     use kcl::checkpoint::Checkpointer;
-    use kcl::config::{InitialPosition, WorkerConfig};
+    use kcl::config::{InitialPosition, WorkerConfig, WorkerConfigBuilder};
     use kcl::processor::{ProcessRecordsInput, RecordProcessor};
     use kcl::stream::ShardInfo;
     use kcl::worker::Worker;
@@ -220,13 +220,16 @@ pub mod consumers {
     pub const FAILOVER: Duration = Duration::from_secs(3);
 
     pub fn config(stream: &str, app: &str, id: &str) -> WorkerConfig {
+        builder(stream, app, id).build().unwrap()
+    }
+
+    /// [`config`]'s settings, to change some before building.
+    pub fn builder(stream: &str, app: &str, id: &str) -> WorkerConfigBuilder {
         WorkerConfig::builder(stream, app)
             .worker_id(id)
             .initial_position(InitialPosition::TrimHorizon)
             .failover_time(FAILOVER)
             .idle_time_between_reads(Duration::from_millis(100))
-            .build()
-            .unwrap()
     }
 
     /// A worker running in this process.
@@ -254,14 +257,17 @@ pub mod consumers {
             id: &str,
             log: &Log,
         ) -> InProcess {
+            InProcess::start_config(clients, config(stream, app, id), log)
+        }
+
+        /// A worker with its own configuration (for example in fan-out mode).
+        pub fn start_config(clients: &Clients, config: WorkerConfig, log: &Log) -> InProcess {
             let log = log.clone();
-            let worker_id = id.to_string();
-            let worker = Worker::new(config(stream, app, id), clients, move |shard: &str| {
-                Recorder {
-                    worker: worker_id.clone(),
-                    shard: shard.to_string(),
-                    log: log.clone(),
-                }
+            let worker_id = config.worker_id().to_string();
+            let worker = Worker::new(config, clients, move |shard: &str| Recorder {
+                worker: worker_id.clone(),
+                shard: shard.to_string(),
+                log: log.clone(),
             });
             let cancel = CancellationToken::new();
             let run = tokio::spawn(worker.run(cancel.clone()));
@@ -291,6 +297,17 @@ pub mod consumers {
             Process::spawn_as(endpoints, "", stream, app, id, log)
         }
 
+        /// A process reading with enhanced fan-out.
+        pub fn spawn_fan_out(
+            endpoints: &Endpoints,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+        ) -> Process {
+            Process::spawn_env(endpoints, "", stream, app, id, log, true)
+        }
+
         /// A process signing its requests with `access_key_id` (empty: the default
         /// local key), in strict mode the principal bound to it.
         pub fn spawn_as(
@@ -301,8 +318,21 @@ pub mod consumers {
             id: &str,
             log: &Log,
         ) -> Process {
+            Process::spawn_env(endpoints, access_key_id, stream, app, id, log, false)
+        }
+
+        fn spawn_env(
+            endpoints: &Endpoints,
+            access_key_id: &str,
+            stream: &str,
+            app: &str,
+            id: &str,
+            log: &Log,
+            fan_out: bool,
+        ) -> Process {
             let mut child = Command::new(env!("CARGO_BIN_EXE_kcl-record-worker"))
                 .env(kcl::aws::LOCAL_ACCESS_KEY_ENV, access_key_id)
+                .env("KCL_RECORD_WORKER_FAN_OUT", if fan_out { "1" } else { "0" })
                 .arg(endpoints.kinesis.as_deref().unwrap())
                 .arg(endpoints.dynamodb.as_deref().unwrap())
                 .arg(stream)

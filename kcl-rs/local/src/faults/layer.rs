@@ -80,7 +80,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -141,7 +141,7 @@ pub fn action_of(operation: &str) -> &str {
         .map_or(operation, |(_, action)| action)
 }
 
-/// An HTTP answer, body read whole.
+/// An HTTP answer, body read whole (or, for an event stream, passed through).
 #[derive(Clone, Debug)]
 pub struct ProxyResponse {
     /// The HTTP status.
@@ -150,6 +150,37 @@ pub struct ProxyResponse {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// A streamed answer (an event stream, as SubscribeToShard's): passed to the client
+    /// as it arrives instead of read whole first; `body` is then empty.
+    pub stream: Option<StreamedBody>,
+}
+
+/// The content type of an AWS event stream, the one kind of answer the proxy streams.
+pub const EVENT_STREAM_CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
+
+/// An answer body passed through as it arrives. Clones share it; the proxy takes it
+/// once, when it answers.
+#[derive(Clone)]
+pub struct StreamedBody(Arc<std::sync::Mutex<Option<Incoming>>>);
+
+impl StreamedBody {
+    fn new(body: Incoming) -> StreamedBody {
+        StreamedBody(Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    /// The body, unless taken already.
+    pub(super) fn take(&self) -> Option<Incoming> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+impl std::fmt::Debug for StreamedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamedBody")
+    }
 }
 
 impl ProxyResponse {
@@ -191,6 +222,7 @@ impl ProxyResponse {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
             headers,
             body: Bytes::from(body.to_string()),
+            stream: None,
         }
     }
 }
@@ -286,11 +318,24 @@ impl Upstream {
             Err(e) => return bad_gateway(&format!("upstream {}: {e}", self.url)),
         };
         let (parts, body) = response.into_parts();
+        let streamed = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes() == EVENT_STREAM_CONTENT_TYPE.as_bytes());
+        if streamed {
+            return ProxyResponse {
+                status: parts.status,
+                headers: end_to_end(parts.headers),
+                body: Bytes::new(),
+                stream: Some(StreamedBody::new(body)),
+            };
+        }
         match body.collect().await {
             Ok(collected) => ProxyResponse {
                 status: parts.status,
                 headers: end_to_end(parts.headers),
                 body: collected.to_bytes(),
+                stream: None,
             },
             Err(e) => bad_gateway(&format!("upstream {} answer cut: {e}", self.url)),
         }

@@ -56,6 +56,13 @@ pub enum Fault {
     /// Forward the request, then close the connection instead of answering: the
     /// service acted but the client cannot know, so its retry repeats a done write.
     DropResponse,
+    /// Forward the request and pass a streamed answer (a SubscribeToShard event stream)
+    /// for `after`, then pass nothing more while keeping the connection open: a
+    /// subscription that goes silent. Other answers pass whole.
+    Stall {
+        /// How long the stream flows before it stalls.
+        after: Duration,
+    },
 }
 
 impl Fault {
@@ -135,6 +142,7 @@ impl Fault {
             Fault::Latency { .. } => FaultKind::Latency,
             Fault::DropConnection => FaultKind::DroppedConnection,
             Fault::DropResponse => FaultKind::DroppedResponse,
+            Fault::Stall { .. } => FaultKind::Stalled,
         }
     }
 }
@@ -156,6 +164,8 @@ pub enum FaultKind {
     DroppedConnection,
     /// A connection closed after forwarding, instead of the answer.
     DroppedResponse,
+    /// A streamed answer that stopped flowing.
+    Stalled,
 }
 
 /// One request, as a [`FaultInjector`] sees it.

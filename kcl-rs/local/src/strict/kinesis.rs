@@ -16,6 +16,10 @@
 //!   around the proxy) is forwarded unlimited.
 //! - ListShards 100/s per stream, DescribeStream 10/s and DescribeStreamSummary 20/s per
 //!   account: 400 `LimitExceededException`.
+//! - SubscribeToShard: 1 call/s per consumer and shard, 400 `LimitExceededException`;
+//!   a shard gone after the retention answers `ResourceNotFoundException`. The event
+//!   stream itself passes through untouched (records past the retention are not cut
+//!   out of it).
 //! - Retention (see [`super::retention`]): records older than the retention are cut out
 //!   of GetRecords answers; a shard closed longer ago than the retention is not listed
 //!   by ListShards or DescribeStream, and GetShardIterator and GetRecords on it answer
@@ -23,8 +27,8 @@
 //!
 //! Not modelled: the 1 MiB/s and 1,000 records/s write limits (the embedded emulator
 //! enforces them, `enforce_limits`; an external one as it does), the 5 reads/s shared
-//! by all consumers of a shard beyond what passes through this proxy, enhanced fan-out,
-//! and the account-wide shard and stream limits.
+//! by all consumers of a shard beyond what passes through this proxy, fan-out's 2 MiB/s
+//! per consumer and shard, and the account-wide shard and stream limits.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -56,6 +60,8 @@ pub struct KinesisLimits {
     pub describe_stream_per_account: u32,
     /// DescribeStreamSummary calls per second per account (AWS: 20).
     pub describe_stream_summary_per_account: u32,
+    /// SubscribeToShard calls per second per consumer and shard (AWS: 1).
+    pub subscribe_to_shard_per_consumer_shard: u32,
     /// How long records are kept, and a closed shard after its close (AWS: 24 h by
     /// default). Tests set seconds.
     pub retention: Duration,
@@ -73,6 +79,7 @@ impl Default for KinesisLimits {
             list_shards_per_stream: 100,
             describe_stream_per_account: 10,
             describe_stream_summary_per_account: 20,
+            subscribe_to_shard_per_consumer_shard: 1,
             retention: Duration::from_secs(24 * 3600),
             iterator_lifetime: Duration::from_secs(300),
         }
@@ -96,6 +103,7 @@ struct State {
     list_shards: KeyedBuckets<String>,
     describe_stream: KeyedBuckets<()>,
     describe_stream_summary: KeyedBuckets<()>,
+    subscribe_to_shard: KeyedBuckets<(String, String)>,
     iterators: ExpiringMap<ShardKey>,
     list_tokens: ExpiringMap<String>,
     closings: ShardClosings,
@@ -123,7 +131,8 @@ enum Pass {
 }
 
 /// The operations the layer limits or learns from; others pass untouched.
-const WATCHED: [&str; 8] = [
+const WATCHED: [&str; 9] = [
+    "SubscribeToShard",
     "GetShardIterator",
     "GetRecords",
     "ListShards",
@@ -164,6 +173,7 @@ impl State {
             list_shards: KeyedBuckets::default(),
             describe_stream: KeyedBuckets::default(),
             describe_stream_summary: KeyedBuckets::default(),
+            subscribe_to_shard: KeyedBuckets::default(),
             closings: ShardClosings::default(),
             trimmed: 0,
         }
@@ -278,6 +288,37 @@ impl State {
                     return Err(control(stream_of(body).as_deref()));
                 }
                 Ok(pass)
+            }
+            "SubscribeToShard" => {
+                let consumer = body.get("ConsumerARN").and_then(Value::as_str);
+                let shard = body.get("ShardId").and_then(Value::as_str);
+                let (Some(consumer), Some(shard)) = (consumer, shard) else {
+                    return Ok(Pass::Other); // the service answers the malformed request
+                };
+                if let Some(stream) = consumer
+                    .split_once(":stream/")
+                    .and_then(|(_, rest)| rest.split_once("/consumer/"))
+                    .map(|(stream, _)| stream)
+                {
+                    gone(&self.closings, &ShardKey::new(stream.to_string(), shard))?;
+                }
+                if let Some(rate) = rate(limits.subscribe_to_shard_per_consumer_shard.into())
+                    && !self.subscribe_to_shard.try_take(
+                        &(consumer.to_string(), shard.to_string()),
+                        rate,
+                        now,
+                        1.0,
+                    )
+                {
+                    return Err(Refusal {
+                        kind: RefusalKind::ReadCallRate,
+                        code: "LimitExceededException",
+                        message: format!(
+                            "Rate exceeded for consumer {consumer} and shard {shard}: 1 SubscribeToShard call per second."
+                        ),
+                    });
+                }
+                Ok(Pass::Other)
             }
             "SplitShard" => Ok(Pass::Resharded(
                 shard_of(body, "ShardToSplit").into_iter().collect(),

@@ -99,7 +99,8 @@ impl Default for StrictOptions {
 #[non_exhaustive]
 pub enum RefusalKind {
     /// A per-shard call rate (GetRecords, GetShardIterator):
-    /// `ProvisionedThroughputExceededException`.
+    /// `ProvisionedThroughputExceededException`; SubscribeToShard's 1 call per second
+    /// per consumer and shard: `LimitExceededException`.
     ReadCallRate,
     /// A shard's read throughput (2 MiB/s): `ProvisionedThroughputExceededException`.
     ReadThroughput,

@@ -136,7 +136,20 @@ fn kinesis(
     if KINESIS_WITHOUT_RESOURCE.contains(&operation) {
         return Ok(vec![Permission::new(action, "*")]);
     }
-    let resource = if let Some(arn) = str_field(body, "StreamARN") {
+    // The consumer calls (SubscribeToShard, DescribeStreamConsumer and
+    // DeregisterStreamConsumer by ARN) are on the consumer; by name, on the consumer of
+    // that name, whose ARN ends in its registration time.
+    let consumer_by_name = matches!(
+        operation,
+        "DescribeStreamConsumer" | "DeregisterStreamConsumer"
+    )
+    .then(|| str_field(body, "ConsumerName"))
+    .flatten();
+    let resource = if let Some(arn) = str_field(body, "ConsumerARN") {
+        arn.to_string()
+    } else if let (Some(stream), Some(name)) = (str_field(body, "StreamARN"), consumer_by_name) {
+        format!("{stream}/consumer/{name}:*")
+    } else if let Some(arn) = str_field(body, "StreamARN") {
         arn.to_string()
     } else if let Some(name) = str_field(body, "StreamName") {
         scope.stream_arn(name)

@@ -32,6 +32,7 @@ fn ok(answer: Value) -> ProxyResponse {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
         body: answer.to_string().into(),
+        stream: None,
     }
 }
 

@@ -1,0 +1,406 @@
+//! Enhanced fan-out (SubscribeToShard): a reader's sessions and resume rules, and
+//! workers in fan-out mode through splits, merges, crashes and handoffs, against the
+//! embedded Kinesis or the external one named by `KCL_TEST_KINESIS_ENDPOINT`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use kcl::aws::{Clients, Endpoints};
+use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use kcl::internals::{FanOutConfig, FanOutReader, RetrievalConfig};
+use kcl::retrieval::fanout::{list_consumers, register_consumer};
+use kcl::{RetrievalMode, stream};
+use kcl_local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, kinesis_target};
+use kcl_local::testing::{unique, wait_for};
+use kcl_local::{KinesisBackend, LocalAws, LocalAwsOptions};
+
+mod common;
+use common::consumers::{
+    InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, builder, produce,
+};
+
+const KEYS: usize = 15;
+const WAIT: Duration = Duration::from_secs(120);
+const REGISTER: Duration = Duration::from_secs(30);
+
+async fn open_shards_by_range(clients: &kcl::aws::Clients, name: &str) -> Vec<stream::ShardInfo> {
+    let mut open: Vec<_> = stream::list_shards(&clients.kinesis, name)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.is_open())
+        .collect();
+    open.sort_by_key(|s| s.starting_hash_key);
+    open
+}
+
+fn fan_out_worker(stream: &str, app: &str, id: &str) -> kcl::WorkerConfig {
+    builder(stream, app, id)
+        .retrieval_mode(RetrievalMode::fan_out())
+        // kinesis-mock names no children at a shard's end: find it by polling soon.
+        .shard_end_check_after(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, data: &str) {
+    kinesis
+        .put_record()
+        .stream_name(stream)
+        .partition_key("k")
+        .data(Blob::new(data.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Reads with `reader` until at least `count` records arrived (or the deadline),
+/// returning their data in order.
+async fn read(reader: &mut FanOutReader, count: usize) -> Vec<String> {
+    read_positions(reader, count).await.0
+}
+
+/// [`read`], with each record's position.
+async fn read_positions(
+    reader: &mut FanOutReader,
+    count: usize,
+) -> (Vec<String>, Vec<ExtendedSequenceNumber>) {
+    let mut data = Vec::new();
+    let mut positions = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while data.len() < count {
+            let batch = reader.next_batch().await.unwrap();
+            for r in batch.records {
+                positions.push(r.extended_sequence_number());
+                data.push(String::from_utf8(r.data).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("records in time");
+    (data, positions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_are_renewed_without_gap_or_duplicate() {
+    let options = LocalAwsOptions {
+        subscription_session: Duration::from_millis(1_500),
+        ..LocalAwsOptions::from_env()
+    };
+    let embedded = options.kinesis == KinesisBackend::Embedded;
+    let aws = LocalAws::start(options).await.unwrap();
+    let kinesis = aws.clients().await.kinesis;
+    let name = unique("fan-session");
+    stream::create_stream(&kinesis, &name, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let consumer = register_consumer(&kinesis, &name, "reader", REGISTER)
+        .await
+        .unwrap();
+    let shard = stream::list_shards(&kinesis, &name).await.unwrap()[0]
+        .shard_id
+        .clone();
+    let reader = |start: ExtendedSequenceNumber| {
+        FanOutReader::new(
+            kinesis.clone(),
+            &name,
+            &shard,
+            start,
+            RetrievalConfig::default(),
+            FanOutConfig::new(&consumer.arn),
+        )
+    };
+
+    // LATEST, nothing put yet: the records put across several sessions all arrive.
+    let mut latest = reader(ExtendedSequenceNumber::new(SequencePosition::Latest));
+    let first = latest.next_batch().await.unwrap();
+    assert!(first.records.is_empty() && !first.shard_end);
+    let mut expected = Vec::new();
+    let mut got = Vec::new();
+    for i in 0..8 {
+        let data = format!("r{i}");
+        put(&kinesis, &name, &data).await;
+        expected.push(data);
+        got.extend(read(&mut latest, 1).await);
+        if embedded {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert_eq!(got, expected);
+    if embedded {
+        // 4 s of puts with sessions of 1.5 s.
+        let stats = latest.stats();
+        assert!(stats.sessions_ended >= 2, "{stats:?}");
+        assert!(stats.subscriptions >= 3, "{stats:?}");
+    }
+
+    // From TRIM_HORIZON: all, in order; from a checkpoint (r2): only what follows it.
+    // One subscription per consumer and shard at a time (a second is refused with
+    // ResourceInUseException, and retried): each reader goes before the next starts.
+    drop(latest);
+    let mut trim = reader(ExtendedSequenceNumber::new(SequencePosition::TrimHorizon));
+    let (all, positions) = read_positions(&mut trim, 8).await;
+    assert_eq!(all, expected);
+    drop(trim);
+    let mut resumed = reader(positions[2].clone());
+    put(&kinesis, &name, "r8").await;
+    let (rest, _) = read_positions(&mut resumed, 6).await;
+    assert_eq!(rest, ["r3", "r4", "r5", "r6", "r7", "r8"]);
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_consumer_is_an_error_not_a_retry_loop() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let kinesis = aws.clients().await.kinesis;
+    let name = unique("fan-missing");
+    stream::create_stream(&kinesis, &name, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let consumer = register_consumer(&kinesis, &name, "gone", REGISTER)
+        .await
+        .unwrap();
+    assert!(
+        kcl::retrieval::fanout::deregister_consumer(&kinesis, &name, "gone", REGISTER)
+            .await
+            .unwrap()
+    );
+    let shard = stream::list_shards(&kinesis, &name).await.unwrap()[0]
+        .shard_id
+        .clone();
+    let mut reader = FanOutReader::new(
+        kinesis.clone(),
+        &name,
+        &shard,
+        ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+        RetrievalConfig::default(),
+        FanOutConfig::new(&consumer.arn),
+    );
+    let err = tokio::time::timeout(WAIT, reader.next_batch())
+        .await
+        .expect("an answer in time")
+        .unwrap_err();
+    assert!(
+        matches!(err, kcl::RetrievalError::ResourceNotFound { .. }),
+        "{err}"
+    );
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fan_out_workers_process_every_record_in_order_through_split_and_merge() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let clients = aws.clients().await;
+    let endpoints = aws.endpoints();
+    let name = unique("fan-reshard");
+    let app = unique("fan-reshard-app");
+    stream::create_stream(&clients.kinesis, &name, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = Log::default();
+    let a = InProcess::start_config(&clients, fan_out_worker(&name, &app, "in-a"), &log);
+    let b = InProcess::start_config(&clients, fan_out_worker(&name, &app, "in-b"), &log);
+    let c = Process::spawn_fan_out(&endpoints, &name, &app, "proc-c", &log);
+
+    produce(&clients, &name, KEYS, 0..20).await;
+    let open = open_shards_by_range(&clients, &name).await;
+    stream::split_shard(
+        &clients.kinesis,
+        &name,
+        &open[0].shard_id,
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    produce(&clients, &name, KEYS, 20..40).await;
+    let open = open_shards_by_range(&clients, &name).await;
+    stream::merge_shards(
+        &clients.kinesis,
+        &name,
+        &open[1].shard_id,
+        &open[2].shard_id,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    produce(&clients, &name, KEYS, 40..60).await;
+
+    let total = KEYS * 60;
+    wait_for("every record processed", WAIT, || async {
+        (log.distinct_data() == total).then_some(())
+    })
+    .await;
+    let deliveries = log.snapshot();
+    assert_per_key_order(&deliveries);
+    let shards = stream::list_shards(&clients.kinesis, &name).await.unwrap();
+    assert_children_after_parents(&deliveries, &shards);
+    assert_eq!(deliveries.len(), total, "duplicates without faults");
+    // One consumer, shared by the three workers.
+    let consumers = list_consumers(&clients.kinesis, &name).await.unwrap();
+    assert_eq!(consumers.len(), 1, "{consumers:?}");
+    assert_eq!(consumers[0].name, app);
+
+    // A crash (SIGKILL) of the process: its shards are taken over and what it had
+    // not checkpointed is read again; nothing is lost.
+    c.signal(libc::SIGKILL);
+    c.wait().await;
+    produce(&clients, &name, KEYS, 60..70).await;
+    wait_for("the records put after the crash", WAIT, || async {
+        (log.distinct_data() == KEYS * 70).then_some(())
+    })
+    .await;
+    // A graceful handoff: a new worker joins and takes its share from the others,
+    // which hand their leases over at a checkpoint: nothing is delivered twice.
+    // Two open shards: b stops (releasing its lease, which a takes), so that a holds
+    // both and hands one over when d joins.
+    b.stop().await;
+    let before = log.snapshot();
+    let d = InProcess::start_config(&clients, fan_out_worker(&name, &app, "in-d"), &log);
+    let mut rounds = 70;
+    let started = tokio::time::Instant::now();
+    while !log.snapshot().iter().any(|d| d.worker == "in-d") {
+        assert!(
+            started.elapsed() < WAIT,
+            "the new worker never processed a shard"
+        );
+        produce(&clients, &name, KEYS, rounds..rounds + 1).await;
+        rounds += 1;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            wait_for("a record", WAIT, || async {
+                log.snapshot()
+                    .iter()
+                    .any(|d| d.worker == "in-d")
+                    .then_some(())
+            })
+            .await
+        })
+        .await;
+    }
+    wait_for("every record after the handoff", WAIT, || async {
+        (log.distinct_data() == KEYS * rounds).then_some(())
+    })
+    .await;
+    let all = log.snapshot();
+    assert_per_key_order(&all);
+    let earlier: HashSet<_> = before.iter().map(|d| d.data.as_str()).collect();
+    let since: Vec<_> = all[before.len()..]
+        .iter()
+        .map(|d| d.data.as_str())
+        .collect();
+    let distinct: HashSet<_> = since.iter().copied().collect();
+    if distinct.len() != since.len() {
+        for d in &all[before.len()..] {
+            eprintln!("{} {} {} {}", d.worker, d.shard, d.data, d.seq);
+        }
+    }
+    assert_eq!(
+        distinct.len(),
+        since.len(),
+        "a record delivered twice after the handoff"
+    );
+    assert!(
+        since.iter().all(|d| !earlier.contains(d)),
+        "a record delivered again"
+    );
+    a.stop().await;
+    d.stop().await;
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watchdog_replaces_a_stalled_subscription_without_gap_or_duplicate() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let admin = aws.clients().await;
+    let name = unique("fan-stall");
+    stream::create_stream(&admin.kinesis, &name, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let consumer = register_consumer(&admin.kinesis, &name, "reader", REGISTER)
+        .await
+        .unwrap();
+    let shard = stream::list_shards(&admin.kinesis, &name).await.unwrap()[0]
+        .shard_id
+        .clone();
+    // The first subscription flows for a second, then goes silent (connection open);
+    // the second says nothing at all; the third is healthy.
+    let plan = FaultPlan::new(1)
+        .with(
+            Rule::kinesis(
+                "SubscribeToShard",
+                Fault::Stall {
+                    after: Duration::from_secs(1),
+                },
+            )
+            .for_next(1),
+        )
+        .with(
+            Rule::kinesis(
+                "SubscribeToShard",
+                Fault::Stall {
+                    after: Duration::ZERO,
+                },
+            )
+            .for_next(1),
+        );
+    let proxy = FaultProxy::start(&aws.endpoints().kinesis.unwrap(), plan)
+        .await
+        .unwrap();
+    let through = Clients::connect(&Endpoints::local(
+        proxy.url(),
+        aws.endpoints().dynamodb.unwrap(),
+    ))
+    .await;
+    let mut reader = FanOutReader::new(
+        through.kinesis.clone(),
+        &name,
+        &shard,
+        ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
+        RetrievalConfig::default(),
+        FanOutConfig {
+            event_timeout: Duration::from_secs(2),
+            ..FanOutConfig::new(&consumer.arn)
+        },
+    );
+    for i in 0..3 {
+        put(&admin.kinesis, &name, &format!("r{i}")).await;
+    }
+    let mut got = read(&mut reader, 3).await;
+    // Reading on (idle events) until the watchdog has replaced both stalled
+    // subscriptions.
+    tokio::time::timeout(WAIT, async {
+        while reader.stats().watchdog_resets < 2 {
+            got.extend(
+                reader
+                    .next_batch()
+                    .await
+                    .unwrap()
+                    .records
+                    .into_iter()
+                    .map(|r| String::from_utf8(r.data).unwrap()),
+            );
+        }
+    })
+    .await
+    .expect("the watchdog fired twice");
+    for i in 3..6 {
+        put(&admin.kinesis, &name, &format!("r{i}")).await;
+    }
+    let rest = 6 - got.len();
+    got.extend(read(&mut reader, rest).await);
+    assert_eq!(got, ["r0", "r1", "r2", "r3", "r4", "r5"]);
+    let stats = reader.stats();
+    assert_eq!(stats.watchdog_resets, 2, "{stats:?}");
+    // Fewer subscriptions than calls: the SDK waits for the first frame before it
+    // returns a subscription, and kinesis-mock sends its first only after a second.
+    assert!(stats.subscriptions >= 1, "{stats:?}");
+    assert_eq!(
+        proxy
+            .counts()
+            .injected(&kinesis_target("SubscribeToShard"), FaultKind::Stalled),
+        2
+    );
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}
