@@ -49,6 +49,8 @@ EXPECTED_GOALS = {
     ("lease_coordination", "read_units_per_worker_minute"): "lease-table read capacity per worker per minute",
     ("consumer", "ratio_to_bare"): "kcl-rs worker / bare GetRecords loop",
     ("consumer", "child_start"): "child start after parent end",
+    ("consumer", "latency_fan_out_p50"): "put → process_records p50, enhanced fan-out",
+    ("consumer", "latency_fan_out_p99"): "put → process_records p99, enhanced fan-out",
     ("producer", "one_shard_150_of_bound"): "one shard, rate limit 150%: share of the bound",
     ("producer", "one_shard_100_of_bound"): "one shard, rate limit 100%: share of the bound",
     ("delivery", "end_to_end"): "end to end, unpaced",

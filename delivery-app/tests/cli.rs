@@ -23,6 +23,23 @@ struct Cli {
 }
 
 impl Cli {
+    /// Commands against `endpoints`, for `stream` and `app`.
+    fn new(endpoints: &kcl::aws::Endpoints, stream: &str, app: &str) -> Cli {
+        Cli::with(endpoints, ["--stream", stream, "--app", app])
+    }
+
+    /// Commands against `endpoints`, with these arguments after each.
+    fn with<'a>(endpoints: &kcl::aws::Endpoints, args: impl IntoIterator<Item = &'a str>) -> Cli {
+        let mut common = vec![
+            "--kinesis-endpoint".to_string(),
+            endpoints.kinesis.clone().unwrap(),
+            "--dynamodb-endpoint".to_string(),
+            endpoints.dynamodb.clone().unwrap(),
+        ];
+        common.extend(args.into_iter().map(str::to_string));
+        Cli { common }
+    }
+
     /// Runs `args`, signed as the principal of its command (`args[0]`).
     async fn run(&self, args: &[&str]) -> Output {
         let role = Role::of_command(args[0]);
@@ -73,18 +90,7 @@ async fn the_manual_flow_produces_exact_statistics() {
     .await
     .unwrap();
     let endpoints = aws.endpoints();
-    let cli = Cli {
-        common: vec![
-            "--kinesis-endpoint".into(),
-            endpoints.kinesis.clone().unwrap(),
-            "--dynamodb-endpoint".into(),
-            endpoints.dynamodb.clone().unwrap(),
-            "--stream".into(),
-            stream.clone(),
-            "--app".into(),
-            app.clone(),
-        ],
-    };
+    let cli = Cli::new(&endpoints, &stream, &app);
     let created = cli.ok(&["create-stream", "--shards", "2"]).await;
     assert!(created.contains("2 open shard(s)"), "{created}");
 
@@ -187,6 +193,7 @@ async fn help_explains_every_command() {
         "worker",
         "reshard",
         "stats",
+        "consumers",
     ] {
         assert!(
             help.contains(command),
@@ -215,16 +222,7 @@ async fn help_explains_every_command() {
 async fn errors_are_words_with_a_hint() {
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
     let endpoints = aws.endpoints();
-    let cli = Cli {
-        common: vec![
-            "--kinesis-endpoint".into(),
-            endpoints.kinesis.clone().unwrap(),
-            "--dynamodb-endpoint".into(),
-            endpoints.dynamodb.clone().unwrap(),
-            "--stream".into(),
-            unique("missing-stream"),
-        ],
-    };
+    let cli = Cli::with(&endpoints, ["--stream", &unique("missing-stream")]);
     let out = cli.run(&["produce", "--sim-seconds", "1"]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -251,5 +249,34 @@ async fn errors_are_words_with_a_hint() {
         "{err}"
     );
     assert!(!err.contains("DispatchFailure {"), "{err}");
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_listed_and_deregistered() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let (stream, app) = (unique("cli-fan-stream"), unique("cli-fan-app"));
+    let cli = Cli::new(&endpoints, &stream, &app);
+    cli.ok(&["create-stream", "--shards", "1"]).await;
+    let none = cli.ok(&["consumers", "list"]).await;
+    assert!(none.contains("no registered consumer"), "{none}");
+    // What a `--retrieval fan-out` worker registers at start.
+    let kinesis = aws.clients().await.kinesis;
+    let consumer =
+        kcl::retrieval::fanout::register_consumer(&kinesis, &stream, &app, Duration::from_secs(30))
+            .await
+            .unwrap();
+    let listed = cli.ok(&["consumers", "list"]).await;
+    assert!(
+        listed.contains(&consumer.arn) && listed.contains("ACTIVE"),
+        "{listed}"
+    );
+    let gone = cli.ok(&["consumers", "deregister"]).await;
+    assert!(gone.contains("deregistered"), "{gone}");
+    let none = cli.ok(&["consumers", "list"]).await;
+    assert!(none.contains("no registered consumer"), "{none}");
+    let again = cli.ok(&["consumers", "deregister"]).await;
+    assert!(again.contains("has no consumer named"), "{again}");
     aws.shutdown().await;
 }

@@ -12,7 +12,9 @@ use delivery_app::events::Reason;
 use delivery_app::scenario::{self, Step};
 use delivery_app::sim::KeyStrategy;
 use delivery_app::stats::StatsStore;
+use delivery_app::worker::Retrieval;
 use kcl::checkpoint::ExtendedSequenceNumber;
+use kcl_local::strict::RefusalKind;
 
 use common::{assert_exact, assert_no_call_denied, narrator, scenario, strict_aws};
 
@@ -25,15 +27,20 @@ fn orders() -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn order_keys_exact_through_a_crash_a_split_and_a_merge() {
-    let aws = strict_aws().await;
-    let steps = vec![
+/// A worker killed, a split, the worker restarted, a merge.
+fn crash_split_merge() -> Vec<(f64, Step)> {
+    vec![
         (0.2, Step::Kill),
         (0.35, Step::Split),
         (0.5, Step::Restart),
         (0.65, Step::Merge),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_keys_exact_through_a_crash_a_split_and_a_merge() {
+    let aws = strict_aws().await;
+    let steps = crash_split_merge();
     let config = scenario(&aws, orders(), 10.0, KeyStrategy::Order, 0, steps);
     let report = scenario::run(config, narrator("order-keys")).await.unwrap();
     assert_exact(&report);
@@ -51,6 +58,30 @@ async fn order_keys_exact_through_a_crash_a_split_and_a_merge() {
         "no order was created in a parent and completed in a child"
     );
     assert_no_call_denied(&aws);
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fan_out_workers_exact_through_a_crash_a_split_and_a_merge() {
+    let aws = strict_aws().await;
+    let steps = crash_split_merge();
+    let mut config = scenario(&aws, orders(), 10.0, KeyStrategy::Order, 0, steps);
+    config.retrieval = Retrieval::FanOut;
+    let report = scenario::run(config, narrator("fan-out")).await.unwrap();
+    assert_exact(&report);
+    assert_eq!(report.actions.len(), 4, "{:?}", report.actions);
+    assert_eq!(report.stats.shards.len(), 6, "{:?}", report.stats.shards);
+    if let Some(strict) = aws.strict() {
+        // The workers read through SubscribeToShard, allowed by the documented policy.
+        assert!(strict.iam().checked("SubscribeToShard") > 0);
+        assert!(strict.iam().checked("RegisterStreamConsumer") > 0);
+        assert_eq!(
+            strict.refusal_counts().kind(RefusalKind::AccessDenied),
+            0,
+            "calls denied: {:?}",
+            strict.refusal_counts().snapshot()
+        );
+    }
     aws.shutdown().await;
 }
 
@@ -106,12 +137,7 @@ async fn bad_events_are_dead_lettered_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_dynamodb_would_refuse_each_end_as_one_dead_letter() {
     let aws = strict_aws().await;
-    let steps = vec![
-        (0.2, Step::Kill),
-        (0.35, Step::Split),
-        (0.5, Step::Restart),
-        (0.65, Step::Merge),
-    ];
+    let steps = crash_split_merge();
     let mut config = scenario(&aws, orders(), 10.0, KeyStrategy::Order, 0, steps);
     config.sim.hostile_events = true;
     let app = config.app.clone();

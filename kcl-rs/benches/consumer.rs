@@ -2,11 +2,14 @@
 //! - records/s consumed by a kcl-rs worker (checkpointing every batch) from a
 //!   pre-filled stream, versus a bare aws-sdk GetRecords loop over the same data, in
 //!   the same run (goal: kcl-rs ≥ 0.9× the bare loop);
+//! - the same worker with enhanced fan-out (SubscribeToShard) over the same data;
+//! - put → `process_records` latency at a steady 1,000 records/s on 4 shards, polling
+//!   versus fan-out (goal for fan-out: p50 ≤ 50 ms, p99 ≤ 200 ms);
 //! - child-start latency: a parent shard's `shard_ended` → its child's `initialize`.
 //!
 //! Run: `cargo bench -p kcl-rs --bench consumer` (RECORDS=n, default 1,000,000 records
-//! of 368 bytes on 8 shards; ROUNDS=n, default 3). Besides the human lines, one
-//! `BENCH {json}` line per figure for `.ci/bench-report`.
+//! of 368 bytes on 8 shards; ROUNDS=n, default 3; LATENCY_SECS=n, default 20 per mode).
+//! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
 
 mod common;
 
@@ -19,7 +22,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use kcl::aws::Clients;
 use kcl::checkpoint::Checkpointer;
-use kcl::config::{InitialPosition, WorkerConfig};
+use kcl::config::{InitialPosition, RetrievalMode, WorkerConfig};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use kcl::stream;
 use kcl::worker::Worker;
@@ -34,6 +37,19 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// One PutRecords call; every entry must be accepted.
+async fn put_all(clients: &Clients, name: &str, entries: Vec<PutRecordsRequestEntry>) {
+    let out = clients
+        .kinesis
+        .put_records()
+        .stream_name(name)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failed_record_count(), Some(0));
 }
 
 async fn fill(clients: &Clients, name: &str, records: usize) {
@@ -62,15 +78,7 @@ async fn fill(clients: &Clients, name: &str, records: usize) {
                             .unwrap()
                     })
                     .collect();
-                let out = clients
-                    .kinesis
-                    .put_records()
-                    .stream_name(&name)
-                    .set_records(Some(entries))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(out.failed_record_count(), Some(0));
+                put_all(&clients, &name, entries).await;
             }
         }));
     }
@@ -147,11 +155,13 @@ async fn kcl_worker(
     name: &str,
     app: &str,
     records: usize,
+    mode: RetrievalMode,
 ) -> (Duration, Duration) {
     let seen = Arc::new(AtomicUsize::new(0));
     let first = Arc::new(Mutex::new(None));
     let config = WorkerConfig::builder(name, app)
         .initial_position(InitialPosition::TrimHorizon)
+        .retrieval_mode(mode)
         .build()
         .unwrap();
     let (s, f) = (Arc::clone(&seen), Arc::clone(&first));
@@ -287,6 +297,102 @@ async fn child_start_latencies(clients: &Clients, rounds: usize) -> Vec<f64> {
     latencies
 }
 
+/// The `q` quantile (0..=1) of `samples`, nearest rank.
+fn percentile(samples: &[f64], q: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Records the time from its put to its `process_records` for each record.
+struct Latency {
+    millis: Arc<Mutex<Vec<f64>>>,
+}
+
+impl RecordProcessor for Latency {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let now = unix_nanos();
+        {
+            let mut millis = self.millis.lock().unwrap();
+            for record in &input.records {
+                let put: [u8; 16] = record.data[..16].try_into().unwrap();
+                millis.push((now - u128::from_be_bytes(put)) as f64 / 1e6);
+            }
+        }
+        let _ = checkpointer.checkpoint().await;
+    }
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Puts 1,000 records/s (10 every 10 ms, random keys over 4 shards, each carrying its
+/// put time) for `secs` seconds while one worker in `mode` reads them; returns each
+/// record's put → `process_records` latency in ms, leaving out the first 2 s (leases
+/// and subscriptions starting).
+async fn put_to_process_latencies(clients: &Clients, mode: RetrievalMode, secs: usize) -> Vec<f64> {
+    let name = format!("bench-latency-{}", unix_nanos());
+    stream::create_stream(&clients.kinesis, &name, 4, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let millis = Arc::new(Mutex::new(Vec::new()));
+    let config = WorkerConfig::builder(&name, format!("{name}-app"))
+        .initial_position(InitialPosition::TrimHorizon)
+        .retrieval_mode(mode)
+        .build()
+        .unwrap();
+    let recorded = Arc::clone(&millis);
+    let worker = Worker::new(config, clients, move |_: &str| Latency {
+        millis: Arc::clone(&recorded),
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let (mut put, warm_up) = (0usize, 200);
+    for round in 0..secs * 100 {
+        tick.tick().await;
+        if round == warm_up {
+            millis.lock().unwrap().clear();
+            put = 0;
+        }
+        let entries: Vec<_> = (0..10)
+            .map(|i| {
+                let mut data = unix_nanos().to_be_bytes().to_vec();
+                data.resize(RECORD_BYTES, b'x');
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{round}-{i}"))
+                    .data(Blob::new(data))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        put_all(clients, &name, entries).await;
+        put += 10;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while millis.lock().unwrap().len() < put && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let millis = millis.lock().unwrap().clone();
+    assert!(
+        millis.len() >= put,
+        "{} of {put} records read",
+        millis.len()
+    );
+    millis
+}
+
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -312,21 +418,28 @@ async fn main() {
             .unwrap_or(1)
     );
     let (mut bare, mut kcl_total, mut kcl_steady, mut ratio) = (vec![], vec![], vec![], vec![]);
+    let mut fan_out = vec![];
     for round in 0..rounds {
         let b = records as f64 / bare_loop(&clients, name, records).await.as_secs_f64();
+        let app = format!("bench-app-{round}");
         let (total, steady) =
-            kcl_worker(&clients, name, &format!("bench-app-{round}"), records).await;
+            kcl_worker(&clients, name, &app, records, RetrievalMode::Polling).await;
         let (t, s) = (
             records as f64 / total.as_secs_f64(),
             records as f64 / steady.as_secs_f64(),
         );
+        let fan_app = format!("bench-fan-out-{round}");
+        let (_, fan_steady) =
+            kcl_worker(&clients, name, &fan_app, records, RetrievalMode::fan_out()).await;
+        let f = records as f64 / fan_steady.as_secs_f64();
         println!(
-            "round {round}: bare {b:.0} rec/s, kcl-rs {s:.0} rec/s from first delivery ({t:.0} rec/s incl. start-up)"
+            "round {round}: bare {b:.0} rec/s, kcl-rs {s:.0} rec/s from first delivery ({t:.0} rec/s incl. start-up), fan-out {f:.0} rec/s"
         );
         bare.push(b);
         kcl_total.push(t);
         kcl_steady.push(s);
         ratio.push(s / b);
+        fan_out.push(f);
     }
     let line = |figure, label, unit, samples: &[f64], goal| {
         common::result_line("consumer", figure, label, unit, samples, goal)
@@ -350,6 +463,13 @@ async fn main() {
         "kcl-rs worker, incl. lease start-up",
         "records/s",
         &kcl_total,
+        None,
+    );
+    line(
+        "kcl_fan_out_first_delivery",
+        "kcl-rs worker with enhanced fan-out, first delivery → last",
+        "records/s",
+        &fan_out,
         None,
     );
     line(
@@ -380,6 +500,39 @@ async fn main() {
             "NOT met"
         }
     );
+    let latency_secs = env_usize("LATENCY_SECS", 20);
+    for (mode, figure, label) in [
+        (RetrievalMode::Polling, "latency_polling", "polling"),
+        (
+            RetrievalMode::fan_out(),
+            "latency_fan_out",
+            "enhanced fan-out",
+        ),
+    ] {
+        let fan_out = mode != RetrievalMode::Polling;
+        let millis = put_to_process_latencies(&clients, mode, latency_secs).await;
+        let (p50, p99) = (percentile(&millis, 0.5), percentile(&millis, 0.99));
+        println!(
+            "put → process_records at 1,000 records/s on 4 shards, {label}: p50 {p50:.1} ms, p99 {p99:.1} ms over {} records",
+            millis.len()
+        );
+        common::result_line(
+            "consumer",
+            &format!("{figure}_p50"),
+            &format!("put → process_records p50, 1,000 records/s on 4 shards, {label}"),
+            "ms",
+            &[p50],
+            fan_out.then_some(("<=", 50.0, "≤ 50 ms")),
+        );
+        common::result_line(
+            "consumer",
+            &format!("{figure}_p99"),
+            &format!("put → process_records p99, 1,000 records/s on 4 shards, {label}"),
+            "ms",
+            &[p99],
+            fan_out.then_some(("<=", 200.0, "≤ 200 ms")),
+        );
+    }
     let latencies = child_start_latencies(&clients, 6).await;
     let millis: Vec<f64> = latencies.iter().map(|s| s * 1000.0).collect();
     line(

@@ -9,7 +9,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl::aws::{Clients, Endpoints};
 use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
 use kcl::internals::{FanOutConfig, FanOutReader, RetrievalConfig};
-use kcl::retrieval::fanout::{list_consumers, register_consumer};
+use kcl::retrieval::fanout::{StreamConsumer, list_consumers, register_consumer};
 use kcl::{RetrievalMode, stream};
 use kcl_local::faults::{Fault, FaultKind, FaultPlan, FaultProxy, Rule, kinesis_target};
 use kcl_local::testing::{unique, wait_for};
@@ -42,6 +42,44 @@ fn fan_out_worker(stream: &str, app: &str, id: &str) -> kcl::WorkerConfig {
         .shard_end_check_after(Duration::from_secs(2))
         .build()
         .unwrap()
+}
+
+/// A one-shard stream named after `prefix`, a consumer `consumer` of it, and the id of
+/// its shard.
+async fn one_shard(
+    kinesis: &aws_sdk_kinesis::Client,
+    prefix: &str,
+    consumer: &str,
+) -> (String, StreamConsumer, String) {
+    let name = unique(prefix);
+    stream::create_stream(kinesis, &name, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let consumer = register_consumer(kinesis, &name, consumer, REGISTER)
+        .await
+        .unwrap();
+    let shard = stream::list_shards(kinesis, &name).await.unwrap()[0]
+        .shard_id
+        .clone();
+    (name, consumer, shard)
+}
+
+/// A reader of `shard` through `consumer` with the default settings.
+fn new_reader(
+    kinesis: &aws_sdk_kinesis::Client,
+    name: &str,
+    shard: &str,
+    consumer: &StreamConsumer,
+    start: ExtendedSequenceNumber,
+) -> FanOutReader {
+    FanOutReader::new(
+        kinesis.clone(),
+        name,
+        shard,
+        start,
+        RetrievalConfig::default(),
+        FanOutConfig::new(&consumer.arn),
+    )
 }
 
 async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, data: &str) {
@@ -91,26 +129,8 @@ async fn sessions_are_renewed_without_gap_or_duplicate() {
     let embedded = options.kinesis == KinesisBackend::Embedded;
     let aws = LocalAws::start(options).await.unwrap();
     let kinesis = aws.clients().await.kinesis;
-    let name = unique("fan-session");
-    stream::create_stream(&kinesis, &name, 1, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let consumer = register_consumer(&kinesis, &name, "reader", REGISTER)
-        .await
-        .unwrap();
-    let shard = stream::list_shards(&kinesis, &name).await.unwrap()[0]
-        .shard_id
-        .clone();
-    let reader = |start: ExtendedSequenceNumber| {
-        FanOutReader::new(
-            kinesis.clone(),
-            &name,
-            &shard,
-            start,
-            RetrievalConfig::default(),
-            FanOutConfig::new(&consumer.arn),
-        )
-    };
+    let (name, consumer, shard) = one_shard(&kinesis, "fan-session", "reader").await;
+    let reader = |start| new_reader(&kinesis, &name, &shard, &consumer, start);
 
     // LATEST, nothing put yet: the records put across several sessions all arrive.
     let mut latest = reader(ExtendedSequenceNumber::new(SequencePosition::Latest));
@@ -154,28 +174,18 @@ async fn sessions_are_renewed_without_gap_or_duplicate() {
 async fn a_missing_consumer_is_an_error_not_a_retry_loop() {
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
     let kinesis = aws.clients().await.kinesis;
-    let name = unique("fan-missing");
-    stream::create_stream(&kinesis, &name, 1, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let consumer = register_consumer(&kinesis, &name, "gone", REGISTER)
-        .await
-        .unwrap();
+    let (name, consumer, shard) = one_shard(&kinesis, "fan-missing", "gone").await;
     assert!(
         kcl::retrieval::fanout::deregister_consumer(&kinesis, &name, "gone", REGISTER)
             .await
             .unwrap()
     );
-    let shard = stream::list_shards(&kinesis, &name).await.unwrap()[0]
-        .shard_id
-        .clone();
-    let mut reader = FanOutReader::new(
-        kinesis.clone(),
+    let mut reader = new_reader(
+        &kinesis,
         &name,
         &shard,
+        &consumer,
         ExtendedSequenceNumber::new(SequencePosition::TrimHorizon),
-        RetrievalConfig::default(),
-        FanOutConfig::new(&consumer.arn),
     );
     let err = tokio::time::timeout(WAIT, reader.next_batch())
         .await
@@ -313,16 +323,7 @@ async fn fan_out_workers_process_every_record_in_order_through_split_and_merge()
 async fn the_watchdog_replaces_a_stalled_subscription_without_gap_or_duplicate() {
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
     let admin = aws.clients().await;
-    let name = unique("fan-stall");
-    stream::create_stream(&admin.kinesis, &name, 1, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let consumer = register_consumer(&admin.kinesis, &name, "reader", REGISTER)
-        .await
-        .unwrap();
-    let shard = stream::list_shards(&admin.kinesis, &name).await.unwrap()[0]
-        .shard_id
-        .clone();
+    let (name, consumer, shard) = one_shard(&admin.kinesis, "fan-stall", "reader").await;
     // The first subscription flows for a second, then goes silent (connection open);
     // the second says nothing at all; the third is healthy.
     let plan = FaultPlan::new(1)
@@ -402,5 +403,47 @@ async fn the_watchdog_replaces_a_stalled_subscription_without_gap_or_duplicate()
         2
     );
     proxy.shutdown().await;
+    aws.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aggregates_are_split_and_resumed_inside_as_in_polling() {
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let kinesis = aws.clients().await.kinesis;
+    let (name, consumer, shard) = one_shard(&kinesis, "fan-kpl", "reader").await;
+    let mut aggregator = kcl::kpl::Aggregator::new();
+    for i in 0..5 {
+        aggregator.add(&format!("user-{i}"), None, format!("sub-{i}"));
+    }
+    let aggregate = kinesis
+        .put_record()
+        .stream_name(&name)
+        .partition_key("agg")
+        .data(Blob::new(aggregator.encode()))
+        .send()
+        .await
+        .unwrap()
+        .sequence_number;
+    put(&kinesis, &name, "plain-after").await;
+    let reader = |start| new_reader(&kinesis, &name, &shard, &consumer, start);
+    let mut all = reader(ExtendedSequenceNumber::new(SequencePosition::TrimHorizon));
+    let (data, positions) = read_positions(&mut all, 6).await;
+    assert_eq!(
+        data,
+        ["sub-0", "sub-1", "sub-2", "sub-3", "sub-4", "plain-after"]
+    );
+    assert!(
+        positions[..5]
+            .iter()
+            .enumerate()
+            .all(|(i, p)| *p == ExtendedSequenceNumber::at(aggregate.clone(), i as u64))
+    );
+    drop(all);
+    // A checkpoint at sub-record 2 resumes with sub-records 3 and 4.
+    let mut resumed = reader(ExtendedSequenceNumber::at(aggregate.clone(), 2));
+    assert_eq!(
+        read(&mut resumed, 3).await,
+        ["sub-3", "sub-4", "plain-after"]
+    );
     aws.shutdown().await;
 }

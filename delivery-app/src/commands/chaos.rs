@@ -39,9 +39,8 @@ pub struct ChaosArgs {
     /// Lease failover time of the workers, ms.
     #[arg(long, default_value_t = 3_000)]
     failover_ms: u64,
-    /// How the workers read the stream (fan-out is not served through `--strict`'s
-    /// proxies yet).
-    #[arg(long, value_enum, default_value_t = Retrieval::Polling, conflicts_with = "strict")]
+    /// How the workers read the stream: GetRecords polling, or enhanced fan-out.
+    #[arg(long, value_enum, default_value_t = Retrieval::Polling)]
     retrieval: Retrieval,
     /// Folder for the local AWS's data, the logs and the audit logs (emptied first;
     /// default: a new temporary folder).

@@ -349,20 +349,20 @@ fn into_response_stalling(answer: ProxyResponse, stall: Option<Duration>) -> Htt
     response
 }
 
-/// A streamed body that passes frames until a deadline, then none: the connection
-/// stays open and silent until the client gives up (or the proxy stops).
+/// A streamed body that passes frames until a deadline, then none: the connection to
+/// the client stays open and silent (until the proxy stops), while the one to the
+/// service is closed, so the service sees its subscriber gone — as a network that
+/// black-holes one direction of a connection eventually does.
 struct Stalling {
-    inner: Incoming,
+    inner: Option<Incoming>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    stalled: bool,
 }
 
 impl Stalling {
     fn new(inner: Incoming, after: Duration) -> Stalling {
         Stalling {
-            inner,
+            inner: Some(inner),
             deadline: Box::pin(tokio::time::sleep(after)),
-            stalled: false,
         }
     }
 }
@@ -375,14 +375,14 @@ impl hyper::body::Body for Stalling {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        if !self.stalled && self.deadline.as_mut().poll(cx).is_ready() {
+        if self.inner.is_some() && self.deadline.as_mut().poll(cx).is_ready() {
             tracing::debug!("fault proxy: stream stalled");
-            self.stalled = true;
+            self.inner = None;
         }
-        if self.stalled {
-            return std::task::Poll::Pending;
+        match self.inner.as_mut() {
+            Some(inner) => std::pin::Pin::new(inner).poll_frame(cx),
+            None => std::task::Poll::Pending,
         }
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
 }
 

@@ -34,6 +34,7 @@ use kcl::aws::{Clients, Endpoints};
 
 pub mod faults;
 pub mod strict;
+mod subscribe;
 pub mod testing;
 
 use strict::{StrictAws, StrictOptions};
@@ -213,7 +214,8 @@ impl LocalAws {
             KinesisBackend::Embedded => {
                 let listener = bind("Kinesis", kinesis_port).await?;
                 let addr = local_addr("Kinesis", &listener, kinesis_port)?;
-                let app = kinesis_app(&options)?;
+                let (app, subscriptions) = kinesis_app(&options)?;
+                subscriptions.connect(&format!("http://{addr}")).await;
                 let stop = cancel.clone();
                 tasks.push(tokio::spawn(async move {
                     let served = axum::serve(listener, app)
@@ -324,7 +326,9 @@ impl Drop for LocalAws {
     }
 }
 
-fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError> {
+fn kinesis_app(
+    options: &LocalAwsOptions,
+) -> Result<(axum::Router, subscribe::Subscriptions), LocalAwsError> {
     let durable = match &options.data_dir {
         Some(dir) => {
             let state_dir = dir.join("kinesis");
@@ -347,8 +351,6 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
         shard_limit: options.shard_limit,
         enforce_limits: options.enforce_limits || options.strict.is_some(),
         iterator_ttl_seconds: options.iterator_ttl_seconds,
-        subscribe_to_shard_session_ms: u64::try_from(options.subscription_session.as_millis())
-            .unwrap_or(u64::MAX),
         durable,
         ..Default::default()
     };
@@ -367,11 +369,18 @@ fn kinesis_app(options: &LocalAwsOptions) -> Result<axum::Router, LocalAwsError>
     // A full PutRecords (500 records, 5 MiB of data) is about 7 MB of JSON once base64
     // encoded; real Kinesis takes it, axum's default 2 MB body limit would not.
     let order = Arc::new(tokio::sync::RwLock::new(()));
-    Ok(app
+    // SubscribeToShard is served on GetRecords, in order with the writes: see `subscribe`.
+    let subscriptions = subscribe::Subscriptions::new(options.subscription_session);
+    let intercepting = subscriptions.clone();
+    let app = app
         .layer(axum::middleware::from_fn(move |request, next| {
             reads_after_writes(Arc::clone(&order), request, next)
         }))
-        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            subscribe::intercept(intercepting.clone(), request, next)
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024));
+    Ok((app, subscriptions))
 }
 
 /// ferrokinesis gives a PutRecord(s) call its sequence numbers before it stores the

@@ -96,7 +96,8 @@ pub fn replay_corpus(
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// Standard padded base64, for test fixtures (no base64 crate in the workspace).
+/// Standard padded base64, for test fixtures and the embedded SubscribeToShard's
+/// record data (no base64 crate in the workspace).
 ///
 /// ```
 /// use kcl_local::testing::{base64_decode, base64_encode};

@@ -57,8 +57,9 @@ pub enum Fault {
     /// service acted but the client cannot know, so its retry repeats a done write.
     DropResponse,
     /// Forward the request and pass a streamed answer (a SubscribeToShard event stream)
-    /// for `after`, then pass nothing more while keeping the connection open: a
-    /// subscription that goes silent. Other answers pass whole.
+    /// for `after`, then pass nothing more while keeping the client's connection open
+    /// (the service's is closed): a subscription that goes silent. Other answers pass
+    /// whole.
     Stall {
         /// How long the stream flows before it stalls.
         after: Duration,

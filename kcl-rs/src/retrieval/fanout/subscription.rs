@@ -85,14 +85,15 @@ impl std::fmt::Debug for Subscription {
 /// one starts `AT_SEQUENCE_NUMBER` of the last delivered record and skips through it,
 /// so nothing is lost or delivered twice whatever the service's
 /// `ContinuationSequenceNumber` means (real Kinesis and kinesis-mock give the last
-/// record's sequence number, ferrokinesis the next position). Before any record is
-/// delivered, the last `ContinuationSequenceNumber` is used instead, so a reader that
-/// started at `LATEST` misses nothing between two sessions.
+/// record's sequence number, ferrokinesis's own SubscribeToShard the next position).
+/// Before any record is delivered, the last non-empty `ContinuationSequenceNumber` is
+/// used instead, so a reader that started at `LATEST` misses nothing between two
+/// sessions where the service names a position (real Kinesis always does).
 ///
 /// Shard end: an event with `ChildShards` and no records (real Kinesis sends one at
-/// the end of a closed shard; ferrokinesis sends its children with every event once the
-/// shard is closed, and ends the stream after the last records), or a stream that ends
-/// after an event that named children. A shard that delivers nothing for
+/// the end of a closed shard; ferrokinesis's own SubscribeToShard sends children with
+/// every event once the shard is closed, and ends the stream after the last records),
+/// or a stream that ends after an event that named children. A shard that delivers nothing for
 /// [`FanOutConfig::end_check_after`] is checked with one polling read, for services
 /// that never name children.
 ///
