@@ -9,23 +9,13 @@ use kcl::stream;
 mod common;
 use common::consumers::{
     InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, produce,
+    produce_through_split_and_merge,
 };
 use common::strict;
 use kcl_local::testing::{unique, wait_for};
 
 const KEYS: usize = 15;
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn open_shards_by_range(clients: &kcl::aws::Clients, name: &str) -> Vec<stream::ShardInfo> {
-    let mut open: Vec<_> = stream::list_shards(&clients.kinesis, name)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.is_open())
-        .collect();
-    open.sort_by_key(|s| s.starting_hash_key);
-    open
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
@@ -44,30 +34,8 @@ async fn records_flow_in_order_through_split_and_merge_with_three_workers() {
     let b = InProcess::start_with(&worker_clients, &name, &app, "in-b", &log);
     let c = Process::spawn_as(&endpoints, &key, &name, &app, "proc-c", &log);
 
-    produce(&clients, &name, KEYS, 0..20).await;
-    let open = open_shards_by_range(&clients, &name).await;
-    stream::split_shard(
-        &clients.kinesis,
-        &name,
-        &open[0].shard_id,
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    produce(&clients, &name, KEYS, 20..40).await;
-    // Merge the upper child of the split with the untouched upper shard.
-    let open = open_shards_by_range(&clients, &name).await;
-    stream::merge_shards(
-        &clients.kinesis,
-        &name,
-        &open[1].shard_id,
-        &open[2].shard_id,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    produce(&clients, &name, KEYS, 40..60).await;
+    // A split of the lower shard, then a merge of its upper child with the upper shard.
+    produce_through_split_and_merge(&clients, &name, KEYS).await;
 
     let total = KEYS * 60;
     wait_for("every record processed", WAIT, || async {

@@ -18,22 +18,12 @@ use kcl_local::{KinesisBackend, LocalAws, LocalAwsOptions};
 mod common;
 use common::consumers::{
     InProcess, Log, Process, assert_children_after_parents, assert_per_key_order, builder, produce,
+    produce_through_split_and_merge,
 };
 
 const KEYS: usize = 15;
 const WAIT: Duration = Duration::from_secs(120);
 const REGISTER: Duration = Duration::from_secs(30);
-
-async fn open_shards_by_range(clients: &kcl::aws::Clients, name: &str) -> Vec<stream::ShardInfo> {
-    let mut open: Vec<_> = stream::list_shards(&clients.kinesis, name)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.is_open())
-        .collect();
-    open.sort_by_key(|s| s.starting_hash_key);
-    open
-}
 
 fn fan_out_worker(stream: &str, app: &str, id: &str) -> kcl::WorkerConfig {
     builder(stream, app, id)
@@ -213,29 +203,8 @@ async fn fan_out_workers_process_every_record_in_order_through_split_and_merge()
     let b = InProcess::start_config(&clients, fan_out_worker(&name, &app, "in-b"), &log);
     let c = Process::spawn_fan_out(&endpoints, &name, &app, "proc-c", &log);
 
-    produce(&clients, &name, KEYS, 0..20).await;
-    let open = open_shards_by_range(&clients, &name).await;
-    stream::split_shard(
-        &clients.kinesis,
-        &name,
-        &open[0].shard_id,
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    produce(&clients, &name, KEYS, 20..40).await;
-    let open = open_shards_by_range(&clients, &name).await;
-    stream::merge_shards(
-        &clients.kinesis,
-        &name,
-        &open[1].shard_id,
-        &open[2].shard_id,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    produce(&clients, &name, KEYS, 40..60).await;
+    // A split of the lower shard, then a merge of its upper child with the upper shard.
+    produce_through_split_and_merge(&clients, &name, KEYS).await;
 
     let total = KEYS * 60;
     wait_for("every record processed", WAIT, || async {

@@ -21,6 +21,20 @@ pub(crate) fn full_jitter(bound: Duration) -> Duration {
     bound.mul_f64(rand::random::<f64>())
 }
 
+/// Sleeps the jittered backoff after `failures` consecutive failures of a reader of
+/// `shard_id` (bound from `initial` doubling to `max`), tracing why.
+pub(crate) async fn sleep_backoff(
+    shard_id: &str,
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+    message: &str,
+) {
+    let delay = full_jitter(backoff_bound(initial, max, failures));
+    tracing::trace!(%shard_id, ?delay, failures, %message, "backoff");
+    tokio::time::sleep(delay).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

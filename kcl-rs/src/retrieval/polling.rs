@@ -9,7 +9,7 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use tokio::time::Instant;
 
-use super::backoff::{backoff_bound, full_jitter};
+use super::backoff::sleep_backoff;
 use super::error::{Failure, RetrievalError, classify};
 use super::gone;
 use super::record::{Deaggregated, KinesisClientRecord, deaggregate_records, skip_through};
@@ -425,13 +425,14 @@ impl ShardReader {
                 message
             }
         };
-        let delay = full_jitter(backoff_bound(
+        sleep_backoff(
+            &self.shard_id,
             self.config.initial_backoff,
             self.config.max_backoff,
             self.failures,
-        ));
-        tracing::trace!(shard_id = %self.shard_id, ?delay, failures = self.failures, %message, "backoff");
-        tokio::time::sleep(delay).await;
+            &message,
+        )
+        .await;
         Ok(())
     }
 

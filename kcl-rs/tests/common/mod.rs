@@ -401,6 +401,47 @@ pub mod consumers {
         }
     }
 
+    /// The open shards of `stream`, by hash range.
+    pub async fn open_shards_by_range(clients: &Clients, stream: &str) -> Vec<ShardInfo> {
+        let mut open: Vec<_> = kcl::stream::list_shards(&clients.kinesis, stream)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.is_open())
+            .collect();
+        open.sort_by_key(|s| s.starting_hash_key);
+        open
+    }
+
+    /// On a 2-shard `stream`: 20 rounds of `keys` records, a split of the lower shard,
+    /// 20 rounds, a merge of the split's upper child with the upper shard, 20 rounds
+    /// (rounds 0..60; 5 shards in the end).
+    pub async fn produce_through_split_and_merge(clients: &Clients, stream: &str, keys: usize) {
+        produce(clients, stream, keys, 0..20).await;
+        let open = open_shards_by_range(clients, stream).await;
+        kcl::stream::split_shard(
+            &clients.kinesis,
+            stream,
+            &open[0].shard_id,
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        produce(clients, stream, keys, 20..40).await;
+        let open = open_shards_by_range(clients, stream).await;
+        kcl::stream::merge_shards(
+            &clients.kinesis,
+            stream,
+            &open[1].shard_id,
+            &open[2].shard_id,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        produce(clients, stream, keys, 40..60).await;
+    }
+
     /// Per key, the first deliveries (in time) come in the order the records were put:
     /// a replay after a crash may repeat records, never put a later one first.
     pub fn assert_per_key_order(deliveries: &[Delivery]) {

@@ -15,7 +15,7 @@ use aws_sdk_kinesis::types::{
 use tokio::time::Instant;
 
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
-use crate::retrieval::backoff::{backoff_bound, full_jitter};
+use crate::retrieval::backoff::sleep_backoff;
 use crate::retrieval::error::{Failure, RetrievalError, classify_with};
 use crate::retrieval::polling::{Batch, ChildShardRef, RetrievalConfig, ShardReader};
 use crate::retrieval::record::{Deaggregated, deaggregate_records, skip_through};
@@ -448,13 +448,14 @@ impl FanOutReader {
                 message
             }
         };
-        let delay = full_jitter(backoff_bound(
+        sleep_backoff(
+            &self.shard_id,
             self.retrieval.initial_backoff,
             self.retrieval.max_backoff,
             self.failures,
-        ));
-        tracing::trace!(shard_id = %self.shard_id, ?delay, failures = self.failures, %message, "backoff");
-        tokio::time::sleep(delay).await;
+            &message,
+        )
+        .await;
         Ok(None)
     }
 
