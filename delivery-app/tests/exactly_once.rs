@@ -13,7 +13,6 @@ use delivery_app::scenario::{self, Step};
 use delivery_app::sim::KeyStrategy;
 use delivery_app::stats::StatsStore;
 use delivery_app::worker::Retrieval;
-use kcl::checkpoint::ExtendedSequenceNumber;
 use kcl_local::strict::RefusalKind;
 
 use common::{assert_exact, assert_no_call_denied, narrator, scenario, strict_aws};
@@ -154,12 +153,7 @@ async fn records_dynamodb_would_refuse_each_end_as_one_dead_letter() {
     let stored = store.dead_letters(1_000).await.unwrap();
     assert_eq!(stored.len(), 101);
     for letter in &stored {
-        let mut parts = letter.id.split('#');
-        let (shard, seq, sub) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap().parse::<u64>().unwrap(),
-        );
+        let shard = letter.shard_id.as_str();
         let watermark = report
             .stats
             .shards
@@ -167,9 +161,8 @@ async fn records_dynamodb_would_refuse_each_end_as_one_dead_letter() {
             .find(|s| s.shard_id == shard)
             .and_then(|s| s.watermark.clone())
             .unwrap_or_else(|| panic!("no watermark for {shard}"));
-        let position = ExtendedSequenceNumber::at(seq, sub);
         assert!(
-            position.compare(&watermark).is_le(),
+            letter.position.compare(&watermark).is_le(),
             "{} is past the watermark {watermark:?}",
             letter.id
         );

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use delivery_app::events::{Reason, parse};
 use delivery_app::principals::Role;
 use delivery_app::stats::StatsStore;
-use delivery_app::stats::plan::{OrderState, ParsedRecord, digest, plan_chunk, referenced_orders};
+use delivery_app::stats::plan::{
+    OrderState, ParsedRecord, PlanLimits, digest, plan_chunk, plan_chunk_within, referenced_orders,
+};
 use delivery_app::stats::store::StoreError;
 use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
 use kcl::leases::{Change, DynamoLeaseStore, Expect, Lease, LeaseStore};
@@ -200,6 +202,62 @@ async fn replays_and_stale_plans_change_nothing() {
     assert_eq!(both.totals.cross_shard_completions, 1);
     let marks = reader.watermarks().await.unwrap();
     assert_eq!(marks["shard-b"], ExtendedSequenceNumber::at("1", 0));
+    common::assert_no_call_denied_to_the_worker(&aws);
+    aws.shutdown().await;
+}
+
+/// A copy of a *rejected* record (the producer put it twice) is one dead letter, even
+/// in another shard: the processor finds the stored one before planning, and two plans
+/// made at once cannot both write it (the dead letter's put requires its absence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_rejected_record_are_one_dead_letter() {
+    let (aws, store, reader) = strict_stores("DeadCopyTest").await;
+    store.ensure_tables().await.unwrap();
+    lease_to_writer(&aws, "DeadCopyTest", &["s1", "s2"]).await;
+    let bad = r#"{"type":"order_assigned","order_id":"o7","driver_id":"d","assigned_at":5}"#;
+    let in_s1 = vec![record(1, bad)];
+    let in_s2 = vec![record(40, bad)];
+    // Both planned before either is applied, as two workers would.
+    let first = plan_chunk("s1", &in_s1, &absent(&in_s1));
+    let second = plan_chunk("s2", &in_s2, &absent(&in_s2));
+    assert_eq!(first.dead_letters.len(), 1);
+    assert_eq!(first.dead_letters[0].id, second.dead_letters[0].id);
+    let ids = [first.dead_letters[0].id.clone()];
+    assert!(store.stored_dead_letters(&ids).await.unwrap().is_empty());
+    store
+        .apply("s1", None, &first.delta.regions, &first, &writer())
+        .await
+        .unwrap();
+    let refused = store
+        .apply("s2", None, &second.delta.regions, &second, &writer())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.watermark("s2").await.unwrap(), None);
+
+    // Re-planned knowing the stored one: a redelivery, counted, nothing else written.
+    let stored = store.stored_dead_letters(&ids).await.unwrap();
+    assert_eq!(stored, ids.iter().cloned().collect());
+    let limits = PlanLimits {
+        dead_lettered: [second.dead_letters[0].digest].into(),
+        ..PlanLimits::default()
+    };
+    let again = plan_chunk_within("s2", &in_s2, &absent(&in_s2), &limits);
+    assert!(again.dead_letters.is_empty());
+    store
+        .apply("s2", None, &again.delta.regions, &again, &writer())
+        .await
+        .unwrap();
+    let end = reader.read().await.unwrap();
+    assert_eq!(end.totals.dead_letter_count(), 1);
+    assert_eq!(end.totals.dead_letters[&Reason::AssignedBeforeCreated], 1);
+    assert_eq!(end.totals.redeliveries_skipped, 1);
+    assert_eq!(end.totals.records(), 2);
+    let listed = reader.dead_letters(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, ids[0]);
     common::assert_no_call_denied_to_the_worker(&aws);
     aws.shutdown().await;
 }

@@ -90,6 +90,9 @@ pub struct ChaosReport {
     pub events: u64,
     /// Whether the statistics equal the ground truth exactly.
     pub stats_match: bool,
+    /// When they differ, how: the differing figures, and the dead letters by reason
+    /// stored and expected (the run's folder keeps both in `stats.json`).
+    pub differences: Vec<String>,
     /// What the audit checks found.
     pub findings: Findings,
     /// Wall time of the whole run.
@@ -130,9 +133,12 @@ impl ChaosReport {
             config.workers,
             thousands(self.events),
             if self.stats_match {
-                "match the ground truth"
+                "match the ground truth".to_string()
             } else {
-                "DIFFER from the ground truth"
+                format!(
+                    "DIFFER from the ground truth ({})",
+                    self.differences.join("; ")
+                )
             },
             thousands(f.applied),
             f.shards,
@@ -340,10 +346,28 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
                 records: totals.records(),
             };
             let findings = check::check(&audits, &observations, &shards, &stored);
+            let json = crate::report::to_json(&report.stats, Some(&report.truth));
+            std::fs::write(
+                config.dir.join("stats.json"),
+                serde_json::to_string_pretty(&json)?,
+            )?;
+            let differences = report
+                .comparison
+                .differences
+                .iter()
+                .map(|field| match field.as_str() {
+                    "dead_letters" => format!(
+                        "dead letters {:?}, expected {:?}",
+                        report.stats.totals.dead_letters, report.truth.dead_letters
+                    ),
+                    other => other.to_string(),
+                })
+                .collect();
             Ok(ChaosReport {
                 faults,
                 events: report.truth.records,
                 stats_match: report.comparison.matches,
+                differences,
                 findings,
                 elapsed: started.elapsed(),
             })

@@ -70,8 +70,8 @@ pub async fn run(args: StatsArgs) -> Result<(), CommandError> {
         print!("{}", to_table(&stats, truth.as_ref()));
         for d in &dead {
             println!(
-                "\n{} [{}] {}\n  raw ({} bytes): {}",
-                d.id, d.reason, d.detail, d.raw_len, d.raw
+                "\n{} at {} (record {}) [{}] {}\n  raw ({} bytes): {}",
+                d.shard_id, d.position, d.id, d.reason, d.detail, d.raw_len, d.raw
             );
         }
     }

@@ -10,7 +10,10 @@
 //!   `dl_<reason>` per dead-letter reason, and `regions`: the orders per pickup region
 //!   as one string (`x_y:n` separated by spaces, see [`encode_regions`]). At most 2,500
 //!   regions, about 25 KB: well under the 400 KB item limit.
-//! - Dead-letter table, key `dl_id` = `<shard>#<sequence>#<sub-sequence>`.
+//! - Dead-letter table, key `dl_id` = `<digest>-<length>` of the record's bytes (see
+//!   [`DeadLetter::id`]), put only if absent: a copy of a rejected record is one dead
+//!   letter. `shard_id`, `sequence_number`, `sub_sequence_number` say where it was
+//!   read first.
 
 use std::collections::HashMap;
 
@@ -411,7 +414,9 @@ fn dead_letter_put(
             "truncated",
             AttributeValue::Bool(dead.raw.len() < dead.raw_len),
         )
-        .item("recorded_at", n(now_ms));
+        .item("recorded_at", n(now_ms))
+        .condition_expression("attribute_not_exists(#k)")
+        .expression_attribute_names("#k", DEAD_LETTER_KEY);
     if !dead.raw.is_empty() {
         put = put.item("raw", AttributeValue::B(Blob::new(dead.raw.clone())));
     }

@@ -16,8 +16,14 @@
 //! (at most three), and a record whose digest is among them is skipped and counted
 //! ([`Totals::redeliveries_skipped`]), not dead-lettered. A duplicate with other bytes
 //! (another event about the same thing) is still a `duplicate_event` dead letter.
+//! A rejected record is redelivered the same way, so a dead letter is keyed by its
+//! record's digest and length ([`DeadLetter::id`]): the caller passes the digests
+//! already dead-lettered ([`PlanLimits::dead_lettered`]), a copy of one of them (or of
+//! a record rejected earlier in the chunk) is a skipped redelivery, and the dead
+//! letter's put is conditioned on its absence, so two copies planned at once in two
+//! shards cannot both count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kcl::checkpoint::ExtendedSequenceNumber;
 
@@ -43,6 +49,9 @@ pub struct PlanLimits {
     pub stored: Summary,
     /// At most this many records (at least one): how a refused transaction is bisected.
     pub max_records: usize,
+    /// The [`digest`]s of records known to be dead-lettered already: an exact copy of
+    /// one is a redelivery, skipped.
+    pub dead_lettered: HashSet<u64>,
 }
 
 impl Default for PlanLimits {
@@ -50,6 +59,7 @@ impl Default for PlanLimits {
         PlanLimits {
             stored: Summary::default(),
             max_records: usize::MAX,
+            dead_lettered: HashSet::new(),
         }
     }
 }
@@ -183,8 +193,11 @@ impl OrderWrite {
 /// A rejected record, for the dead-letter table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// Unique and stable: `<shard>#<sequence number>#<sub-sequence number>`.
+    /// The record's identity, the same for every copy of it: `<digest>-<length>`, its
+    /// bytes' [`digest`] in 16 hex digits and their length.
     pub id: String,
+    /// The record's [`digest`].
+    pub digest: u64,
     /// The record's position.
     pub position: ExtendedSequenceNumber,
     /// The record's partition key.
@@ -373,12 +386,20 @@ pub fn plan_chunk_within(
         after: HashMap::new(),
     };
     let mut op_index: HashMap<String, usize> = HashMap::new();
+    // Records rejected by this chunk: a copy later in it is a redelivery too.
+    let mut rejected: HashSet<u64> = HashSet::new();
     let mut bytes = size::stats_item_bound(shard_id) + LEASE_ITEM_BOUND;
     for record in records {
         if chunk.records >= limits.max_records.max(1) {
             break;
         }
+        let record_digest = digest(&record.raw);
         let (order, outcome) = match &record.parsed {
+            _ if limits.dead_lettered.contains(&record_digest)
+                || rejected.contains(&record_digest) =>
+            {
+                (None, Outcome::Redelivery)
+            }
             Err(rejection) => (None, Outcome::Rejected(rejection.clone())),
             Ok(event) => {
                 let id = event.order_id();
@@ -387,7 +408,6 @@ pub fn plan_chunk_within(
                         .get(id)
                         .unwrap_or_else(|| panic!("no state fetched for order {id}"))
                 });
-                let record_digest = digest(&record.raw);
                 let outcome = match decide(event, record_digest, state) {
                     Decision::Apply(t) => {
                         let sums = &chunk.delta.sums;
@@ -413,7 +433,9 @@ pub fn plan_chunk_within(
         // Items and bytes this record adds.
         let new_op = order.is_some_and(|id| !op_index.contains_key(id));
         let dead = match &outcome {
-            Outcome::Rejected(rejection) => Some(dead_letter(shard_id, record, rejection.clone())),
+            Outcome::Rejected(rejection) => {
+                Some(dead_letter(record, record_digest, rejection.clone()))
+            }
             _ => None,
         };
         let added_items = usize::from(new_op) + usize::from(dead.is_some());
@@ -450,6 +472,7 @@ pub fn plan_chunk_within(
             // decision depended on its state.
             Outcome::Redelivery => chunk.delta.redeliveries_skipped += 1,
             Outcome::Rejected(rejection) => {
+                rejected.insert(record_digest);
                 *chunk
                     .delta
                     .dead_letters

@@ -234,13 +234,34 @@ impl StatsProcessor {
         let mut pause = Duration::from_millis(50);
         // Lowered while a refused transaction is bisected (see `isolate`).
         let mut max_records = usize::MAX;
+        // Records found dead-lettered already (copies of them are redeliveries).
+        let mut dead_lettered = HashSet::new();
         while !records.is_empty() {
             transactions += 1;
             let limits = PlanLimits {
                 stored: self.sums.clone(),
                 max_records,
+                dead_lettered: dead_lettered.clone(),
             };
             let chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
+            if !chunk.dead_letters.is_empty() {
+                let ids: Vec<String> = chunk.dead_letters.iter().map(|d| d.id.clone()).collect();
+                let store = Arc::clone(&self.store);
+                let stored = self
+                    .retry("reading dead letters", || store.stored_dead_letters(&ids))
+                    .await?;
+                if !stored.is_empty() {
+                    tracing::info!(shard = %self.shard_id, copies = stored.len(), "records already dead-lettered read again; skipped as redeliveries");
+                    dead_lettered.extend(
+                        chunk
+                            .dead_letters
+                            .iter()
+                            .filter(|d| stored.contains(&d.id))
+                            .map(|d| d.digest),
+                    );
+                    continue;
+                }
+            }
             let previous = self.watermark.clone().flatten();
             let mut regions = self.regions.clone();
             for (region, n) in &chunk.delta.regions {

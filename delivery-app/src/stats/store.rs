@@ -2,7 +2,7 @@
 //! processor needs (watermarks, order states) and the one write (a transaction per
 //! [`Chunk`]), and the scans `stats` reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -52,8 +52,13 @@ pub struct StoredStats {
 /// A dead letter as stored.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StoredDeadLetter {
-    /// `<shard>#<sequence>#<sub-sequence>`.
+    /// The record's identity (see [`DeadLetter::id`](super::plan::DeadLetter::id)).
     pub id: String,
+    /// The shard it was read from (first, if copies of it came again).
+    pub shard_id: String,
+    /// Where in that shard: sequence number and sub-sequence number.
+    #[serde(serialize_with = "as_display")]
+    pub position: ExtendedSequenceNumber,
     /// Why.
     pub reason: String,
     /// What exactly.
@@ -62,6 +67,14 @@ pub struct StoredDeadLetter {
     pub raw: String,
     /// The record's full length.
     pub raw_len: u64,
+}
+
+/// `seq.sub`, as [`ExtendedSequenceNumber`] displays it.
+fn as_display<S: serde::Serializer>(
+    position: &ExtendedSequenceNumber,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(position)
 }
 
 /// The application's statistics tables.
@@ -143,18 +156,62 @@ impl StatsStore {
     ) -> Result<HashMap<String, Option<OrderState>>, StoreError> {
         let mut states: HashMap<String, Option<OrderState>> =
             order_ids.iter().map(|id| (id.clone(), None)).collect();
-        for batch in order_ids.chunks(100) {
+        let items = self
+            .batch_get(
+                &self.tables.orders,
+                ORDER_KEY,
+                order_ids,
+                "order_id, created_at, price_cents, created_shard, assigned_at, completed_at, event_digests",
+            )
+            .await?;
+        for item in &items {
+            let (id, state) = decode_order(item).map_err(|what| StoreError::Malformed {
+                table: self.tables.orders.clone(),
+                what,
+            })?;
+            states.insert(id, Some(state));
+        }
+        Ok(states)
+    }
+
+    /// Which of the dead letters `ids` ([`DeadLetter::id`](super::plan::DeadLetter::id))
+    /// are stored, read consistently.
+    pub async fn stored_dead_letters(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        let items = self
+            .batch_get(
+                &self.tables.dead_letters,
+                DEAD_LETTER_KEY,
+                ids,
+                DEAD_LETTER_KEY,
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| item.get(DEAD_LETTER_KEY)?.as_s().ok().cloned())
+            .collect())
+    }
+
+    /// The items of `table` whose string key `key` is one of `ids` (the `projection`
+    /// of each), read consistently in BatchGetItem calls of at most 100 keys; keys
+    /// DynamoDB leaves unprocessed are asked for again after a pause.
+    async fn batch_get(
+        &self,
+        table: &str,
+        key: &str,
+        ids: &[String],
+        projection: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut found = Vec::new();
+        for batch in ids.chunks(100) {
             let keys: Vec<_> = batch
                 .iter()
-                .map(|id| HashMap::from([(ORDER_KEY.to_string(), AttributeValue::S(id.clone()))]))
+                .map(|id| HashMap::from([(key.to_string(), AttributeValue::S(id.clone()))]))
                 .collect();
             let mut request = Some(
                 KeysAndAttributes::builder()
                     .set_keys(Some(keys))
                     .consistent_read(true)
-                    .projection_expression(
-                        "order_id, created_at, price_cents, created_shard, assigned_at, completed_at, event_digests",
-                    )
+                    .projection_expression(projection)
                     .build()
                     .map_err(|e| StoreError::Fatal(e.to_string()))?,
             );
@@ -163,26 +220,20 @@ impl StatsStore {
                 let out = self
                     .client
                     .batch_get_item()
-                    .request_items(&self.tables.orders, keys)
+                    .request_items(table, keys)
                     .send()
                     .await
-                    .map_err(|e| classify(e, "BatchGetItem", &self.tables.orders))?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.tables.orders))
-                    .into_iter()
-                    .flatten()
-                {
-                    let (id, state) = decode_order(item).map_err(|what| StoreError::Malformed {
-                        table: self.tables.orders.clone(),
-                        what,
-                    })?;
-                    states.insert(id, Some(state));
-                }
-                // Keys DynamoDB did not get to (throttling, size): ask again after a pause.
+                    .map_err(|e| classify(e, "BatchGetItem", table))?;
+                found.extend(
+                    out.responses()
+                        .and_then(|r| r.get(table))
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
                 request = out
                     .unprocessed_keys()
-                    .and_then(|u| u.get(&self.tables.orders))
+                    .and_then(|u| u.get(table))
                     .filter(|k| !k.keys().is_empty())
                     .cloned();
                 if request.is_some() {
@@ -191,7 +242,7 @@ impl StatsStore {
                 }
             }
         }
-        Ok(states)
+        Ok(found)
     }
 
     /// Applies `chunk` of `shard_id` in one transaction, if `writer` still holds the
@@ -362,8 +413,19 @@ impl StatsStore {
                         .cloned()
                         .unwrap_or_default()
                 };
+                let number = |k: &str| -> u64 {
+                    item.get(k)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_default()
+                };
                 out.push(StoredDeadLetter {
                     id: text(DEAD_LETTER_KEY),
+                    shard_id: text("shard_id"),
+                    position: ExtendedSequenceNumber::at(
+                        text("sequence_number"),
+                        number("sub_sequence_number"),
+                    ),
                     reason: Reason::parse(&text("reason"))
                         .map_or_else(|| text("reason"), |r| r.to_string()),
                     detail: text("detail"),
@@ -372,11 +434,7 @@ impl StatsStore {
                         .and_then(|v| v.as_b().ok())
                         .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
                         .unwrap_or_default(),
-                    raw_len: item
-                        .get("raw_len")
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or_default(),
+                    raw_len: number("raw_len"),
                 });
             }
             match page.last_evaluated_key() {

@@ -5,7 +5,7 @@ use kcl::checkpoint::ExtendedSequenceNumber;
 
 use super::*;
 use crate::events::parse;
-use crate::stats::plan::{ParsedRecord, plan_chunk, referenced_orders};
+use crate::stats::plan::{ParsedRecord, digest, plan_chunk, referenced_orders};
 
 fn w1() -> LeaseOwnership {
     LeaseOwnership {
@@ -128,7 +128,19 @@ fn transactions_use_exactly_the_placeholders_they_define() {
         assert!(items[3].update().is_some());
         let dead = items[4].put().unwrap();
         assert_eq!(dead.table_name(), "App-DeadLetters");
-        assert_eq!(dead.item()["dl_id"].as_s().unwrap(), "s1#502#2");
+        // Keyed by the record's bytes (any copy of it is the same dead letter), put
+        // only if absent; where it was read is kept beside.
+        let raw = recs[2].raw.as_slice();
+        assert_eq!(
+            dead.item()["dl_id"].as_s().unwrap(),
+            &format!("{:016x}-{}", digest(raw), raw.len())
+        );
+        assert_eq!(dead.item()["shard_id"].as_s().unwrap(), "s1");
+        assert_eq!(dead.item()["sequence_number"].as_s().unwrap(), "502");
+        assert_eq!(
+            dead.condition_expression(),
+            Some("attribute_not_exists(#k)")
+        );
     }
 }
 

@@ -56,17 +56,10 @@ pub(super) fn overflow(
 
 /// The dead letter of `record`, every field capped so that the item always fits (see
 /// [`crate::stats::size::dead_letter_bound`]).
-pub(super) fn dead_letter(
-    shard_id: &str,
-    record: &ParsedRecord,
-    rejection: Rejection,
-) -> DeadLetter {
-    let (seq, sub) = (
-        record.position.position.as_str(),
-        record.position.sub_sequence,
-    );
+pub(super) fn dead_letter(record: &ParsedRecord, digest: u64, rejection: Rejection) -> DeadLetter {
     DeadLetter {
-        id: format!("{shard_id}#{seq}#{sub}"),
+        id: format!("{digest:016x}-{}", record.raw.len()),
+        digest,
         position: record.position.clone(),
         partition_key: truncate(&record.partition_key, MAX_PARTITION_KEY_BYTES).to_string(),
         reason: rejection.reason,

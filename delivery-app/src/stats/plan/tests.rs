@@ -280,8 +280,14 @@ fn a_rejection_and_its_check_count_two_items() {
 
 #[test]
 fn large_dead_letters_are_truncated_and_bounded_by_bytes() {
-    let big = format!("{{\"type\":\"x\",\"pad\":\"{}\"}}", "a".repeat(200_000));
-    let records: Vec<_> = (0..80).map(|n| rec(n, &big)).collect();
+    // Distinct records: copies of one would be one dead letter.
+    let big = |n: u64| {
+        format!(
+            "{{\"type\":\"x\",\"n\":{n},\"pad\":\"{}\"}}",
+            "a".repeat(200_000)
+        )
+    };
+    let records: Vec<_> = (0..80).map(|n| rec(n, &big(n))).collect();
     let chunk = plan_chunk("s0", &records, &HashMap::new());
     assert!(
         chunk.records < 80 && chunk.records > 10,
@@ -294,8 +300,11 @@ fn large_dead_letters_are_truncated_and_bounded_by_bytes() {
             .iter()
             .all(|d| d.raw.len() == MAX_DEAD_LETTER_RAW)
     );
-    assert_eq!(chunk.dead_letters[0].raw_len, big.len());
-    assert_eq!(chunk.dead_letters[0].id, "s0#1000#0");
+    assert_eq!(chunk.dead_letters[0].raw_len, big(0).len());
+    assert_eq!(
+        chunk.dead_letters[0].id,
+        format!("{:016x}-{}", digest(big(0).as_bytes()), big(0).len())
+    );
 }
 
 #[test]
@@ -468,12 +477,34 @@ fn redeliveries() {
             after: None,
         },
         Case {
-            name: "a copy of a rejected event is rejected again",
+            name: "a copy of a rejected event is one dead letter",
             records: vec![copy(10, &a), copy(11, &a)],
             before: None,
             events: 0,
-            skipped: 0,
-            dead: vec![Reason::AssignedBeforeCreated; 2],
+            skipped: 1,
+            dead: vec![Reason::AssignedBeforeCreated],
+            check_only: true,
+            digests: 0,
+            after: None,
+        },
+        Case {
+            name: "a rejected event's copy stays rejected once the order fits it",
+            records: vec![a.clone(), c.clone(), copy(12, &a)],
+            before: None,
+            events: 1,
+            skipped: 1,
+            dead: vec![Reason::AssignedBeforeCreated],
+            check_only: false,
+            digests: 1,
+            after: Some(with_applied(&[&c], false, false)),
+        },
+        Case {
+            name: "a copy of a duplicate is one dead letter",
+            records: vec![created(10, "o1", 100, 701), created(11, "o1", 100, 701)],
+            before: Some(with_applied(&[&c], false, false)),
+            events: 0,
+            skipped: 1,
+            dead: vec![Reason::DuplicateEvent],
             check_only: true,
             digests: 0,
             after: None,
@@ -530,4 +561,38 @@ fn a_redelivery_alone_still_checks_its_order() {
     assert!(chunk.delta.regions.is_empty());
     assert_eq!(chunk.last, records[0].position);
     assert_eq!(chunk.after["o1"], Some(before));
+}
+
+/// Records already dead-lettered (found by the caller in the dead-letter table) are
+/// redeliveries: skipped and counted, with nothing else written; a dead letter's id is
+/// the same for every copy of its record.
+#[test]
+fn copies_of_stored_dead_letters_are_skipped() {
+    let garbage = rec(0, "not json");
+    let early = assigned(1, "o1", 130);
+    let records = vec![copy(5, &garbage), copy(6, &early), created(7, "o2", 1, 1)];
+    let states = states_for(&records, &[("o1", None), ("o2", None)]);
+    let fresh = plan_chunk("s0", &records, &states);
+    assert_eq!(fresh.dead_letters.len(), 2);
+    for (dead, original) in fresh.dead_letters.iter().zip([&garbage, &early]) {
+        let again = super::reject::dead_letter(
+            original,
+            digest(&original.raw),
+            Rejection::new(Reason::MalformedJson, "", None),
+        );
+        assert_eq!(dead.id, again.id, "same record, same dead letter");
+        assert_ne!(dead.position, again.position);
+    }
+    let limits = PlanLimits {
+        dead_lettered: [digest(&garbage.raw), digest(&early.raw)].into(),
+        ..PlanLimits::default()
+    };
+    let chunk = plan_chunk_within("s0", &records, &states, &limits);
+    assert_eq!(chunk.records, 3);
+    assert!(chunk.dead_letters.is_empty());
+    assert_eq!(chunk.delta.redeliveries_skipped, 2);
+    assert_eq!(chunk.delta.sums.events, 1);
+    // Only the creation's order is written; the copies depend on nothing.
+    let written: Vec<&str> = chunk.orders.iter().map(|o| o.order_id.as_str()).collect();
+    assert_eq!(written, ["o2"]);
 }

@@ -98,8 +98,13 @@ fn ninety_eight_assignments_with_50_kb_driver_ids_split_under_4_mb() {
 #[test]
 fn the_plan_counts_exact_dead_letter_sizes_up_to_4_mb() {
     // Dead letters of 60 KB: the chunk ends where the next one would cross 4 MB.
-    let big = format!("{{\"type\":\"x\",\"pad\":\"{}\"}}", "a".repeat(60 * 1024));
-    let records: Vec<_> = (0..90).map(|n| rec(n, &big)).collect();
+    let big = |n: u64| {
+        format!(
+            "{{\"type\":\"x\",\"n\":{n},\"pad\":\"{}\"}}",
+            "a".repeat(60 * 1024)
+        )
+    };
+    let records: Vec<_> = (0..90).map(|n| rec(n, &big(n))).collect();
     let chunk = plan_chunk("s0", &records, &HashMap::new());
     let bytes = transaction_bytes("s0", &chunk);
     let one = dead_letter_item("s0", &chunk.dead_letters[0]);
@@ -177,7 +182,7 @@ fn sums_that_would_overflow_are_dead_letters() {
         let states = HashMap::from([("o1".to_string(), case.state.clone())]);
         let limits = PlanLimits {
             stored: case.stored.clone(),
-            max_records: usize::MAX,
+            ..PlanLimits::default()
         };
         let chunk = plan_chunk_within("s0", std::slice::from_ref(&case.record), &states, &limits);
         let name = case.name;
