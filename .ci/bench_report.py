@@ -51,6 +51,7 @@ EXPECTED_GOALS = {
     ("consumer", "child_start"): "child start after parent end",
     ("consumer", "latency_fan_out_p50"): "put → process_records p50, enhanced fan-out",
     ("consumer", "latency_fan_out_p99"): "put → process_records p99, enhanced fan-out",
+    ("consumer", "metrics_cost"): "with a Prometheus recorder / without",
     ("producer", "one_shard_150_of_bound"): "one shard, rate limit 150%: share of the bound",
     ("producer", "one_shard_100_of_bound"): "one shard, rate limit 100%: share of the bound",
     ("delivery", "end_to_end"): "end to end, unpaced",

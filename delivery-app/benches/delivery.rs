@@ -10,19 +10,28 @@
 //!    time from `put` until the statistics reflect it (its shard's watermark passed it),
 //!    median and p99.
 //!
+//! 4. Balance: events keyed by pickup region (hot shards) on 8 shards, 4 workers,
+//!    paced at `DELIVERY_BENCH_BALANCE_RATE` (default 2,000/s) for
+//!    `DELIVERY_BENCH_BALANCE_SECS` (default 90 s), once with count balancing and once
+//!    with load balancing. The lease table is read every second; after the first third
+//!    of the run (convergence), the busiest worker's records/s (the sum of the loads
+//!    written on its leases) over the mean, and lease moves per minute.
+//!
 //! `cargo bench --workspace --bench delivery`
 //! Environment: `DELIVERY_BENCH_EVENTS` (default 60000) events per run,
 //! `DELIVERY_BENCH_RATE` (default 5000) events/s of the paced run,
-//! `DELIVERY_BENCH_RUNS` (default `alone,unpaced,paced`) which runs to do.
+//! `DELIVERY_BENCH_RUNS` (default `alone,unpaced,paced,balance`) which runs to do.
 //!
 //! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use delivery_app::scenario::{self, ScenarioConfig, ScenarioReport, percentile};
 use delivery_app::sim::{KeyStrategy, SimConfig};
-use delivery_app::worker::Retrieval;
+use delivery_app::worker::{BalanceFlag, Retrieval};
+use kcl::leases::{DynamoLeaseStore, LeaseStore};
 use kcl_local::{LocalAws, LocalAwsOptions};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -39,30 +48,78 @@ enum Mode {
     ConsumersAlone,
     Unpaced,
     Paced(f64),
+    /// Region keys, 8 shards, 4 workers, paced at this rate, leases shared so.
+    Balance(f64, BalanceFlag),
 }
 
+/// What the lease table showed once a second: per worker, the records/s written on
+/// the leases it holds; and each lease's owner.
+type Sample = (BTreeMap<String, f64>, BTreeMap<String, Option<String>>);
+
 async fn run(name: &str, events: u64, mode: Mode) -> ScenarioReport {
+    run_sampled(name, events, mode).await.0
+}
+
+async fn run_sampled(name: &str, events: u64, mode: Mode) -> (ScenarioReport, Vec<Sample>) {
     let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+    let balance = match mode {
+        Mode::Balance(_, balance) => Some(balance),
+        _ => None,
+    };
     let sim = SimConfig {
         seed: 2024,
         max_orders: Some(events / 3),
         duration_ms: i64::MAX / 4,
-        keys: KeyStrategy::Order,
+        keys: if balance.is_some() {
+            KeyStrategy::Region
+        } else {
+            KeyStrategy::Order
+        },
         ..SimConfig::default()
     };
+    let app = format!("bench-{name}-stats");
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let leases = DynamoLeaseStore::new(aws.clients().await.dynamodb, &app);
+        let stop = sampling.clone();
+        async move {
+            let mut samples = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return samples,
+                    _ = every.tick() => {}
+                }
+                let Ok(all) = leases.scan_leases().await else {
+                    continue;
+                };
+                let mut load: BTreeMap<String, f64> = BTreeMap::new();
+                let mut owners = BTreeMap::new();
+                for lease in all.iter().filter(|l| !l.checkpoint.is_shard_end()) {
+                    if let Some(owner) = &lease.owner {
+                        *load.entry(owner.clone()).or_default() +=
+                            lease.load.map_or(0.0, |l| l.records_per_sec);
+                    }
+                    owners.insert(lease.key.clone(), lease.owner.clone());
+                }
+                samples.push((load, owners));
+            }
+        }
+    });
     let config = ScenarioConfig {
         exe: env!("CARGO_BIN_EXE_delivery-app").into(),
         endpoints: aws.endpoints(),
         stream: format!("bench-{name}"),
-        app: format!("bench-{name}-stats"),
-        shards: 4,
-        workers: 3,
+        app,
+        shards: if balance.is_some() { 8 } else { 4 },
+        workers: if balance.is_some() { 4 } else { 3 },
         failover: Duration::from_secs(10),
         poll: Duration::from_millis(100),
         retrieval: Retrieval::Polling,
+        balance: balance.unwrap_or_default(),
         sim,
         speed: match mode {
-            Mode::Paced(rate) => Some(rate / SIM_EVENTS_PER_SEC),
+            Mode::Paced(rate) | Mode::Balance(rate, _) => Some(rate / SIM_EVENTS_PER_SEC),
             _ => None,
         },
         steps: Vec::new(),
@@ -76,12 +133,49 @@ async fn run(name: &str, events: u64, mode: Mode) -> ScenarioReport {
         workers_after_production: matches!(mode, Mode::ConsumersAlone),
         audit_dir: None,
         as_principals: false,
+        metrics_base: None,
         local_aws: None,
     };
     let say: scenario::Narrator = Arc::new(|_| {});
     let report = scenario::run(config, say).await.unwrap();
+    sampling.cancel();
+    let samples = sampler.await.unwrap();
     aws.shutdown().await;
-    report
+    (report, samples)
+}
+
+/// From the samples after the first third (convergence) of the production: the
+/// median of busiest/mean records/s over `workers` workers, and lease moves per
+/// minute.
+fn balance_figures(samples: &[Sample], produced_secs: f64, workers: usize) -> (f64, f64) {
+    let produced = (produced_secs as usize).min(samples.len());
+    let window = &samples[produced / 3..produced];
+    let mut ratios: Vec<f64> = window
+        .iter()
+        .filter_map(|(load, _)| {
+            let total: f64 = load.values().sum();
+            let busiest = load.values().copied().fold(0.0, f64::max);
+            (total > 0.0).then(|| busiest / (total / workers as f64))
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    let moves: usize = window
+        .windows(2)
+        .map(|pair| {
+            let (before, after) = (&pair[0].1, &pair[1].1);
+            after
+                .iter()
+                .filter(|(k, owner)| {
+                    before
+                        .get(*k)
+                        .is_some_and(|was| was.is_some() && owner.is_some() && was != *owner)
+                })
+                .count()
+        })
+        .sum();
+    let minutes = window.len().saturating_sub(1) as f64 / 60.0;
+    (median, moves as f64 / minutes.max(1.0 / 60.0))
 }
 
 // One format for every bench of the workspace: the kcl-rs benches' helper.
@@ -118,8 +212,8 @@ async fn main() {
     let mut exact = true;
     // One sample per run: 1 when its statistics equal the ground truth.
     let mut exact_runs = Vec::new();
-    let runs =
-        std::env::var("DELIVERY_BENCH_RUNS").unwrap_or_else(|_| "alone,unpaced,paced".into());
+    let runs = std::env::var("DELIVERY_BENCH_RUNS")
+        .unwrap_or_else(|_| "alone,unpaced,paced,balance".into());
     let wanted = |name: &str| runs.split(',').any(|r| r.trim() == name);
 
     if wanted("alone") {
@@ -208,6 +302,43 @@ async fn main() {
                 "ms",
                 &[percentile(&paced.latencies, p).as_secs_f64() * 1000.0],
                 None,
+            );
+        }
+    }
+    if wanted("balance") {
+        let rate = env_u64("DELIVERY_BENCH_BALANCE_RATE", 2_000) as f64;
+        let secs = env_u64("DELIVERY_BENCH_BALANCE_SECS", 90) as f64;
+        for (name, flag) in [("count", BalanceFlag::Count), ("load", BalanceFlag::Load)] {
+            let (report, samples) = run_sampled(
+                &format!("balance-{name}"),
+                (rate * secs) as u64,
+                Mode::Balance(rate, flag),
+            )
+            .await;
+            exact &= report.comparison.matches;
+            exact_runs.push(f64::from(u8::from(report.comparison.matches)));
+            let (ratio, moves) = balance_figures(&samples, report.produce_time.as_secs_f64(), 4);
+            println!(
+                "  region keys, 8 shards, 4 workers, {rate:.0} events/s, {name} balancing: busiest/mean records/s {ratio:.2} (median after the first third), {moves:.1} lease moves/min; exact: {}",
+                report.comparison.matches
+            );
+            result_line(
+                &format!("balance_{name}_ratio"),
+                &format!(
+                    "region keys, 8 shards, 4 workers: busiest worker's records/s / mean, {name} balancing"
+                ),
+                "× mean",
+                &[ratio],
+                (name == "load").then_some(("<=", 1.2, "≤ 1.2")),
+            );
+            result_line(
+                &format!("balance_{name}_moves"),
+                &format!(
+                    "region keys, 8 shards, 4 workers: lease moves per minute after convergence, {name} balancing"
+                ),
+                "moves/min",
+                &[moves],
+                (name == "load").then_some(("<=", 0.0, "0")),
             );
         }
     }

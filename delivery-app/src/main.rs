@@ -50,6 +50,10 @@ enum Command {
     Chaos(commands::chaos::ChaosArgs),
     /// List the stream's enhanced fan-out consumers, or deregister one.
     Consumers(commands::consumers::ConsumersArgs),
+    /// Serve a live web page of the running application: shard lineage with owners,
+    /// checkpoints and lag, workers and their leases, the statistics, a heatmap of
+    /// pickups, recent splits, merges and lease moves.
+    Dashboard(commands::dashboard::DashboardArgs),
 }
 
 #[tokio::main]
@@ -80,6 +84,7 @@ async fn main() -> std::process::ExitCode {
         Command::Smoke(args) => commands::smoke::run(args).await,
         Command::Chaos(args) => commands::chaos::run(args).await,
         Command::Consumers(args) => commands::consumers::run(args).await,
+        Command::Dashboard(args) => commands::dashboard::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -30,6 +30,37 @@ pub struct WorkerOptions {
     pub audit_file: Option<std::path::PathBuf>,
     /// Polling or enhanced fan-out.
     pub retrieval: Retrieval,
+    /// How workers share leases.
+    pub balance: BalanceFlag,
+}
+
+/// How workers share leases (`--balance`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BalanceFlag {
+    /// Equal lease counts.
+    #[default]
+    Count,
+    /// Equal throughput, by the records/s and bytes/s workers write on the leases
+    /// (10% threshold); counts while no lease has load data yet.
+    Load,
+}
+
+impl BalanceFlag {
+    /// The flag's value, as `--balance` takes it.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            BalanceFlag::Count => "count",
+            BalanceFlag::Load => "load",
+        }
+    }
+
+    /// The kcl-rs setting.
+    pub fn balance(self) -> kcl::leases::Balance {
+        match self {
+            BalanceFlag::Count => kcl::leases::Balance::Count,
+            BalanceFlag::Load => kcl::leases::Balance::load(),
+        }
+    }
 }
 
 /// How workers read the stream (`--retrieval`).
@@ -85,6 +116,15 @@ pub struct WorkerFlags {
     /// consumer named after the application (registered at start if absent).
     #[arg(long, value_enum, default_value_t = Retrieval::Polling)]
     pub retrieval: Retrieval,
+    /// How workers share the leases: equal counts, or equal load (records/s and
+    /// bytes/s, for skewed keys such as `--keys region`). Give every worker the same.
+    #[arg(long, value_enum, default_value_t = BalanceFlag::Count)]
+    pub balance: BalanceFlag,
+    /// Serve Prometheus metrics (kcl-rs's and the application's) at
+    /// `http://ADDR/metrics`, e.g. 127.0.0.1:9101 (port 0: any free port; the address
+    /// is printed).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerFlags {
@@ -96,6 +136,8 @@ impl WorkerFlags {
             poll_ms: poll.as_millis() as u64,
             audit_file: None,
             retrieval: Retrieval::Polling,
+            balance: BalanceFlag::Count,
+            metrics_addr: None,
         }
     }
 
@@ -115,6 +157,10 @@ impl WorkerFlags {
             args.extend(["--audit-file".into(), path.into()]);
         }
         args.extend(["--retrieval".into(), self.retrieval.as_arg().into()]);
+        args.extend(["--balance".into(), self.balance.as_arg().into()]);
+        if let Some(addr) = self.metrics_addr {
+            args.extend(["--metrics-addr".into(), addr.to_string().into()]);
+        }
         args
     }
 
@@ -128,6 +174,7 @@ impl WorkerFlags {
             poll: Duration::from_millis(self.poll_ms),
             audit_file: self.audit_file.clone(),
             retrieval: self.retrieval,
+            balance: self.balance,
         }
     }
 }
@@ -160,7 +207,8 @@ pub async fn run_worker(
         .initial_position(InitialPosition::TrimHorizon)
         .failover_time(options.failover)
         .idle_time_between_reads(options.poll)
-        .retrieval_mode(options.retrieval.mode());
+        .retrieval_mode(options.retrieval.mode())
+        .balance(options.balance.balance());
     if let Some(id) = &options.worker_id {
         builder = builder.worker_id(id.clone());
     }
@@ -222,6 +270,8 @@ mod tests {
         all.worker_id = Some("worker-7".into());
         all.audit_file = Some("/tmp/audit dir/worker-7.jsonl".into());
         all.retrieval = Retrieval::FanOut;
+        all.balance = BalanceFlag::Load;
+        all.metrics_addr = Some("127.0.0.1:9101".parse().unwrap());
         let names = NameArgs {
             stream: "Orders".into(),
             app: "OrdersApp".into(),

@@ -10,7 +10,6 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use delivery_app::principals::Role;
-use delivery_app::scenario::{LocalAwsProcess, StrictNames};
 use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio::process::Command;
 
@@ -78,17 +77,7 @@ async fn the_manual_flow_produces_exact_statistics() {
     let app = unique("cli-app");
     let dir = std::env::temp_dir().join(unique("cli-truth"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut aws = LocalAwsProcess::start(
-        EXE.as_ref(),
-        None,
-        &dir.join("local.log"),
-        Some(StrictNames {
-            stream: stream.clone(),
-            app: app.clone(),
-        }),
-    )
-    .await
-    .unwrap();
+    let mut aws = common::strict_local_process(EXE, &dir, &stream, &app).await;
     let endpoints = aws.endpoints();
     let cli = Cli::new(&endpoints, &stream, &app);
     let created = cli.ok(&["create-stream", "--shards", "2"]).await;
@@ -170,13 +159,7 @@ async fn the_manual_flow_produces_exact_statistics() {
     assert!(table.contains("Top 10 pickup regions"), "{table}");
     assert!(table.contains("raw ("), "{table}");
 
-    let pid = worker.id().unwrap() as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    common::stop_gracefully(&mut worker).await;
     aws.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -278,5 +261,95 @@ async fn consumers_are_listed_and_deregistered() {
     assert!(none.contains("no registered consumer"), "{none}");
     let again = cli.ok(&["consumers", "deregister"]).await;
     assert!(again.contains("has no consumer named"), "{again}");
+    aws.shutdown().await;
+}
+
+/// `GET path` from `addr`: the status line and the body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// `dashboard` serves its page and a state that follows the stream: the shards, and a
+/// split seen between two reads as a decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_serves_the_lineage_and_sees_a_split() {
+    use tokio::io::AsyncBufReadExt;
+    let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
+    let endpoints = aws.endpoints();
+    let (stream, app) = (unique("cli-dash-stream"), unique("cli-dash-app"));
+    let cli = Cli::new(&endpoints, &stream, &app);
+    cli.ok(&["create-stream", "--shards", "2"]).await;
+    let mut dashboard = Command::new(EXE)
+        .args(["dashboard", "--addr", "127.0.0.1:0"])
+        .args(&cli.common)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dashboard.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("dashboard at http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let (status, page) = http_get(&addr, "/").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(page.contains("<title>delivery-app dashboard</title>"));
+
+    let state = |want: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (_, body) = http_get(&addr, "/api/state").await;
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let done = match want {
+                    "two shards" => json["shards"].as_array().is_some_and(|s| s.len() == 2),
+                    _ => json["decisions"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|d| d["text"].as_str() == Some(want))),
+                };
+                if done {
+                    return json;
+                }
+                assert!(Instant::now() < deadline, "never {want}: {json:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let first = state("two shards").await;
+    assert_eq!(first["stream"], stream.as_str());
+    assert!(
+        first["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["open"] == true && s["parents"].as_array().unwrap().is_empty())
+    );
+    cli.ok(&["reshard", "split", "0"]).await;
+    let after =
+        state("split: shardId-000000000000 → shardId-000000000002 + shardId-000000000003").await;
+    let closed: Vec<&str> = after["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["open"] == false)
+        .map(|s| s["shard_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(closed, ["shardId-000000000000"]);
+    dashboard.kill().await.unwrap();
     aws.shutdown().await;
 }

@@ -21,6 +21,7 @@ fn options(stream: &str, app: &str) -> WorkerOptions {
         poll: Duration::from_millis(100),
         audit_file: None,
         retrieval: Default::default(),
+        balance: Default::default(),
     }
 }
 

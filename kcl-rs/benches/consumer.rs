@@ -5,7 +5,9 @@
 //! - the same worker with enhanced fan-out (SubscribeToShard) over the same data;
 //! - put → `process_records` latency at a steady 1,000 records/s on 4 shards, polling
 //!   versus fan-out (goal for fan-out: p50 ≤ 50 ms, p99 ≤ 200 ms);
-//! - child-start latency: a parent shard's `shard_ended` → its child's `initialize`.
+//! - child-start latency: a parent shard's `shard_ended` → its child's `initialize`;
+//! - what metrics cost: records/s with a Prometheus recorder installed versus none,
+//!   alternating in each round (goal: within 3%).
 //!
 //! Run: `cargo bench -p kcl-rs --bench consumer` (RECORDS=n, default 1,000,000 records
 //! of 368 bytes on 8 shards; ROUNDS=n, default 3; LATENCY_SECS=n, default 20 per mode).
@@ -14,7 +16,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use metrics::{Key, KeyName, Metadata, SharedString, Unit};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +32,62 @@ use kcl::stream;
 use kcl::worker::Worker;
 use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
+
+/// A recorder that hands out Prometheus handles while on and no-op handles while off
+/// (what the facade gives when no recorder is installed): the global recorder can be
+/// installed once, and rounds with and without metrics alternate.
+struct Switchable {
+    on: AtomicBool,
+    inner: metrics_exporter_prometheus::PrometheusRecorder,
+}
+
+impl metrics::Recorder for Switchable {
+    fn describe_counter(&self, k: KeyName, u: Option<Unit>, d: SharedString) {
+        self.inner.describe_counter(k, u, d)
+    }
+    fn describe_gauge(&self, k: KeyName, u: Option<Unit>, d: SharedString) {
+        self.inner.describe_gauge(k, u, d)
+    }
+    fn describe_histogram(&self, k: KeyName, u: Option<Unit>, d: SharedString) {
+        self.inner.describe_histogram(k, u, d)
+    }
+    fn register_counter(&self, key: &Key, meta: &Metadata<'_>) -> metrics::Counter {
+        if self.on.load(Ordering::Relaxed) {
+            self.inner.register_counter(key, meta)
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, key: &Key, meta: &Metadata<'_>) -> metrics::Gauge {
+        if self.on.load(Ordering::Relaxed) {
+            self.inner.register_gauge(key, meta)
+        } else {
+            metrics::Gauge::noop()
+        }
+    }
+    fn register_histogram(&self, key: &Key, meta: &Metadata<'_>) -> metrics::Histogram {
+        if self.on.load(Ordering::Relaxed) {
+            self.inner.register_histogram(key, meta)
+        } else {
+            metrics::Histogram::noop()
+        }
+    }
+}
+
+static METRICS_ON: std::sync::OnceLock<&'static Switchable> = std::sync::OnceLock::new();
+
+/// Installs the switchable recorder (off) once, and returns it.
+fn switchable() -> &'static Switchable {
+    METRICS_ON.get_or_init(|| {
+        let recorder: &'static Switchable = Box::leak(Box::new(Switchable {
+            on: AtomicBool::new(false),
+            inner: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+        }));
+        metrics::set_global_recorder(recorder).unwrap();
+        kcl::metrics::describe();
+        recorder
+    })
+}
 
 const SHARDS: i32 = 8;
 const RECORD_BYTES: usize = 368;
@@ -419,6 +479,8 @@ async fn main() {
     );
     let (mut bare, mut kcl_total, mut kcl_steady, mut ratio) = (vec![], vec![], vec![], vec![]);
     let mut fan_out = vec![];
+    let (mut with_metrics, mut metrics_ratio) = (vec![], vec![]);
+    let recorder = switchable();
     for round in 0..rounds {
         let b = records as f64 / bare_loop(&clients, name, records).await.as_secs_f64();
         let app = format!("bench-app-{round}");
@@ -428,12 +490,25 @@ async fn main() {
             records as f64 / total.as_secs_f64(),
             records as f64 / steady.as_secs_f64(),
         );
+        recorder.on.store(true, Ordering::Relaxed);
+        let (_, metered) = kcl_worker(
+            &clients,
+            name,
+            &format!("bench-metrics-{round}"),
+            records,
+            RetrievalMode::Polling,
+        )
+        .await;
+        recorder.on.store(false, Ordering::Relaxed);
+        let m = records as f64 / metered.as_secs_f64();
+        with_metrics.push(m);
+        metrics_ratio.push(m / s);
         let fan_app = format!("bench-fan-out-{round}");
         let (_, fan_steady) =
             kcl_worker(&clients, name, &fan_app, records, RetrievalMode::fan_out()).await;
         let f = records as f64 / fan_steady.as_secs_f64();
         println!(
-            "round {round}: bare {b:.0} rec/s, kcl-rs {s:.0} rec/s from first delivery ({t:.0} rec/s incl. start-up), fan-out {f:.0} rec/s"
+            "round {round}: bare {b:.0} rec/s, kcl-rs {s:.0} rec/s from first delivery ({t:.0} rec/s incl. start-up), with a Prometheus recorder {m:.0} rec/s, fan-out {f:.0} rec/s"
         );
         bare.push(b);
         kcl_total.push(t);
@@ -471,6 +546,20 @@ async fn main() {
         "records/s",
         &fan_out,
         None,
+    );
+    line(
+        "kcl_with_metrics",
+        "kcl-rs worker with a Prometheus recorder installed, first delivery → last",
+        "records/s",
+        &with_metrics,
+        None,
+    );
+    line(
+        "metrics_cost",
+        "with a Prometheus recorder / without (per round)",
+        "× without",
+        &metrics_ratio,
+        Some((">=", 0.97, "≥ 0.97 (within 3%)")),
     );
     line(
         "ratio_to_bare",

@@ -1,5 +1,6 @@
 //! Worker configuration: one builder with documented defaults.
 
+use crate::leases::Balance;
 use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
@@ -113,6 +114,8 @@ pub struct WorkerConfig {
     pub(crate) handoff_timeout: Duration,
     /// Upper bound on leases held by this worker. Default: none.
     pub(crate) max_leases_per_worker: Option<usize>,
+    /// How workers share leases: by count (default) or by load. See [`Balance`].
+    pub(crate) balance: Balance,
     /// Records per GetRecords call (1..=10,000). Default 10,000.
     pub(crate) max_records: i32,
     /// Pause between GetRecords calls when a shard is caught up. Default 200 ms.
@@ -198,6 +201,15 @@ impl WorkerConfig {
     /// Upper bound on leases held by this worker. Default: none.
     pub fn max_leases_per_worker(&self) -> Option<usize> {
         self.max_leases_per_worker
+    }
+
+    /// How workers share leases. Default [`Balance::Count`]: equal lease counts.
+    /// [`Balance::load`] weighs leases by the throughput their owners write on them
+    /// (records/s and bytes/s, smoothed) and hands leases over only when that evens
+    /// the load by more than the threshold (10%); every worker of an application
+    /// should use the same setting.
+    pub fn balance(&self) -> Balance {
+        self.balance
     }
 
     /// Records per GetRecords call (1..=10,000). Default 10,000.
@@ -293,6 +305,7 @@ impl WorkerConfig {
                 taking_interval: Duration::from_millis(750),
                 handoff_timeout: failover_time,
                 max_leases_per_worker: None,
+                balance: Balance::Count,
                 max_records: 10_000,
                 idle_time_between_reads: Duration::from_millis(200),
                 min_time_between_get_records: Duration::from_millis(200),
@@ -347,6 +360,8 @@ impl WorkerConfigBuilder {
         taking_interval: Duration,
         /// See [`WorkerConfig::max_leases_per_worker`].
         max_leases_per_worker: Option<usize>,
+        /// See [`WorkerConfig::balance`].
+        balance: Balance,
         /// See [`WorkerConfig::max_records`].
         max_records: i32,
         /// See [`WorkerConfig::idle_time_between_reads`].

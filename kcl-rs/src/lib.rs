@@ -112,6 +112,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod leases;
 pub mod lifecycle;
+pub mod metrics;
 pub mod processor;
 pub mod retrieval;
 // Some of it only `kcl::internals` uses.
@@ -148,6 +149,7 @@ pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::leases::balance::lease_weight;
     pub use crate::leases::coordinator::{
         CoordinatorStats, LeaseConfig, LeaseCoordinator, LeaseEvent,
     };

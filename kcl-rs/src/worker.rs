@@ -212,6 +212,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
         lease_config.failover_time = config.failover_time;
         lease_config.taking_interval = config.taking_interval;
         lease_config.max_leases_per_worker = config.max_leases_per_worker;
+        lease_config.balance = config.balance;
         lease_config.handoff_timeout = Some(config.handoff_timeout);
         let (coordinator, mut events) =
             LeaseCoordinator::new(Arc::clone(&self.store), lease_config);
@@ -222,6 +223,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 Arc::clone(&self.store),
                 config.initial_position.checkpoint(),
             )
+            .for_worker(&config.worker_id)
             // Periodically only on the leader: one listing of the stream and of the
             // lease table per interval for the fleet, not one per worker.
             .periodic_when({

@@ -78,6 +78,7 @@ pub mod config;
 mod engine;
 mod error;
 mod limiter;
+pub mod metrics;
 mod producer;
 mod record;
 mod result;

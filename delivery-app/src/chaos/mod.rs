@@ -299,6 +299,7 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
         failover: config.failover,
         poll: Duration::from_millis(100),
         retrieval: config.retrieval,
+        balance: Default::default(),
         sim: config.sim.clone(),
         speed: Some(config.speed),
         steps,
@@ -311,6 +312,7 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
         audit_dir: Some(audit_dir.clone()),
         local_aws: Some(Arc::clone(&aws)),
         as_principals: config.strict,
+        metrics_base: None,
     };
     let relays = CancellationToken::new();
     let network = match &config.hosts {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use delivery_app::autoscaler::ScalerConfig;
 use delivery_app::connect::NameArgs;
+use delivery_app::dashboard::{Dashboard, serve as serve_dashboard};
 use delivery_app::report::to_table;
 use delivery_app::scenario::{self, ScenarioConfig, Step};
 use delivery_app::stats::summary::thousands;
@@ -62,6 +63,14 @@ pub struct DemoArgs {
     /// Directory for the worker processes' logs (default: a temporary directory).
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics: the demo's own (the producer's) at
+    /// `http://ADDR/metrics`, and worker `wN`'s at the port N above it.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the live dashboard (at this address; default 127.0.0.1 on a free port) and
+    /// print its URL; after the run it stays up until Ctrl-C.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    dashboard: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
@@ -82,6 +91,15 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
             (Some(aws), endpoints)
         }
     };
+    let metrics = tokio_util::sync::CancellationToken::new();
+    let _stop_metrics = metrics.clone().drop_guard();
+    if let Some(addr) = args.metrics_addr {
+        let bound = delivery_app::metrics::serve(addr, metrics.clone()).await?;
+        println!(
+            "metrics: producer at http://{bound}/metrics, worker wN at port {} + N",
+            bound.port()
+        );
+    }
     let log_dir = args.log_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("delivery-demo-{}", std::process::id()))
     });
@@ -116,6 +134,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         failover: Duration::from_millis(args.failover_ms),
         poll: Duration::from_millis(100),
         retrieval: args.retrieval,
+        balance: Default::default(),
         sim,
         speed: Some(args.speed),
         steps,
@@ -137,9 +156,32 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         // Harmless on an unrestricted local AWS; on `local --strict` the run proves the
         // documented policies suffice.
         as_principals: true,
+        metrics_base: args.metrics_addr.filter(|a| a.port() != 0),
         local_aws: None,
     };
-    let say: scenario::Narrator = Arc::new(|line: &str| println!("{line}"));
+    let stop_dashboard = tokio_util::sync::CancellationToken::new();
+    let _stop_dashboard = stop_dashboard.clone().drop_guard();
+    let dashboard = match args.dashboard {
+        Some(addr) => {
+            let clients = kcl::aws::Clients::connect(&config.endpoints).await;
+            let dashboard = Dashboard::new(&clients, &args.names.stream, &args.names.app);
+            let bound =
+                serve_dashboard(Arc::clone(&dashboard), addr, stop_dashboard.clone()).await?;
+            println!("dashboard at http://{bound}/");
+            Some((dashboard, bound))
+        }
+        None => None,
+    };
+    let noted = dashboard.as_ref().map(|(d, _)| Arc::clone(d));
+    let say: scenario::Narrator = Arc::new(move |line: &str| {
+        println!("{line}");
+        // Steps and the auto-scaler's actions, not the periodic progress lines.
+        if let Some(dashboard) = &noted
+            && !line.contains("s] sim ")
+        {
+            dashboard.note(line.trim());
+        }
+    });
     let report = tokio::select! {
         report = scenario::run(config, say) => report?,
         _ = shutdown_signal() => {
@@ -163,6 +205,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         report.end_to_end_time.as_secs_f64(),
         log_dir.display()
     );
+    if let Some((_, bound)) = &dashboard {
+        println!("the run is over; the dashboard stays at http://{bound}/ until Ctrl-C");
+        shutdown_signal().await;
+    }
     if let Some(aws) = local {
         aws.shutdown().await;
     }

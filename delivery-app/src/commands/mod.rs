@@ -3,6 +3,7 @@
 pub mod chaos;
 pub mod consumers;
 pub mod create_stream;
+pub mod dashboard;
 pub mod demo;
 pub mod failure;
 pub mod local;

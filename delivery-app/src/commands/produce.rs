@@ -22,6 +22,10 @@ pub struct ProduceArgs {
     names: NameArgs,
     #[command(flatten)]
     sim: SimArgs,
+    /// Serve the producer's Prometheus metrics at `http://ADDR/metrics` while producing
+    /// (port 0: any free port; the address is printed).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Simulated seconds during which orders are created.
     #[arg(long, default_value_t = 600.0)]
     sim_seconds: f64,
@@ -36,6 +40,12 @@ pub struct ProduceArgs {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<(), CommandError> {
+    let metrics = tokio_util::sync::CancellationToken::new();
+    let _stop_metrics = metrics.clone().drop_guard();
+    if let Some(addr) = args.metrics_addr {
+        let bound = delivery_app::metrics::serve(addr, metrics.clone()).await?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
     let clients = args.aws.clients(Some(&args.names.stream), None).await?;
     let stream = &args.names.stream;
     if let Err(e) = kcl::stream::list_shards(&clients.kinesis, stream).await {

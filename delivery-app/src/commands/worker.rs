@@ -19,6 +19,10 @@ pub struct WorkerArgs {
 pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
     let options = args.flags.options(&args.names);
     let cancel = CancellationToken::new();
+    if let Some(addr) = args.flags.metrics_addr {
+        let bound = delivery_app::metrics::serve(addr, cancel.child_token()).await?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
     // Connecting is inside the task too: a signal while the endpoints do not answer
     // stops the worker as well.
     let mut running = tokio::spawn({

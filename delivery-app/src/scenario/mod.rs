@@ -92,6 +92,8 @@ pub struct ScenarioConfig {
     pub poll: Duration,
     /// How the workers read the stream.
     pub retrieval: Retrieval,
+    /// How the worker processes share leases.
+    pub balance: crate::worker::BalanceFlag,
     /// The simulation.
     pub sim: SimConfig,
     /// Simulated seconds per real second; `None`: as fast as possible.
@@ -122,6 +124,9 @@ pub struct ScenarioConfig {
     /// documented policies bound, the run then proves those policies suffice. Local
     /// endpoints only; set-up and observation stay unrestricted.
     pub as_principals: bool,
+    /// Each worker process serves Prometheus metrics at this address's port plus its
+    /// slot (`w3` and its restarts at port + 3); none when `None`.
+    pub metrics_base: Option<std::net::SocketAddr>,
 }
 
 /// What a run found.
@@ -369,10 +374,12 @@ async fn prepare(
             args,
             flags: WorkerFlags {
                 retrieval: config.retrieval,
+                balance: config.balance,
                 ..WorkerFlags::new(config.failover, config.poll)
             },
             log_dir: config.log_dir.clone(),
             audit_dir: config.audit_dir.clone(),
+            metrics_base: config.metrics_base,
             access_key_id: config
                 .as_principals
                 .then(|| Role::Worker.access_key_id().to_string()),

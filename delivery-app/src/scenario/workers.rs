@@ -79,6 +79,18 @@ pub struct WorkerLauncher {
     pub audit_dir: Option<PathBuf>,
     /// The access key id workers sign with (`AWS_ACCESS_KEY_ID`); inherited when `None`.
     pub access_key_id: Option<String>,
+    /// Worker `wN` (and its restarts `wN-rM`) serves metrics at this port plus N.
+    pub metrics_base: Option<std::net::SocketAddr>,
+}
+
+/// Where worker `id` serves its metrics, from `base`: port + N for `wN` and `wN-rM`,
+/// so a restarted worker takes its predecessor's port. `None` for other ids.
+pub fn metrics_addr(base: std::net::SocketAddr, id: &str) -> Option<std::net::SocketAddr> {
+    let slot: u16 = id.strip_prefix('w')?.split('-').next()?.parse().ok()?;
+    Some(std::net::SocketAddr::new(
+        base.ip(),
+        base.port().checked_add(slot)?,
+    ))
 }
 
 impl WorkerLauncher {
@@ -108,6 +120,7 @@ impl WorkerLauncher {
                 .audit_dir
                 .as_ref()
                 .map(|dir| dir.join(format!("{id}.jsonl"))),
+            metrics_addr: self.metrics_base.and_then(|base| metrics_addr(base, id)),
             ..self.flags.clone()
         };
         command

@@ -34,6 +34,7 @@ use super::summary::Summary;
 use crate::audit::{AttemptResult, AuditLog, conflict_outcome};
 use crate::clock::now_ms;
 use crate::events::{Event, Reason, Region, Rejection, parse};
+use crate::metrics::ShardMetrics;
 
 /// Orders kept in a processor's cache before it is emptied.
 const CACHE_LIMIT: usize = 200_000;
@@ -98,6 +99,7 @@ pub struct StatsProcessor {
     /// Created orders as this processor last wrote or read them. Only a hint: every
     /// write is conditioned on the state, so a stale entry costs a retry, not a count.
     cache: HashMap<String, OrderState>,
+    metrics: ShardMetrics,
 }
 
 impl StatsProcessor {
@@ -120,6 +122,7 @@ impl StatsProcessor {
             sums: Summary::default(),
             abandoned: None,
             cache: HashMap::new(),
+            metrics: ShardMetrics::new(shard_id),
         }
     }
 
@@ -276,6 +279,7 @@ impl StatsProcessor {
                     chunk.records,
                 )
             });
+            let sent = std::time::Instant::now();
             let applied = tokio::select! {
                 applied = self.store.apply(
                     &self.shard_id,
@@ -288,6 +292,7 @@ impl StatsProcessor {
                 // condition makes the next owner's replay of it harmless.
                 _ = in_flight_grace_over(self.halt.token()) => return Err(Stop::Cancelled),
             };
+            self.metrics.transaction(sent.elapsed());
             // A conflict's outcome is known only once the watermark is read again.
             let outcome = match &applied {
                 Ok(()) => Some(AttemptResult::Applied),
@@ -301,6 +306,11 @@ impl StatsProcessor {
             match applied {
                 Ok(()) => {
                     pause = Duration::from_millis(50);
+                    self.metrics.applied(
+                        chunk.delta.sums.events,
+                        chunk.delta.redeliveries_skipped,
+                        &chunk.delta.dead_letters,
+                    );
                     self.regions = regions;
                     self.sums.add(&chunk.delta.sums);
                     self.watermark = Some(Some(chunk.last.clone()));
@@ -327,6 +337,7 @@ impl StatsProcessor {
                     return Err(Stop::LeaseLost);
                 }
                 Err(StoreError::Conflict { reasons }) => {
+                    self.metrics.conflict();
                     tracing::info!(shard = %self.shard_id, %reasons, "transaction cancelled by a condition; re-reading");
                     let watermark = self.reload_watermark().await?;
                     if let (Some(log), Some(id)) = (&self.audit, attempt) {
@@ -466,6 +477,9 @@ impl StatsProcessor {
 
 impl RecordProcessor for StatsProcessor {
     async fn initialize(&mut self, input: InitializationInput) {
+        if input.shard_id != self.shard_id {
+            self.metrics = ShardMetrics::new(&input.shard_id);
+        }
         self.shard_id = input.shard_id;
     }
 
@@ -478,13 +492,23 @@ impl RecordProcessor for StatsProcessor {
             return;
         }
         let owner = checkpointer.ownership();
+        let newest_arrival = input
+            .records
+            .iter()
+            .filter_map(|r| r.approximate_arrival_timestamp)
+            .max();
         let applied = match self.process(input).await {
             Ok(Some(records)) => self.apply(records, &owner).await,
             Ok(None) => Ok(()),
             Err(stop) => Err(stop),
         };
         match applied {
-            Ok(()) => self.checkpoint(checkpointer, "checkpoint").await,
+            Ok(()) => {
+                if let Some(arrival) = newest_arrival {
+                    self.metrics.applied_up_to(arrival);
+                }
+                self.checkpoint(checkpointer, "checkpoint").await
+            }
             // Not checkpointed: the next owner replays the batch.
             Err(stop) => self.stopped(stop),
         }

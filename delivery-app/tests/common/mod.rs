@@ -19,6 +19,28 @@ pub async fn strict_aws() -> LocalAws {
     LocalAws::start(LocalAwsOptions::strict()).await.unwrap()
 }
 
+/// `delivery-app local --strict` as a process (the binary `exe`), logging into `dir`,
+/// with the documented policies bound for `stream` and `app`: what the tests of
+/// commands run by hand use.
+pub async fn strict_local_process(
+    exe: &str,
+    dir: &std::path::Path,
+    stream: &str,
+    app: &str,
+) -> delivery_app::scenario::LocalAwsProcess {
+    delivery_app::scenario::LocalAwsProcess::start(
+        exe.as_ref(),
+        None,
+        &dir.join("local.log"),
+        Some(delivery_app::scenario::StrictNames {
+            stream: stream.to_string(),
+            app: app.to_string(),
+        }),
+    )
+    .await
+    .unwrap()
+}
+
 /// Binds each command's documented policy (docs/iam-policy.md) to its access key
 /// (`delivery-worker`, ...) for `stream` and `app`, as `delivery-app local --strict`
 /// does. Does nothing on a local AWS that is not strict.
@@ -102,6 +124,7 @@ pub fn scenario(
         failover: Duration::from_secs(3),
         poll: Duration::from_millis(100),
         retrieval: Retrieval::Polling,
+        balance: Default::default(),
         sim,
         speed: Some(speed),
         steps,
@@ -114,6 +137,7 @@ pub fn scenario(
         audit_dir: None,
         local_aws: None,
         as_principals: true,
+        metrics_base: None,
     }
 }
 
@@ -130,4 +154,16 @@ pub fn assert_exact(report: &ScenarioReport) {
         report.actions,
         report.unexpected_dead_letters,
     );
+}
+
+/// Stops worker process `worker` with SIGTERM (a graceful stop: checkpoints, leases
+/// released) and asserts it exits with success within 30 s.
+pub async fn stop_gracefully(worker: &mut tokio::process::Child) {
+    let pid = worker.id().expect("still running") as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops within 30 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -26,4 +26,5 @@
 
 pub mod hash;
 pub mod kpl;
+pub mod metrics;
 pub mod stream;

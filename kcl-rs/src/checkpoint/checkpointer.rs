@@ -1,5 +1,6 @@
 //! The checkpointer a record processor uses to record its progress in the lease.
 
+use crate::metrics::ShardMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +86,7 @@ pub struct Checkpointer {
     last_checkpoint: ExtendedSequenceNumber,
     prepared: Option<ExtendedSequenceNumber>,
     last_delivered: Option<ExtendedSequenceNumber>,
+    metrics: ShardMetrics,
 }
 
 impl Checkpointer {
@@ -99,7 +101,13 @@ impl Checkpointer {
             last_checkpoint,
             prepared: None,
             last_delivered: None,
+            metrics: ShardMetrics::detached(),
         }
+    }
+
+    /// Counts checkpoints in `metrics` (the shard consumer's).
+    pub(crate) fn set_metrics(&mut self, metrics: ShardMetrics) {
+        self.metrics = metrics;
     }
 
     /// The shard this checkpointer writes for.
@@ -203,6 +211,19 @@ impl Checkpointer {
     }
 
     async fn write(
+        &mut self,
+        position: ExtendedSequenceNumber,
+        prepare: bool,
+    ) -> Result<(), CheckpointError> {
+        let written = self.try_write(position, prepare).await;
+        match &written {
+            Ok(()) => self.metrics.checkpoints_succeeded.increment(1),
+            Err(_) => self.metrics.checkpoints_failed.increment(1),
+        }
+        written
+    }
+
+    async fn try_write(
         &mut self,
         position: ExtendedSequenceNumber,
         prepare: bool,

@@ -6,8 +6,11 @@
 //!   renewal and taking; which leases a worker takes is a pure function of what it
 //!   sees.
 //! - [`table`]: creating a table unless it exists and waiting until it is ACTIVE.
+//! - [`Balance`]: whether workers share leases by count or by load.
 
 // Some of it only `kcl::internals` uses.
+#[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
+pub(crate) mod balance;
 #[cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
 pub(crate) mod coordinator;
 pub mod dynamo;
@@ -24,6 +27,7 @@ pub mod store;
 pub mod table;
 pub(crate) mod taker;
 
+pub use balance::Balance;
 pub use dynamo::DynamoLeaseStore;
 pub use handle::LostReason;
 pub use lease::{Lease, LeaseState, ShardLoad};

@@ -51,6 +51,9 @@ pub(super) struct Seen<'a> {
 /// - The leader, in addition, every `lease_scan_interval`: the slow path for a lease
 ///   whose owner heartbeats but stopped renewing that lease; expiry is judged across
 ///   two such listings.
+/// - With [`Balance::Load`](crate::leases::Balance), every worker once per failover
+///   time: loads change without any of the above (a Scan per worker per 10 s by
+///   default).
 ///
 /// A worker that joined needs no listing by the others: it asks for handoffs itself.
 /// Own leases need no listing: their renewals see a handoff request or a new owner.
@@ -63,6 +66,13 @@ pub(super) fn scan_due(last: &LastScan, seen: &Seen, config: &LeaseConfig) -> bo
         return true;
     }
     if seen.leader && seen.at >= at + config.lease_scan_interval() {
+        return true;
+    }
+    // Balancing by load needs the loads the owners write at renewal: every worker
+    // looks once per failover time, whatever the counts say.
+    if matches!(config.balance, crate::leases::Balance::Load { .. })
+        && seen.at >= at + config.failover_time
+    {
         return true;
     }
     let cap = |n: usize| config.max_leases_per_worker.map_or(n, |m| n.min(m));
@@ -176,5 +186,20 @@ mod tests {
             leader: false,
         };
         assert!(!scan_due(&last, &seen, &capped));
+        // Balancing by load: every worker, at its share or not, once per failover time.
+        let mut by_load = config.clone();
+        by_load.balance = crate::leases::Balance::load();
+        for (elapsed, due) in [(s(1), false), (s(9), false), (s(10), true)] {
+            let seen = Seen {
+                at: t0 + elapsed,
+                members: &w12,
+                live: 2,
+                lease_generation: 3,
+                held: 5,
+                busiest: 5,
+                leader: false,
+            };
+            assert_eq!(scan_due(&last, &seen, &by_load), due, "{elapsed:?}");
+        }
     }
 }

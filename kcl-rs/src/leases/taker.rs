@@ -10,12 +10,16 @@
 //!    loaded workers to hand leases over gracefully, instead of taking them by force
 //!    from a worker that is alive and processing them.
 //!
+//! With [`Balance::Load`], leases are weighed by throughput instead (see the `balance`
+//! module), as long as some lease has load data.
+//!
 //! Workers plan concurrently from similar snapshots, so two of them often want the same
 //! lease. The conditional writes settle who wins; the seed only makes such conflicts
 //! rare by giving each worker its own preference order.
 
 use std::collections::{HashMap, HashSet};
 
+use super::balance::{Balance, plan_by_load};
 use super::lease::{Lease, LeaseState};
 
 /// Everything the taker decides from: one worker's view of the lease table.
@@ -37,6 +41,8 @@ pub struct TakerInput<'a> {
     /// `max_leases_per_worker`): the leader does, since it notices a departure first;
     /// workers below target then ask it for handoffs.
     pub absorb: bool,
+    /// Lease counts or load (see [`Balance`]).
+    pub balance: Balance,
 }
 
 /// One lease write the worker should attempt.
@@ -135,6 +141,7 @@ pub fn target_per_worker(counted: usize, live: usize, max: Option<usize>) -> usi
 ///     max_leases_per_worker: None,
 ///     seed: 42,
 ///     absorb: false,
+///     balance: kcl::leases::Balance::Count,
 /// });
 /// assert_eq!(plan, vec![TakeAction::Take {
 ///     key: "shardId-1".into(),
@@ -150,6 +157,11 @@ pub fn plan_takes(input: &TakerInput) -> Vec<TakeAction> {
         .iter()
         .filter(|l| l.state() != LeaseState::Finished && seen.insert(l.key.as_str()))
         .collect();
+    if let Balance::Load { threshold } = input.balance
+        && let Some(plan) = plan_by_load(input, &counted, threshold)
+    {
+        return plan;
+    }
     let expired = |l: &Lease| input.expired.contains(&l.key);
 
     let mut load: HashMap<&str, usize> = HashMap::new();
@@ -776,6 +788,7 @@ mod tests {
                 max_leases_per_worker: max,
                 seed: 7,
                 absorb,
+                balance: Balance::Count,
             };
             let plan = plan_takes(&input);
             check_invariants("absorb", &input, &plan);
@@ -800,6 +813,7 @@ mod tests {
                     max_leases_per_worker: s.max,
                     seed,
                     absorb: false,
+                    balance: Balance::Count,
                 };
                 let plan = plan_takes(&input);
                 check_invariants(s.name, &input, &plan);
@@ -866,6 +880,7 @@ mod tests {
                 max_leases_per_worker: None,
                 seed: worker_seed(me, 0),
                 absorb: false,
+                balance: Balance::Count,
             });
             assert_eq!(plan.len(), 2, "{me}: {plan:?}");
             assert!(plan.iter().all(|a| matches!(
@@ -899,6 +914,7 @@ mod tests {
                 max_leases_per_worker: None,
                 seed: worker_seed(me, cycle) ^ base_seed,
                 absorb: false,
+                balance: Balance::Count,
             });
             for action in plan {
                 let lease = leases.iter_mut().find(|l| l.key == action.key()).unwrap();

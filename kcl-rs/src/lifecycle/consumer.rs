@@ -11,6 +11,7 @@ use crate::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, S
 use crate::config::{InitialPosition, WorkerConfig};
 use crate::leases::handle::{LeaseHandle, LeasePhase};
 use crate::leases::{Lease, LeaseError, LeaseStore};
+use crate::metrics::ShardMetrics;
 use crate::processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };
@@ -118,6 +119,7 @@ struct ShardConsumer<P: RecordProcessor> {
     /// Stops the prefetcher however the consumer ends, a panic included.
     _reader_guard: tokio_util::sync::DropGuard,
     load: LoadMeter,
+    metrics: ShardMetrics,
 }
 
 /// Runs one shard consumer to its end.
@@ -141,6 +143,7 @@ pub(crate) async fn run_shard_consumer<F: RecordProcessorFactory>(
         _reader_guard: reader_cancel.clone().drop_guard(),
         reader_cancel,
         load: LoadMeter::new(Instant::now()),
+        metrics: ShardMetrics::detached(),
     };
     let mut state = ConsumerState::WaitingOnParents;
     let outcome = loop {
@@ -260,6 +263,17 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             Arc::clone(&self.handle),
             self.lease.checkpoint.clone(),
         );
+        let config = &self.ctx.config;
+        self.metrics = ShardMetrics::new(
+            &config.stream_name,
+            &self.lease.key,
+            &config.worker_id,
+            match self.ctx.consumer_arn {
+                None => "GetRecords",
+                Some(_) => "SubscribeToShard",
+            },
+        );
+        self.checkpointer.set_metrics(self.metrics.clone());
         let mut processor = factory.create_processor(&self.lease.key);
         processor
             .initialize(InitializationInput {
@@ -309,6 +323,8 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             )
             .into(),
         };
+        let mut reader = reader;
+        reader.set_metrics(self.metrics.clone());
         self.prefetcher = Some(spawn_prefetcher(
             reader,
             self.reader_cancel.clone(),
@@ -356,7 +372,15 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 self.checkpointer
                     .set_last_delivered(last.extended_sequence_number());
             }
+            if let Some(behind) = batch.millis_behind_latest {
+                self.metrics.millis_behind_latest.set(behind as f64);
+            }
             if !batch.records.is_empty() || self.ctx.config.call_process_records_even_for_empty {
+                self.metrics
+                    .records_processed
+                    .increment(batch.records.len() as u64);
+                self.metrics.bytes_processed.increment(batch.bytes as u64);
+                let started = Instant::now();
                 let processor = self.processor.as_mut().expect("initialized");
                 processor
                     .process_records(
@@ -369,6 +393,9 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                         &mut self.checkpointer,
                     )
                     .await;
+                self.metrics
+                    .process_records_seconds
+                    .record(started.elapsed().as_secs_f64());
             }
             if batch.shard_end {
                 self.create_child_leases(&batch.child_shards).await;

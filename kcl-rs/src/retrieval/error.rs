@@ -90,6 +90,19 @@ pub(crate) enum Failure {
     Fatal(RetrievalError),
 }
 
+impl Failure {
+    /// Whether the service throttled the call.
+    pub(crate) fn is_throttled(&self) -> bool {
+        matches!(
+            self,
+            Failure::Retry {
+                throttled: true,
+                ..
+            }
+        )
+    }
+}
+
 /// Throttling codes: the shard's read limits (5 GetRecords/s, 2 MB/s; 5
 /// GetShardIterator/s), the account's control-plane limits and KMS's own limits.
 const THROTTLING_CODES: &[&str] = &[

@@ -14,6 +14,7 @@ use super::error::{Failure, RetrievalError, classify};
 use super::gone;
 use super::record::{Deaggregated, KinesisClientRecord, deaggregate_records, skip_through};
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use crate::metrics::ShardMetrics;
 
 /// The most records one GetRecords call may return.
 pub const GET_RECORDS_MAX: i32 = 10_000;
@@ -227,6 +228,7 @@ pub struct ShardReader {
     /// Consecutive failed calls, for the backoff.
     failures: u32,
     expired_iterators: u64,
+    metrics: ShardMetrics,
 }
 
 impl ShardReader {
@@ -257,7 +259,13 @@ impl ShardReader {
             next_call_at: None,
             failures: 0,
             expired_iterators: 0,
+            metrics: ShardMetrics::detached(),
         }
+    }
+
+    /// Records this reader's calls in `metrics` (a worker's shard consumer's).
+    pub(crate) fn set_metrics(&mut self, metrics: ShardMetrics) {
+        self.metrics = metrics;
     }
 
     fn check_config(&self) -> Result<(), RetrievalError> {
@@ -342,10 +350,16 @@ impl ShardReader {
             match response {
                 Ok(output) => {
                     self.failures = 0;
+                    self.metrics.calls.succeeded.increment(1);
+                    self.metrics
+                        .calls
+                        .seconds
+                        .record(started.elapsed().as_secs_f64());
                     return Ok(self.deliver(output, started));
                 }
                 Err(err) => {
                     let failure = classify(&err, "GetRecords", &self.shard_id);
+                    self.metrics.calls.failure(failure.is_throttled());
                     if let Some(batch) = self.recover(failure).await? {
                         return Ok(batch);
                     }
@@ -405,6 +419,7 @@ impl ShardReader {
             Failure::ExpiredIterator => {
                 self.iterator = None;
                 self.expired_iterators += 1;
+                self.metrics.expired_iterators.increment(1);
                 tracing::warn!(
                     shard_id = %self.shard_id,
                     resume_after = ?self.last_delivered,

@@ -23,6 +23,14 @@ impl ShardSource {
         }
     }
 
+    /// Records the reader's calls in `metrics`.
+    pub(crate) fn set_metrics(&mut self, metrics: crate::metrics::ShardMetrics) {
+        match self {
+            ShardSource::Polling(reader) => reader.set_metrics(metrics),
+            ShardSource::FanOut(reader) => reader.set_metrics(metrics),
+        }
+    }
+
     /// The next batch; both readers' `next_batch` are cancel-safe.
     pub async fn next_batch(&mut self) -> Result<Batch, RetrievalError> {
         match self {

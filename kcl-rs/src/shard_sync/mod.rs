@@ -18,6 +18,7 @@ pub use plan::{SyncPlan, plan_sync};
 
 use crate::checkpoint::ExtendedSequenceNumber;
 use crate::leases::{Change, Expect, LeaseError, LeaseStore};
+use crate::metrics::SyncMetrics;
 use crate::stream::{StreamError, list_shards};
 
 /// The first retry delay after a failed sync.
@@ -73,6 +74,7 @@ pub struct ShardSyncer {
     initial: ExtendedSequenceNumber,
     wake: Notify,
     periodic: Box<dyn Fn() -> bool + Send + Sync>,
+    metrics: SyncMetrics,
 }
 
 impl ShardSyncer {
@@ -83,14 +85,22 @@ impl ShardSyncer {
         store: Arc<dyn LeaseStore>,
         initial: ExtendedSequenceNumber,
     ) -> ShardSyncer {
+        let stream = stream.into();
         ShardSyncer {
             kinesis,
-            stream: stream.into(),
+            metrics: SyncMetrics::new(&stream, ""),
+            stream,
             store,
             initial,
             wake: Notify::new(),
             periodic: Box::new(|| true),
         }
+    }
+
+    /// Labels this syncer's metrics with the worker running it.
+    pub(crate) fn for_worker(mut self, worker_id: &str) -> Self {
+        self.metrics = SyncMetrics::new(&self.stream, worker_id);
+        self
     }
 
     /// Makes [`ShardSyncer::run`]'s periodic syncs conditional on `gate` (requested
@@ -104,6 +114,20 @@ impl ShardSyncer {
 
     /// One sync: ListShards (paginated), read the lease table, apply the plan.
     pub async fn sync_once(&self) -> Result<SyncReport, ShardSyncError> {
+        let synced = self.sync().await;
+        self.metrics.runs.increment(1);
+        if let Ok(report) = &synced {
+            self.metrics
+                .leases_created
+                .increment(report.created.len() as u64);
+            self.metrics
+                .leases_deleted
+                .increment(report.deleted.len() as u64);
+        }
+        synced
+    }
+
+    async fn sync(&self) -> Result<SyncReport, ShardSyncError> {
         let shards = list_shards(&self.kinesis, &self.stream).await?;
         // Eventually consistent: every write of the plan is conditional.
         let leases = self.store.scan_leases().await?;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregation::{AggregationLimits, KinesisRecord};
 use crate::collector::{CollectionLimits, Queues, ShardKey};
 use crate::config::ProducerConfig;
+use crate::metrics::ProducerMetrics;
 use crate::record::Pending;
 use crate::result::{AttemptError, UNCONFIRMED_SHARD};
 use crate::retry::classify_request_error;
@@ -133,6 +134,8 @@ pub(crate) struct Engine {
     flush_barrier: u64,
     next_id: u64,
     outstanding: usize,
+    outstanding_bytes: usize,
+    metrics: ProducerMetrics,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
         records: Arc<Semaphore>,
         stopped: watch::Sender<bool>,
     ) -> Self {
+        let metrics = ProducerMetrics::new(&config.stream_name);
         Engine {
             config,
             client,
@@ -172,6 +176,8 @@ impl Engine {
             flush_barrier: 0,
             next_id: 0,
             outstanding: 0,
+            outstanding_bytes: 0,
+            metrics,
         }
     }
 
@@ -227,6 +233,8 @@ impl Engine {
                 record.id = self.next_id;
                 self.next_id += 1;
                 self.outstanding += 1;
+                self.outstanding_bytes += record.data.len();
+                self.note_pending();
                 self.route(record, Instant::now());
             }
             Command::Flush(done) => {
@@ -277,6 +285,13 @@ impl Engine {
         result: Result<crate::UserRecordResult, crate::PutError>,
     ) {
         self.outstanding -= 1;
+        self.outstanding_bytes -= record.data.len();
+        self.note_pending();
+        match &result {
+            Ok(_) => self.metrics.user_records_put.increment(1),
+            Err(crate::PutError::Expired { .. }) => self.metrics.user_records_expired.increment(1),
+            Err(_) => {}
+        }
         let id = record.id;
         // Resolved (and its buffer room freed) before any flush waiting for it returns.
         record.resolve(result);
@@ -291,6 +306,13 @@ impl Engine {
             }
             waiter.remaining > 0
         });
+    }
+
+    fn note_pending(&self) {
+        self.metrics.pending_records.set(self.outstanding as f64);
+        self.metrics
+            .pending_bytes
+            .set(self.outstanding_bytes as f64);
     }
 
     fn expire(&mut self, mut record: Pending) {
@@ -385,6 +407,13 @@ impl Engine {
                 self.expire(record);
             }
             let Some(mut batch) = batch else { break };
+            for record in &batch.records {
+                if let Some(oldest) = record.members.iter().map(|m| m.last_event).min() {
+                    self.metrics
+                        .buffering_seconds
+                        .record(now.saturating_duration_since(oldest).as_secs_f64());
+                }
+            }
             let entries: Vec<_> = batch
                 .records
                 .iter_mut()

@@ -38,6 +38,13 @@ impl Engine {
             }
         }
         let started = flight.started;
+        self.metrics
+            .call_seconds
+            .record(ended.saturating_duration_since(started).as_secs_f64());
+        match &result {
+            Ok(_) => self.metrics.calls_succeeded.increment(1),
+            Err(_) => self.metrics.calls_failed.increment(1),
+        }
         let output = match result {
             Ok(output) if output.records().len() == flight.records.len() => output,
             Ok(output) => {
@@ -56,6 +63,7 @@ impl Engine {
             }
             Err((error, retry)) => {
                 for record in flight.records {
+                    self.metrics.error(&error.code, None);
                     self.failed(record.members, &error, retry, started, ended);
                 }
                 return;
@@ -68,6 +76,7 @@ impl Engine {
                 answer.sequence_number(),
             ) {
                 (None, Some(shard), Some(sequence_number)) => {
+                    self.metrics.kinesis_records_put.increment(1);
                     self.landed(record, shard, sequence_number, started, ended);
                 }
                 (code, ..) => {
@@ -76,6 +85,12 @@ impl Engine {
                         code: code.unwrap_or("MalformedResponse").to_string(),
                         message: answer.error_message().unwrap_or_default().to_string(),
                     };
+                    let shard = self
+                        .map
+                        .as_ref()
+                        .and_then(|m| m.predict_with_range(record.routing_hash))
+                        .map(|(id, _)| id.to_string());
+                    self.metrics.error(&error.code, shard.as_deref());
                     self.failed(record.members, &error, true, started, ended);
                 }
             }

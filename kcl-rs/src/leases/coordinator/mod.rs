@@ -28,6 +28,8 @@
 //! be processed (after any previous owner has handed over). Everything after that is
 //! seen through the [`LeaseHandle`]'s phase.
 
+use crate::leases::Balance;
+use crate::metrics::WorkerMetrics;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,6 +87,8 @@ pub struct LeaseConfig {
     /// a failover time apart show the same counter). Workers leaving, dying, joining
     /// and leases being created are noticed without it.
     pub lease_scan_interval: Option<Duration>,
+    /// Share leases by count (default) or by load.
+    pub balance: Balance,
 }
 
 impl LeaseConfig {
@@ -98,6 +102,7 @@ impl LeaseConfig {
             max_leases_per_worker: None,
             handoff_timeout: None,
             lease_scan_interval: None,
+            balance: Balance::Count,
         }
     }
 
@@ -168,6 +173,7 @@ pub struct LeaseCoordinator {
     worker_removed: AtomicBool,
     last_scan: Mutex<LastScan>,
     group: Mutex<Group>,
+    metrics: WorkerMetrics,
 }
 
 impl LeaseCoordinator {
@@ -190,6 +196,7 @@ impl LeaseCoordinator {
             worker_removed: AtomicBool::new(false),
             last_scan: Mutex::new(LastScan::default()),
             group: Mutex::new(Group::default()),
+            metrics: WorkerMetrics::new(&config.worker_id),
             config,
         };
         (Arc::new(coordinator), receiver)

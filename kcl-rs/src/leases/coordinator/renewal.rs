@@ -2,6 +2,7 @@
 //! `membership`), each on its own timer, so that a slow or hung call delays nothing but
 //! itself.
 
+use crate::metrics::WorkerMetrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,8 +30,12 @@ impl LeaseCoordinator {
                     Arc::ptr_eq(renewed, &handle) && !task.is_finished()
                 });
                 if !running {
-                    let task =
-                        tokio::spawn(renew_lease(Arc::clone(&handle), interval, cancel.clone()));
+                    let task = tokio::spawn(renew_lease(
+                        Arc::clone(&handle),
+                        interval,
+                        self.metrics.clone(),
+                        cancel.clone(),
+                    ));
                     renewers.insert(handle.key().to_string(), (handle, task));
                 }
             }
@@ -49,31 +54,47 @@ impl LeaseCoordinator {
     }
 
     pub(super) fn forget_lost(&self) {
-        let mut lost = 0;
-        self.held
-            .lock()
-            .unwrap()
-            .retain(|_, handle| match handle.phase() {
-                LeasePhase::Lost(LostReason::HandedOver | LostReason::Released) => false,
-                LeasePhase::Lost(_) => {
-                    lost += 1;
-                    false
-                }
-                _ => true,
-            });
+        let (mut lost, mut released) = (0, 0);
+        let mut held = self.held.lock().unwrap();
+        held.retain(|_, handle| match handle.phase() {
+            LeasePhase::Lost(LostReason::HandedOver | LostReason::Released) => {
+                released += 1;
+                false
+            }
+            LeasePhase::Lost(_) => {
+                lost += 1;
+                false
+            }
+            _ => true,
+        });
         self.stats.leases_lost.fetch_add(lost, Ordering::Relaxed);
+        self.metrics.leases_lost.increment(lost);
+        self.metrics.leases_released.increment(released);
+        self.metrics.current_leases.set(held.len() as f64);
     }
 }
 
 /// Renews `handle` every `interval` until it is lost or `cancel` is cancelled. Each
 /// renewal retries transient errors itself until the lease would expire.
-async fn renew_lease(handle: Arc<LeaseHandle>, interval: Duration, cancel: CancellationToken) {
+async fn renew_lease(
+    handle: Arc<LeaseHandle>,
+    interval: Duration,
+    metrics: WorkerMetrics,
+    cancel: CancellationToken,
+) {
     let mut next = tokio::time::Instant::now() + interval;
     while tick(&mut next, interval, &cancel).await {
+        let started = tokio::time::Instant::now();
         let renewed = tokio::select! {
             _ = cancel.cancelled() => return,
             renewed = handle.renew() => renewed,
         };
+        metrics
+            .renewal_seconds
+            .record(started.elapsed().as_secs_f64());
+        if renewed.is_err() {
+            metrics.renewal_failures.increment(1);
+        }
         match renewed {
             Ok(RenewOutcome::PhaseChanged(phase)) => {
                 tracing::info!(lease = %handle.key(), ?phase, "lease phase changed at renewal");

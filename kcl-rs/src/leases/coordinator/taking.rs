@@ -130,10 +130,13 @@ impl LeaseCoordinator {
             max_leases_per_worker: self.config.max_leases_per_worker,
             seed: self.seed,
             absorb,
+            balance: self.config.balance,
         });
         if !plan.is_empty() {
             self.stats.active_cycles.fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics.leases_to_take.set(plan.len() as f64);
+        self.metrics.live_workers.set(live_workers.len() as f64);
         let mut writes = JoinSet::new();
         for action in plan {
             writes.spawn(Arc::clone(self).perform(action));
@@ -237,7 +240,8 @@ impl LeaseCoordinator {
         // transaction, throttling) is retried briefly; beyond that the next cycle
         // plans afresh.
         let attempt = retry::attempt_timeout(self.config.failover_time);
-        let deadline = tokio::time::Instant::now() + attempt * 2;
+        let started = tokio::time::Instant::now();
+        let deadline = started + attempt * 2;
         let written = retry::update_lease(
             self.store.as_ref(),
             action.key(),
@@ -247,14 +251,22 @@ impl LeaseCoordinator {
             attempt,
         )
         .await;
+        self.metrics
+            .take_seconds
+            .record(started.elapsed().as_secs_f64());
         let (lease, sent) = match written {
             Ok(written) => written,
             Err(LeaseError::ConditionFailed { .. }) => {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                self.metrics.take_failures.increment(1);
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.metrics.take_failures.increment(1);
+                return Err(e);
+            }
         };
+        self.metrics.leases_taken.increment(1);
         self.expiry
             .lock()
             .unwrap()
@@ -281,10 +293,11 @@ impl LeaseCoordinator {
             sent,
             phase,
         );
-        self.held
-            .lock()
-            .unwrap()
-            .insert(lease.key.clone(), Arc::clone(&handle));
+        {
+            let mut held = self.held.lock().unwrap();
+            held.insert(lease.key.clone(), Arc::clone(&handle));
+            self.metrics.current_leases.set(held.len() as f64);
+        }
         if !self.membership_valid() {
             // The membership lapsed while the take was in flight: others may take
             // this worker's leases now, so this one is not ours to process.

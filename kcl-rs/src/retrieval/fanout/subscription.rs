@@ -15,6 +15,7 @@ use aws_sdk_kinesis::types::{
 use tokio::time::Instant;
 
 use crate::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+use crate::metrics::ShardMetrics;
 use crate::retrieval::backoff::sleep_backoff;
 use crate::retrieval::error::{Failure, RetrievalError, classify_with};
 use crate::retrieval::polling::{Batch, ChildShardRef, RetrievalConfig, ShardReader};
@@ -130,6 +131,7 @@ pub struct FanOutReader {
     failures: u32,
     ended: bool,
     stats: FanOutStats,
+    metrics: ShardMetrics,
 }
 
 impl FanOutReader {
@@ -161,7 +163,13 @@ impl FanOutReader {
             quiet_since: Instant::now(),
             failures: 0,
             stats: FanOutStats::default(),
+            metrics: ShardMetrics::detached(),
         }
+    }
+
+    /// Records this reader's calls in `metrics` (a worker's shard consumer's).
+    pub(crate) fn set_metrics(&mut self, metrics: ShardMetrics) {
+        self.metrics = metrics;
     }
 
     /// The shard being read.
@@ -213,6 +221,7 @@ impl FanOutReader {
                 Err(_) => {
                     self.subscription = None;
                     self.stats.watchdog_resets += 1;
+                    self.metrics.subscription_timeouts.increment(1);
                     tracing::warn!(
                         shard_id = %self.shard_id,
                         timeout = ?self.config.event_timeout,
@@ -247,6 +256,7 @@ impl FanOutReader {
                     let code = err.as_service_error().and_then(stream_error_code);
                     let failure =
                         classify_with(&err, "SubscribeToShard", &self.shard_id, |_| None, code);
+                    self.metrics.calls.failure(failure.is_throttled());
                     if let Some(batch) = self.recover(failure).await? {
                         return Ok(batch);
                     }
@@ -292,7 +302,8 @@ impl FanOutReader {
         if let Some(last) = self.last_subscribe {
             tokio::time::sleep_until(last + SUBSCRIBE_INTERVAL).await;
         }
-        self.last_subscribe = Some(Instant::now());
+        let started = Instant::now();
+        self.last_subscribe = Some(started);
         let (position, skip) = self.resume();
         tracing::debug!(shard_id = %self.shard_id, ?position, "subscribing");
         let call = self
@@ -306,6 +317,8 @@ impl FanOutReader {
         // never answers is a stall like any other.
         let Ok(answer) = tokio::time::timeout(self.config.event_timeout, call).await else {
             self.stats.watchdog_resets += 1;
+            self.metrics.subscription_timeouts.increment(1);
+            self.metrics.calls.failure(false);
             return Err(Failure::Retry {
                 throttled: false,
                 message: format!("SubscribeToShard on {}: no answer in time", self.shard_id),
@@ -320,7 +333,19 @@ impl FanOutReader {
                 |raw| Some(raw.status().as_u16()),
                 code,
             )
-        })?;
+        });
+        let output = match output {
+            Ok(output) => output,
+            Err(failure) => {
+                self.metrics.calls.failure(failure.is_throttled());
+                return Err(failure);
+            }
+        };
+        self.metrics.calls.succeeded.increment(1);
+        self.metrics
+            .calls
+            .seconds
+            .record(started.elapsed().as_secs_f64());
         self.skip = skip;
         Ok(Subscription {
             events: output.event_stream,
