@@ -56,6 +56,8 @@ EXPECTED_GOALS = {
     ("producer", "one_shard_100_of_bound"): "one shard, rate limit 100%: share of the bound",
     ("delivery", "end_to_end"): "end to end, unpaced",
     ("delivery", "exact"): "statistics equal the ground truth",
+    ("delivery", "balance_load_ratio"): "busiest worker's records/s / mean, load balancing",
+    ("delivery", "balance_load_moves"): "lease moves per minute after convergence, load balancing",
 }
 
 

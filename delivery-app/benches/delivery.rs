@@ -10,7 +10,8 @@
 //!    time from `put` until the statistics reflect it (its shard's watermark passed it),
 //!    median and p99.
 //!
-//! 4. Balance: events keyed by pickup region (hot shards) on 8 shards, 4 workers,
+//! 4. Balance: events keyed by pickup region on 8 shards of uneven hash ranges (as
+//!    after splitting hot shards: 2 × 1/4, 2 × 1/8, 4 × 1/16 of the key space), 4 workers,
 //!    paced at `DELIVERY_BENCH_BALANCE_RATE` (default 2,000/s) for
 //!    `DELIVERY_BENCH_BALANCE_SECS` (default 90 s), once with count balancing and once
 //!    with load balancing. The lease table is read every second; after the first third
@@ -48,7 +49,7 @@ enum Mode {
     ConsumersAlone,
     Unpaced,
     Paced(f64),
-    /// Region keys, 8 shards, 4 workers, paced at this rate, leases shared so.
+    /// Region keys, 8 uneven shards, 4 workers, paced at this rate, leases shared so.
     Balance(f64, BalanceFlag),
 }
 
@@ -78,6 +79,9 @@ async fn run_sampled(name: &str, events: u64, mode: Mode) -> (ScenarioReport, Ve
         ..SimConfig::default()
     };
     let app = format!("bench-{name}-stats");
+    if balance.is_some() {
+        uneven_shards(&aws, &format!("bench-{name}")).await;
+    }
     let sampling = tokio_util::sync::CancellationToken::new();
     let sampler = tokio::spawn({
         let leases = DynamoLeaseStore::new(aws.clients().await.dynamodb, &app);
@@ -142,6 +146,32 @@ async fn run_sampled(name: &str, events: u64, mode: Mode) -> (ScenarioReport, Ve
     let samples = sampler.await.unwrap();
     aws.shutdown().await;
     (report, samples)
+}
+
+/// The stream of the balance runs: 8 open shards of uneven hash ranges, as after
+/// splits of the hot ones (4 shards; 0 and 1 split; the low halves split again): two
+/// shards of a quarter of the key space, two of an eighth, four of a sixteenth. Keys
+/// hash evenly, so each shard's load follows its range: lease counts alone cannot
+/// share that evenly.
+async fn uneven_shards(aws: &LocalAws, stream: &str) {
+    let kinesis = aws.clients().await.kinesis;
+    let wait = Duration::from_secs(60);
+    kcl::stream::create_stream(&kinesis, stream, 4, wait)
+        .await
+        .unwrap();
+    for shard in [0, 1, 4, 6] {
+        let id = format!("shardId-{shard:012}");
+        kcl::stream::split_shard(&kinesis, stream, &id, None, wait)
+            .await
+            .unwrap();
+    }
+    let open = kcl::stream::list_shards(&kinesis, stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.ending_sequence_number.is_none())
+        .count();
+    assert_eq!(open, 8);
 }
 
 /// From the samples after the first third (convergence) of the production: the
@@ -319,13 +349,13 @@ async fn main() {
             exact_runs.push(f64::from(u8::from(report.comparison.matches)));
             let (ratio, moves) = balance_figures(&samples, report.produce_time.as_secs_f64(), 4);
             println!(
-                "  region keys, 8 shards, 4 workers, {rate:.0} events/s, {name} balancing: busiest/mean records/s {ratio:.2} (median after the first third), {moves:.1} lease moves/min; exact: {}",
+                "  region keys, 8 uneven shards, 4 workers, {rate:.0} events/s, {name} balancing: busiest/mean records/s {ratio:.2} (median after the first third), {moves:.1} lease moves/min; exact: {}",
                 report.comparison.matches
             );
             result_line(
                 &format!("balance_{name}_ratio"),
                 &format!(
-                    "region keys, 8 shards, 4 workers: busiest worker's records/s / mean, {name} balancing"
+                    "region keys, 8 uneven shards, 4 workers: busiest worker's records/s / mean, {name} balancing"
                 ),
                 "× mean",
                 &[ratio],
@@ -334,7 +364,7 @@ async fn main() {
             result_line(
                 &format!("balance_{name}_moves"),
                 &format!(
-                    "region keys, 8 shards, 4 workers: lease moves per minute after convergence, {name} balancing"
+                    "region keys, 8 uneven shards, 4 workers: lease moves per minute after convergence, {name} balancing"
                 ),
                 "moves/min",
                 &[moves],

@@ -428,7 +428,6 @@ mod tests {
             }
             moves
         }
-
     }
 
     /// Runs cycles until one moves nothing (at most 12), then checks that no single
