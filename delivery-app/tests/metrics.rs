@@ -204,6 +204,14 @@ async fn worker_metrics_match_what_was_put_and_follow_a_kill() {
             .map(|s| sum(s, "kcl_records_processed_total", &[]))
             .sum()
     };
+    // What the statistics took: applied events, dead letters and skipped copies. A
+    // batch is counted as handed over when `process_records` is called, and as taken
+    // when its transactions commit: equal once the processors are idle.
+    let taken = |samples: &[Sample]| {
+        sum(samples, "delivery_events_applied_total", &[])
+            + sum(samples, "delivery_dead_letters_total", &[])
+            + sum(samples, "delivery_redeliveries_skipped_total", &[])
+    };
     let all = scrape_until(&[&a1, &a2], "every record processed and caught up", |all| {
         let lags: Vec<f64> = all
             .iter()
@@ -211,11 +219,15 @@ async fn worker_metrics_match_what_was_put_and_follow_a_kill() {
             .filter(|(n, ..)| n == "kcl_millis_behind_latest")
             .map(|(.., v)| *v)
             .collect();
-        processed(all) == put && lags.len() == 2 && lags.iter().all(|l| *l == 0.0)
+        processed(all) == put
+            && all
+                .iter()
+                .all(|s| sum(s, "kcl_records_processed_total", &[]) == taken(s))
+            && lags.len() == 2
+            && lags.iter().all(|l| *l == 0.0)
     })
     .await;
-    // Per shard, what kcl-rs handed to the processor is what the statistics took:
-    // applied events, dead letters and skipped copies.
+    // Per shard, what kcl-rs handed to the processor is what the statistics took.
     for (samples, worker) in all.iter().zip(["m1", "m2"]) {
         let shards: Vec<String> = samples
             .iter()
