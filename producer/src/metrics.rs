@@ -12,6 +12,8 @@
 //! assert_eq!(producer::metrics::names::USER_RECORDS_PUT, "kpl_user_records_put_total");
 //! ```
 
+use std::collections::HashMap;
+
 use kinesis_core::metrics::{
     Counter, Description, Gauge, Histogram, Kind, Unit, counter, gauge, histogram,
 };
@@ -127,6 +129,10 @@ pub(crate) struct ProducerMetrics {
     pub buffering_seconds: Histogram,
     pub pending_records: Gauge,
     pub pending_bytes: Gauge,
+    /// Failed attempts by error code.
+    errors: HashMap<String, Counter>,
+    /// Throttles by shard.
+    throttles: HashMap<String, Counter>,
 }
 
 impl ProducerMetrics {
@@ -149,21 +155,42 @@ impl ProducerMetrics {
             buffering_seconds: histogram(names::BUFFERING_SECONDS, &l),
             pending_records: gauge(names::USER_RECORDS_PENDING, &l),
             pending_bytes: gauge(names::USER_RECORD_BYTES_PENDING, &l),
+            errors: HashMap::new(),
+            throttles: HashMap::new(),
         }
     }
 
-    /// A failed attempt of a Kinesis record with `code`; a throttle also counts
-    /// against `shard` when it is known.
-    pub fn error(&self, code: &str, shard: Option<&str>) {
-        counter(names::ERRORS, &[("stream", &self.stream), ("code", code)]).increment(1);
-        if code == "ProvisionedThroughputExceededException"
-            && let Some(shard) = shard
-        {
-            counter(
-                names::THROTTLES,
-                &[("stream", &self.stream), ("shard", shard)],
-            )
-            .increment(1);
+    /// A failed attempt of a Kinesis record with `code`.
+    pub fn error(&mut self, code: &str) {
+        let stream = &self.stream;
+        count_by(&mut self.errors, code, || {
+            counter(names::ERRORS, &[("stream", stream), ("code", code)])
+        });
+    }
+
+    /// A Kinesis record throttled in `shard` (counted by [`ProducerMetrics::error`]
+    /// too).
+    pub fn throttled(&mut self, shard: &str) {
+        let stream = &self.stream;
+        count_by(&mut self.throttles, shard, || {
+            counter(names::THROTTLES, &[("stream", stream), ("shard", shard)])
+        });
+    }
+}
+
+/// Adds one to the counter of `key`, registering it (`register`) the first time only:
+/// a failure costs a map lookup, not a registration with labels built anew.
+fn count_by(
+    counters: &mut HashMap<String, Counter>,
+    key: &str,
+    register: impl FnOnce() -> Counter,
+) {
+    match counters.get(key) {
+        Some(counter) => counter.increment(1),
+        None => {
+            let counter = register();
+            counter.increment(1);
+            counters.insert(key.to_string(), counter);
         }
     }
 }

@@ -95,10 +95,17 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let _stop_metrics = metrics.clone().drop_guard();
     if let Some(addr) = args.metrics_addr {
         let bound = delivery_app::metrics::serve(addr, metrics.clone()).await?;
-        println!(
-            "metrics: producer at http://{bound}/metrics, worker wN at port {} + N",
-            bound.port()
-        );
+        if addr.port() == 0 {
+            // Workers' ports derive from a fixed one; with port 0 they serve none.
+            println!(
+                "metrics: producer at http://{bound}/metrics (give a fixed port for the workers' too)"
+            );
+        } else {
+            println!(
+                "metrics: producer at http://{bound}/metrics, worker wN at port {} + N",
+                bound.port()
+            );
+        }
     }
     let log_dir = args.log_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("delivery-demo-{}", std::process::id()))

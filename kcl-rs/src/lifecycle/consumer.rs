@@ -300,7 +300,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             hash_key_range: self.lease.hash_key_range,
             ..RetrievalConfig::default()
         };
-        let reader: ShardSource = match &self.ctx.consumer_arn {
+        let mut reader: ShardSource = match &self.ctx.consumer_arn {
             None => ShardReader::new(
                 self.ctx.kinesis.clone(),
                 &config.stream_name,
@@ -323,7 +323,6 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             )
             .into(),
         };
-        let mut reader = reader;
         reader.set_metrics(self.metrics.clone());
         self.prefetcher = Some(spawn_prefetcher(
             reader,

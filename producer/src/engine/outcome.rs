@@ -12,6 +12,9 @@ use crate::error::PutError;
 use crate::record::Pending;
 use crate::result::{AttemptError, UserRecordResult, WRONG_SHARD};
 use crate::retry::{backoff_cap, full_jitter};
+
+/// The code of a record refused for its shard's write limit.
+const THROTTLED: &str = "ProvisionedThroughputExceededException";
 use crate::shard_map::{Landing, is_current, judge_held, landing};
 
 impl Engine {
@@ -63,7 +66,7 @@ impl Engine {
             }
             Err((error, retry)) => {
                 for record in flight.records {
-                    self.metrics.error(&error.code, None);
+                    self.metrics.error(&error.code);
                     self.failed(record.members, &error, retry, started, ended);
                 }
                 return;
@@ -85,12 +88,15 @@ impl Engine {
                         code: code.unwrap_or("MalformedResponse").to_string(),
                         message: answer.error_message().unwrap_or_default().to_string(),
                     };
-                    let shard = self
-                        .map
-                        .as_ref()
-                        .and_then(|m| m.predict_with_range(record.routing_hash))
-                        .map(|(id, _)| id.to_string());
-                    self.metrics.error(&error.code, shard.as_deref());
+                    self.metrics.error(&error.code);
+                    if error.code == THROTTLED
+                        && let Some((shard, _)) = self
+                            .map
+                            .as_ref()
+                            .and_then(|m| m.predict_with_range(record.routing_hash))
+                    {
+                        self.metrics.throttled(shard);
+                    }
                     self.failed(record.members, &error, true, started, ended);
                 }
             }
