@@ -303,6 +303,11 @@ async fn fan_out_workers_process_every_record_in_order_through_split_and_merge()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_watchdog_replaces_a_stalled_subscription_without_gap_or_duplicate() {
+    // The reader's log is shown if the test fails (RUST_LOG=kcl=debug,kcl_local=debug).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let aws = LocalAws::start(LocalAwsOptions::from_env()).await.unwrap();
     let admin = aws.clients().await;
     let (name, consumer, shard) = one_shard(&admin.kinesis, "fan-stall", "reader").await;
@@ -366,7 +371,7 @@ async fn the_watchdog_replaces_a_stalled_subscription_without_gap_or_duplicate()
         }
     })
     .await
-    .expect("the watchdog fired twice");
+    .unwrap_or_else(|_| panic!("the watchdog did not fire twice: {:?}", reader.stats()));
     for i in 3..6 {
         put(&admin.kinesis, &name, &format!("r{i}")).await;
     }

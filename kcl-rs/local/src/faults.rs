@@ -355,14 +355,20 @@ fn into_response_stalling(answer: ProxyResponse, stall: Option<Duration>) -> Htt
 /// black-holes one direction of a connection eventually does.
 struct Stalling {
     inner: Option<Incoming>,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the stall starts: compared with the clock on every poll, so that a stall
+    /// after zero passes not even a frame that is ready at once (a timer's first poll
+    /// may not have fired yet).
+    deadline: tokio::time::Instant,
+    wake: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Stalling {
     fn new(inner: Incoming, after: Duration) -> Stalling {
+        let deadline = tokio::time::Instant::now() + after;
         Stalling {
             inner: Some(inner),
-            deadline: Box::pin(tokio::time::sleep(after)),
+            deadline,
+            wake: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 }
@@ -375,7 +381,10 @@ impl hyper::body::Body for Stalling {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        if self.inner.is_some() && self.deadline.as_mut().poll(cx).is_ready() {
+        if self.inner.is_some()
+            && (tokio::time::Instant::now() >= self.deadline
+                || self.wake.as_mut().poll(cx).is_ready())
+        {
             tracing::debug!("fault proxy: stream stalled");
             self.inner = None;
         }
