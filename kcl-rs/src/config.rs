@@ -147,6 +147,15 @@ pub struct WorkerConfig {
     /// whether it is closed and read to its end, for services that do not name the
     /// children at the end of a subscription (real Kinesis does). Default 30 s.
     pub(crate) shard_end_check_after: Duration,
+    /// Multi-stream mode (built by [`WorkerConfig::multi_stream_builder`]): the stream
+    /// name is unused; the worker's streams come from its provider.
+    pub(crate) multi_stream: bool,
+    /// Multi-stream mode: how often the stream provider is asked for the streams.
+    /// Default 60 s.
+    pub(crate) stream_poll_interval: Duration,
+    /// Multi-stream mode: how long a stream must have been gone (removed from the
+    /// provider's list, or deleted) before its leases are deleted. Default 5 min.
+    pub(crate) former_stream_grace: Duration,
 }
 
 /// Every setting, read-only: set them through [`WorkerConfig::builder`], whose
@@ -236,6 +245,26 @@ impl WorkerConfig {
         self.shutdown_grace
     }
 
+    /// Whether this is a multi-stream configuration (see
+    /// [`WorkerConfig::multi_stream_builder`]).
+    pub fn is_multi_stream(&self) -> bool {
+        self.multi_stream
+    }
+
+    /// Multi-stream mode: how often the stream provider is asked for the streams (new
+    /// streams start within this). Default 60 s.
+    pub fn stream_poll_interval(&self) -> Duration {
+        self.stream_poll_interval
+    }
+
+    /// Multi-stream mode: how long a stream must have been gone (no longer listed by
+    /// the provider, or deleted) before its leases are deleted; until then they are
+    /// processed as usual, and a stream listed again in time keeps its checkpoints.
+    /// Default 5 min.
+    pub fn former_stream_grace(&self) -> Duration {
+        self.former_stream_grace
+    }
+
     /// Batches fetched ahead of the processor per shard. Default 2.
     pub fn prefetch_depth(&self) -> usize {
         self.prefetch_depth
@@ -317,9 +346,32 @@ impl WorkerConfig {
                 retrieval_mode: RetrievalMode::Polling,
                 subscription_timeout: Duration::from_secs(30),
                 shard_end_check_after: Duration::from_secs(30),
+                multi_stream: false,
+                stream_poll_interval: Duration::from_secs(60),
+                former_stream_grace: Duration::from_secs(300),
             },
             handoff_timeout_set: false,
         }
+    }
+
+    /// A builder for a multi-stream worker of the application (lease table)
+    /// `application_name`: its streams come from a
+    /// [`StreamProvider`](crate::StreamProvider) given to
+    /// [`Worker::multi_stream`](crate::Worker::multi_stream).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = kcl::WorkerConfig::multi_stream_builder("OrdersAndPayments")
+    ///     .stream_poll_interval(Duration::from_secs(30))
+    ///     .former_stream_grace(Duration::from_secs(600))
+    ///     .build()?;
+    /// assert!(config.is_multi_stream());
+    /// # Ok::<(), kcl::ConfigError>(())
+    /// ```
+    pub fn multi_stream_builder(application_name: impl Into<String>) -> WorkerConfigBuilder {
+        let mut builder = WorkerConfig::builder("", application_name);
+        builder.config.multi_stream = true;
+        builder
     }
 }
 
@@ -384,6 +436,10 @@ impl WorkerConfigBuilder {
         subscription_timeout: Duration,
         /// See [`WorkerConfig::shard_end_check_after`].
         shard_end_check_after: Duration,
+        /// See [`WorkerConfig::stream_poll_interval`].
+        stream_poll_interval: Duration,
+        /// See [`WorkerConfig::former_stream_grace`].
+        former_stream_grace: Duration,
     }
 
     /// See [`WorkerConfig::worker_id`].
@@ -411,7 +467,7 @@ impl WorkerConfigBuilder {
                 problem: problem.to_string(),
             })
         };
-        if c.stream_name.is_empty() || c.stream_name.len() > 128 {
+        if !c.multi_stream && (c.stream_name.is_empty() || c.stream_name.len() > 128) {
             return fail("stream_name", "must be 1 to 128 characters");
         }
         if c.application_name.len() < 3 || c.application_name.len() > 255 {
@@ -470,6 +526,9 @@ impl WorkerConfigBuilder {
                 "subscription_timeout/shard_end_check_after",
                 "must be at least 1 s / positive",
             );
+        }
+        if c.stream_poll_interval.is_zero() {
+            return fail("stream_poll_interval", "must be positive");
         }
         if c.max_leases_per_worker == Some(0) {
             return fail("max_leases_per_worker", "must be at least 1 when set");

@@ -98,6 +98,7 @@
 //! - [`config`]: the worker configuration builder.
 //! - [`processor`]: the record-processor trait you implement.
 //! - [`worker`]: the worker that runs everything until cancelled.
+//! - [`multi_stream`]: one worker on several streams, from a [`StreamProvider`].
 //! - [`lifecycle`]: the per-shard consumer state machine.
 //! - [`leases`]: the lease record, its storage and the decisions about it.
 //! - `shard_sync` (internal): which leases to create and delete from the shard list.
@@ -113,6 +114,7 @@ pub mod config;
 pub mod leases;
 pub mod lifecycle;
 pub mod metrics;
+pub mod multi_stream;
 pub mod processor;
 pub mod retrieval;
 // Some of it only `kcl::internals` uses.
@@ -132,6 +134,7 @@ pub use checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber};
 pub use config::{ConfigError, InitialPosition, RetrievalMode, WorkerConfig, WorkerConfigBuilder};
 pub use leases::LeaseError;
 pub use lifecycle::ConsumerOutcome;
+pub use multi_stream::{StreamConfig, StreamIdentifier, StreamList, StreamProvider};
 pub use processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };

@@ -22,6 +22,9 @@ use crate::retrieval::KinesisClientRecord;
 pub struct InitializationInput {
     /// The shard this processor reads.
     pub shard_id: String,
+    /// The stream the shard belongs to (in multi-stream mode, shard ids repeat across
+    /// streams: this tells them apart).
+    pub stream_name: String,
     /// Where processing resumes: the lease's checkpoint (records after it follow).
     pub checkpoint: ExtendedSequenceNumber,
     /// A prepared but uncommitted checkpoint left by a previous processor, if any.
@@ -122,8 +125,11 @@ pub trait RecordProcessorFactory: Send + Sync + 'static {
     /// The processor type.
     type Processor: RecordProcessor;
 
-    /// A processor for `shard_id`.
-    fn create_processor(&self, shard_id: &str) -> Self::Processor;
+    /// A processor for the shard whose lease is `lease_key`: the shard id, or in
+    /// multi-stream mode `account:stream:creationEpoch:shardId` (see
+    /// [`StreamIdentifier::split_lease_key`](crate::StreamIdentifier::split_lease_key);
+    /// [`InitializationInput`] names the stream and the shard either way).
+    fn create_processor(&self, lease_key: &str) -> Self::Processor;
 }
 
 impl<P, F> RecordProcessorFactory for F
@@ -133,7 +139,7 @@ where
 {
     type Processor = P;
 
-    fn create_processor(&self, shard_id: &str) -> P {
-        self(shard_id)
+    fn create_processor(&self, lease_key: &str) -> P {
+        self(lease_key)
     }
 }

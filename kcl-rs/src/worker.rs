@@ -9,10 +9,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::Clients;
-use crate::config::WorkerConfig;
+use crate::config::{ConfigError, WorkerConfig};
 use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
-use crate::lifecycle::{ConsumerContext, ConsumerOutcome, run_supervised};
+use crate::lifecycle::{ConsumerContext, ConsumerOutcome, let_go, let_go_limit, run_supervised};
+use crate::multi_stream::tracker::{Streams, Tracker};
+use crate::multi_stream::{DynProvider, StreamProvider};
 use crate::processor::RecordProcessorFactory;
 use crate::retrieval::fanout::{ConsumerError, register_consumer};
 use crate::shard_sync::{ShardSyncError, ShardSyncer};
@@ -31,6 +33,12 @@ pub enum WorkerError {
     /// active in time.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    /// A multi-stream configuration given to [`Worker::new`] (or the reverse).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Multi-stream mode: the stream provider failed at start.
+    #[error("the stream provider failed: {0}")]
+    StreamProvider(String),
 }
 
 /// How long a worker in fan-out mode waits at start for its stream consumer to become
@@ -113,6 +121,8 @@ pub struct Worker<F: RecordProcessorFactory> {
     store: Arc<dyn LeaseStore>,
     factory: Arc<F>,
     events: Option<mpsc::UnboundedSender<WorkerEvent>>,
+    /// Multi-stream mode: where the streams come from.
+    provider: Option<Arc<dyn DynProvider>>,
 }
 
 impl<F: RecordProcessorFactory> Worker<F> {
@@ -129,7 +139,22 @@ impl<F: RecordProcessorFactory> Worker<F> {
             store,
             factory: Arc::new(factory),
             events: None,
+            provider: None,
         }
+    }
+
+    /// A multi-stream worker (see [`crate::multi_stream`]): the streams `provider`
+    /// names, with leases in the DynamoDB table `config.application_name`. Build the
+    /// configuration with [`WorkerConfig::multi_stream_builder`].
+    pub fn multi_stream(
+        config: WorkerConfig,
+        clients: &Clients,
+        provider: impl StreamProvider,
+        factory: F,
+    ) -> Worker<F> {
+        let mut worker = Worker::new(config, clients, factory);
+        worker.provider = Some(Arc::new(provider));
+        worker
     }
 
     /// The worker's events from now on: each shard it starts and how each of its shard
@@ -178,6 +203,46 @@ impl<F: RecordProcessorFactory> Worker<F> {
         &self.config
     }
 
+    /// Single-stream mode's one context: the consumer registered in fan-out mode, the
+    /// syncer periodic on the leader only (one listing of the stream and of the lease
+    /// table per interval for the fleet, not one per worker).
+    async fn single_stream(
+        &self,
+        leader: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<Arc<ConsumerContext>, WorkerError> {
+        let config = &self.config;
+        let consumer_arn = match config.consumer_name() {
+            Some(name) => Some(
+                register_consumer(
+                    &self.kinesis,
+                    &config.stream_name,
+                    name,
+                    CONSUMER_REGISTRATION_TIMEOUT,
+                )
+                .await?
+                .arn,
+            ),
+            None => None,
+        };
+        let syncer = ShardSyncer::new(
+            self.kinesis.clone(),
+            &config.stream_name,
+            Arc::clone(&self.store),
+            config.initial_position.checkpoint(),
+        )
+        .for_worker(&config.worker_id)
+        .periodic_when(move || leader());
+        Ok(Arc::new(ConsumerContext {
+            kinesis: self.kinesis.clone(),
+            store: Arc::clone(&self.store),
+            config: Arc::clone(config),
+            syncer: Arc::new(syncer),
+            consumer_arn,
+            stream_name: config.stream_name.clone(),
+            initial_position: config.initial_position,
+        }))
+    }
+
     /// Runs until `cancel` is cancelled, then shuts down gracefully: stops taking
     /// leases, tells every processor (`shutdown_requested`, where it checkpoints),
     /// releases every lease and returns. An error is returned at once when the lease
@@ -193,21 +258,15 @@ impl<F: RecordProcessorFactory> Worker<F> {
     /// last checkpoint written.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
+        if config.multi_stream != self.provider.is_some() {
+            return Err(ConfigError {
+                field: "multi_stream",
+                problem: "a multi-stream configuration goes with Worker::multi_stream, a single-stream one with Worker::new".to_string(),
+            }
+            .into());
+        }
         self.store.ensure_tables().await?;
-        let consumer_arn = match config.consumer_name() {
-            Some(name) => Some(
-                register_consumer(
-                    &self.kinesis,
-                    &config.stream_name,
-                    name,
-                    CONSUMER_REGISTRATION_TIMEOUT,
-                )
-                .await?
-                .arn,
-            ),
-            None => None,
-        };
-        // Built first (no I/O) so the syncer can ask it who leads.
+        // Built first (no I/O) so the syncers can ask it who leads.
         let mut lease_config = LeaseConfig::new(config.worker_id.clone());
         lease_config.failover_time = config.failover_time;
         lease_config.taking_interval = config.taking_interval;
@@ -216,43 +275,55 @@ impl<F: RecordProcessorFactory> Worker<F> {
         lease_config.handoff_timeout = Some(config.handoff_timeout);
         let (coordinator, mut events) =
             LeaseCoordinator::new(Arc::clone(&self.store), lease_config);
-        let syncer = Arc::new(
-            ShardSyncer::new(
-                self.kinesis.clone(),
-                &config.stream_name,
-                Arc::clone(&self.store),
-                config.initial_position.checkpoint(),
-            )
-            .for_worker(&config.worker_id)
-            // Periodically only on the leader: one listing of the stream and of the
-            // lease table per interval for the fleet, not one per worker.
-            .periodic_when({
-                let coordinator = Arc::clone(&coordinator);
-                move || coordinator.is_leader()
-            }),
-        );
-        syncer.sync_once().await?;
-
+        let leader = {
+            let coordinator = Arc::clone(&coordinator);
+            Arc::new(move || coordinator.is_leader())
+        };
         let background = CancellationToken::new();
-        let sync_task = tokio::spawn({
-            let syncer = Arc::clone(&syncer);
-            let interval = config.shard_sync_interval;
-            let stop = background.clone();
-            async move { syncer.run(interval, stop).await }
-        });
+        let (streams, sync_task) = match &self.provider {
+            None => {
+                let ctx = self.single_stream(leader).await?;
+                ctx.syncer.sync_once().await?;
+                let task = tokio::spawn({
+                    let syncer = Arc::clone(&ctx.syncer);
+                    let interval = config.shard_sync_interval;
+                    let stop = background.clone();
+                    async move { syncer.run(interval, stop).await }
+                });
+                (Arc::new(Streams::Single(ctx)), task)
+            }
+            Some(provider) => {
+                let tracker = Tracker::new(
+                    self.kinesis.clone(),
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.config),
+                    Arc::clone(provider),
+                    leader,
+                    background.clone(),
+                );
+                tracker
+                    .poll()
+                    .await
+                    .map_err(|e| WorkerError::StreamProvider(e.to_string()))?;
+                let streams = Arc::new(Streams::Multi(Box::new(tracker)));
+                let task = tokio::spawn({
+                    let streams = Arc::clone(&streams);
+                    let stop = background.clone();
+                    async move {
+                        if let Streams::Multi(tracker) = &*streams {
+                            tracker.run(stop).await;
+                        }
+                    }
+                });
+                (streams, task)
+            }
+        };
         let coordinator_task = tokio::spawn({
             let coordinator = Arc::clone(&coordinator);
             let stop = background.clone();
             async move { coordinator.run(stop).await }
         });
 
-        let ctx = Arc::new(ConsumerContext {
-            kinesis: self.kinesis.clone(),
-            store: Arc::clone(&self.store),
-            config: Arc::clone(&self.config),
-            syncer: Arc::clone(&syncer),
-            consumer_arn,
-        });
         let consumers_stop = CancellationToken::new();
         let mut consumers = JoinSet::new();
         let mut coordinator_task = Some(coordinator_task);
@@ -265,14 +336,21 @@ impl<F: RecordProcessorFactory> Worker<F> {
                     tracing::info!(shard = %lease.key, worker = %config.worker_id, checkpoint = %lease.checkpoint, "processing shard");
                     self.report(WorkerEvent::ShardStarted { shard_id: lease.key.clone() });
                     let shard_id = lease.key.clone();
-                    let consumer = run_supervised(
-                        Arc::clone(&ctx),
-                        handle,
-                        lease,
-                        Arc::clone(&self.factory),
-                        consumers_stop.clone(),
-                    );
-                    consumers.spawn(async move { (shard_id, consumer.await) });
+                    let streams = Arc::clone(&streams);
+                    let factory = Arc::clone(&self.factory);
+                    let stop = consumers_stop.clone();
+                    let limit = let_go_limit(config.failover_time);
+                    consumers.spawn(async move {
+                        let outcome = match streams.context_for(lease).await {
+                            Ok((ctx, lease)) => run_supervised(ctx, handle, lease, factory, stop).await,
+                            Err(e) => {
+                                tracing::warn!(shard = %shard_id, error = %e, "cannot process the lease; letting it go");
+                                let_go(&handle, limit).await;
+                                ConsumerOutcome::Failed(e)
+                            }
+                        };
+                        (shard_id, outcome)
+                    });
                 }
                 Some(done) = consumers.join_next(), if !consumers.is_empty() => {
                     match done {

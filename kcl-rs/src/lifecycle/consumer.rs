@@ -104,6 +104,10 @@ pub(crate) struct ConsumerContext {
     pub syncer: Arc<ShardSyncer>,
     /// The stream consumer's ARN in fan-out mode; `None` when polling.
     pub consumer_arn: Option<String>,
+    /// The stream the leases of this context belong to.
+    pub stream_name: String,
+    /// Where the stream's shards without a checkpoint start.
+    pub initial_position: InitialPosition,
 }
 
 struct ShardConsumer<P: RecordProcessor> {
@@ -213,7 +217,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
                 ParentStep::Done => return true,
                 ParentStep::Wait => return false,
                 ParentStep::ListShards => {
-                    let stream = &self.ctx.config.stream_name;
+                    let stream = &self.ctx.stream_name;
                     *listing = Some(match list_shards(&self.ctx.kinesis, stream).await {
                         Ok(shards) => Listing::Listed(shards),
                         Err(e) => {
@@ -265,7 +269,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         );
         let config = &self.ctx.config;
         self.metrics = ShardMetrics::new(
-            &config.stream_name,
+            &self.ctx.stream_name,
             &self.lease.key,
             &config.worker_id,
             match self.ctx.consumer_arn {
@@ -274,10 +278,11 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             },
         );
         self.checkpointer.set_metrics(self.metrics.clone());
-        let mut processor = factory.create_processor(&self.lease.key);
+        let mut processor = factory.create_processor(self.handle.key());
         processor
             .initialize(InitializationInput {
                 shard_id: self.lease.key.clone(),
+                stream_name: self.ctx.stream_name.clone(),
                 checkpoint: self.lease.checkpoint.clone(),
                 pending_checkpoint: self.lease.pending_checkpoint.clone(),
                 parent_shard_ids: self.lease.parent_shard_ids.clone(),
@@ -293,7 +298,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             max_records: config.max_records,
             idle_time_between_reads: config.idle_time_between_reads,
             min_time_between_get_records: config.min_time_between_get_records,
-            at_timestamp: match config.initial_position {
+            at_timestamp: match self.ctx.initial_position {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,
             },
@@ -303,7 +308,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
         let mut reader: ShardSource = match &self.ctx.consumer_arn {
             None => ShardReader::new(
                 self.ctx.kinesis.clone(),
-                &config.stream_name,
+                &self.ctx.stream_name,
                 &self.lease.key,
                 self.lease.checkpoint.clone(),
                 retrieval,
@@ -311,7 +316,7 @@ impl<P: RecordProcessor> ShardConsumer<P> {
             .into(),
             Some(arn) => FanOutReader::new(
                 self.ctx.kinesis.clone(),
-                &config.stream_name,
+                &self.ctx.stream_name,
                 &self.lease.key,
                 self.lease.checkpoint.clone(),
                 retrieval,

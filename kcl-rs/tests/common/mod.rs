@@ -40,6 +40,12 @@ pub mod strict {
 
     /// The "kcl-rs worker" policy of docs/iam-policy.md for `stream` and `app`.
     pub fn worker_policy(stream: &str, app: &str) -> Policy {
+        documented_policy("kcl-rs worker", stream, app)
+    }
+
+    /// The policy under `heading` in docs/iam-policy.md, with `STREAM` (which may be a
+    /// pattern) and `APP` filled in.
+    pub fn documented_policy(heading: &str, stream: &str, app: &str) -> Policy {
         let placeholders = Placeholders {
             region: kcl::aws::LOCAL_REGION.into(),
             account: DEFAULT_ACCOUNT_ID.into(),
@@ -47,21 +53,23 @@ pub mod strict {
             app: app.into(),
             key_id: "unused".into(),
         };
-        Policy::from_markdown(IAM_POLICY_DOC, "kcl-rs worker", &placeholders).unwrap()
+        Policy::from_markdown(IAM_POLICY_DOC, heading, &placeholders).unwrap()
     }
 
     /// Binds the worker policy of `stream` and `app` to [`worker_key`] (next to the
     /// principals already bound) and returns that key: any call a worker makes that the
     /// documented policy does not allow is denied. A no-op without strict mode.
     pub fn bind_worker(aws: &LocalAws, stream: &str, app: &str) -> String {
+        bind_policy(aws, app, worker_policy(stream, app))
+    }
+
+    /// Binds `policy` to the worker key of `app` and returns the key (a no-op without
+    /// strict mode).
+    pub fn bind_policy(aws: &LocalAws, app: &str, policy: Policy) -> String {
         let key = worker_key(app);
         if let Some(strict) = aws.strict() {
             let iam = strict.iam();
-            iam.set_principals(iam.principals().with(
-                &key,
-                "kcl-worker",
-                worker_policy(stream, app),
-            ));
+            iam.set_principals(iam.principals().with(&key, "kcl-worker", policy));
         }
         key
     }
