@@ -527,8 +527,11 @@ impl WorkerConfigBuilder {
                 "must be at least 1 s / positive",
             );
         }
-        if c.stream_poll_interval.is_zero() {
-            return fail("stream_poll_interval", "must be positive");
+        if c.stream_poll_interval.is_zero() || c.former_stream_grace.is_zero() {
+            return fail(
+                "stream_poll_interval/former_stream_grace",
+                "must be positive",
+            );
         }
         if c.max_leases_per_worker == Some(0) {
             return fail("max_leases_per_worker", "must be at least 1 when set");

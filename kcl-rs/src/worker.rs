@@ -12,8 +12,10 @@ use crate::aws::Clients;
 use crate::config::{ConfigError, WorkerConfig};
 use crate::leases::coordinator::{LeaseConfig, LeaseCoordinator, LeaseEvent};
 use crate::leases::{DynamoLeaseStore, LeaseError, LeaseStore};
-use crate::lifecycle::{ConsumerContext, ConsumerOutcome, let_go, let_go_limit, run_supervised};
-use crate::multi_stream::tracker::{Streams, Tracker};
+use crate::lifecycle::{
+    ConsumerContext, ConsumerOutcome, let_go, let_go_limit, park, run_supervised,
+};
+use crate::multi_stream::tracker::{Placement, Streams, Tracker};
 use crate::multi_stream::{DynProvider, StreamProvider};
 use crate::processor::RecordProcessorFactory;
 use crate::retrieval::fanout::{ConsumerError, register_consumer};
@@ -341,8 +343,16 @@ impl<F: RecordProcessorFactory> Worker<F> {
                     let stop = consumers_stop.clone();
                     let limit = let_go_limit(config.failover_time);
                     consumers.spawn(async move {
-                        let outcome = match streams.context_for(lease).await {
-                            Ok((ctx, lease)) => run_supervised(ctx, handle, lease, factory, stop).await,
+                        let placed = tokio::select! {
+                            placed = streams.place(lease) => placed,
+                            _ = stop.cancelled() => Err("the worker stopped".to_string()),
+                        };
+                        let outcome = match placed {
+                            Ok(Placement::Process(ctx, lease)) => run_supervised(ctx, handle, *lease, factory, stop).await,
+                            Ok(Placement::Park(why)) => {
+                                tracing::info!(shard = %shard_id, %why, "holding the lease without reading until it is deleted");
+                                park(&handle, &stop, limit).await
+                            }
                             Err(e) => {
                                 tracing::warn!(shard = %shard_id, error = %e, "cannot process the lease; letting it go");
                                 let_go(&handle, limit).await;

@@ -1,15 +1,16 @@
-//! Multi-stream mode on the strict local AWS: one worker on three streams (one created
-//! and one deleted while it runs), a second worker joining; every record processed,
-//! lease keys naming their stream, the deleted stream's leases gone after the grace.
+//! Multi-stream mode on the strict local AWS: one worker on several streams (one
+//! created, one deleted and created again, one unlisted while it runs), a second worker
+//! joining; every record processed, lease keys naming their stream, the former
+//! streams' leases gone after the grace.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
 use kcl::{
     CancellationToken, Checkpointer, InitialPosition, InitializationInput, ProcessRecordsInput,
-    RecordProcessor, StreamConfig, StreamIdentifier, StreamList, Worker, WorkerConfig, WorkerEvent,
+    RecordProcessor, StreamConfig, StreamIdentifier, StreamList, Worker, WorkerConfig,
 };
 use kcl_local::strict::DEFAULT_ACCOUNT_ID;
 use kcl_local::testing::{unique, wait_for};
@@ -21,10 +22,11 @@ use common::strict;
 const WAIT: Duration = Duration::from_secs(90);
 const GRACE: Duration = Duration::from_secs(4);
 
-/// (stream, data) of every record delivered, from every worker.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
+/// (worker, stream, data) of every record delivered, from every worker.
+type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
 struct Recorder {
+    worker: String,
     stream: String,
     seen: Seen,
 }
@@ -39,10 +41,8 @@ impl RecordProcessor for Recorder {
             .lock()
             .unwrap()
             .extend(input.records.iter().map(|r| {
-                (
-                    self.stream.clone(),
-                    String::from_utf8_lossy(&r.data).into_owned(),
-                )
+                let data = String::from_utf8_lossy(&r.data).into_owned();
+                (self.worker.clone(), self.stream.clone(), data)
             }));
         let _ = cp.checkpoint().await;
     }
@@ -52,10 +52,17 @@ impl RecordProcessor for Recorder {
     }
 }
 
+fn recorder(worker: &str, seen: &Seen) -> Recorder {
+    Recorder {
+        worker: worker.to_string(),
+        stream: String::new(),
+        seen: Arc::clone(seen),
+    }
+}
+
 struct Running {
     cancel: CancellationToken,
     run: tokio::task::JoinHandle<Result<(), kcl::WorkerError>>,
-    started: Arc<Mutex<Vec<String>>>,
 }
 
 fn start(
@@ -73,31 +80,13 @@ fn start(
         .former_stream_grace(GRACE)
         .build()
         .unwrap();
-    let seen = Arc::clone(seen);
-    let mut worker =
-        Worker::multi_stream(config, clients, streams.clone(), move |_: &str| Recorder {
-            stream: String::new(),
-            seen: Arc::clone(&seen),
-        });
-    let started = Arc::new(Mutex::new(Vec::new()));
-    let mut events = worker.events();
-    tokio::spawn({
-        let started = Arc::clone(&started);
-        async move {
-            while let Some(event) = events.recv().await {
-                if let WorkerEvent::ShardStarted { shard_id } = event {
-                    started.lock().unwrap().push(shard_id);
-                }
-            }
-        }
+    let (seen, id) = (Arc::clone(seen), id.to_string());
+    let worker = Worker::multi_stream(config, clients, streams.clone(), move |_: &str| {
+        recorder(&id, &seen)
     });
     let cancel = CancellationToken::new();
     let run = tokio::spawn(worker.run(cancel.clone()));
-    Running {
-        cancel,
-        run,
-        started,
-    }
+    Running { cancel, run }
 }
 
 /// What `produce(stream, 4 keys, rounds)` puts, as (stream, data).
@@ -107,7 +96,8 @@ fn expected(stream: &str, rounds: std::ops::Range<usize>) -> Vec<(String, String
         .collect()
 }
 
-async fn streams_in_table(store: &DynamoLeaseStore) -> BTreeSet<String> {
+/// The streams the lease table has leases of (every key must name one).
+async fn streams_in_table(store: &DynamoLeaseStore) -> BTreeSet<StreamIdentifier> {
     store
         .list_leases()
         .await
@@ -116,19 +106,47 @@ async fn streams_in_table(store: &DynamoLeaseStore) -> BTreeSet<String> {
         .map(|l| {
             let (id, _) = StreamIdentifier::split_lease_key(&l.key)
                 .unwrap_or_else(|| panic!("not a multi-stream lease key: {}", l.key));
-            id.stream_name
+            id
         })
         .collect()
 }
 
+async fn identifier(admin: &kcl::Clients, stream: &str) -> StreamIdentifier {
+    let summary = admin
+        .kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let d = summary.stream_description_summary().unwrap();
+    StreamIdentifier {
+        account_id: DEFAULT_ACCOUNT_ID.into(),
+        stream_name: stream.into(),
+        creation_epoch: d.stream_creation_timestamp().secs(),
+    }
+}
+
+fn listing(names: &[&String]) -> Vec<StreamConfig> {
+    names
+        .iter()
+        .map(|n| StreamConfig::new(*n, InitialPosition::TrimHorizon))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_worker_on_three_streams_created_and_deleted_while_running_then_two() {
+async fn streams_come_and_go_while_workers_run() {
+    // The workers' log is shown if the test fails (RUST_LOG=kcl=debug).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let aws = strict::local_aws().await;
     let admin = strict::admin(&aws).await;
     let base = unique("ms");
     let app = unique("ms-app");
-    let [a, b, c] = ["a", "b", "c"].map(|s| format!("{base}-{s}"));
-    // The documented multi-stream policy, STREAM a pattern over the three.
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|s| format!("{base}-{s}"));
+    // The documented multi-stream policy, STREAM a pattern over the four.
     let policy = strict::documented_policy(
         "kcl-rs worker in multi-stream mode",
         &format!("{base}-*"),
@@ -137,33 +155,31 @@ async fn one_worker_on_three_streams_created_and_deleted_while_running_then_two(
     let key = strict::bind_policy(&aws, &app, policy);
     let clients = aws.clients_as(&key).await;
     let timeout = Duration::from_secs(30);
-    kcl::stream::create_stream(&admin.kinesis, &a, 2, timeout)
-        .await
-        .unwrap();
-    kcl::stream::create_stream(&admin.kinesis, &b, 1, timeout)
-        .await
-        .unwrap();
-    produce(&admin, &a, 4, 0..5).await;
-    produce(&admin, &b, 4, 0..5).await;
-    let mut want: HashSet<(String, String)> = expected(&a, 0..5).into_iter().collect();
-    want.extend(expected(&b, 0..5));
+    for (stream, shards) in [(&a, 2), (&b, 1), (&d, 1)] {
+        kcl::stream::create_stream(&admin.kinesis, stream, shards, timeout)
+            .await
+            .unwrap();
+        produce(&admin, stream, 4, 0..5).await;
+    }
+    let mut want: HashSet<(String, String)> = HashSet::new();
+    for stream in [&a, &b, &d] {
+        want.extend(expected(stream, 0..5));
+    }
 
     let seen: Seen = Arc::default();
-    let streams = StreamList::new([
-        StreamConfig::new(&a, InitialPosition::TrimHorizon),
-        StreamConfig::new(&b, InitialPosition::TrimHorizon),
-    ]);
+    let streams = StreamList::new(listing(&[&a, &b, &d]));
     let first = start(&clients, &app, "w1", &streams, &seen);
-    let delivered = || {
-        let seen: HashSet<_> = seen.lock().unwrap().iter().cloned().collect();
-        seen
+    let delivered = || -> HashSet<(String, String)> {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .map(|(_, s, d)| (s.clone(), d.clone()))
+            .collect()
     };
     let all_of = |want: &HashSet<(String, String)>| {
-        let want = want.clone();
-        let got = delivered();
-        async move { want.is_subset(&got).then_some(()) }
+        let done = want.is_subset(&delivered());
+        async move { done.then_some(()) }
     };
-    wait_for("a's and b's records", WAIT, || all_of(&want)).await;
+    wait_for("the records of a, b and d", WAIT, || all_of(&want)).await;
 
     // c is created while the worker runs, and listed.
     kcl::stream::create_stream(&admin.kinesis, &c, 2, timeout)
@@ -171,30 +187,23 @@ async fn one_worker_on_three_streams_created_and_deleted_while_running_then_two(
         .unwrap();
     produce(&admin, &c, 4, 0..5).await;
     want.extend(expected(&c, 0..5));
-    streams.set([
-        StreamConfig::new(&a, InitialPosition::TrimHorizon),
-        StreamConfig::new(&b, InitialPosition::TrimHorizon),
-        StreamConfig::new(&c, InitialPosition::TrimHorizon),
-    ]);
+    streams.set(listing(&[&a, &b, &c, &d]));
     wait_for("c's records", WAIT, || all_of(&want)).await;
 
-    // Leases are keyed account:stream:creationEpoch:shardId, two, one and two shards.
+    // Leases are keyed account:stream:creationEpoch:shardId: 2, 1, 2 and 1 shards.
     let table = DynamoLeaseStore::new(admin.dynamodb.clone(), app.clone());
     let leases = table.list_leases().await.unwrap();
-    for stream in [&a, &b, &c] {
-        let shards = leases
-            .iter()
-            .filter_map(|l| StreamIdentifier::split_lease_key(&l.key))
-            .filter(|(id, _)| &id.stream_name == stream && id.account_id == DEFAULT_ACCOUNT_ID)
-            .count();
-        assert_eq!(
-            shards,
-            if stream == &b { 1 } else { 2 },
-            "{stream}: {leases:?}"
-        );
+    let mut old = BTreeMap::new();
+    for (stream, shards) in [(&a, 2), (&b, 1), (&c, 2), (&d, 1)] {
+        let id = identifier(&admin, stream).await;
+        let prefix = format!("{id}:shardId-");
+        let keys = leases.iter().filter(|l| l.key.starts_with(&prefix)).count();
+        assert_eq!(keys, shards, "{stream}: {leases:?}");
+        old.insert(stream.clone(), id);
     }
 
-    // b is deleted while the worker runs (still listed: the worker finds it gone).
+    // b is deleted while the worker runs (still listed: the worker finds it gone), d
+    // is no longer listed (the stream stays).
     admin
         .kinesis
         .delete_stream()
@@ -202,40 +211,79 @@ async fn one_worker_on_three_streams_created_and_deleted_while_running_then_two(
         .send()
         .await
         .unwrap();
-    let deleted_at = tokio::time::Instant::now();
+    streams.set(listing(&[&a, &b, &c]));
+    let gone_at = tokio::time::Instant::now();
 
-    // A second worker joins; more records on a and c, read by either.
+    // A second worker joins and takes a share; more records on a and c.
     let second = start(&clients, &app, "w2", &streams, &seen);
+    let live = [format!("{}:", old[&a]), format!("{}:", old[&c])];
+    wait_for(
+        "the second worker holding a lease of a or c",
+        WAIT,
+        || async {
+            let leases = table.list_leases().await.unwrap();
+            let held = leases.iter().any(|l| {
+                // Handed over: w1 no longer finishing its last batch.
+                l.owner.as_deref() == Some("w2")
+                    && l.checkpoint_owner.is_none()
+                    && live.iter().any(|p| l.key.starts_with(p))
+            });
+            held.then_some(())
+        },
+    )
+    .await;
     produce(&admin, &a, 4, 5..10).await;
     produce(&admin, &c, 4, 5..10).await;
     want.extend(expected(&a, 5..10));
     want.extend(expected(&c, 5..10));
-    wait_for("every record of a and c", WAIT, || all_of(&want)).await;
 
-    wait_for("b's leases deleted", WAIT, || {
-        let table = &table;
-        let b = &b;
-        async move { (!streams_in_table(table).await.contains(b)).then_some(()) }
+    // b is created again under its name: a new stream, new leases, read from its
+    // start; the old b's leases are not read (they would read the new stream).
+    wait_for("b deleted", WAIT, || async {
+        let missing = matches!(
+            kcl::stream::list_shards(&admin.kinesis, &b).await,
+            Err(kcl::StreamError::StreamNotFound { .. })
+        );
+        missing.then_some(())
     })
     .await;
-    let gone_after = deleted_at.elapsed();
+    kcl::stream::create_stream(&admin.kinesis, &b, 1, timeout)
+        .await
+        .unwrap();
+    let new_b = identifier(&admin, &b).await;
+    assert_ne!(new_b, old[&b], "created again within the same second");
+    produce(&admin, &b, 4, 100..105).await;
+    want.extend(expected(&b, 100..105));
+    wait_for("every record of a, c and the new b", WAIT, || all_of(&want)).await;
+
+    let now_in_table = BTreeSet::from([old[&a].clone(), old[&c].clone(), new_b.clone()]);
+    wait_for("the old b's and d's leases deleted", WAIT, || {
+        let (table, now_in_table) = (&table, &now_in_table);
+        async move { (streams_in_table(table).await == *now_in_table).then_some(()) }
+    })
+    .await;
+    let gone_after = gone_at.elapsed();
     assert!(
         gone_after >= GRACE,
-        "b's leases deleted {gone_after:?} after the stream, before the grace {GRACE:?}"
+        "former streams' leases deleted {gone_after:?} after they went, before the grace {GRACE:?}"
     );
-    let left = streams_in_table(&table).await;
-    assert_eq!(left, BTreeSet::from([a.clone(), c.clone()]));
-    // The second worker took a share of the five leases of a and c.
-    wait_for("the second worker holding leases", WAIT, || {
-        let took = !second.started.lock().unwrap().is_empty();
-        async move { took.then_some(()) }
-    })
-    .await;
-    let keys = first.started.lock().unwrap().clone();
+
+    // Nothing delivered that was not put (the old b's leases never read the new b:
+    // they would have delivered its first records again under rounds 0..5), and the
+    // second worker processed a share of a and c.
+    let seen_all = seen.lock().unwrap().clone();
+    let spurious: Vec<_> = seen_all
+        .iter()
+        .filter(|(_, s, d)| !want.contains(&(s.clone(), d.clone())))
+        .collect();
+    assert!(spurious.is_empty(), "{spurious:?}");
+    let by_second = seen_all
+        .iter()
+        .filter(|(w, s, _)| w == "w2" && (s == &a || s == &c))
+        .count();
     assert!(
-        keys.iter()
-            .all(|k| StreamIdentifier::split_lease_key(k).is_some()),
-        "{keys:?}"
+        by_second > 0,
+        "the second worker processed nothing of a or c"
     );
 
     for worker in [first, second] {
@@ -250,10 +298,7 @@ async fn a_configuration_must_match_its_worker() {
     // Nothing is called: the check comes before the first request.
     let nowhere = kcl::Endpoints::local("http://127.0.0.1:9", "http://127.0.0.1:9");
     let clients = kcl::Clients::connect(&nowhere).await;
-    let noop = |_: &str| Recorder {
-        stream: String::new(),
-        seen: Seen::default(),
-    };
+    let noop = |_: &str| recorder("w", &Seen::default());
     let multi = WorkerConfig::multi_stream_builder("app").build().unwrap();
     let single = WorkerConfig::builder("Orders", "app").build().unwrap();
     let cancel = CancellationToken::new();

@@ -115,6 +115,13 @@ impl Checkpointer {
         &self.shard_id
     }
 
+    /// The key of the lease it writes to: the shard id, or in multi-stream mode
+    /// `account:stream:creationEpoch:shardId`. The key to fence your own writes with
+    /// ([`ownership_check`](crate::leases::dynamo::ownership_check)).
+    pub fn lease_key(&self) -> &str {
+        self.handle.key()
+    }
+
     /// Who this checkpointer writes as. Use it to fence your own side effects by the
     /// lease: see [`ownership_check`](crate::leases::dynamo::ownership_check).
     pub fn ownership(&self) -> LeaseOwnership {

@@ -48,4 +48,4 @@ mod supervise;
 
 pub(crate) use consumer::ConsumerContext;
 pub use consumer::{ConsumerOutcome, ConsumerState};
-pub(crate) use supervise::{let_go, let_go_limit, run_supervised};
+pub(crate) use supervise::{let_go, let_go_limit, park, run_supervised};

@@ -12,7 +12,7 @@ use crate::leases::Lease;
 use crate::leases::handle::{HandleError, LeaseHandle, LostReason};
 use crate::processor::RecordProcessorFactory;
 
-use super::consumer::{ConsumerContext, ConsumerOutcome, run_shard_consumer};
+use super::consumer::{ConsumerContext, ConsumerOutcome, ConsumerState, run_shard_consumer};
 use tokio_util::sync::CancellationToken;
 
 /// Runs one shard consumer and, if it panics (a processor callback panicked), lets its
@@ -61,6 +61,36 @@ pub(crate) async fn let_go(handle: &LeaseHandle, limit: Duration) -> bool {
     tracing::warn!(shard = %handle.key(), %error, "could not release the lease; it stops being renewed and expires");
     handle.mark_lost(LostReason::Released);
     false
+}
+
+/// Holds a lease that must not be read (its stream is gone) without processing it,
+/// until the lease is lost (deleted, taken), handed off or the worker stops; a handoff
+/// or a stop releases it.
+pub(crate) async fn park(
+    handle: &LeaseHandle,
+    shutdown: &CancellationToken,
+    limit: Duration,
+) -> ConsumerOutcome {
+    let mut phase = handle.watch_phase();
+    loop {
+        let state = ConsumerState::interrupted(shutdown.is_cancelled(), &phase.borrow_and_update());
+        match state {
+            Some(ConsumerState::LeaseLost) => return ConsumerOutcome::LeaseLost,
+            Some(stopping @ (ConsumerState::ShutdownRequested | ConsumerState::HandingOff)) => {
+                let released = let_go(handle, limit).await;
+                return stopping.stopped(released);
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return ConsumerOutcome::LeaseLost;
+                }
+            }
+        }
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -28,12 +28,17 @@ pub struct StreamPlan {
 /// - `listed`: the streams the provider names that exist and can be read (a stream
 ///   whose look-up failed is passed as last known: a failing DescribeStreamSummary
 ///   must not make a stream look gone).
+/// - `unsure`: listed names whose look-up failed and that never resolved: streams of
+///   these names are never judged gone.
 /// - `running`: the streams this worker syncs now.
 /// - `in_table`: the streams the lease table has leases of, when this worker read the
-///   table (the leader does); `None` otherwise, and then nothing is deleted.
+///   table (the leader does); `None` otherwise, and then nothing is deleted and every
+///   clock is dropped (a worker that leads again starts them over: no deletion comes
+///   from a grace counted while another worker led).
 /// - `gone_since`: the previous poll's [`StreamPlan::gone_since`].
 pub fn plan_streams(
     listed: &BTreeSet<StreamIdentifier>,
+    unsure: &BTreeSet<String>,
     running: &BTreeSet<StreamIdentifier>,
     in_table: Option<&BTreeSet<StreamIdentifier>>,
     gone_since: &BTreeMap<StreamIdentifier, Instant>,
@@ -46,13 +51,15 @@ pub fn plan_streams(
         return StreamPlan {
             start,
             stop,
-            delete: Vec::new(),
-            gone_since: gone_since.clone(),
+            ..StreamPlan::default()
         };
     };
     let mut delete = Vec::new();
     let mut still_gone = BTreeMap::new();
-    for former in in_table.difference(listed) {
+    let judged = in_table
+        .difference(listed)
+        .filter(|id| !unsure.contains(&id.stream_name));
+    for former in judged {
         let since = gone_since.get(former).copied().unwrap_or(now);
         if now.duration_since(since) >= grace {
             delete.push(former.clone());
@@ -98,6 +105,7 @@ mod tests {
             name: &'static str,
             listed: &'static [&'static str],
             running: &'static [&'static str],
+            unsure: &'static [&'static str],
             in_table: Option<&'static [&'static str]>,
             gone: &'static [(&'static str, u64)],
             now: u64,
@@ -110,6 +118,7 @@ mod tests {
             Case {
                 name: "first poll: everything listed starts",
                 listed: &["a", "b"],
+                unsure: &[],
                 running: &[],
                 in_table: Some(&[]),
                 gone: &[],
@@ -122,6 +131,7 @@ mod tests {
             Case {
                 name: "a removed stream stops and its clock starts",
                 listed: &["a"],
+                unsure: &[],
                 running: &["a", "b"],
                 in_table: Some(&["a", "b"]),
                 gone: &[],
@@ -134,6 +144,7 @@ mod tests {
             Case {
                 name: "not yet past the grace: kept",
                 listed: &["a"],
+                unsure: &[],
                 running: &["a"],
                 in_table: Some(&["a", "b"]),
                 gone: &[("b", 5)],
@@ -146,6 +157,7 @@ mod tests {
             Case {
                 name: "past the grace: deleted, and remembered until the table is clean",
                 listed: &["a"],
+                unsure: &[],
                 running: &["a"],
                 in_table: Some(&["a", "b"]),
                 gone: &[("b", 5)],
@@ -158,6 +170,7 @@ mod tests {
             Case {
                 name: "leases gone from the table: forgotten",
                 listed: &["a"],
+                unsure: &[],
                 running: &["a"],
                 in_table: Some(&["a"]),
                 gone: &[("b", 5)],
@@ -170,6 +183,7 @@ mod tests {
             Case {
                 name: "listed again before the grace: not deleted, started again",
                 listed: &["a", "b"],
+                unsure: &[],
                 running: &["a"],
                 in_table: Some(&["a", "b"]),
                 gone: &[("b", 5)],
@@ -182,6 +196,7 @@ mod tests {
             Case {
                 name: "leases of a stream no provider names (left from earlier runs)",
                 listed: &["a"],
+                unsure: &[],
                 running: &["a"],
                 in_table: Some(&["a", "old"]),
                 gone: &[],
@@ -192,8 +207,9 @@ mod tests {
                 gone_after: &[("old", 7)],
             },
             Case {
-                name: "not the leader: no table, nothing deleted, clocks untouched",
+                name: "not the leader: no table, nothing deleted, clocks dropped",
                 listed: &["a"],
+                unsure: &[],
                 running: &["a", "b"],
                 in_table: None,
                 gone: &[("c", 0)],
@@ -201,14 +217,42 @@ mod tests {
                 start: &[],
                 stop: &["b"],
                 delete: &[],
-                gone_after: &[("c", 0)],
+                gone_after: &[],
+            },
+            Case {
+                name: "a listed name whose look-up fails is never judged gone",
+                listed: &["a"],
+                unsure: &["b"],
+                running: &["a"],
+                in_table: Some(&["a", "b"]),
+                gone: &[("b", 0)],
+                now: 500,
+                start: &[],
+                stop: &[],
+                delete: &[],
+                gone_after: &[],
+            },
+            Case {
+                name: "an empty list: every stream stops, deleted only after the grace",
+                listed: &[],
+                unsure: &[],
+                running: &["a"],
+                in_table: Some(&["a"]),
+                gone: &[],
+                now: 9,
+                start: &[],
+                stop: &["a"],
+                delete: &[],
+                gone_after: &[("a", 9)],
             },
         ];
         for case in cases {
             let gone = case.gone.iter().map(|(n, s)| (id(n), at(*s))).collect();
             let in_table = case.in_table.map(set);
+            let unsure = case.unsure.iter().map(|n| n.to_string()).collect();
             let plan = plan_streams(
                 &set(case.listed),
+                &unsure,
                 &set(case.running),
                 in_table.as_ref(),
                 &gone,

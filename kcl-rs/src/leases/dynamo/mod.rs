@@ -38,7 +38,8 @@ use super::store::{BoxFuture, Change, Expect, LeaseError, LeaseStore, Membership
 use super::table::ensure_hash_key_table;
 use crate::checkpoint::LeaseOwnership;
 
-/// A `ConditionCheck` on the lease of `shard_id` in `lease_table` that holds only while
+/// A `ConditionCheck` on the lease `lease_key` in `lease_table` (the shard id, or in
+/// multi-stream mode the full key: [`Checkpointer::lease_key`](crate::checkpoint::Checkpointer::lease_key)) that holds only while
 /// `owner` may checkpoint the shard: this ownership (worker id *and* epoch) holds the
 /// lease and is not handing it to another worker, or it is the previous owner
 /// finishing a graceful handoff.
@@ -68,12 +69,12 @@ use crate::checkpoint::LeaseOwnership;
 /// ```
 pub fn ownership_check(
     lease_table: &str,
-    shard_id: &str,
+    lease_key: &str,
     owner: &LeaseOwnership,
 ) -> ConditionCheck {
     ConditionCheck::builder()
         .table_name(lease_table)
-        .key(item::LEASE_KEY, item::string(shard_id))
+        .key(item::LEASE_KEY, item::string(lease_key))
         .condition_expression(
             "(#owner = :me AND attribute_not_exists(#cp_owner) AND #epoch = :epoch) \
              OR (#cp_owner = :me AND #cp_epoch = :epoch)",
