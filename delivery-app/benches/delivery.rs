@@ -21,7 +21,13 @@
 //! `cargo bench --workspace --bench delivery`
 //! Environment: `DELIVERY_BENCH_EVENTS` (default 60000) events per run,
 //! `DELIVERY_BENCH_RATE` (default 5000) events/s of the paced run,
-//! `DELIVERY_BENCH_RUNS` (default `alone,unpaced,paced,balance`) which runs to do.
+//! `DELIVERY_BENCH_RUNS` (default `alone,unpaced,paced,balance`; `cost` on demand)
+//! which runs to do.
+//!
+//! 5. Cost (`cost`): the unpaced run through proxies that count Kinesis calls and PUT
+//!    payload units and the DynamoDB request units each table consumes
+//!    (`kcl_local::meter`): units per 1,000 events per table, calls per shard-minute,
+//!    and what a million events cost at AWS's published prices.
 //!
 //! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
 
@@ -33,6 +39,7 @@ use delivery_app::scenario::{self, ScenarioConfig, ScenarioReport, percentile};
 use delivery_app::sim::{KeyStrategy, SimConfig};
 use delivery_app::worker::{BalanceFlag, Retrieval};
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
+use kcl_local::meter::{Metered, Usage};
 use kcl_local::{LocalAws, LocalAwsOptions};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -48,6 +55,8 @@ const SIM_EVENTS_PER_SEC: f64 = 3.0 * 1000.0 / 90.0;
 enum Mode {
     ConsumersAlone,
     Unpaced,
+    /// Unpaced, through proxies that count Kinesis calls and DynamoDB request units.
+    Cost,
     Paced(f64),
     /// Region keys, 8 uneven shards, 4 workers, paced at this rate, leases shared so.
     Balance(f64, BalanceFlag),
@@ -62,7 +71,23 @@ async fn run(name: &str, events: u64, mode: Mode) -> ScenarioReport {
 }
 
 async fn run_sampled(name: &str, events: u64, mode: Mode) -> (ScenarioReport, Vec<Sample>) {
+    let (report, samples, _) = run_metered(name, events, mode).await;
+    (report, samples)
+}
+
+async fn run_metered(
+    name: &str,
+    events: u64,
+    mode: Mode,
+) -> (ScenarioReport, Vec<Sample>, Option<Usage>) {
     let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
+    let metered = match mode {
+        Mode::Cost => Some(Metered::start(&aws.endpoints()).await.unwrap()),
+        _ => None,
+    };
+    let endpoints = metered
+        .as_ref()
+        .map_or_else(|| aws.endpoints(), Metered::endpoints);
     let balance = match mode {
         Mode::Balance(_, balance) => Some(balance),
         _ => None,
@@ -112,7 +137,7 @@ async fn run_sampled(name: &str, events: u64, mode: Mode) -> (ScenarioReport, Ve
     });
     let config = ScenarioConfig {
         exe: env!("CARGO_BIN_EXE_delivery-app").into(),
-        endpoints: aws.endpoints(),
+        endpoints,
         stream: format!("bench-{name}"),
         app,
         shards: if balance.is_some() { 8 } else { 4 },
@@ -144,8 +169,12 @@ async fn run_sampled(name: &str, events: u64, mode: Mode) -> (ScenarioReport, Ve
     let report = scenario::run(config, say).await.unwrap();
     sampling.cancel();
     let samples = sampler.await.unwrap();
+    let usage = metered.as_ref().map(Metered::usage);
+    if let Some(metered) = metered {
+        metered.shutdown().await;
+    }
     aws.shutdown().await;
-    (report, samples)
+    (report, samples, usage)
 }
 
 /// The stream of the balance runs: 8 open shards of uneven hash ranges, as after
@@ -221,6 +250,115 @@ fn result_line(
     goal: Option<(&str, f64, &str)>,
 ) {
     report::result_line("delivery", figure, label, unit, samples, goal);
+}
+
+/// AWS's published on-demand prices, us-east-1: DynamoDB per million request units,
+/// Kinesis (provisioned) per million PUT payload units and per shard-hour.
+const PRICE_WRU: f64 = 0.625;
+const PRICE_RRU: f64 = 0.125;
+const PRICE_PUT_UNITS: f64 = 0.014;
+const PRICE_SHARD_HOUR: f64 = 0.015;
+
+/// Request units per 1,000 events per table, Kinesis calls per shard-minute, and what
+/// a million events cost at AWS's prices.
+fn cost_figures(report: &ScenarioReport, usage: &Usage, app: &str, shards: u32) {
+    let events = report.truth.records as f64;
+    let minutes = report.end_to_end_time.as_secs_f64() / 60.0;
+    let per_k = |units: f64| units / events * 1000.0;
+    println!(
+        "  cost, unpaced, {events:.0} events in {:.1} s; exact: {}",
+        report.end_to_end_time.as_secs_f64(),
+        report.comparison.matches
+    );
+    let (mut rru, mut wru) = (0.0, 0.0);
+    for (table, u) in &usage.tables {
+        let role = match table.strip_prefix(app) {
+            Some("") => "leases".to_string(),
+            Some(suffix) => suffix.trim_start_matches('-').to_lowercase(),
+            None => table.clone(),
+        };
+        println!(
+            "    {role:<12} {:>8.1} RRU {:>8.1} WRU per 1,000 events ({} calls, {} refused by a condition)",
+            per_k(u.read_units),
+            per_k(u.write_units),
+            u.calls,
+            u.refused
+        );
+        result_line(
+            &format!("cost_rru_{role}"),
+            &format!("read request units per 1,000 events, {role} table"),
+            "RRU",
+            &[per_k(u.read_units)],
+            None,
+        );
+        result_line(
+            &format!("cost_wru_{role}"),
+            &format!("write request units per 1,000 events, {role} table"),
+            "WRU",
+            &[per_k(u.write_units)],
+            None,
+        );
+        rru += u.read_units;
+        wru += u.write_units;
+    }
+    let calls = |op: &str| usage.kinesis_calls.get(op).copied().unwrap_or(0) as f64;
+    let per_shard_minute = |op: &str| calls(op) / f64::from(shards) / minutes;
+    println!(
+        "    all tables   {:>8.1} RRU {:>8.1} WRU per 1,000 events; Kinesis per shard-minute: {:.0} GetRecords, {:.0} PutRecords; {:.2} PUT payload units per 1,000 events ({} records put)",
+        per_k(rru),
+        per_k(wru),
+        per_shard_minute("GetRecords"),
+        per_shard_minute("PutRecords"),
+        per_k(usage.put_payload_units as f64),
+        usage.kinesis_records_put
+    );
+    result_line(
+        "cost_wru_total",
+        "write request units per 1,000 events, all tables",
+        "WRU",
+        &[per_k(wru)],
+        None,
+    );
+    result_line(
+        "cost_rru_total",
+        "read request units per 1,000 events, all tables",
+        "RRU",
+        &[per_k(rru)],
+        None,
+    );
+    for op in ["GetRecords", "PutRecords"] {
+        result_line(
+            &format!("cost_{}_per_shard_minute", op.to_lowercase()),
+            &format!("Kinesis {op} calls per shard-minute (unpaced run)"),
+            "calls",
+            &[per_shard_minute(op)],
+            None,
+        );
+    }
+    // A million events: request units scale with events; shard-hours with time, here
+    // at the rate of this run.
+    let million = 1e6 / events;
+    let dynamodb = (wru * PRICE_WRU + rru * PRICE_RRU) * million / 1e6;
+    let puts = usage.put_payload_units as f64 * million * PRICE_PUT_UNITS / 1e6;
+    let hours = report.end_to_end_time.as_secs_f64() * million / 3600.0;
+    let shard_hours = hours * f64::from(shards) * PRICE_SHARD_HOUR;
+    println!(
+        "    a million events on AWS (us-east-1): DynamoDB on-demand ${dynamodb:.3}, Kinesis PUT payload units ${puts:.4}, {shards} shard-hours at this rate ${shard_hours:.4}"
+    );
+    result_line(
+        "cost_dynamodb_per_million",
+        "DynamoDB on-demand cost of a million events (us-east-1 prices)",
+        "USD",
+        &[dynamodb],
+        None,
+    );
+    result_line(
+        "cost_kinesis_per_million",
+        "Kinesis cost of a million events: PUT payload units + shard-hours at the run's rate (us-east-1)",
+        "USD",
+        &[puts + shard_hours],
+        None,
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -334,6 +472,12 @@ async fn main() {
                 None,
             );
         }
+    }
+    if wanted("cost") {
+        let (report, _, usage) = run_metered("cost", events, Mode::Cost).await;
+        exact &= report.comparison.matches;
+        exact_runs.push(f64::from(u8::from(report.comparison.matches)));
+        cost_figures(&report, &usage.expect("metered"), "bench-cost-stats", 4);
     }
     if wanted("balance") {
         let rate = env_u64("DELIVERY_BENCH_BALANCE_RATE", 2_000) as f64;

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use kcl::aws::{Clients, Endpoints};
 
 pub mod faults;
+pub mod meter;
 pub mod strict;
 mod subscribe;
 pub mod testing;
