@@ -6,6 +6,10 @@
 //!   1,000 records/s) with aggregation, against the physical bound of 1 MiB/s of
 //!   encoded bytes, at the default rate limit (150%) and at 100%.
 //!
+//! With `PEER_PYTHON` set to a Python that has `async-kinesis[kpl]` (`.ci/peer-async-kinesis`
+//! installs one and prints its path), the same 368-byte case runs through the Python
+//! `async-kinesis` producer on the same local Kinesis, and the ratio is reported.
+//!
 //! Run: `cargo bench --workspace --bench producer` (RECORDS=n user records per
 //! throughput case, default 200,000; SECONDS=n of writing per single-shard case,
 //! default 10). Besides the human lines, one `BENCH {json}` line per figure for
@@ -62,6 +66,8 @@ fn result_line(
 
 /// The three `BENCH` lines of one throughput case.
 fn throughput_lines(case: &str, label: &str, t: &Throughput) {
+    // The goal (issue: a producer far ahead of the Python peer) is on the main case.
+    let cpu_goal = (case == "throughput_368_aggregation_on").then_some(("<=", 2.0, "≤ 2 µs"));
     result_line(
         &format!("{case}_records_per_s"),
         &format!("{label}: user records/s"),
@@ -74,7 +80,7 @@ fn throughput_lines(case: &str, label: &str, t: &Throughput) {
         &format!("{label}: producer CPU per user record"),
         "µs",
         &[t.cpu_per_record.as_secs_f64() * 1e6],
-        None,
+        cpu_goal,
     );
     result_line(
         &format!("{case}_process_cpu"),
@@ -83,6 +89,35 @@ fn throughput_lines(case: &str, label: &str, t: &Throughput) {
         &[t.process_cpu_per_record.as_secs_f64() * 1e6],
         None,
     );
+}
+
+/// Runs the Python peer (`benches/peer/async_kinesis_producer.py`) with `python`:
+/// (user records/s, its process CPU per record in µs).
+fn run_peer(python: &str, endpoint: &str, stream: &str, records: usize) -> (f64, f64) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/peer/async_kinesis_producer.py"
+    );
+    let out = std::process::Command::new(python)
+        .args([script, endpoint, stream, &records.to_string(), "368"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the peer with {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PEER "))
+        .unwrap_or_else(|| {
+            panic!(
+                "the peer printed no result (exit {:?}): {stdout}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    (
+        v["records_per_second"].as_f64().unwrap(),
+        v["cpu_us_per_record"].as_f64().unwrap(),
+    )
 }
 
 fn config(stream: &str) -> ProducerConfigBuilder {
@@ -316,6 +351,7 @@ fn main() {
     println!("producer throughput, {records} user records per case, 4 shards, no write limits:");
     println!("  size  aggregation  user records/s  producer CPU/record  process CPU/record");
     let aws = start(&emulator, false);
+    let mut ours_368_on = 0.0;
     for size in [368, 100] {
         for aggregation in [true, false] {
             let name = format!("bench-{size}-{aggregation}");
@@ -331,6 +367,9 @@ fn main() {
                 t.process_cpu_per_record.as_secs_f64() * 1e6,
             );
             let on = if aggregation { "on" } else { "off" };
+            if size == 368 && aggregation {
+                ours_368_on = t.records_per_second;
+            }
             throughput_lines(
                 &format!("throughput_{size}_aggregation_{on}"),
                 &format!("{size} B, aggregation {on}, 4 shards"),
@@ -355,6 +394,43 @@ fn main() {
         "368 B, bare SDK loop (500 plain records per call, 4 in flight)",
         &t,
     );
+    if let Some(python) = std::env::var("PEER_PYTHON").ok().filter(|p| !p.is_empty()) {
+        let name = "bench-peer-368";
+        let url = runtime.block_on(async {
+            create(&aws.clients().await.kinesis, name, 4).await;
+            aws.endpoints().kinesis.unwrap()
+        });
+        let peer = run_peer(&python, &url, name, records);
+        println!(
+            "   368  async-kinesis {:>13.0}  {:>16.2} µs  (the Python peer, KPL aggregation, its limits raised; CPU: its process)",
+            peer.0, peer.1
+        );
+        println!(
+            "  this producer / the peer: {:.2}× the user records/s",
+            ours_368_on / peer.0
+        );
+        result_line(
+            "peer_368_records_per_s",
+            "368 B, the Python async-kinesis producer (KPL aggregation, limits raised), 4 shards: user records/s",
+            "records/s",
+            &[peer.0],
+            None,
+        );
+        result_line(
+            "peer_368_cpu",
+            "368 B, the Python async-kinesis producer: process CPU per user record",
+            "µs",
+            &[peer.1],
+            None,
+        );
+        result_line(
+            "peer_ratio",
+            "368 B, aggregation on: this producer's user records/s ÷ the async-kinesis peer's (same run, same Kinesis)",
+            "× peer",
+            &[ours_368_on / peer.0],
+            Some((">=", 3.0, "≥ 3× the peer")),
+        );
+    }
     emulator.block_on(aws.shutdown());
 
     println!(
