@@ -312,3 +312,58 @@ async fn a_configuration_must_match_its_worker() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fan_out_registers_a_consumer_per_stream() {
+    let aws = kcl_local::LocalAws::start(kcl_local::LocalAwsOptions::from_env())
+        .await
+        .unwrap();
+    let clients = aws.clients().await;
+    let base = unique("msfo");
+    let app = unique("msfo-app");
+    let [a, b] = ["a", "b"].map(|s| format!("{base}-{s}"));
+    let timeout = Duration::from_secs(30);
+    let mut want = HashSet::new();
+    for stream in [&a, &b] {
+        kcl::stream::create_stream(&clients.kinesis, stream, 1, timeout)
+            .await
+            .unwrap();
+        produce(&clients, stream, 4, 0..3).await;
+        want.extend(expected(stream, 0..3));
+    }
+    let config = WorkerConfig::multi_stream_builder(&app)
+        .worker_id("w1")
+        .retrieval_mode(kcl::RetrievalMode::fan_out())
+        .failover_time(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let worker = Worker::multi_stream(config, &clients, StreamList::new(listing(&[&a, &b])), {
+        let seen = Arc::clone(&seen);
+        move |_: &str| recorder("w1", &seen)
+    });
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(worker.run(cancel.clone()));
+    wait_for("both streams' records through fan-out", WAIT, || {
+        let got: HashSet<(String, String)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s, d)| (s.clone(), d.clone()))
+            .collect();
+        let done = want.is_subset(&got);
+        async move { done.then_some(()) }
+    })
+    .await;
+    // One stream consumer per stream, named after the application.
+    for stream in [&a, &b] {
+        let consumers = kcl::retrieval::fanout::list_consumers(&clients.kinesis, stream)
+            .await
+            .unwrap();
+        let names: Vec<_> = consumers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [app.as_str()], "{stream}");
+    }
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    aws.shutdown().await;
+}

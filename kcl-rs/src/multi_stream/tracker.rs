@@ -117,9 +117,15 @@ impl Tracker {
     /// stay as they were. On `cancel`, waits for the streams' sync loops to end.
     pub(crate) async fn run(&self, cancel: CancellationToken) {
         loop {
+            // ±10% jitter: a fleet started together does not look its streams up in
+            // step (DescribeStreamSummary allows 20 calls per second per account).
+            let interval = self
+                .config
+                .stream_poll_interval
+                .mul_f64(0.9 + rand::random::<f64>() * 0.2);
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(self.config.stream_poll_interval) => {}
+                _ = tokio::time::sleep(interval) => {}
             }
             if let Err(e) = self.poll().await {
                 tracing::warn!(error = %e, "stream provider failed; streams unchanged");
