@@ -352,8 +352,14 @@ fn main() {
     println!("  size  aggregation  user records/s  producer CPU/record  process CPU/record");
     let aws = start(&emulator, false);
     let mut ours_368_on = 0.0;
+    // PRODUCER_BENCH_ONLY=368-on (for profiling): that throughput case alone.
+    let only = std::env::var("PRODUCER_BENCH_ONLY").ok();
     for size in [368, 100] {
         for aggregation in [true, false] {
+            let case = format!("{size}-{}", if aggregation { "on" } else { "off" });
+            if only.as_ref().is_some_and(|o| *o != case) {
+                continue;
+            }
             let name = format!("bench-{size}-{aggregation}");
             let t = runtime.block_on(async {
                 let kinesis = aws.clients().await.kinesis;
@@ -376,6 +382,9 @@ fn main() {
                 &t,
             );
         }
+    }
+    if only.is_some() {
+        return;
     }
     // The reference: what the SDK and the emulator do without the producer.
     let name = "bench-bare".to_string();

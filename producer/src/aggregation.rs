@@ -139,12 +139,12 @@ impl OpenAggregate {
     }
 
     fn push(&mut self, record: Pending) {
-        // The aggregator gets a copy: the member keeps its data for a retry, which
-        // re-aggregates it against the shard map of the time.
-        self.aggregator.add(
+        // The member keeps its data (for a retry, which re-aggregates it against the
+        // shard map of the time); the aggregator only sizes it and reads it at encode.
+        self.aggregator.add_len(
             &record.partition_key,
             record.explicit_hash_key.as_deref(),
-            record.data.clone(),
+            record.data.len(),
         );
         self.deadline = self.deadline.min(record.deadline);
         self.min_id = self.min_id.min(record.id);
@@ -160,7 +160,9 @@ impl OpenAggregate {
             partition_key: first.partition_key.clone(),
             explicit_hash_key: Some(first.hash_key.to_string()),
             routing_hash: first.hash_key,
-            data: self.aggregator.encode(),
+            data: self
+                .aggregator
+                .encode_with(self.members.iter().map(|m| m.data.as_slice())),
             aggregated: true,
             deadline: self.deadline,
             min_id: self.min_id,

@@ -48,13 +48,15 @@ pub struct Aggregator {
 struct PendingRecord {
     partition_key_index: u64,
     explicit_hash_key_index: Option<u64>,
+    /// Empty when added with [`Aggregator::add_len`] (the caller keeps the data).
     data: Vec<u8>,
+    data_len: usize,
 }
 
-/// A repeated string field whose entries are unique, with each entry's index.
+/// A repeated string field whose entries are unique, with each entry's index (one
+/// allocation per new key: the table's order is recovered by sorting at encode time).
 #[derive(Debug, Clone, Default)]
 struct KeyTable {
-    keys: Vec<String>,
     indexes: HashMap<String, u64>,
 }
 
@@ -63,17 +65,24 @@ impl KeyTable {
     fn index_of(&self, key: &str) -> (u64, bool) {
         match self.indexes.get(key) {
             Some(&index) => (index, true),
-            None => (self.keys.len() as u64, false),
+            None => (self.indexes.len() as u64, false),
         }
     }
 
     fn insert(&mut self, key: &str) -> u64 {
         let (index, present) = self.index_of(key);
         if !present {
-            self.keys.push(key.to_owned());
             self.indexes.insert(key.to_owned(), index);
         }
         index
+    }
+
+    /// The keys in index order.
+    fn in_order(&self) -> Vec<&str> {
+        let mut keys: Vec<(&str, u64)> =
+            self.indexes.iter().map(|(k, &i)| (k.as_str(), i)).collect();
+        keys.sort_unstable_by_key(|&(_, i)| i);
+        keys.into_iter().map(|(k, _)| k).collect()
     }
 }
 
@@ -121,12 +130,36 @@ impl Aggregator {
         data: impl Into<Vec<u8>>,
     ) {
         let data = data.into();
-        self.message_len += self.added_message_len(partition_key, explicit_hash_key, data.len());
+        self.push(partition_key, explicit_hash_key, data.len(), data);
+    }
+
+    /// Adds a user record of `data_len` bytes without taking its data: for a producer
+    /// that keeps every user record's data anyway (for retries) and gives it back to
+    /// [`Aggregator::encode_with`], saving a copy per record. Do not mix with
+    /// [`Aggregator::add`] in one aggregator.
+    pub fn add_len(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+    ) {
+        self.push(partition_key, explicit_hash_key, data_len, Vec::new());
+    }
+
+    fn push(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+        data: Vec<u8>,
+    ) {
+        self.message_len += self.added_message_len(partition_key, explicit_hash_key, data_len);
         self.records.push(PendingRecord {
             partition_key_index: self.partition_key_table.insert(partition_key),
             explicit_hash_key_index: explicit_hash_key
                 .map(|key| self.explicit_hash_key_table.insert(key)),
             data,
+            data_len,
         });
     }
 
@@ -161,27 +194,47 @@ impl Aggregator {
     /// official aggregators do, so the same user records give the same bytes
     /// (`tests/kpl_vectors.rs` checks this against `aws_kinesis_agg`).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_records(self.records.iter().map(|r| r.data.as_slice()))
+    }
+
+    /// [`Aggregator::encode`] for an aggregator filled with [`Aggregator::add_len`]:
+    /// `data` yields each user record's data, in the order added.
+    ///
+    /// # Panics
+    /// If `data` yields fewer records than were added, or one of another length.
+    pub fn encode_with<'a>(&self, data: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        self.encode_records(data)
+    }
+
+    fn encode_records<'a>(&self, data: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(&MAGIC);
-        for key in &self.partition_key_table.keys {
+        for key in self.partition_key_table.in_order() {
             write_len_delimited(
                 &mut out,
                 AGGREGATED_RECORD_PARTITION_KEY_TABLE,
                 key.as_bytes(),
             );
         }
-        for key in &self.explicit_hash_key_table.keys {
+        for key in self.explicit_hash_key_table.in_order() {
             write_len_delimited(
                 &mut out,
                 AGGREGATED_RECORD_EXPLICIT_HASH_KEY_TABLE,
                 key.as_bytes(),
             );
         }
+        let mut data = data.into_iter();
         for record in &self.records {
+            let bytes = data.next().expect("as many records' data as were added");
+            assert_eq!(
+                bytes.len(),
+                record.data_len,
+                "a record's data changed length"
+            );
             let record_len = record_len(
                 record.partition_key_index,
                 record.explicit_hash_key_index,
-                record.data.len(),
+                record.data_len,
             );
             write_key(&mut out, AGGREGATED_RECORD_RECORDS, WIRE_LEN);
             write_varint(&mut out, record_len as u64);
@@ -191,7 +244,7 @@ impl Aggregator {
                 write_key(&mut out, RECORD_EXPLICIT_HASH_KEY_INDEX, WIRE_VARINT);
                 write_varint(&mut out, index);
             }
-            write_len_delimited(&mut out, RECORD_DATA, &record.data);
+            write_len_delimited(&mut out, RECORD_DATA, bytes);
         }
         let digest = Md5::digest(&out[MAGIC.len()..]);
         out.extend_from_slice(&digest);

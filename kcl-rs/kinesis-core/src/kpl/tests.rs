@@ -488,3 +488,36 @@ fn parses_explicit_hash_keys() {
         assert_eq!(parse_explicit_hash_key(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn sizing_without_the_data_encodes_the_same_bytes() {
+    let records = [
+        user("a", None, b"one"),
+        user("b", Some("12345"), b"two two"),
+        user("a", Some("12345"), b""),
+        user("c", Some("999"), &[7u8; 300]),
+    ];
+    let owned = aggregate(&records);
+    let mut sized = Aggregator::new();
+    for r in &records {
+        sized.add_len(
+            &r.partition_key,
+            r.explicit_hash_key.as_deref(),
+            r.data.len(),
+        );
+        assert_eq!(sized.encoded_len(), {
+            let mut prefix = Aggregator::new();
+            for q in &records[..sized.len()] {
+                prefix.add(
+                    &q.partition_key,
+                    q.explicit_hash_key.as_deref(),
+                    q.data.clone(),
+                );
+            }
+            prefix.encoded_len()
+        });
+    }
+    let bytes = sized.encode_with(records.iter().map(|r| r.data.as_slice()));
+    assert_eq!(bytes, owned.encode());
+    assert_eq!(bytes.len(), sized.encoded_len());
+}
