@@ -18,8 +18,8 @@ use crate::lifecycle::{
 use crate::multi_stream::tracker::{Placement, Streams, Tracker};
 use crate::multi_stream::{DynProvider, StreamProvider};
 use crate::processor::RecordProcessorFactory;
-use crate::retrieval::fanout::{ConsumerError, register_consumer};
-use crate::shard_sync::{ShardSyncError, ShardSyncer};
+use crate::retrieval::fanout::ConsumerError;
+use crate::shard_sync::ShardSyncError;
 
 /// Why a worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -205,46 +205,6 @@ impl<F: RecordProcessorFactory> Worker<F> {
         &self.config
     }
 
-    /// Single-stream mode's one context: the consumer registered in fan-out mode, the
-    /// syncer periodic on the leader only (one listing of the stream and of the lease
-    /// table per interval for the fleet, not one per worker).
-    async fn single_stream(
-        &self,
-        leader: Arc<dyn Fn() -> bool + Send + Sync>,
-    ) -> Result<Arc<ConsumerContext>, WorkerError> {
-        let config = &self.config;
-        let consumer_arn = match config.consumer_name() {
-            Some(name) => Some(
-                register_consumer(
-                    &self.kinesis,
-                    &config.stream_name,
-                    name,
-                    CONSUMER_REGISTRATION_TIMEOUT,
-                )
-                .await?
-                .arn,
-            ),
-            None => None,
-        };
-        let syncer = ShardSyncer::new(
-            self.kinesis.clone(),
-            &config.stream_name,
-            Arc::clone(&self.store),
-            config.initial_position.checkpoint(),
-        )
-        .for_worker(&config.worker_id)
-        .periodic_when(move || leader());
-        Ok(Arc::new(ConsumerContext {
-            kinesis: self.kinesis.clone(),
-            store: Arc::clone(&self.store),
-            config: Arc::clone(config),
-            syncer: Arc::new(syncer),
-            consumer_arn,
-            stream_name: config.stream_name.clone(),
-            initial_position: config.initial_position,
-        }))
-    }
-
     /// Runs until `cancel` is cancelled, then shuts down gracefully: stops taking
     /// leases, tells every processor (`shutdown_requested`, where it checkpoints),
     /// releases every lease and returns. An error is returned at once when the lease
@@ -284,7 +244,17 @@ impl<F: RecordProcessorFactory> Worker<F> {
         let background = CancellationToken::new();
         let (streams, sync_task) = match &self.provider {
             None => {
-                let ctx = self.single_stream(leader).await?;
+                let ctx = Arc::new(
+                    ConsumerContext::for_stream(
+                        &self.kinesis,
+                        Arc::clone(&self.store),
+                        &self.config,
+                        &config.stream_name,
+                        config.initial_position,
+                        leader,
+                    )
+                    .await?,
+                );
                 ctx.syncer.sync_once().await?;
                 let task = tokio::spawn({
                     let syncer = Arc::clone(&ctx.syncer);

@@ -144,10 +144,8 @@ fn tables_of(body: &Value) -> Vec<String> {
     if let Some(t) = body.get("TableName").and_then(Value::as_str) {
         tables.push(t.to_string());
     }
-    for key in ["RequestItems"] {
-        if let Some(map) = body.get(key).and_then(Value::as_object) {
-            tables.extend(map.keys().cloned());
-        }
+    if let Some(map) = body.get("RequestItems").and_then(Value::as_object) {
+        tables.extend(map.keys().cloned());
     }
     if let Some(items) = body.get("TransactItems").and_then(Value::as_array) {
         for item in items {

@@ -15,12 +15,13 @@ use crate::metrics::ShardMetrics;
 use crate::processor::{
     InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
 };
-use crate::retrieval::fanout::{FanOutConfig, FanOutReader};
+use crate::retrieval::fanout::{ConsumerError, FanOutConfig, FanOutReader, register_consumer};
 use crate::retrieval::{
     ChildShardRef, Prefetcher, RetrievalConfig, ShardReader, ShardSource, spawn_prefetcher,
 };
 use crate::shard_sync::ShardSyncer;
 use crate::stream::list_shards;
+use crate::worker::CONSUMER_REGISTRATION_TIMEOUT;
 
 use super::load::LoadMeter;
 use super::parents::{Listing, ParentLease, ParentStep, parent_step};
@@ -96,6 +97,9 @@ pub enum ConsumerOutcome {
     Failed(String),
 }
 
+/// Whether this worker leads the fleet now.
+pub(crate) type Leader = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// What every consumer of a worker shares.
 pub(crate) struct ConsumerContext {
     pub kinesis: aws_sdk_kinesis::Client,
@@ -108,6 +112,47 @@ pub(crate) struct ConsumerContext {
     pub stream_name: String,
     /// Where the stream's shards without a checkpoint start.
     pub initial_position: InitialPosition,
+}
+
+impl ConsumerContext {
+    /// The context of one stream whose leases `store` holds (keyed by shard id): in
+    /// fan-out mode its stream consumer registered (or reused), and its shard syncer,
+    /// periodic only while `leader` says this worker leads (one listing of the stream
+    /// and of the lease table per interval for the fleet, not one per worker).
+    pub(crate) async fn for_stream(
+        kinesis: &aws_sdk_kinesis::Client,
+        store: Arc<dyn LeaseStore>,
+        config: &Arc<WorkerConfig>,
+        stream_name: &str,
+        initial_position: InitialPosition,
+        leader: Leader,
+    ) -> Result<ConsumerContext, ConsumerError> {
+        let consumer_arn = match config.consumer_name() {
+            Some(name) => Some(
+                register_consumer(kinesis, stream_name, name, CONSUMER_REGISTRATION_TIMEOUT)
+                    .await?
+                    .arn,
+            ),
+            None => None,
+        };
+        let syncer = ShardSyncer::new(
+            kinesis.clone(),
+            stream_name,
+            Arc::clone(&store),
+            initial_position.checkpoint(),
+        )
+        .for_worker(&config.worker_id)
+        .periodic_when(move || leader());
+        Ok(ConsumerContext {
+            kinesis: kinesis.clone(),
+            store,
+            config: Arc::clone(config),
+            syncer: Arc::new(syncer),
+            consumer_arn,
+            stream_name: stream_name.to_string(),
+            initial_position,
+        })
+    }
 }
 
 struct ShardConsumer<P: RecordProcessor> {

@@ -46,6 +46,6 @@ mod load;
 mod parents;
 mod supervise;
 
-pub(crate) use consumer::ConsumerContext;
+pub(crate) use consumer::{ConsumerContext, Leader};
 pub use consumer::{ConsumerOutcome, ConsumerState};
 pub(crate) use supervise::{let_go, let_go_limit, park, run_supervised};

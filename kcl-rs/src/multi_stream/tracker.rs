@@ -13,13 +13,7 @@ use super::scoped::ScopedStore;
 use super::{DynProvider, Lookup, StreamIdentifier, look_up, plan_streams};
 use crate::config::{InitialPosition, WorkerConfig};
 use crate::leases::{Expect, Lease, LeaseError, LeaseStore};
-use crate::lifecycle::ConsumerContext;
-use crate::retrieval::fanout::register_consumer;
-use crate::shard_sync::ShardSyncer;
-use crate::worker::CONSUMER_REGISTRATION_TIMEOUT;
-
-/// Whether this worker leads the fleet now.
-pub(crate) type Leader = Arc<dyn Fn() -> bool + Send + Sync>;
+use crate::lifecycle::{ConsumerContext, Leader};
 
 /// Where a lease is processed.
 pub(crate) enum Placement {
@@ -298,40 +292,17 @@ impl Tracker {
         id: &StreamIdentifier,
         position: InitialPosition,
     ) -> Result<ConsumerContext, String> {
-        let store: Arc<dyn LeaseStore> =
-            Arc::new(ScopedStore::new(Arc::clone(&self.store), id.key_prefix()));
-        let consumer_arn = match self.config.consumer_name() {
-            Some(name) => Some(
-                register_consumer(
-                    &self.kinesis,
-                    &id.stream_name,
-                    name,
-                    CONSUMER_REGISTRATION_TIMEOUT,
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .arn,
-            ),
-            None => None,
-        };
-        let leader = Arc::clone(&self.leader);
-        let syncer = ShardSyncer::new(
-            self.kinesis.clone(),
-            &id.stream_name,
-            Arc::clone(&store),
-            position.checkpoint(),
-        )
-        .for_worker(&self.config.worker_id)
-        .periodic_when(move || leader());
-        Ok(ConsumerContext {
-            kinesis: self.kinesis.clone(),
+        let store = Arc::new(ScopedStore::new(Arc::clone(&self.store), id.key_prefix()));
+        ConsumerContext::for_stream(
+            &self.kinesis,
             store,
-            config: Arc::clone(&self.config),
-            syncer: Arc::new(syncer),
-            consumer_arn,
-            stream_name: id.stream_name.clone(),
-            initial_position: position,
-        })
+            &self.config,
+            &id.stream_name,
+            position,
+            Arc::clone(&self.leader),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Whether `id` is a former incarnation of a listed stream: the name is listed and

@@ -194,7 +194,7 @@ impl Aggregator {
     /// official aggregators do, so the same user records give the same bytes
     /// (`tests/kpl_vectors.rs` checks this against `aws_kinesis_agg`).
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_records(self.records.iter().map(|r| r.data.as_slice()))
+        self.encode_with(self.records.iter().map(|r| r.data.as_slice()))
     }
 
     /// [`Aggregator::encode`] for an aggregator filled with [`Aggregator::add_len`]:
@@ -203,10 +203,6 @@ impl Aggregator {
     /// # Panics
     /// If `data` yields fewer records than were added, or one of another length.
     pub fn encode_with<'a>(&self, data: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-        self.encode_records(data)
-    }
-
-    fn encode_records<'a>(&self, data: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(&MAGIC);
         for key in self.partition_key_table.in_order() {
