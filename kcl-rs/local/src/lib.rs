@@ -200,15 +200,7 @@ impl LocalAws {
                 message: e.to_string(),
             })?,
         };
-        let stop = cancel.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move { stop.cancelled().await };
-            if let Err(e) =
-                dynoxide::server::serve_with_shutdown(dynamo_listener, db, shutdown).await
-            {
-                tracing::error!(error = %e, "local DynamoDB server failed");
-            }
-        }));
+        tasks.push(serve_dynamodb(dynamo_listener, db, cancel.clone())?);
 
         let (kinesis_url, kinesis_addr) = match &options.kinesis {
             KinesisBackend::External(url) => (url.clone(), None),
@@ -408,6 +400,60 @@ async fn reads_after_writes(
     } else {
         next.run(request).await
     }
+}
+
+/// Threads of the embedded DynamoDB's own runtime.
+const DYNAMODB_THREADS: usize = 2;
+
+/// Serves the embedded DynamoDB on a runtime of its own, until `stop`. It runs each
+/// request synchronously, under one lock on its database: on the caller's runtime, a
+/// burst of DynamoDB requests would hold every worker thread of it (one running, the
+/// others blocked on the lock), and the embedded Kinesis, a producer or a test's own
+/// tasks on that runtime would wait for them. The returned task ends when the server
+/// has stopped.
+fn serve_dynamodb(
+    listener: TcpListener,
+    db: dynoxide::Database,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, LocalAwsError> {
+    let failed = |source| LocalAwsError::Bind {
+        service: "DynamoDB",
+        port: 0,
+        source,
+    };
+    let listener = listener.into_std().map_err(failed)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(DYNAMODB_THREADS)
+        .thread_name("local-dynamodb")
+        .enable_all()
+        .build()
+        .map_err(failed)?;
+    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("local-dynamodb".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let served = match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let shutdown = async move { stop.cancelled().await };
+                        dynoxide::server::serve_with_shutdown(listener, db, shutdown)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "local DynamoDB server failed");
+                }
+            });
+            // Connections still open are cut, as a stopped server's would be.
+            runtime.shutdown_timeout(SHUTDOWN_GRACE);
+            let _ = done.send(());
+        })
+        .map_err(failed)?;
+    Ok(tokio::spawn(async move {
+        let _ = stopped.await;
+    }))
 }
 
 async fn bind(service: &'static str, port: u16) -> Result<TcpListener, LocalAwsError> {
