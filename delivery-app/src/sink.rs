@@ -194,9 +194,9 @@ async fn settle(
             if let Some(positions) = positions {
                 positions.lock().expect("not poisoned").push(PutRecord {
                     put_at,
-                    shard_id: written.shard_id,
+                    shard_id: written.shard_id.to_string(),
                     position: ExtendedSequenceNumber::at(
-                        written.sequence_number,
+                        &*written.sequence_number,
                         written.sub_sequence_number.unwrap_or(0),
                     ),
                 });

@@ -87,11 +87,24 @@ impl KinesisRecord {
     /// Rebuilds the record from some of its members (after others expired), or `None`
     /// when none is left. They fit: they fitted together with more.
     pub(crate) fn rebuild(members: Vec<Pending>) -> Option<Self> {
-        let mut members = members.into_iter();
-        let mut open = OpenAggregate::new(members.next()?);
-        for member in members {
-            open.push(member);
+        let first = members.first()?;
+        let mut open = OpenAggregate {
+            aggregator: Aggregator::new(),
+            members: Vec::new(),
+            max_len: MAX_RECORD_SIZE,
+            deadline: first.deadline,
+            min_id: first.id,
+            min_expires: first.expires_at,
+        };
+        for member in &members {
+            open.aggregator.add_len(
+                &member.partition_key,
+                member.explicit_hash_key.as_deref(),
+                member.data.len(),
+            );
+            open.note(member);
         }
+        open.members = members;
         Some(open.seal())
     }
 }
@@ -101,55 +114,39 @@ impl KinesisRecord {
 struct OpenAggregate {
     aggregator: Aggregator,
     members: Vec<Pending>,
+    /// The largest encoded length the next member may bring the aggregate to.
+    max_len: usize,
     deadline: Instant,
     min_id: u64,
     min_expires: Instant,
 }
 
 impl OpenAggregate {
-    fn new(first: Pending) -> Self {
-        let mut open = OpenAggregate {
-            aggregator: Aggregator::new(),
-            deadline: first.deadline,
-            min_id: first.id,
-            min_expires: first.expires_at,
-            members: Vec::new(),
-        };
-        open.push(first);
-        open
+    /// Adds `record` if the aggregate has fewer than `max_count` members and it fits
+    /// within the size limit; gives it back otherwise.
+    fn try_push(&mut self, record: Pending, max_count: usize) -> Option<Pending> {
+        let fits = self.members.len() < max_count
+            && self.aggregator.add_len_within(
+                &record.partition_key,
+                record.explicit_hash_key.as_deref(),
+                record.data.len(),
+                self.max_len,
+            );
+        if !fits {
+            return Some(record);
+        }
+        self.note(&record);
+        self.members.push(record);
+        None
     }
 
-    /// Whether `record` can join within the limits. The aggregate's partition key is its
-    /// first member's, and counts against the 1 MiB record limit with the data.
-    fn fits(
-        aggregator: &Aggregator,
-        first_key_len: usize,
-        count: usize,
-        record: &Pending,
-        limits: AggregationLimits,
-    ) -> bool {
-        let size = aggregator.size_if_added(
-            &record.partition_key,
-            record.explicit_hash_key.as_deref(),
-            record.data.len(),
-        );
-        count < limits.max_count
-            && size <= limits.max_size
-            && size + first_key_len <= MAX_RECORD_SIZE
-    }
-
-    fn push(&mut self, record: Pending) {
-        // The member keeps its data (for a retry, which re-aggregates it against the
-        // shard map of the time); the aggregator only sizes it and reads it at encode.
-        self.aggregator.add_len(
-            &record.partition_key,
-            record.explicit_hash_key.as_deref(),
-            record.data.len(),
-        );
+    /// Takes a new member's deadlines and id into account. The member keeps its data
+    /// (for a retry, which re-aggregates it against the shard map of the time); the
+    /// aggregator only sizes it and reads it at encode.
+    fn note(&mut self, record: &Pending) {
         self.deadline = self.deadline.min(record.deadline);
         self.min_id = self.min_id.min(record.id);
         self.min_expires = self.min_expires.min(record.expires_at);
-        self.members.push(record);
     }
 
     /// The aggregated record; its `ExplicitHashKey` is its first member's hash key,
@@ -185,6 +182,8 @@ impl OpenAggregate {
 #[derive(Debug, Default)]
 pub(crate) struct ShardAggregator {
     open: Option<OpenAggregate>,
+    /// Members of the last aggregate sealed: the room a new one starts with.
+    last_count: usize,
 }
 
 impl ShardAggregator {
@@ -196,32 +195,57 @@ impl ShardAggregator {
         record: Pending,
         limits: AggregationLimits,
     ) -> (Option<KinesisRecord>, Option<KinesisRecord>) {
-        if let Some(open) = &mut self.open {
-            let first_key_len = open.members[0].partition_key.len();
-            if OpenAggregate::fits(
-                &open.aggregator,
-                first_key_len,
-                open.members.len(),
-                &record,
-                limits,
-            ) {
-                open.push(record);
-                return (None, None);
-            }
-        }
+        let record = match &mut self.open {
+            Some(open) => match open.try_push(record, limits.max_count) {
+                None => return (None, None),
+                Some(record) => record,
+            },
+            None => record,
+        };
         let sealed = self.seal();
-        let alone = Aggregator::new();
-        if OpenAggregate::fits(&alone, record.partition_key.len(), 0, &record, limits) {
-            self.open = Some(OpenAggregate::new(record));
-            (sealed, None)
-        } else {
-            (sealed, Some(KinesisRecord::plain(record)))
+        let alone = self.open(record, limits).map(KinesisRecord::plain);
+        (sealed, alone)
+    }
+
+    /// Opens an aggregate with `first` as its first member, or gives `first` back when
+    /// it does not fit alone within the limits.
+    fn open(&mut self, first: Pending, limits: AggregationLimits) -> Option<Pending> {
+        // The aggregate's partition key is its first member's, and counts against the
+        // 1 MiB record limit with the data.
+        let max_len = limits
+            .max_size
+            .min(MAX_RECORD_SIZE.saturating_sub(first.partition_key.len()));
+        let mut aggregator = Aggregator::new();
+        let fits = limits.max_count > 0
+            && aggregator.add_len_within(
+                &first.partition_key,
+                first.explicit_hash_key.as_deref(),
+                first.data.len(),
+                max_len,
+            );
+        if !fits {
+            return Some(first);
         }
+        // As many members as the last aggregate had: no regrowth on the way.
+        let mut members = Vec::with_capacity(self.last_count.max(1));
+        let (deadline, min_id, min_expires) = (first.deadline, first.id, first.expires_at);
+        members.push(first);
+        self.open = Some(OpenAggregate {
+            aggregator,
+            members,
+            max_len,
+            deadline,
+            min_id,
+            min_expires,
+        });
+        None
     }
 
     /// Seals the open aggregate, if any.
     pub(crate) fn seal(&mut self) -> Option<KinesisRecord> {
-        self.open.take().map(OpenAggregate::seal)
+        let open = self.open.take()?;
+        self.last_count = open.members.len();
+        Some(open.seal())
     }
 
     /// Whether the open aggregate must be sealed now (see [`KinesisRecord::is_due`]).

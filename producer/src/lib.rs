@@ -24,7 +24,7 @@
 //! producer.flush().await;
 //! let (first, second) = (first.await?, second.await?);
 //! // Same key, same shard, one aggregated Kinesis record, in order.
-//! assert_eq!(first.shard_id, second.shard_id);
+//! assert_eq!(first.shard_id, second.shard_id); // shared: `Arc<str>`
 //! assert_eq!(first.sequence_number, second.sequence_number);
 //! assert_eq!((first.sub_sequence_number, second.sub_sequence_number), (Some(0), Some(1)));
 //! producer.shutdown().await;
@@ -46,7 +46,8 @@
 //! - `limiter`: per-shard token buckets at [`ProducerConfig::rate_limit`] percent of
 //!   1 MiB/s and 1,000 records/s.
 //! - `engine`: the one background task that owns all of the above, fed by `put`
-//!   through a bounded channel; PutRecords and ListShards calls run beside it.
+//!   through a channel (the buffer's room bounds it); it gives the room of resolved
+//!   records back. PutRecords and ListShards calls run beside it.
 //! - `retry`: failed records (per-record throttling and internal failures, or a failed
 //!   call) come back after a full-jitter exponential backoff and are aggregated again.
 //!
@@ -89,5 +90,5 @@ pub use config::{ProducerConfig, ProducerConfigBuilder};
 pub use error::{ConfigError, PutError};
 pub use producer::Producer;
 pub use result::{
-    Attempt, AttemptError, RecordFuture, UNCONFIRMED_SHARD, UserRecordResult, WRONG_SHARD,
+    Attempt, AttemptError, Attempts, RecordFuture, UNCONFIRMED_SHARD, UserRecordResult, WRONG_SHARD,
 };

@@ -3,19 +3,15 @@
 use std::sync::Arc;
 
 use aws_sdk_kinesis::Client;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
 use crate::engine::{Command, Engine};
 use crate::error::PutError;
-use crate::record::{NewRecord, Pending, Permits, validate};
+use crate::record::{NewRecord, Pending, Room, validate};
 use crate::result::RecordFuture;
-
-/// Capacity of the channel to the producer task. The semaphores bound what is
-/// outstanding; this only carries records across, in order.
-const CHANNEL_CAPACITY: usize = 1024;
 
 /// A KPL-like producer writing user records to one Kinesis stream.
 ///
@@ -59,9 +55,10 @@ pub struct Producer {
 #[derive(Debug)]
 struct Inner {
     config: Arc<ProducerConfig>,
-    commands: mpsc::Sender<Command>,
-    records: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
+    /// To the producer task. Unbounded: `room` bounds what is outstanding, this only
+    /// carries records across, in order.
+    commands: mpsc::UnboundedSender<Command>,
+    room: Arc<Room>,
     cancel: CancellationToken,
     stopped: watch::Receiver<bool>,
 }
@@ -74,9 +71,11 @@ impl Producer {
     /// (as the KPL's do) while it is retried. Must be called within a Tokio runtime.
     pub fn new(config: ProducerConfig, client: Client) -> Producer {
         let config = Arc::new(config);
-        let records = Arc::new(Semaphore::new(config.max_outstanding_records));
-        let bytes = Arc::new(Semaphore::new(config.max_outstanding_bytes));
-        let (commands, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let room = Arc::new(Room::new(
+            config.max_outstanding_records,
+            config.max_outstanding_bytes,
+        ));
+        let (commands, receiver) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let (stopped_tx, stopped) = watch::channel(false);
         let engine = Engine::new(
@@ -84,7 +83,7 @@ impl Producer {
             client,
             receiver,
             cancel.clone(),
-            Arc::clone(&records),
+            Arc::clone(&room),
             stopped_tx,
         );
         tokio::spawn(engine.run());
@@ -92,8 +91,7 @@ impl Producer {
             inner: Arc::new(Inner {
                 config,
                 commands,
-                records,
-                bytes,
+                room,
                 cancel,
                 stopped,
             }),
@@ -141,7 +139,7 @@ impl Producer {
     /// // Hash key 0 belongs to the first shard, whatever the partition key.
     /// let pending = producer.put_with_hash_key("any-key", "0", b"event".to_vec()).await?;
     /// producer.flush().await;
-    /// assert_eq!(pending.await?.shard_id, "shardId-000000000000");
+    /// assert_eq!(&*pending.await?.shard_id, "shardId-000000000000");
     /// # producer.shutdown().await;
     /// # Ok(())
     /// # }
@@ -169,16 +167,23 @@ impl Producer {
         let hash_key = validate(&partition_key, explicit_hash_key.as_deref(), data.len())?;
         let size = data.len() + partition_key.len();
         let inner = &self.inner;
+        let room = &inner.room;
         // Records first, then bytes, always in this order: no two puts can each hold
         // what the other waits for. Shutdown closes both, failing the waits.
-        let records = Arc::clone(&inner.records)
-            .acquire_owned()
+        let records = room
+            .records
+            .acquire()
             .await
             .map_err(|_| PutError::ShutDown)?;
-        let bytes = Arc::clone(&inner.bytes)
-            .acquire_many_owned(size as u32)
+        let bytes = room
+            .bytes
+            .acquire_many(size as u32)
             .await
             .map_err(|_| PutError::ShutDown)?;
+        // Nothing awaits from here on (cancel-safe): the room goes with the record, and
+        // the producer task gives it back once the record is resolved.
+        records.forget();
+        bytes.forget();
         let (respond, receiver) = oneshot::channel();
         let record = NewRecord {
             partition_key,
@@ -186,18 +191,11 @@ impl Producer {
             hash_key,
             data,
         };
-        let pending = Pending::new(
-            record,
-            &inner.config,
-            Instant::now(),
-            respond,
-            Permits::new(records, bytes),
-        );
-        inner
-            .commands
-            .send(Command::Put(pending))
-            .await
-            .map_err(|_| PutError::ShutDown)?;
+        let pending = Pending::new(record, &inner.config, Instant::now(), respond);
+        if inner.commands.send(Command::Put(pending)).is_err() {
+            room.give_back(1, size);
+            return Err(PutError::ShutDown);
+        }
         Ok(RecordFuture::new(receiver))
     }
 
@@ -206,7 +204,7 @@ impl Producer {
     /// Records put meanwhile are buffered as usual.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.inner.commands.send(Command::Flush(done)).await.is_ok() {
+        if self.inner.commands.send(Command::Flush(done)).is_ok() {
             // An error means the task is gone, and with it everything it held.
             let _ = wait.await;
         }
@@ -217,8 +215,7 @@ impl Producer {
     /// is abandoned. Records still being retried keep their backoff, so this can take
     /// up to [`record_ttl`](ProducerConfig::record_ttl). Idempotent.
     pub async fn shutdown(&self) {
-        self.inner.records.close();
-        self.inner.bytes.close();
+        self.inner.room.close();
         self.inner.cancel.cancel();
         let mut stopped = self.inner.stopped.clone();
         // An error means the task has dropped its end: stopped as well.
@@ -227,11 +224,11 @@ impl Producer {
 
     /// User records accepted (or being accepted) and not yet resolved.
     pub fn outstanding_records(&self) -> usize {
-        self.inner.config.max_outstanding_records - self.inner.records.available_permits()
+        self.inner.config.max_outstanding_records - self.inner.room.records.available_permits()
     }
 
     /// Bytes (data plus partition keys) of the outstanding user records.
     pub fn outstanding_bytes(&self) -> usize {
-        self.inner.config.max_outstanding_bytes - self.inner.bytes.available_permits()
+        self.inner.config.max_outstanding_bytes - self.inner.room.bytes.available_permits()
     }
 }

@@ -1,12 +1,12 @@
 //! A user record inside the producer: validated input, its hash key, its deadlines, its
 //! attempts so far, and the channel that resolves its future.
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{MAX_PARTITION_KEY_CHARS, MAX_RECORD_SIZE, ProducerConfig};
 use crate::error::PutError;
-use crate::result::{Attempt, AttemptError, UserRecordResult};
+use crate::result::{Attempt, AttemptError, Attempts, UserRecordResult};
 
 /// Checks a user record and returns its hash key: the explicit hash key if given,
 /// otherwise MD5 of the partition key as a big-endian 128-bit integer.
@@ -36,19 +36,35 @@ pub(crate) fn validate(
     })
 }
 
-/// Capacity a record holds in the producer's bounded buffer; dropping it frees the room.
-#[derive(Debug, Default)]
-pub(crate) struct Permits {
-    _records: Option<OwnedSemaphorePermit>,
-    _bytes: Option<OwnedSemaphorePermit>,
+/// The producer's bounded buffer: permits for user records and for their bytes (data
+/// plus partition key). `put` takes a record's room and forgets the permits; the
+/// producer task gives the room of resolved records back, many at a time.
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub records: Semaphore,
+    pub bytes: Semaphore,
 }
 
-impl Permits {
-    pub(crate) fn new(records: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
-        Permits {
-            _records: Some(records),
-            _bytes: Some(bytes),
+impl Room {
+    pub(crate) fn new(records: usize, bytes: usize) -> Self {
+        Room {
+            records: Semaphore::new(records),
+            bytes: Semaphore::new(bytes),
         }
+    }
+
+    /// Gives back the room of `records` records of `bytes` bytes in all.
+    pub(crate) fn give_back(&self, records: usize, bytes: usize) {
+        if records > 0 {
+            self.records.add_permits(records);
+            self.bytes.add_permits(bytes);
+        }
+    }
+
+    /// Fails every wait for room, now and later: the producer takes no more records.
+    pub(crate) fn close(&self) {
+        self.records.close();
+        self.bytes.close();
     }
 }
 
@@ -68,9 +84,9 @@ pub(crate) struct Pending {
     pub expires_at: Instant,
     /// The put, or the end of the last attempt: the origin of the next attempt's delay.
     pub last_event: Instant,
+    /// Its attempts so far, all failed: empty (no allocation) until one fails.
     pub attempts: Vec<Attempt>,
     respond: oneshot::Sender<Result<UserRecordResult, PutError>>,
-    _permits: Permits,
 }
 
 /// A user record as handed to the producer task, before it is numbered.
@@ -87,7 +103,6 @@ impl Pending {
         config: &ProducerConfig,
         now: Instant,
         respond: oneshot::Sender<Result<UserRecordResult, PutError>>,
-        permits: Permits,
     ) -> Self {
         Pending {
             id: 0,
@@ -100,26 +115,43 @@ impl Pending {
             last_event: now,
             attempts: Vec::new(),
             respond,
-            _permits: permits,
         }
     }
 
-    /// Records an attempt that ran from `started` to `ended`.
-    pub(crate) fn attempt(
+    /// The room the record takes in the buffer's bytes: data plus partition key.
+    pub(crate) fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    /// Records a failed attempt that ran from `started` to `ended`.
+    pub(crate) fn attempt(&mut self, started: Instant, ended: Instant, error: AttemptError) {
+        let attempt = self.next_attempt(started, ended, Some(error));
+        self.attempts.push(attempt);
+    }
+
+    /// Every attempt, the last one a success that ran from `started` to `ended`. No
+    /// allocation when it is the first attempt.
+    pub(crate) fn succeeded(&mut self, started: Instant, ended: Instant) -> Attempts {
+        let last = self.next_attempt(started, ended, None);
+        Attempts::with_last(std::mem::take(&mut self.attempts), last)
+    }
+
+    fn next_attempt(
         &mut self,
         started: Instant,
         ended: Instant,
         error: Option<AttemptError>,
-    ) {
-        self.attempts.push(Attempt {
+    ) -> Attempt {
+        let attempt = Attempt {
             delay: started.saturating_duration_since(self.last_event),
             duration: ended.saturating_duration_since(started),
             error,
-        });
+        };
         self.last_event = ended;
+        attempt
     }
 
-    /// Resolves the record's future; its buffer room is freed as it is dropped.
+    /// Resolves the record's future (the caller gives its room back).
     pub(crate) fn resolve(self, result: Result<UserRecordResult, PutError>) {
         // The caller may have dropped the future: the record is done either way.
         let _ = self.respond.send(result);
@@ -140,13 +172,7 @@ pub(crate) mod tests {
             hash_key,
             data: data.to_vec(),
         };
-        let mut p = Pending::new(
-            record,
-            &config,
-            Instant::now(),
-            oneshot::channel().0,
-            Permits::default(),
-        );
+        let mut p = Pending::new(record, &config, Instant::now(), oneshot::channel().0);
         p.id = id;
         p
     }

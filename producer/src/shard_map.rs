@@ -63,6 +63,11 @@ impl ShardMap {
         self.open.iter().any(|(_, id)| &**id == shard_id)
     }
 
+    /// The id of any listed shard, open or closed, as the map shares it.
+    pub(crate) fn id(&self, shard_id: &str) -> Option<&ShardId> {
+        self.ranges.get_key_value(shard_id).map(|(id, _)| id)
+    }
+
     /// The hash key range of any listed shard, open or closed.
     pub(crate) fn range_of(&self, shard_id: &str) -> Option<&RangeInclusive<u128>> {
         self.ranges.get(shard_id)
@@ -82,32 +87,42 @@ pub(crate) enum Landing {
     Unknown,
 }
 
-/// Judges a user record with hash key `hash_key` carried by a Kinesis record that
-/// Kinesis routed by `routing_hash` into `landed`.
+/// Judges the user records, with hash keys `hash_keys`, of a Kinesis record that
+/// Kinesis routed by `routing_hash` into `landed`: [`Landing::OutOfRange`] if one of
+/// them is, else [`Landing::Unknown`] if one of them is, else [`Landing::InRange`].
 ///
-/// The map is known to be current for this record when it predicts `landed` for
-/// `routing_hash` — Kinesis just routed that very key there. Only then is an
-/// out-of-range verdict trusted; a stale map could send the record to the wrong shard
-/// again.
+/// A user record whose hash key is `routing_hash` is in range: Kinesis routed that very
+/// key. For the others, the map is known to be current for this record when it
+/// predicts `landed` for `routing_hash`. Only then is an out-of-range verdict trusted; a
+/// stale map could send the record to the wrong shard again.
 pub(crate) fn landing(
     map: Option<&ShardMap>,
     landed: &str,
     routing_hash: u128,
-    hash_key: u128,
+    hash_keys: impl IntoIterator<Item = u128>,
 ) -> Landing {
-    if hash_key == routing_hash {
-        // Kinesis routed this hash key itself: in range by definition.
+    let mut others = hash_keys
+        .into_iter()
+        .filter(|&key| key != routing_hash)
+        .peekable();
+    if others.peek().is_none() {
         return Landing::InRange;
     }
     let Some(map) = map else {
         return Landing::Unknown;
     };
+    // Looked up once for the whole Kinesis record.
     let current = map.predict(routing_hash).is_some_and(|id| &**id == landed);
-    match map.range_of(landed) {
-        Some(range) if range.contains(&hash_key) => Landing::InRange,
-        Some(_) if current => Landing::OutOfRange,
-        _ => Landing::Unknown,
+    let range = map.range_of(landed);
+    let mut verdict = Landing::InRange;
+    for key in others {
+        match range {
+            Some(range) if range.contains(&key) => {}
+            Some(_) if current => return Landing::OutOfRange,
+            _ => verdict = Landing::Unknown,
+        }
     }
+    verdict
 }
 
 /// Judges a Kinesis record held since it landed in `landed`, by a map refreshed after
@@ -206,8 +221,26 @@ pub(crate) mod tests {
             (Some(&new), "s0", low, high, Landing::InRange),
         ];
         for (i, (map, landed, routing, hash_key, verdict)) in cases.into_iter().enumerate() {
-            assert_eq!(landing(map, landed, routing, hash_key), verdict, "case {i}");
+            assert_eq!(
+                landing(map, landed, routing, [hash_key]),
+                verdict,
+                "case {i}"
+            );
         }
+        // A whole aggregate: the worst verdict of its user records.
+        assert_eq!(
+            landing(Some(&new), "s1", low, [low, low + 1, high, low]),
+            Landing::OutOfRange
+        );
+        assert_eq!(
+            landing(Some(&old), "s1", low, [low, low + 1, high]),
+            Landing::Unknown
+        );
+        assert_eq!(
+            landing(Some(&new), "s1", low, [low, low + 1]),
+            Landing::InRange
+        );
+        assert_eq!(landing(None, "s1", low, [low, low]), Landing::InRange);
         assert!(is_current(Some(&new), "s2", high));
         assert!(!is_current(Some(&old), "s2", high));
         assert!(!is_current(None, "s2", high));

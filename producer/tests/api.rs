@@ -279,7 +279,7 @@ async fn explicit_hash_keys_choose_the_shard() {
     producer.flush().await;
     for (shard_id, future) in pending {
         let result = future.await.unwrap();
-        assert_eq!(result.shard_id, shard_id);
+        assert_eq!(*result.shard_id, shard_id);
     }
     producer.shutdown().await;
     aws.shutdown().await;

@@ -114,7 +114,7 @@ async fn a_key_routed_to_a_child_waits_for_the_parents_call() {
         .unwrap();
     producer.shutdown().await;
     assert_ne!(
-        first.shard_id, parent.shard_id,
+        *first.shard_id, parent.shard_id,
         "the held call reached Kinesis before the split: nothing to order"
     );
     assert_eq!(first.shard_id, second.shard_id);

@@ -39,7 +39,7 @@ async fn an_aggregate_in_an_unknown_shard_expires_when_the_map_cannot_be_refresh
     // The producer learns the one-shard map.
     let warm = producer.put("warm", payload("warm", 10)).await.unwrap();
     producer.flush().await;
-    assert_eq!(warm.await.unwrap().shard_id, "shardId-000000000000");
+    assert_eq!(&*warm.await.unwrap().shard_id, "shardId-000000000000");
 
     // The shard splits behind the producer's back, and ListShards stops answering.
     stream::split_shard(&direct, &stream_name, "shardId-000000000000", None, TIMEOUT)
@@ -90,7 +90,10 @@ async fn an_aggregate_in_an_unknown_shard_expires_when_the_map_cannot_be_refresh
     }
     for (tag, result) in &results {
         if let Ok(written) = result {
-            let location = (written.shard_id.clone(), written.sequence_number.clone());
+            let location = (
+                written.shard_id.to_string(),
+                written.sequence_number.to_string(),
+            );
             assert!(
                 kept.contains(&(tag.to_string(), location)),
                 "{tag} reported written where a range-filtering consumer drops it: {written:?}"
@@ -123,7 +126,7 @@ async fn an_aggregate_in_an_unknown_shard_expires_when_the_map_cannot_be_refresh
     for (written, key) in [(&low, 2u128), (&high, u128::MAX - 2)] {
         let shard = shards
             .iter()
-            .find(|s| s.shard_id == written.shard_id)
+            .find(|s| *s.shard_id == *written.shard_id)
             .unwrap();
         assert!(shard.is_open(), "{written:?}");
         assert!((shard.starting_hash_key..=shard.ending_hash_key).contains(&key));

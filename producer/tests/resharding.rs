@@ -141,7 +141,10 @@ async fn split_and_merge_while_writing_lose_nothing() {
     );
     // And each future names a copy that such a consumer keeps.
     for (id, result) in results.iter().enumerate() {
-        let location = (result.shard_id.clone(), result.sequence_number.clone());
+        let location = (
+            result.shard_id.to_string(),
+            result.sequence_number.to_string(),
+        );
         assert!(kept_records.contains(&location), "record {id}: {result:?}");
     }
 
@@ -149,7 +152,7 @@ async fn split_and_merge_while_writing_lose_nothing() {
     let merged = open_children_of(&shards, "shardId-000000000001")[0]
         .shard_id
         .clone();
-    let landed: HashSet<&str> = results.iter().map(|r| r.shard_id.as_str()).collect();
+    let landed: HashSet<&str> = results.iter().map(|r| &*r.shard_id).collect();
     assert!(
         landed.contains(merged.as_str()),
         "nothing reported in {merged}: {landed:?}"

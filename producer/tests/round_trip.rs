@@ -131,13 +131,13 @@ async fn user_records_come_back_exactly_once_in_order_per_key() {
         let result = &results[id];
         assert_eq!(
             (
-                &result.shard_id,
-                &result.sequence_number,
+                &*result.shard_id,
+                &*result.sequence_number,
                 result.sub_sequence_number
             ),
             (
-                &user.shard_id,
-                &user.sequence_number,
+                user.shard_id.as_str(),
+                user.sequence_number.as_str(),
                 user.sub_sequence_number
             ),
             "record {id}'s future and where it was read"

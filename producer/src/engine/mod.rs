@@ -1,6 +1,7 @@
 //! The producer task: the one owner of the buffers, the shard map and the calls in flight.
 //!
-//! It is fed by a bounded channel from [`Producer`](crate::Producer) and wakes on
+//! It is fed by a channel from [`Producer`](crate::Producer), bounded by the buffer's
+//! room (which the task gives back as records are resolved), and wakes on
 //! whichever comes first: a command, a finished PutRecords or ListShards call, or the
 //! next deadline (an aggregate's buffered time, a retry's backoff, a rate-limit wait).
 //! Each pass then releases due retries, seals due aggregates and sends due calls.
@@ -17,7 +18,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
 use backon::{ExponentialBuilder, Retryable};
 use kinesis_core::stream::{ShardInfo, StreamError};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ use crate::aggregation::{AggregationLimits, KinesisRecord};
 use crate::collector::{CollectionLimits, Queues, ShardKey};
 use crate::config::ProducerConfig;
 use crate::metrics::ProducerMetrics;
-use crate::record::Pending;
+use crate::record::{Pending, Room};
 use crate::result::{AttemptError, UNCONFIRMED_SHARD};
 use crate::retry::classify_request_error;
 use crate::shard_map::ShardMap;
@@ -82,14 +83,12 @@ struct Refresh {
     failed: bool,
 }
 
-/// A Kinesis record that Kinesis accepted: its user records and where they are.
-struct Landed {
-    /// Its user records not resolved yet, each with its index in the Kinesis record
-    /// (its sub-sequence number when aggregated).
-    members: Vec<(usize, Pending)>,
+/// Where Kinesis wrote a Kinesis record, and the attempt that wrote it.
+struct Written {
     aggregated: bool,
-    shard: String,
-    sequence_number: String,
+    /// Shared by the results of its user records.
+    shard: Arc<str>,
+    sequence_number: Arc<str>,
     started: Instant,
     ended: Instant,
 }
@@ -97,7 +96,10 @@ struct Landed {
 /// A Kinesis record accepted into a shard the map could not judge; decided once a
 /// refresh newer than `ticket` is in, or its user records expire meanwhile.
 struct Held {
-    landed: Landed,
+    /// Its user records not resolved yet, each with its index in the Kinesis record
+    /// (its sub-sequence number when aggregated).
+    members: Vec<(usize, Pending)>,
+    written: Written,
     /// The hash key of every user record stored in the Kinesis record, expired ones
     /// included: consumers judge the record as it is stored.
     hash_keys: Vec<u128>,
@@ -107,7 +109,7 @@ struct Held {
 impl Held {
     /// When its next user record expires.
     fn expires_at(&self) -> Option<Instant> {
-        self.landed.members.iter().map(|(_, m)| m.expires_at).min()
+        self.members.iter().map(|(_, m)| m.expires_at).min()
     }
 }
 
@@ -115,12 +117,14 @@ impl Held {
 pub(crate) struct Engine {
     config: Arc<ProducerConfig>,
     client: Client,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     commands_open: bool,
     cancel: CancellationToken,
     closing: bool,
-    /// The record-count bound, to know when no record is between `put` and the channel.
-    records: Arc<Semaphore>,
+    /// The bounded buffer, also to know when no record is between `put` and the channel.
+    room: Arc<Room>,
+    /// Records resolved and their bytes, whose room is not given back yet.
+    freed: (usize, usize),
     stopped: watch::Sender<bool>,
     map: Option<ShardMap>,
     queues: Queues,
@@ -138,13 +142,21 @@ pub(crate) struct Engine {
     metrics: ProducerMetrics,
 }
 
+impl Drop for Engine {
+    /// The room of records dropped unresolved (the task panicked, or its runtime shut
+    /// down under it) never comes back: fail the `put`s that would wait for it.
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
 impl Engine {
     pub(crate) fn new(
         config: Arc<ProducerConfig>,
         client: Client,
-        commands: mpsc::Receiver<Command>,
+        commands: mpsc::UnboundedReceiver<Command>,
         cancel: CancellationToken,
-        records: Arc<Semaphore>,
+        room: Arc<Room>,
         stopped: watch::Sender<bool>,
     ) -> Self {
         let metrics = ProducerMetrics::new(&config.stream_name);
@@ -155,7 +167,8 @@ impl Engine {
             commands_open: true,
             cancel,
             closing: false,
-            records,
+            room,
+            freed: (0, 0),
             stopped,
             map: None,
             queues: Queues::default(),
@@ -187,10 +200,14 @@ impl Engine {
         let mut commands = Vec::with_capacity(COMMANDS_PER_PASS);
         loop {
             let now = Instant::now();
+            // Once per pass rather than per record: a gauge is a snapshot anyway.
+            self.note_pending();
             self.maybe_refresh(now);
             self.release_due(now);
             self.seal_due(now);
             self.dispatch(now);
+            // Before anything can wait: room is given back once per pass, not per record.
+            self.give_back_room();
             if self.is_done() {
                 break;
             }
@@ -207,8 +224,9 @@ impl Engine {
                         self.commands_open = false;
                         self.closing = true;
                     }
+                    let now = Instant::now();
                     for command in commands.drain(..) {
-                        self.on_command(command);
+                        self.on_command(command, now);
                     }
                 }
                 _ = self.cancel.cancelled(), if !self.closing => self.closing = true,
@@ -224,18 +242,22 @@ impl Engine {
         self.closing
             && self.outstanding == 0
             && self.in_flight.is_empty()
-            && self.records.available_permits() == self.config.max_outstanding_records
+            && self.room.records.available_permits() == self.config.max_outstanding_records
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn give_back_room(&mut self) {
+        let (records, bytes) = std::mem::take(&mut self.freed);
+        self.room.give_back(records, bytes);
+    }
+
+    fn on_command(&mut self, command: Command, now: Instant) {
         match command {
             Command::Put(mut record) => {
                 record.id = self.next_id;
                 self.next_id += 1;
                 self.outstanding += 1;
                 self.outstanding_bytes += record.data.len();
-                self.note_pending();
-                self.route(record, Instant::now());
+                self.route(record, now);
             }
             Command::Flush(done) => {
                 if self.outstanding == 0 {
@@ -286,15 +308,23 @@ impl Engine {
     ) {
         self.outstanding -= 1;
         self.outstanding_bytes -= record.data.len();
-        self.note_pending();
+        self.freed.0 += 1;
+        self.freed.1 += record.size();
         match &result {
             Ok(_) => self.metrics.user_records_put.increment(1),
             Err(crate::PutError::Expired { .. }) => self.metrics.user_records_expired.increment(1),
             Err(_) => {}
         }
         let id = record.id;
-        // Resolved (and its buffer room freed) before any flush waiting for it returns.
         record.resolve(result);
+        // Resolved, and its room given back, before any flush waiting for it returns.
+        if self
+            .flushes
+            .iter()
+            .any(|waiter| id < waiter.barrier && waiter.remaining == 1)
+        {
+            self.give_back_room();
+        }
         self.flushes.retain_mut(|waiter| {
             if id < waiter.barrier {
                 waiter.remaining -= 1;
@@ -350,28 +380,28 @@ impl Engine {
         }
         let mut expired = Vec::new();
         for held in &mut self.held {
-            let landed = &mut held.landed;
-            let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut landed.members)
+            let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut held.members)
                 .into_iter()
                 .partition(|(_, m)| m.expires_at <= now);
-            landed.members = live;
+            held.members = live;
             if dead.is_empty() {
                 continue;
             }
-            tracing::warn!(shard = %landed.shard, records = dead.len(), "shard map not refreshed within the records' TTL; they are in the stream but not known to be kept there");
+            let written = &held.written;
+            tracing::warn!(shard = %written.shard, records = dead.len(), "shard map not refreshed within the records' TTL; they are in the stream but not known to be kept there");
             let error = AttemptError {
                 code: UNCONFIRMED_SHARD.to_string(),
                 message: format!(
                     "written to shard {}, but no shard map came within the record's time to live to confirm that the shard's hash key range holds every user record of the Kinesis record",
-                    landed.shard
+                    written.shard
                 ),
             };
             for (_, mut member) in dead {
-                member.attempt(landed.started, landed.ended, Some(error.clone()));
+                member.attempt(written.started, written.ended, error.clone());
                 expired.push(member);
             }
         }
-        self.held.retain(|h| !h.landed.members.is_empty());
+        self.held.retain(|h| !h.members.is_empty());
         for member in expired {
             self.expire(member);
         }

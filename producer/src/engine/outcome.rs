@@ -2,11 +2,13 @@
 //! accepted, send failed ones back with a backoff, and put again the user records that
 //! landed in a shard whose hash key range does not hold them.
 
+use std::sync::Arc;
+
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
 use tokio::task::Id;
 use tokio::time::Instant;
 
-use super::{Engine, Held, Landed};
+use super::{Engine, Held, Written};
 use crate::aggregation::KinesisRecord;
 use crate::error::PutError;
 use crate::record::Pending;
@@ -115,7 +117,7 @@ impl Engine {
         ended: Instant,
     ) {
         for member in &mut members {
-            member.attempt(started, ended, Some(error.clone()));
+            member.attempt(started, ended, error.clone());
         }
         if !retry {
             for mut member in members {
@@ -163,44 +165,50 @@ impl Engine {
         started: Instant,
         ended: Instant,
     ) {
-        let current = is_current(self.map.as_ref(), shard, record.routing_hash);
-        let ticket = (!current).then(|| self.want_refresh());
-        let verdicts: Vec<Landing> = record
-            .members
-            .iter()
-            .map(|m| landing(self.map.as_ref(), shard, record.routing_hash, m.hash_key))
-            .collect();
-        let hash_keys: Vec<u128> = record.members.iter().map(|m| m.hash_key).collect();
-        let landed = Landed {
-            members: record.members.into_iter().enumerate().collect(),
+        let map = self.map.as_ref();
+        let current = is_current(map, shard, record.routing_hash);
+        let verdict = landing(
+            map,
+            shard,
+            record.routing_hash,
+            record.members.iter().map(|m| m.hash_key),
+        );
+        let written = Written {
             aggregated: record.aggregated,
-            shard: shard.to_string(),
-            sequence_number: sequence_number.to_string(),
+            // The map's own id when it lists the shard: shared, not copied.
+            shard: map
+                .and_then(|m| m.id(shard))
+                .map_or_else(|| Arc::from(shard), Arc::clone),
+            sequence_number: Arc::from(sequence_number),
             started,
             ended,
         };
-        if verdicts.contains(&Landing::OutOfRange) {
-            self.wrong_shard(landed);
-        } else if verdicts.contains(&Landing::Unknown) {
-            self.held.push(Held {
-                landed,
-                hash_keys,
+        let ticket = (!current).then(|| self.want_refresh());
+        match verdict {
+            Landing::InRange => self.succeed(record.members.into_iter().enumerate(), &written),
+            Landing::OutOfRange => self.wrong_shard(record.members, &written),
+            Landing::Unknown => self.held.push(Held {
+                hash_keys: record.members.iter().map(|m| m.hash_key).collect(),
+                members: record.members.into_iter().enumerate().collect(),
+                written,
                 ticket: ticket.unwrap_or(self.refresh.wanted),
-            });
-        } else {
-            self.succeed(landed);
+            }),
         }
     }
 
-    /// Resolves every user record of a Kinesis record as written.
-    pub(super) fn succeed(&mut self, landed: Landed) {
-        for (index, mut member) in landed.members {
-            member.attempt(landed.started, landed.ended, None);
+    /// Resolves user records of a Kinesis record as written; each comes with its index
+    /// in the Kinesis record.
+    pub(super) fn succeed(
+        &mut self,
+        members: impl IntoIterator<Item = (usize, Pending)>,
+        written: &Written,
+    ) {
+        for (index, mut member) in members {
             let result = UserRecordResult {
-                shard_id: landed.shard.clone(),
-                sequence_number: landed.sequence_number.clone(),
-                sub_sequence_number: landed.aggregated.then_some(index as u64),
-                attempts: std::mem::take(&mut member.attempts),
+                shard_id: Arc::clone(&written.shard),
+                sequence_number: Arc::clone(&written.sequence_number),
+                sub_sequence_number: written.aggregated.then_some(index as u64),
+                attempts: member.succeeded(written.started, written.ended),
             };
             self.finish(member, Ok(result));
         }
@@ -210,17 +218,17 @@ impl Engine {
     /// some of its user records' hash keys: a consumer that filters by range would drop
     /// all of them there. Put them all again, routed by the current map (the KPL does
     /// the same).
-    fn wrong_shard(&mut self, landed: Landed) {
+    fn wrong_shard(&mut self, members: impl IntoIterator<Item = Pending>, written: &Written) {
         let now = Instant::now();
-        for (_, mut member) in landed.members {
-            let error = AttemptError {
-                code: WRONG_SHARD.to_string(),
-                message: format!(
-                    "written to shard {}, whose hash key range does not hold every hash key of the Kinesis record; putting it again",
-                    landed.shard
-                ),
-            };
-            member.attempt(landed.started, landed.ended, Some(error));
+        let error = AttemptError {
+            code: WRONG_SHARD.to_string(),
+            message: format!(
+                "written to shard {}, whose hash key range does not hold every hash key of the Kinesis record; putting it again",
+                written.shard
+            ),
+        };
+        for mut member in members {
+            member.attempt(written.started, written.ended, error.clone());
             if member.expires_at <= now {
                 self.expire(member);
             } else {
@@ -240,14 +248,17 @@ impl Engine {
         self.held = waiting;
         for mut held in ready {
             let verdict = match &self.map {
-                Some(map) => judge_held(map, &held.landed.shard, &held.hash_keys),
+                Some(map) => judge_held(map, &held.written.shard, &held.hash_keys),
                 None => Landing::Unknown,
             };
             match verdict {
-                Landing::InRange => self.succeed(held.landed),
-                Landing::OutOfRange => self.wrong_shard(held.landed),
+                Landing::InRange => self.succeed(held.members, &held.written),
+                Landing::OutOfRange => {
+                    let members = held.members.into_iter().map(|(_, m)| m);
+                    self.wrong_shard(members, &held.written);
+                }
                 Landing::Unknown => {
-                    tracing::warn!(shard = %held.landed.shard, "Kinesis wrote to a shard ListShards does not list yet; asking again");
+                    tracing::warn!(shard = %held.written.shard, "Kinesis wrote to a shard ListShards does not list yet; asking again");
                     held.ticket = self.want_refresh();
                     self.held.push(held);
                 }

@@ -1,6 +1,8 @@
 //! Encoding: the [`Aggregator`] and its exact sizes.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use md5::{Digest, Md5};
 
@@ -53,37 +55,85 @@ struct PendingRecord {
     data_len: usize,
 }
 
-/// A repeated string field whose entries are unique, with each entry's index (one
-/// allocation per new key: the table's order is recovered by sorting at encode time).
+/// A repeated string field whose entries are unique, with each entry's index. The keys
+/// are stored back to back in one string, in index order, and found through a hash
+/// table of their indexes: a new key costs no allocation of its own.
 #[derive(Debug, Clone, Default)]
 struct KeyTable {
-    indexes: HashMap<String, u64>,
+    /// Every key, in index order.
+    keys: String,
+    /// Where each key ends in `keys`, by index.
+    ends: Vec<usize>,
+    /// The indexes, by their key's hash.
+    indexes: HashTable<usize>,
+    hasher: DefaultHashBuilder,
+}
+
+/// Where a key is, or would go, in a [`KeyTable`].
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: u64,
+    index: u64,
+    present: bool,
 }
 
 impl KeyTable {
+    /// Key `index` of `keys`, whose key ends are `ends`.
+    fn key<'a>(keys: &'a str, ends: &[usize], index: usize) -> &'a str {
+        let start = index.checked_sub(1).map_or(0, |previous| ends[previous]);
+        &keys[start..ends[index]]
+    }
+
     /// The index `key` has or would get, and whether it is already in the table.
-    fn index_of(&self, key: &str) -> (u64, bool) {
-        match self.indexes.get(key) {
-            Some(&index) => (index, true),
-            None => (self.indexes.len() as u64, false),
+    fn slot(&self, key: &str) -> Slot {
+        let hash = self.hasher.hash_one(key);
+        let found = self.indexes.find(hash, |&index| {
+            Self::key(&self.keys, &self.ends, index) == key
+        });
+        match found {
+            Some(&index) => Slot {
+                hash,
+                index: index as u64,
+                present: true,
+            },
+            None => Slot {
+                hash,
+                index: self.ends.len() as u64,
+                present: false,
+            },
         }
     }
 
-    fn insert(&mut self, key: &str) -> u64 {
-        let (index, present) = self.index_of(key);
-        if !present {
-            self.indexes.insert(key.to_owned(), index);
+    /// Inserts `key`, whose [`KeyTable::slot`] is `slot`, if new; returns its index.
+    fn insert(&mut self, key: &str, slot: Slot) -> u64 {
+        if !slot.present {
+            let KeyTable {
+                keys,
+                ends,
+                indexes,
+                hasher,
+            } = self;
+            keys.push_str(key);
+            ends.push(keys.len());
+            indexes.insert_unique(slot.hash, ends.len() - 1, |&index| {
+                hasher.hash_one(Self::key(keys, ends, index))
+            });
         }
-        index
+        slot.index
     }
 
     /// The keys in index order.
-    fn in_order(&self) -> Vec<&str> {
-        let mut keys: Vec<(&str, u64)> =
-            self.indexes.iter().map(|(k, &i)| (k.as_str(), i)).collect();
-        keys.sort_unstable_by_key(|&(_, i)| i);
-        keys.into_iter().map(|(k, _)| k).collect()
+    fn in_order(&self) -> impl Iterator<Item = &str> {
+        (0..self.ends.len()).map(|index| Self::key(&self.keys, &self.ends, index))
     }
+}
+
+/// Where a user record's keys go in the tables, and how much it adds to the message.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    partition_key: Slot,
+    explicit_hash_key: Option<Slot>,
+    added_message_len: usize,
 }
 
 impl Aggregator {
@@ -119,7 +169,10 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data_len: usize,
     ) -> usize {
-        self.encoded_len() + self.added_message_len(partition_key, explicit_hash_key, data_len)
+        self.encoded_len()
+            + self
+                .place(partition_key, explicit_hash_key, data_len)
+                .added_message_len
     }
 
     /// Adds a user record; its sub-sequence number will be the current [`Aggregator::len`].
@@ -130,7 +183,14 @@ impl Aggregator {
         data: impl Into<Vec<u8>>,
     ) {
         let data = data.into();
-        self.push(partition_key, explicit_hash_key, data.len(), data);
+        let placement = self.place(partition_key, explicit_hash_key, data.len());
+        self.push(
+            partition_key,
+            explicit_hash_key,
+            data.len(),
+            data,
+            placement,
+        );
     }
 
     /// Adds a user record of `data_len` bytes without taking its data: for a producer
@@ -143,7 +203,49 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data_len: usize,
     ) {
-        self.push(partition_key, explicit_hash_key, data_len, Vec::new());
+        let placement = self.place(partition_key, explicit_hash_key, data_len);
+        self.push(
+            partition_key,
+            explicit_hash_key,
+            data_len,
+            Vec::new(),
+            placement,
+        );
+    }
+
+    /// [`Aggregator::add_len`] if the [`Aggregator::encoded_len`] stays within
+    /// `max_encoded_len` with the record; returns whether it was added. One lookup of
+    /// the keys where [`Aggregator::size_if_added`] then [`Aggregator::add_len`] take two.
+    ///
+    /// ```
+    /// use kinesis_core::kpl::Aggregator;
+    ///
+    /// let mut aggregator = Aggregator::new();
+    /// assert!(aggregator.add_len_within("key", None, 100, 1024));
+    /// assert!(!aggregator.add_len_within("key", None, 1000, 1024), "too large now");
+    /// assert_eq!(aggregator.len(), 1);
+    /// let record = aggregator.encode_with([[7u8; 100].as_slice()]);
+    /// assert_eq!(record.len(), aggregator.encoded_len());
+    /// ```
+    pub fn add_len_within(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+        max_encoded_len: usize,
+    ) -> bool {
+        let placement = self.place(partition_key, explicit_hash_key, data_len);
+        if self.encoded_len() + placement.added_message_len > max_encoded_len {
+            return false;
+        }
+        self.push(
+            partition_key,
+            explicit_hash_key,
+            data_len,
+            Vec::new(),
+            placement,
+        );
+        true
     }
 
     fn push(
@@ -152,40 +254,54 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data_len: usize,
         data: Vec<u8>,
+        placement: Placement,
     ) {
-        self.message_len += self.added_message_len(partition_key, explicit_hash_key, data_len);
+        self.message_len += placement.added_message_len;
+        let partition_key_index = self
+            .partition_key_table
+            .insert(partition_key, placement.partition_key);
+        let explicit_hash_key_index = explicit_hash_key
+            .zip(placement.explicit_hash_key)
+            .map(|(key, slot)| self.explicit_hash_key_table.insert(key, slot));
         self.records.push(PendingRecord {
-            partition_key_index: self.partition_key_table.insert(partition_key),
-            explicit_hash_key_index: explicit_hash_key
-                .map(|key| self.explicit_hash_key_table.insert(key)),
+            partition_key_index,
+            explicit_hash_key_index,
             data,
             data_len,
         });
     }
 
-    /// How much the protobuf grows if this user record is added.
-    fn added_message_len(
+    /// Where a user record's keys go, and how much the protobuf grows if it is added.
+    fn place(
         &self,
         partition_key: &str,
         explicit_hash_key: Option<&str>,
         data_len: usize,
-    ) -> usize {
+    ) -> Placement {
         // A key new to its table costs a table entry; either way the record pays for
         // its index, whose varint length depends on the index's value.
         let mut added = 0;
-        let (partition_key_index, present) = self.partition_key_table.index_of(partition_key);
-        if !present {
+        let partition_key_slot = self.partition_key_table.slot(partition_key);
+        if !partition_key_slot.present {
             added += len_delimited_field_len(partition_key.len());
         }
-        let explicit_hash_key_index = explicit_hash_key.map(|key| {
-            let (index, present) = self.explicit_hash_key_table.index_of(key);
-            if !present {
+        let explicit_hash_key_slot = explicit_hash_key.map(|key| {
+            let slot = self.explicit_hash_key_table.slot(key);
+            if !slot.present {
                 added += len_delimited_field_len(key.len());
             }
-            index
+            slot
         });
-        let record_len = record_len(partition_key_index, explicit_hash_key_index, data_len);
-        added + len_delimited_field_len(record_len)
+        let record_len = record_len(
+            partition_key_slot.index,
+            explicit_hash_key_slot.map(|slot| slot.index),
+            data_len,
+        );
+        Placement {
+            partition_key: partition_key_slot,
+            explicit_hash_key: explicit_hash_key_slot,
+            added_message_len: added + len_delimited_field_len(record_len),
+        }
     }
 
     /// The aggregated record: magic, `AggregatedRecord` protobuf, MD5 digest.

@@ -521,3 +521,42 @@ fn sizing_without_the_data_encodes_the_same_bytes() {
     assert_eq!(bytes, owned.encode());
     assert_eq!(bytes.len(), sized.encoded_len());
 }
+
+#[test]
+fn adding_within_a_limit_sizes_as_size_if_added_and_keeps_key_order() {
+    // Enough keys to grow the key tables several times, each repeated.
+    let records: Vec<UserRecord> = (0..3000)
+        .map(|i| {
+            let key = format!("key-{}", (i * 7) % 1100);
+            let ehk = (i % 3 == 0).then(|| format!("{}", i % 50));
+            user(&key, ehk.as_deref(), &vec![i as u8; i % 40])
+        })
+        .collect();
+    let limit = 40_000;
+    let mut within = Aggregator::new();
+    let mut added = 0;
+    for r in &records {
+        let expected = within.size_if_added(
+            &r.partition_key,
+            r.explicit_hash_key.as_deref(),
+            r.data.len(),
+        );
+        let before = within.encoded_len();
+        let took = within.add_len_within(
+            &r.partition_key,
+            r.explicit_hash_key.as_deref(),
+            r.data.len(),
+            limit,
+        );
+        assert_eq!(took, expected <= limit);
+        assert_eq!(within.encoded_len(), if took { expected } else { before });
+        if !took {
+            break;
+        }
+        added += 1;
+    }
+    assert!(added > 500 && added < records.len(), "{added}");
+    let bytes = within.encode_with(records[..added].iter().map(|r| r.data.as_slice()));
+    assert_eq!(bytes, aggregate(&records[..added]).encode());
+    assert_eq!(deaggregate(&bytes).unwrap(), records[..added]);
+}
