@@ -1,7 +1,10 @@
 //! Consumer figures on the embedded Kinesis + DynamoDB:
 //! - records/s consumed by a kcl-rs worker (checkpointing every batch) from a
 //!   pre-filled stream, versus a bare aws-sdk GetRecords loop over the same data, in
-//!   the same run (goal: kcl-rs ≥ 0.9× the bare loop);
+//!   the same run (goal: kcl-rs ≥ 0.9× the bare loop). Both are timed over the same
+//!   span, first records received → last record received, and each round runs the
+//!   bare loop just before and just after the worker and compares the worker with
+//!   their mean, so load that drifts during a round weighs on both sides alike;
 //! - the same worker with enhanced fan-out (SubscribeToShard) over the same data;
 //! - put → `process_records` latency at a steady 1,000 records/s on 4 shards, polling
 //!   versus fan-out (goal for fan-out: p50 ≤ 50 ms, p99 ≤ 200 ms);
@@ -147,14 +150,44 @@ async fn fill(clients: &Clients, name: &str, records: usize) {
     }
 }
 
-/// GetRecords with 10,000 per call on every shard in parallel until `records` are read.
+/// When the first records of a run arrived and when its last one did: the span both
+/// the bare loop and the worker are timed over.
+#[derive(Default)]
+struct Span {
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Span {
+    /// Notes `n` records received now, `total` of the run's `records` so far.
+    fn received(&self, n: usize, total: usize, records: usize) {
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        self.first.lock().unwrap().get_or_insert(now);
+        if total >= records {
+            self.last.lock().unwrap().get_or_insert(now);
+        }
+    }
+
+    /// From the first records received to the last.
+    fn elapsed(&self) -> Duration {
+        let first = self.first.lock().unwrap().unwrap();
+        self.last.lock().unwrap().unwrap() - first
+    }
+}
+
+/// GetRecords with 10,000 per call on every shard in parallel until `records` are read;
+/// returns the time from the first records received to the last.
 async fn bare_loop(clients: &Clients, name: &str, records: usize) -> Duration {
     let shards = stream::list_shards(&clients.kinesis, name).await.unwrap();
     let read = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let span = Arc::new(Span::default());
     let mut tasks = Vec::new();
     for shard in shards {
         let (clients, name, read) = (clients.clone(), name.to_string(), Arc::clone(&read));
+        let span = Arc::clone(&span);
         tasks.push(tokio::spawn(async move {
             let mut iterator = clients
                 .kinesis
@@ -177,7 +210,7 @@ async fn bare_loop(clients: &Clients, name: &str, records: usize) -> Duration {
                     .await
                     .unwrap();
                 let n = page.records().len();
-                read.fetch_add(n, Ordering::Relaxed);
+                span.received(n, read.fetch_add(n, Ordering::Relaxed) + n, records);
                 if n == 0 && page.millis_behind_latest() == Some(0) {
                     return;
                 }
@@ -189,12 +222,13 @@ async fn bare_loop(clients: &Clients, name: &str, records: usize) -> Duration {
         task.await.unwrap();
     }
     assert_eq!(read.load(Ordering::Relaxed), records);
-    started.elapsed()
+    span.elapsed()
 }
 
 struct Count {
     seen: Arc<AtomicUsize>,
-    first: Arc<Mutex<Option<Instant>>>,
+    records: usize,
+    span: Arc<Span>,
 }
 
 impl RecordProcessor for Count {
@@ -203,13 +237,14 @@ impl RecordProcessor for Count {
         input: ProcessRecordsInput,
         checkpointer: &mut Checkpointer,
     ) {
-        self.first.lock().unwrap().get_or_insert_with(Instant::now);
-        self.seen.fetch_add(input.records.len(), Ordering::Relaxed);
+        let n = input.records.len();
+        let total = self.seen.fetch_add(n, Ordering::Relaxed) + n;
+        self.span.received(n, total, self.records);
         checkpointer.checkpoint().await.unwrap();
     }
 }
 
-/// Returns (from worker start, from first delivery) until every record was processed.
+/// Returns (from worker start, from first delivery) until every record was delivered.
 async fn kcl_worker(
     clients: &Clients,
     name: &str,
@@ -218,16 +253,17 @@ async fn kcl_worker(
     mode: RetrievalMode,
 ) -> (Duration, Duration) {
     let seen = Arc::new(AtomicUsize::new(0));
-    let first = Arc::new(Mutex::new(None));
+    let span = Arc::new(Span::default());
     let config = WorkerConfig::builder(name, app)
         .initial_position(InitialPosition::TrimHorizon)
         .retrieval_mode(mode)
         .build()
         .unwrap();
-    let (s, f) = (Arc::clone(&seen), Arc::clone(&first));
+    let (s, f) = (Arc::clone(&seen), Arc::clone(&span));
     let worker = Worker::new(config, clients, move |_: &str| Count {
         seen: Arc::clone(&s),
-        first: Arc::clone(&f),
+        records,
+        span: Arc::clone(&f),
     });
     let cancel = CancellationToken::new();
     let started = Instant::now();
@@ -235,12 +271,11 @@ async fn kcl_worker(
     while seen.load(Ordering::Relaxed) < records {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let done = Instant::now();
     cancel.cancel();
     run.await.unwrap().unwrap();
     assert_eq!(seen.load(Ordering::Relaxed), records);
-    let first = first.lock().unwrap().unwrap();
-    (done - started, done - first)
+    let done = span.last.lock().unwrap().unwrap();
+    (done - started, span.elapsed())
 }
 
 struct Lineage {
@@ -482,10 +517,13 @@ async fn main() {
     let (mut with_metrics, mut metrics_ratio) = (vec![], vec![]);
     let recorder = switchable();
     for round in 0..rounds {
-        let b = records as f64 / bare_loop(&clients, name, records).await.as_secs_f64();
+        let rate = |d: Duration| records as f64 / d.as_secs_f64();
+        let before = rate(bare_loop(&clients, name, records).await);
         let app = format!("bench-app-{round}");
         let (total, steady) =
             kcl_worker(&clients, name, &app, records, RetrievalMode::Polling).await;
+        let after = rate(bare_loop(&clients, name, records).await);
+        let b = (before + after) / 2.0;
         let (t, s) = (
             records as f64 / total.as_secs_f64(),
             records as f64 / steady.as_secs_f64(),
@@ -508,9 +546,9 @@ async fn main() {
             kcl_worker(&clients, name, &fan_app, records, RetrievalMode::fan_out()).await;
         let f = records as f64 / fan_steady.as_secs_f64();
         println!(
-            "round {round}: bare {b:.0} rec/s, kcl-rs {s:.0} rec/s from first delivery ({t:.0} rec/s incl. start-up), with a Prometheus recorder {m:.0} rec/s, fan-out {f:.0} rec/s"
+            "round {round}: bare {b:.0} rec/s (before {before:.0}, after {after:.0}), kcl-rs {s:.0} rec/s from first delivery ({t:.0} rec/s incl. start-up), with a Prometheus recorder {m:.0} rec/s, fan-out {f:.0} rec/s"
         );
-        bare.push(b);
+        bare.extend([before, after]);
         kcl_total.push(t);
         kcl_steady.push(s);
         ratio.push(s / b);
