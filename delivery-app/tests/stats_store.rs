@@ -548,3 +548,93 @@ async fn a_table_with_another_key_schema_is_refused() {
         "{err}"
     );
 }
+
+/// Answers BatchGetItem with every key unprocessed (as DynamoDB does for a throttled
+/// partition) while `remaining` lasts, and counts the calls.
+struct Unprocessed {
+    remaining: std::sync::atomic::AtomicU64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl kcl_local::faults::ProxyLayer for Unprocessed {
+    fn call<'a>(
+        &'a self,
+        request: kcl_local::faults::ProxyRequest,
+        forward: kcl_local::faults::Forward<'a>,
+    ) -> kcl_local::faults::LayerFuture<'a> {
+        use std::sync::atomic::Ordering;
+        Box::pin(async move {
+            if request.action() != "BatchGetItem" {
+                return forward.send(request).await;
+            }
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let unprocessed = self
+                .remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            let asked = request.json().and_then(|b| b.get("RequestItems").cloned());
+            let mut answer = forward.send(request).await;
+            if let (true, Some(asked), Some(response)) = (unprocessed, asked, answer.success_mut())
+            {
+                response
+                    .set_json(&serde_json::json!({ "Responses": {}, "UnprocessedKeys": asked }));
+            }
+            answer
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprocessed_keys_are_asked_again_a_bounded_number_of_times() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let aws = LocalAws::start(kcl_local::LocalAwsOptions::default())
+        .await
+        .unwrap();
+    let layer = Arc::new(Unprocessed {
+        remaining: 3.into(),
+        calls: 0.into(),
+    });
+    let proxy = kcl_local::faults::FaultProxy::start_layered(
+        &aws.endpoints().dynamodb.unwrap(),
+        kcl_local::faults::FaultPlan::default(),
+        vec![layer.clone()],
+    )
+    .await
+    .unwrap();
+    let endpoints = kcl::aws::Endpoints::local(aws.endpoints().kinesis.unwrap(), proxy.url());
+    let store = StatsStore::new(
+        kcl::aws::Clients::connect(&endpoints).await.dynamodb,
+        "Unprocessed",
+    );
+    store.ensure_tables().await.unwrap();
+    lease_to_writer(&aws, "Unprocessed", &["shard-a"]).await;
+    let records = vec![created(10, "o1", 1_250)];
+    let chunk = plan_chunk("shard-a", &records, &absent(&records));
+    store
+        .apply("shard-a", None, &chunk.delta.regions, &chunk, &writer())
+        .await
+        .unwrap();
+
+    // Three answers leave the keys unprocessed; the fourth call reads them.
+    let ids = ["o1".to_string(), "o9".to_string()];
+    let states = store.order_states(&ids).await.unwrap();
+    assert_eq!(layer.calls.load(Ordering::Relaxed), 4);
+    assert_eq!(states["o1"].as_ref().map(|s| s.price_cents), Some(1_250));
+    assert_eq!(states["o9"], None);
+
+    // Keys that stay unprocessed end in a transient error after a bounded number of
+    // calls, for the processor's own retry to log and back off from.
+    layer.remaining.store(u64::MAX, Ordering::Relaxed);
+    layer.calls.store(0, Ordering::Relaxed);
+    let err = tokio::time::timeout(std::time::Duration::from_secs(60), store.order_states(&ids))
+        .await
+        .expect("the reads give up")
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("unprocessed"), "{err}");
+    assert_eq!(layer.calls.load(Ordering::Relaxed), 8);
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}

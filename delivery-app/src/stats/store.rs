@@ -24,6 +24,11 @@ mod error;
 
 pub use error::{Cancellation, StoreError, TRANSIENT_CODES, cancellation, classify, denied_action};
 
+/// Calls of one BatchGetItem batch while DynamoDB leaves keys unprocessed (it does
+/// when a partition is throttled), pausing 20 ms, 40 ms, … up to 1 s between them:
+/// about 4 s in all.
+const UNPROCESSED_ROUNDS: u32 = 8;
+
 /// How long [`StatsStore::ensure_tables`] waits for a table to become ACTIVE.
 const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -193,7 +198,9 @@ impl StatsStore {
 
     /// The items of `table` whose string key `key` is one of `ids` (the `projection`
     /// of each), read consistently in BatchGetItem calls of at most 100 keys; keys
-    /// DynamoDB leaves unprocessed are asked for again after a pause.
+    /// DynamoDB leaves unprocessed are asked for again after a pause, in at most
+    /// [`UNPROCESSED_ROUNDS`] calls per 100 keys, then a transient error (which the
+    /// processor logs and retries with its own backoff).
     async fn batch_get(
         &self,
         table: &str,
@@ -216,7 +223,16 @@ impl StatsStore {
                     .map_err(|e| StoreError::Fatal(e.to_string()))?,
             );
             let mut pause = Duration::from_millis(20);
+            let mut rounds = 0;
             while let Some(keys) = request.take() {
+                rounds += 1;
+                if rounds > UNPROCESSED_ROUNDS {
+                    return Err(StoreError::Transient(format!(
+                        "BatchGetItem on {table} still left {} keys unprocessed after \
+                         {UNPROCESSED_ROUNDS} calls",
+                        keys.keys().len()
+                    )));
+                }
                 let out = self
                     .client
                     .batch_get_item()
