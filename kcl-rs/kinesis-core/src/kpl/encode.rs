@@ -203,14 +203,7 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data_len: usize,
     ) {
-        let placement = self.place(partition_key, explicit_hash_key, data_len);
-        self.push(
-            partition_key,
-            explicit_hash_key,
-            data_len,
-            Vec::new(),
-            placement,
-        );
+        self.add_len_within(partition_key, explicit_hash_key, data_len, usize::MAX);
     }
 
     /// [`Aggregator::add_len`] if the [`Aggregator::encoded_len`] stays within
