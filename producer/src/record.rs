@@ -8,13 +8,14 @@ use crate::config::{MAX_PARTITION_KEY_CHARS, MAX_RECORD_SIZE, ProducerConfig};
 use crate::error::PutError;
 use crate::result::{Attempt, AttemptError, Attempts, UserRecordResult};
 
-/// Checks a user record and returns its hash key: the explicit hash key if given,
-/// otherwise MD5 of the partition key as a big-endian 128-bit integer.
+/// Checks a user record and returns its explicit hash key, parsed. Without one the
+/// record is routed by its partition key's MD5, which the producer task computes for
+/// many records at once ([`Pending::hash_pending`]).
 pub(crate) fn validate(
     partition_key: &str,
     explicit_hash_key: Option<&str>,
     data_len: usize,
-) -> Result<u128, PutError> {
+) -> Result<Option<u128>, PutError> {
     if partition_key.is_empty() {
         return Err(PutError::EmptyPartitionKey);
     }
@@ -29,11 +30,31 @@ pub(crate) fn validate(
     if bytes > MAX_RECORD_SIZE {
         return Err(PutError::RecordTooLarge { bytes });
     }
-    kinesis_core::hash::effective_hash_key(partition_key, explicit_hash_key).ok_or_else(|| {
-        PutError::InvalidExplicitHashKey {
-            value: explicit_hash_key.unwrap_or_default().to_string(),
-        }
-    })
+    let Some(key) = explicit_hash_key else {
+        return Ok(None);
+    };
+    match kinesis_core::hash::parse_explicit_hash_key(key) {
+        Some(hash_key) => Ok(Some(hash_key)),
+        None => Err(PutError::InvalidExplicitHashKey {
+            value: key.to_string(),
+        }),
+    }
+}
+
+/// Computes the hash keys of the records routed by their partition keys, all at once.
+pub(crate) fn hash_partition_keys<'a>(records: impl IntoIterator<Item = &'a mut Pending>) {
+    let mut records: Vec<&mut Pending> = records.into_iter().filter(|r| r.hash_pending).collect();
+    if records.is_empty() {
+        return;
+    }
+    let hashes = {
+        let keys: Vec<&str> = records.iter().map(|r| r.partition_key.as_str()).collect();
+        kinesis_core::hash::partition_key_hashes(&keys)
+    };
+    for (record, hash_key) in records.iter_mut().zip(hashes) {
+        record.hash_key = hash_key;
+        record.hash_pending = false;
+    }
 }
 
 /// The producer's bounded buffer: permits for user records and for their bytes (data
@@ -76,7 +97,11 @@ pub(crate) struct Pending {
     pub partition_key: String,
     /// As the user gave it; written as is into an aggregate's key table.
     pub explicit_hash_key: Option<String>,
+    /// Valid once `hash_pending` is false.
     pub hash_key: u128,
+    /// Routed by its partition key, whose hash the producer task has yet to compute
+    /// (with the other records of its pass, [`hash_partition_keys`]).
+    pub hash_pending: bool,
     pub data: Vec<u8>,
     /// When it must leave the buffers (arrival + max buffered time, or a retry's time).
     pub deadline: Instant,
@@ -93,7 +118,8 @@ pub(crate) struct Pending {
 pub(crate) struct NewRecord {
     pub partition_key: String,
     pub explicit_hash_key: Option<String>,
-    pub hash_key: u128,
+    /// The explicit hash key, parsed; `None`: the partition key's hash, computed later.
+    pub hash_key: Option<u128>,
     pub data: Vec<u8>,
 }
 
@@ -108,7 +134,8 @@ impl Pending {
             id: 0,
             partition_key: record.partition_key,
             explicit_hash_key: record.explicit_hash_key,
-            hash_key: record.hash_key,
+            hash_key: record.hash_key.unwrap_or_default(),
+            hash_pending: record.hash_key.is_none(),
             data: record.data,
             deadline: now + config.record_max_buffered_time,
             expires_at: now + config.record_ttl,
@@ -174,6 +201,7 @@ pub(crate) mod tests {
         };
         let mut p = Pending::new(record, &config, Instant::now(), oneshot::channel().0);
         p.id = id;
+        hash_partition_keys([&mut p]);
         p
     }
 
@@ -214,10 +242,28 @@ pub(crate) mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(validate("k", Some("42"), 1), Ok(42));
-        assert_eq!(
-            validate("a", None, 1),
-            Ok(kinesis_core::kpl::partition_key_hash("a"))
-        );
+        assert_eq!(validate("k", Some("42"), 1), Ok(Some(42)));
+        assert_eq!(validate("a", None, 1), Ok(None));
+    }
+
+    #[test]
+    fn partition_keys_are_hashed_together_and_explicit_keys_kept() {
+        let mut records: Vec<Pending> = (0..40)
+            .map(|i| pending(i, &format!("key-{i}"), None, b"d"))
+            .collect();
+        records.push(pending(40, "k", Some("7"), b"d"));
+        for record in &mut records[..40] {
+            record.hash_pending = true;
+            record.hash_key = 0;
+        }
+        hash_partition_keys(&mut records);
+        for record in &records[..40] {
+            assert!(!record.hash_pending);
+            assert_eq!(
+                record.hash_key,
+                kinesis_core::kpl::partition_key_hash(&record.partition_key)
+            );
+        }
+        assert_eq!(records[40].hash_key, 7);
     }
 }

@@ -18,6 +18,24 @@ pub fn partition_key_hash(partition_key: &str) -> u128 {
     u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
 }
 
+/// [`partition_key_hash`] of each key, computed together: several times faster than
+/// one by one ([`crate::digest::md5_each`]).
+///
+/// ```
+/// use kinesis_core::hash::{partition_key_hash, partition_key_hashes};
+///
+/// let keys = ["order-1", "order-2", "order-3"];
+/// let hashes = partition_key_hashes(&keys);
+/// assert_eq!(hashes, keys.map(partition_key_hash));
+/// ```
+pub fn partition_key_hashes(partition_keys: &[&str]) -> Vec<u128> {
+    let bytes: Vec<&[u8]> = partition_keys.iter().map(|k| k.as_bytes()).collect();
+    crate::digest::md5_each(&bytes)
+        .into_iter()
+        .map(u128::from_be_bytes)
+        .collect()
+}
+
 /// Parses an explicit hash key: a decimal integer in `0..=2^128-1`, ASCII digits only
 /// (no sign, no whitespace).
 ///

@@ -24,6 +24,7 @@
 //! assert!(partition_key_hash("") >= 1 << 127);
 //! ```
 
+pub mod digest;
 pub mod hash;
 pub mod kpl;
 pub mod metrics;

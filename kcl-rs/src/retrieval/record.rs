@@ -3,10 +3,11 @@
 
 use std::time::SystemTime;
 
+use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::Record;
 
 use crate::checkpoint::ExtendedSequenceNumber;
-use crate::hash::effective_hash_key;
+use crate::hash::{parse_explicit_hash_key, partition_key_hashes};
 use crate::kpl;
 
 /// One user record: a plain Kinesis record, or one user record of a KPL aggregate.
@@ -89,13 +90,26 @@ pub fn deaggregate_records(
     hash_key_range: Option<(u128, u128)>,
 ) -> Deaggregated {
     let mut out = Deaggregated::default();
-    for record in records {
+    let records: Vec<(Record, Vec<u8>)> = records
+        .into_iter()
+        .map(|mut record| {
+            let data = std::mem::replace(&mut record.data, Blob::new(Vec::new())).into_inner();
+            (record, data)
+        })
+        .collect();
+    // The aggregates' checksums, all computed at once.
+    let aggregates: Vec<&[u8]> = records
+        .iter()
+        .map(|(_, data)| data.as_slice())
+        .filter(|data| kpl::is_aggregated(data))
+        .collect();
+    let mut decoded = kpl::deaggregate_each(&aggregates).into_iter();
+    for (record, data) in records {
         let arrival = record
             .approximate_arrival_timestamp
             .and_then(|t| SystemTime::try_from(t).ok());
-        let data = record.data.into_inner();
         if kpl::is_aggregated(&data) {
-            match kpl::deaggregate(&data) {
+            match decoded.next().expect("a result per aggregate") {
                 Ok(users) if !owns_all(hash_key_range, &users) => {
                     tracing::warn!(
                         sequence_number = %record.sequence_number,
@@ -153,10 +167,19 @@ fn owns_all(range: Option<(u128, u128)>, users: &[kpl::UserRecord]) -> bool {
     let Some((start, end)) = range else {
         return true;
     };
-    users.iter().all(|user| {
-        effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref())
-            .is_none_or(|hash| (start..=end).contains(&hash))
-    })
+    let owned = |hash: u128| (start..=end).contains(&hash);
+    let explicit_owned = users.iter().all(|user| {
+        user.explicit_hash_key
+            .as_deref()
+            .is_none_or(|key| parse_explicit_hash_key(key).is_none_or(owned))
+    });
+    // The partition keys' hashes, all computed at once.
+    let keys: Vec<&str> = users
+        .iter()
+        .filter(|user| user.explicit_hash_key.is_none())
+        .map(|user| user.partition_key.as_str())
+        .collect();
+    explicit_owned && partition_key_hashes(&keys).into_iter().all(owned)
 }
 
 /// The resume rule: drops every record at or before `checkpoint` and clears it once a

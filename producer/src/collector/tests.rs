@@ -238,10 +238,11 @@ fn expired_members_are_dropped_and_the_rest_re_encoded() {
     let mut queues = Queues::default();
     queues.entry(key("a"), None, 100, now).push_ready(record);
     let mut expired = Vec::new();
-    let batch = queues
+    let mut batch = queues
         .next_batch(now, LIMITS, 0, false, &mut expired)
         .unwrap();
     assert_eq!(expired.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
+    crate::aggregation::fill_digests(&mut batch.records);
     let sent = &batch.records[0];
     let users = kinesis_core::kpl::deaggregate(&sent.data).unwrap();
     assert_eq!(users.len(), 2);

@@ -23,11 +23,11 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregation::{AggregationLimits, KinesisRecord};
+use crate::aggregation::{AggregationLimits, KinesisRecord, take_entries};
 use crate::collector::{CollectionLimits, Queues, ShardKey};
 use crate::config::ProducerConfig;
 use crate::metrics::ProducerMetrics;
-use crate::record::{Pending, Room};
+use crate::record::{Pending, Room, hash_partition_keys};
 use crate::result::{AttemptError, UNCONFIRMED_SHARD};
 use crate::retry::classify_request_error;
 use crate::shard_map::ShardMap;
@@ -225,6 +225,10 @@ impl Engine {
                         self.closing = true;
                     }
                     let now = Instant::now();
+                    hash_partition_keys(commands.iter_mut().filter_map(|c| match c {
+                        Command::Put(record) => Some(record),
+                        Command::Flush(_) => None,
+                    }));
                     for command in commands.drain(..) {
                         self.on_command(command, now);
                     }
@@ -444,11 +448,7 @@ impl Engine {
                         .record(now.saturating_duration_since(oldest).as_secs_f64());
                 }
             }
-            let entries: Vec<_> = batch
-                .records
-                .iter_mut()
-                .map(KinesisRecord::take_entry)
-                .collect();
+            let entries = take_entries(&mut batch.records);
             let request = self
                 .client
                 .put_records()

@@ -114,17 +114,56 @@ fn malformed(what: &'static str) -> DeaggregationError {
 /// assert_eq!(deaggregate(&bytes), Err(DeaggregationError::BadChecksum));
 /// ```
 pub fn deaggregate(data: &[u8]) -> Result<Vec<UserRecord>, DeaggregationError> {
+    let (message, digest) = framed(data)?;
+    if Md5::digest(message).as_slice() != digest {
+        return Err(DeaggregationError::BadChecksum);
+    }
+    AggregatedRecord::decode(message)?.into_user_records(message.len())
+}
+
+/// [`deaggregate`] of each record, with the checksums of all of them computed together
+/// ([`crate::digest::md5_each`]): several times faster than one by one.
+///
+/// ```
+/// use kinesis_core::kpl::{Aggregator, DeaggregationError, deaggregate_each};
+///
+/// let mut aggregator = Aggregator::new();
+/// aggregator.add("key", None, b"payload".to_vec());
+/// let bytes = aggregator.encode();
+/// let results = deaggregate_each(&[&bytes, b"plain", &bytes]);
+/// assert_eq!(results[0].as_ref().unwrap()[0].data, b"payload");
+/// assert_eq!(results[1], Err(DeaggregationError::NotAggregated));
+/// assert_eq!(results[2], results[0]);
+/// ```
+pub fn deaggregate_each(records: &[&[u8]]) -> Vec<Result<Vec<UserRecord>, DeaggregationError>> {
+    let framed: Vec<_> = records.iter().map(|data| framed(data)).collect();
+    let messages: Vec<&[u8]> = framed
+        .iter()
+        .filter_map(|f| f.as_ref().ok().map(|(message, _)| *message))
+        .collect();
+    let mut digests = crate::digest::md5_each(&messages).into_iter();
+    framed
+        .into_iter()
+        .map(|f| {
+            let (message, digest) = f?;
+            let computed = digests.next().expect("a digest per framed record");
+            if computed[..] != *digest {
+                return Err(DeaggregationError::BadChecksum);
+            }
+            AggregatedRecord::decode(message)?.into_user_records(message.len())
+        })
+        .collect()
+}
+
+/// An aggregated record's message and digest, or why it is not one.
+fn framed(data: &[u8]) -> Result<(&[u8], &[u8]), DeaggregationError> {
     if !data.starts_with(&MAGIC) {
         return Err(DeaggregationError::NotAggregated);
     }
     if !is_aggregated(data) {
         return Err(DeaggregationError::TooShort { len: data.len() });
     }
-    let (message, digest) = data[MAGIC.len()..].split_at(data.len() - MAGIC.len() - DIGEST_LEN);
-    if Md5::digest(message).as_slice() != digest {
-        return Err(DeaggregationError::BadChecksum);
-    }
-    AggregatedRecord::decode(message)?.into_user_records(message.len())
+    Ok(data[MAGIC.len()..].split_at(data.len() - MAGIC.len() - DIGEST_LEN))
 }
 
 /// The `AggregatedRecord` message, borrowing from the input.

@@ -49,8 +49,8 @@ mod decode;
 mod encode;
 mod wire;
 
-pub use decode::{DeaggregationError, UserRecord, deaggregate, is_aggregated};
-pub use encode::Aggregator;
+pub use decode::{DeaggregationError, UserRecord, deaggregate, deaggregate_each, is_aggregated};
+pub use encode::{Aggregator, fill_digests};
 pub use wire::MAGIC;
 
 pub use crate::hash::{parse_explicit_hash_key, partition_key_hash};

@@ -560,3 +560,34 @@ fn adding_within_a_limit_sizes_as_size_if_added_and_keeps_key_order() {
     assert_eq!(bytes, aggregate(&records[..added]).encode());
     assert_eq!(deaggregate(&bytes).unwrap(), records[..added]);
 }
+
+#[test]
+fn digests_filled_together_equal_each_record_encoded_alone() {
+    let records: Vec<Vec<Vec<u8>>> = (0..19usize)
+        .map(|n| {
+            (0..n * 7)
+                .map(|i| vec![(n + i) as u8; (i * 13) % 400])
+                .collect()
+        })
+        .collect();
+    let aggregators: Vec<Aggregator> = records
+        .iter()
+        .map(|data| {
+            let mut aggregator = Aggregator::new();
+            for (i, d) in data.iter().enumerate() {
+                aggregator.add(&format!("key-{}", i % 5), None, d.clone());
+            }
+            aggregator
+        })
+        .collect();
+    let mut undigested: Vec<Vec<u8>> = aggregators
+        .iter()
+        .zip(&records)
+        .map(|(a, data)| a.encode_undigested_with(data.iter().map(Vec::as_slice)))
+        .collect();
+    let mut slices: Vec<&mut [u8]> = undigested.iter_mut().map(Vec::as_mut_slice).collect();
+    fill_digests(&mut slices);
+    for (aggregator, filled) in aggregators.iter().zip(&undigested) {
+        assert_eq!(*filled, aggregator.encode());
+    }
+}
