@@ -382,13 +382,14 @@ fn rate(events: u64, d: Duration) -> f64 {
 /// run's events are put through the same sink into a 4-shard stream and read back
 /// (the same records in the same order per shard as the workers get them); then one
 /// loop per shard plans and commits them straight to the embedded DynamoDB: the same
-/// `TransactWriteItems` the worker commits (statistics item, one write per order, dead
-/// letters, the lease check; the same conditions and sizes), with the order states kept
-/// in memory as the worker's cache keeps them. No Kinesis, no kcl-rs, no checkpoints
+/// `TransactWriteItems` the worker commits (statistics item, an order's write when it
+/// completes, dead letters, the lease check; the same conditions and sizes), with the
+/// order states kept in memory as the worker holds them. No Kinesis, no kcl-rs, no checkpoints
 /// while it is timed. Events/s from the first transaction to the last, and
 /// transactions committed.
 async fn bound_run(events: u64) -> (f64, usize) {
     use delivery_app::stats::StatsStore;
+    use delivery_app::stats::hold::HeldOrders;
     use delivery_app::stats::plan::{ParsedRecord, PlanLimits, plan_chunk_within};
     use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
     use kcl::leases::Lease;
@@ -466,8 +467,12 @@ async fn bound_run(events: u64) -> (f64, usize) {
                 let mut regions = BTreeMap::new();
                 let mut watermark: Option<ExtendedSequenceNumber> = None;
                 let mut transactions = 0;
+                let mut held = HeldOrders::default();
                 while !records.is_empty() {
-                    let chunk = plan_chunk_within(&shard_id, &records, &states, &limits);
+                    let mut chunk = plan_chunk_within(&shard_id, &records, &states, &limits);
+                    let (writes, settled) =
+                        held.settle(std::mem::take(&mut chunk.orders), &chunk.after, |_| None);
+                    chunk.orders = writes;
                     for (region, n) in &chunk.delta.regions {
                         *regions.entry(*region).or_default() += n;
                     }
@@ -476,6 +481,7 @@ async fn bound_run(events: u64) -> (f64, usize) {
                         .await
                         .unwrap();
                     transactions += 1;
+                    held.commit(settled);
                     limits.stored.add(&chunk.delta.sums);
                     watermark = Some(chunk.last.clone());
                     records.drain(..chunk.records);

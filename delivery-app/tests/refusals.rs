@@ -113,6 +113,10 @@ fn assigned(order: &str, driver: &str) -> String {
     )
 }
 
+fn completed(order: &str) -> String {
+    format!(r#"{{"type":"order_completed","order_id":"{order}","completed_at":2500}}"#)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     let mut events = Vec::new();
@@ -126,6 +130,11 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
             format!("d{n}")
         };
         events.push(assigned(&format!("o{n}"), &driver));
+    }
+    // An order is written once, when it completes: o13's write, with the driver id
+    // DynamoDB refuses, comes with its completion, the record then dead-lettered.
+    for n in 0..20 {
+        events.push(completed(&format!("o{n}")));
     }
     let (aws, proxy, clients, stream, app) = setup(&events).await;
     proxy.plan().add(
@@ -152,14 +161,16 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
             let store = store.clone();
             async move {
                 let stats = store.read().await.ok()?;
-                (stats.totals.records() >= 40).then_some(stats)
+                (stats.totals.records() >= 60).then_some(stats)
             }
         },
     )
     .await;
     assert_eq!(stats.totals.sums.orders_created, 20);
-    assert_eq!(stats.totals.sums.orders_assigned, 19);
-    assert_eq!(stats.totals.sums.response_ms_sum, 19 * 500);
+    assert_eq!(stats.totals.sums.orders_assigned, 20);
+    assert_eq!(stats.totals.sums.response_ms_sum, 20 * 500);
+    assert_eq!(stats.totals.sums.orders_completed, 19);
+    assert_eq!(stats.totals.sums.completion_ms_sum, 19 * 1500);
     assert_eq!(
         stats.totals.dead_letters.get(&Reason::RejectedByDynamodb),
         Some(&1),
@@ -169,7 +180,7 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     assert_eq!(stats.totals.dead_letter_count(), 1);
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].raw.contains(MARKER), "{:?}", dead[0]);
+    assert_eq!(dead[0].raw, completed("o13"), "{:?}", dead[0]);
     assert!(
         dead[0].detail.contains("ValidationException"),
         "{:?}",
@@ -203,7 +214,7 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
 }
 
 /// The documented worker policy without `dynamodb:PutItem` on `APP-Orders` (the other
-/// gap of issue 12): every statistics transaction holds a new order's `Put`.
+/// gap of issue 12): the transaction that completes an order holds its `Put`.
 fn without_put_item_on_orders() -> String {
     let granted = r#""dynamodb:BatchGetItem",
         "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem""#;
@@ -233,7 +244,7 @@ fn without_condition_check_on_the_lease_table() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn access_denied_stops_the_worker_with_the_missing_permission() {
-    let events = vec![created("o1"), created("o2")];
+    let events = vec![created("o1"), completed("o1")];
     let (aws, proxy, clients, stream, app) =
         setup_with_policies(&events, &without_put_item_on_orders()).await;
     let worker = tokio::spawn({

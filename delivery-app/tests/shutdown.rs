@@ -161,6 +161,17 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_silent_and_the_next_owner_is
     s.proxy
         .plan()
         .add(Rule::dynamodb("TransactWriteItems", Fault::DropResponse).for_next(1));
+    // Before it, the batch reads its new orders' states (a creation is never assumed
+    // absent): that one read is answered.
+    s.proxy.plan().add(
+        Rule::dynamodb(
+            "BatchGetItem",
+            Fault::Latency {
+                delay: Duration::ZERO,
+            },
+        )
+        .for_next(1),
+    );
     s.proxy.plan().add(Rule::new(
         "DynamoDB_20120810.*",
         Fault::Timeout {

@@ -2,6 +2,7 @@
 //!
 //! - [`summary`]: the statistics as exact integers, and the top-10 list.
 //! - [`plan`]: which DynamoDB writes one transaction makes for a run of records (pure).
+//! - [`hold`]: orders held in memory until they complete, written once (pure).
 //! - [`size`]: DynamoDB's item and transaction size rules, for the plan.
 //! - [`items`]: how those writes and the stored items look in DynamoDB.
 //! - [`store`]: the tables and the calls.
@@ -12,6 +13,7 @@
 //! The design, and why it is exactly once, is in `docs/delivery-stats.md`.
 
 pub mod halt;
+pub mod hold;
 pub mod isolate;
 pub mod items;
 pub mod plan;

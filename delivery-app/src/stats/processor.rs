@@ -1,11 +1,13 @@
 //! The record processor: one per shard lease, applying the shard's events to the
 //! statistics exactly once.
 //!
-//! Per batch: drop the records at or before the shard's watermark (applied already,
-//! by this or an earlier owner: a replay), parse the rest, plan transactions of at
+//! Per batch: set aside the records at or before the shard's watermark (applied
+//! already, by this or an earlier owner: a replay, which only holds again the orders
+//! that were held, see [`hold`](super::hold)), parse the rest, plan transactions of at
 //! most 100 items and apply them in shard order, each advancing the watermark it is
-//! conditioned on; then checkpoint. A crash between a transaction and the checkpoint
-//! only causes a replay that the watermark drops. Every transaction also checks that
+//! conditioned on; write the orders held too long; then checkpoint, never past a held
+//! order. A crash between a transaction and the checkpoint only causes a replay that
+//! the watermark keeps from counting twice. Every transaction also checks that
 //! this worker still holds the shard's lease: a worker that lost it (a zombie after a
 //! pause) has its transaction refused and abandons the batch. A transaction cancelled
 //! otherwise (an order changed elsewhere) is re-read and re-planned, never forced.
@@ -21,23 +23,37 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcl::checkpoint::{CheckpointError, Checkpointer, ExtendedSequenceNumber, LeaseOwnership};
+use kcl::checkpoint::{
+    CheckpointError, Checkpointer, ExtendedSequenceNumber, LeaseOwnership, SequencePosition,
+};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use tokio_util::sync::CancellationToken;
 
 use super::halt::Halt;
+use super::hold::{Held, HeldOrders};
 use super::isolate::{AfterRefusal, after_refusal};
 
-use super::plan::{OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders};
+use super::plan::{
+    Chunk, OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders,
+};
 use super::store::{StatsStore, StoreError};
 use super::summary::Summary;
 use crate::audit::{AttemptResult, AuditLog, conflict_outcome};
 use crate::clock::now_ms;
-use crate::events::{Event, Reason, Region, Rejection, parse};
+use crate::events::{Reason, Region, Rejection, parse};
 use crate::metrics::ShardMetrics;
 
 /// Orders kept in a processor's cache before it is emptied.
 const CACHE_LIMIT: usize = 200_000;
+/// Orders held in memory (see [`hold`](super::hold)) beyond which the oldest are
+/// written.
+const HELD_LIMIT: usize = 100_000;
+/// How long an order is held before it is written, so that the checkpoint (held back
+/// to the oldest held order) moves on and a replay stays short.
+const HOLD_AT_MOST: Duration = Duration::from_secs(60);
+/// Held orders written per transaction (with the statistics item and the lease
+/// check: DynamoDB's 100 items).
+const HELD_PER_TRANSACTION: usize = 98;
 /// Longest pause between retries of a failed DynamoDB call.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -58,6 +74,24 @@ async fn pause_unless_cancelled(pause: Duration, cancel: &CancellationToken) -> 
         _ = tokio::time::sleep(pause) => true,
         _ = cancel.cancelled() => false,
     }
+}
+
+/// For each order the records refer to, the position of the record before its first
+/// one (`previous` before the first record): where a replay that rebuilds it starts.
+fn first_seen(
+    records: &[ParsedRecord],
+    mut previous: Option<ExtendedSequenceNumber>,
+) -> HashMap<String, Option<ExtendedSequenceNumber>> {
+    let mut first = HashMap::new();
+    for record in records {
+        if let Ok(event) = &record.parsed {
+            first
+                .entry(event.order_id().to_string())
+                .or_insert_with(|| previous.clone());
+        }
+        previous = Some(record.position.clone());
+    }
+    first
 }
 
 /// Why a batch was left unfinished.
@@ -99,6 +133,13 @@ pub struct StatsProcessor {
     /// Created orders as this processor last wrote or read them. Only a hint: every
     /// write is conditioned on the state, so a stale entry costs a retry, not a count.
     cache: HashMap<String, OrderState>,
+    /// Orders created here and not written yet: their states are these.
+    held: HeldOrders,
+    /// The position of the last record delivered (where a replay that rebuilds an
+    /// order first seen in the next batch starts).
+    previous: Option<ExtendedSequenceNumber>,
+    /// The clock of `held`.
+    started: std::time::Instant,
     metrics: ShardMetrics,
 }
 
@@ -122,6 +163,9 @@ impl StatsProcessor {
             sums: Summary::default(),
             abandoned: None,
             cache: HashMap::new(),
+            held: HeldOrders::default(),
+            previous: None,
+            started: std::time::Instant::now(),
             metrics: ShardMetrics::new(shard_id),
         }
     }
@@ -182,31 +226,26 @@ impl StatsProcessor {
         Ok(stats.watermark)
     }
 
-    /// The states of the orders `records` refer to: from the cache, assumed absent for
-    /// an order whose first event here is its creation (a duplicate is then caught by
-    /// the transaction's condition and `forced` to be read), read otherwise.
+    /// The states of the orders `records` refer to: held ones as held, others from the
+    /// cache, or read (those `forced` always). A creation is never assumed absent: a
+    /// held creation has no condition in any transaction, so a copy of an order
+    /// written long ago must meet its stored state here.
     async fn states_for(
         &mut self,
         records: &[ParsedRecord],
         forced: &HashSet<String>,
     ) -> Result<HashMap<String, Option<OrderState>>, Stop> {
-        let mut first_is_creation: HashMap<&str, bool> = HashMap::new();
-        for r in records {
-            if let Ok(event) = &r.parsed {
-                first_is_creation
-                    .entry(event.order_id())
-                    .or_insert(matches!(event, Event::Created { .. }));
-            }
-        }
         let mut states = HashMap::new();
         let mut to_read = Vec::new();
         for id in referenced_orders(records) {
-            if let Some(state) = self.cache.get(&id).filter(|_| !forced.contains(&id)) {
-                states.insert(id, Some(state.clone()));
-            } else if first_is_creation[id.as_str()] && !forced.contains(&id) {
-                states.insert(id, None);
-            } else {
-                to_read.push(id);
+            let known = (!forced.contains(&id))
+                .then(|| self.held.state(&id).or_else(|| self.cache.get(&id)))
+                .flatten();
+            match known {
+                Some(state) => {
+                    states.insert(id, Some(state.clone()));
+                }
+                None => to_read.push(id),
             }
         }
         if !to_read.is_empty() {
@@ -226,6 +265,7 @@ impl StatsProcessor {
     async fn apply(
         &mut self,
         mut records: Vec<ParsedRecord>,
+        first_seen: &HashMap<String, Option<ExtendedSequenceNumber>>,
         owner: &LeaseOwnership,
     ) -> Result<(), Stop> {
         let started = std::time::Instant::now();
@@ -246,7 +286,13 @@ impl StatsProcessor {
                 max_records,
                 dead_lettered: dead_lettered.clone(),
             };
-            let chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
+            let mut chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
+            let (writes, settled) =
+                self.held
+                    .settle(std::mem::take(&mut chunk.orders), &chunk.after, |id| {
+                        first_seen.get(id).cloned().flatten()
+                    });
+            chunk.orders = writes;
             if !chunk.dead_letters.is_empty() {
                 let ids: Vec<String> = chunk.dead_letters.iter().map(|d| d.id.clone()).collect();
                 let store = Arc::clone(&self.store);
@@ -315,11 +361,15 @@ impl StatsProcessor {
                     self.sums.add(&chunk.delta.sums);
                     self.watermark = Some(Some(chunk.last.clone()));
                     records.drain(..chunk.records);
+                    self.held.commit(settled);
                     if self.cache.len() > CACHE_LIMIT {
                         self.cache.clear();
                     }
                     for (id, state) in chunk.after {
                         match &state {
+                            _ if self.held.state(&id).is_some() => {
+                                self.cache.remove(&id);
+                            }
                             Some(s) if !s.completed => {
                                 self.cache.insert(id.clone(), s.clone());
                             }
@@ -333,6 +383,7 @@ impl StatsProcessor {
                 Err(StoreError::LeaseLost) => {
                     tracing::info!(shard = %self.shard_id, "lease lost: transaction refused, batch abandoned");
                     self.cache.clear();
+                    self.held.clear();
                     self.watermark = None;
                     return Err(Stop::LeaseLost);
                 }
@@ -348,6 +399,8 @@ impl StatsProcessor {
                     }
                     for order in &chunk.orders {
                         self.cache.remove(&order.order_id);
+                        // A held order found written elsewhere: its stored state wins.
+                        self.held.forget(&order.order_id);
                         forced.insert(order.order_id.clone());
                     }
                     states = self.states_for(&records, &forced).await?;
@@ -406,12 +459,132 @@ impl StatsProcessor {
         Ok(())
     }
 
-    /// Checkpoints everything delivered, recording an accepted checkpoint in the audit
-    /// log.
+    /// Replays records at or before the watermark (applied already, by this or an
+    /// earlier owner): planned again against the stored states, nothing written, only
+    /// to hold again the orders that were held and not written (see
+    /// [`hold`](super::hold)).
+    async fn replay(
+        &mut self,
+        records: Vec<ParsedRecord>,
+        first_seen: &HashMap<String, Option<ExtendedSequenceNumber>>,
+    ) -> Result<(), Stop> {
+        let mut states = self.states_for(&records, &HashSet::new()).await?;
+        let limits = PlanLimits {
+            stored: self.sums.clone(),
+            ..PlanLimits::default()
+        };
+        let mut rest = records.as_slice();
+        while !rest.is_empty() {
+            let mut chunk = plan_chunk_within(&self.shard_id, rest, &states, &limits);
+            let (_, settled) =
+                self.held
+                    .settle(std::mem::take(&mut chunk.orders), &chunk.after, |id| {
+                        first_seen.get(id).cloned().flatten()
+                    });
+            self.held.commit(settled);
+            states.extend(chunk.after);
+            rest = &rest[chunk.records..];
+        }
+        Ok(())
+    }
+
+    /// Writes the orders held longer than [`HOLD_AT_MOST`], or beyond [`HELD_LIMIT`]
+    /// (`all`: every held order, at the shard's end), in transactions that also check
+    /// the watermark and the lease. Written orders are no longer held.
+    async fn write_held(&mut self, owner: &LeaseOwnership, all: bool) -> Result<(), Stop> {
+        let now = self.started.elapsed().as_secs();
+        self.held.tick(now);
+        let cutoff = if all {
+            Some(u64::MAX)
+        } else {
+            now.checked_sub(HOLD_AT_MOST.as_secs())
+        };
+        // After a refusal, one order per transaction, to find the one refused.
+        let mut per_transaction = HELD_PER_TRANSACTION;
+        loop {
+            let mut batch = cutoff.map_or_else(Vec::new, |cutoff| {
+                self.held.take_where(cutoff, per_transaction)
+            });
+            let over = self.held.len().saturating_sub(HELD_LIMIT);
+            let room = per_transaction - batch.len();
+            if over > 0 && room > 0 {
+                batch.extend(self.held.take_where(u64::MAX, over.min(room)));
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match self.write_held_batch(&batch, owner).await {
+                Ok(()) => {
+                    for Held { write, state, .. } in batch {
+                        self.cache.insert(write.order_id, state);
+                    }
+                }
+                Err(Stop::Fatal(StoreError::Refused { message, .. })) if batch.len() > 1 => {
+                    tracing::warn!(shard = %self.shard_id, %message, "writing held orders refused; writing them one by one");
+                    self.held.put_back(batch);
+                    per_transaction = 1;
+                }
+                Err(Stop::Fatal(StoreError::Refused { message, .. })) => {
+                    // Its events are counted; with no stored state, its later events
+                    // are dead letters rather than a worker stopped for good.
+                    tracing::error!(shard = %self.shard_id, order = %batch[0].write.order_id, %message, "DynamoDB refuses a held order's write; the order is dropped");
+                }
+                Err(stop) => {
+                    self.held.put_back(batch);
+                    return Err(stop);
+                }
+            }
+        }
+    }
+
+    /// One transaction writing held orders, at the current watermark.
+    async fn write_held_batch(&self, batch: &[Held], owner: &LeaseOwnership) -> Result<(), Stop> {
+        let Some(Some(watermark)) = self.watermark.clone() else {
+            return Err(Stop::Fatal(StoreError::Fatal(
+                "orders held before any transaction applied".into(),
+            )));
+        };
+        let chunk = Chunk {
+            records: 0,
+            last: watermark.clone(),
+            orders: batch.iter().map(|h| h.write.clone()).collect(),
+            dead_letters: Vec::new(),
+            delta: Default::default(),
+            after: HashMap::new(),
+        };
+        let store = Arc::clone(&self.store);
+        let result = self
+            .retry("writing held orders", || {
+                store.apply(
+                    &self.shard_id,
+                    Some(&watermark),
+                    &self.regions,
+                    &chunk,
+                    owner,
+                )
+            })
+            .await;
+        match result {
+            Err(Stop::Fatal(StoreError::LeaseLost)) => Err(Stop::LeaseLost),
+            other => other,
+        }
+    }
+
+    /// Checkpoints everything delivered, or with orders held, just before the oldest
+    /// one's first record (nothing, when that is the shard's first), recording an
+    /// accepted checkpoint in the audit log.
     async fn checkpoint(&self, checkpointer: &mut Checkpointer, what: &str) {
         let before = checkpointer.last_checkpoint().clone();
         let start_ms = now_ms();
-        match checkpointer.checkpoint().await {
+        let written = match self.held.resume_after() {
+            None => checkpointer.checkpoint().await,
+            Some(None) => return,
+            Some(Some(position)) if position.compare(&before).is_gt() => {
+                checkpointer.checkpoint_at(position.clone()).await
+            }
+            Some(Some(_)) => return,
+        };
+        match written {
             Ok(()) => {
                 let after = checkpointer.last_checkpoint();
                 if let Some(log) = self.audit.as_ref().filter(|_| *after != before) {
@@ -429,11 +602,13 @@ impl StatsProcessor {
 }
 
 impl StatsProcessor {
-    /// The batch's records after the watermark, parsed (`None`: nothing to apply).
+    /// Replays the batch's records at or before the watermark, applies those after it
+    /// and writes the orders held too long.
     async fn process(
         &mut self,
         input: ProcessRecordsInput,
-    ) -> Result<Option<Vec<ParsedRecord>>, Stop> {
+        owner: &LeaseOwnership,
+    ) -> Result<(), Stop> {
         let watermark = match self.watermark.clone() {
             Some(w) => w,
             None => self.reload_watermark().await?,
@@ -441,11 +616,6 @@ impl StatsProcessor {
         let records: Vec<ParsedRecord> = input
             .records
             .into_iter()
-            .filter(|r| {
-                watermark
-                    .as_ref()
-                    .is_none_or(|w| r.extended_sequence_number().compare(w).is_gt())
-            })
             .map(|r| ParsedRecord {
                 position: r.extended_sequence_number(),
                 parsed: parse(&r.data),
@@ -453,7 +623,22 @@ impl StatsProcessor {
                 raw: r.data,
             })
             .collect();
-        Ok((!records.is_empty()).then_some(records))
+        let first_seen = first_seen(&records, self.previous.clone());
+        if let Some(last) = records.last() {
+            self.previous = Some(last.position.clone());
+        }
+        let (replayed, records): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| {
+            watermark
+                .as_ref()
+                .is_some_and(|w| r.position.compare(w).is_le())
+        });
+        if !replayed.is_empty() {
+            self.replay(replayed, &first_seen).await?;
+        }
+        if !records.is_empty() {
+            self.apply(records, &first_seen, owner).await?;
+        }
+        self.write_held(owner, false).await
     }
 
     /// A batch left unfinished: nothing is checkpointed, so the next owner of the lease
@@ -497,12 +682,11 @@ impl RecordProcessor for StatsProcessor {
             .iter()
             .filter_map(|r| r.approximate_arrival_timestamp)
             .max();
-        let applied = match self.process(input).await {
-            Ok(Some(records)) => self.apply(records, &owner).await,
-            Ok(None) => Ok(()),
-            Err(stop) => Err(stop),
-        };
-        match applied {
+        if self.previous.is_none() {
+            self.previous = Some(checkpointer.last_checkpoint().clone())
+                .filter(|c| matches!(c.position, SequencePosition::Sequence(_)));
+        }
+        match self.process(input, &owner).await {
             Ok(()) => {
                 if let Some(arrival) = newest_arrival {
                     self.metrics.applied_up_to(arrival);
@@ -516,9 +700,17 @@ impl RecordProcessor for StatsProcessor {
 
     async fn lease_lost(&mut self) {
         self.cache.clear();
+        self.held.clear();
     }
 
-    async fn shard_ended(&mut self, _checkpointer: &mut Checkpointer) {
+    async fn shard_ended(&mut self, checkpointer: &mut Checkpointer) {
+        // The children need the held orders' states in the table.
+        if self.abandoned.is_none()
+            && !self.held.is_empty()
+            && let Err(stop) = self.write_held(&checkpointer.ownership(), true).await
+        {
+            self.stopped(stop);
+        }
         // kcl-rs writes SHARD_END when this returns, whatever the processor did; after
         // the shard's last batch was left unfinished because the worker is stopping,
         // that would skip its records for good (the children start, nobody replays the
