@@ -208,7 +208,10 @@ pub async fn run_worker(
         .failover_time(options.failover)
         .idle_time_between_reads(options.poll)
         .retrieval_mode(options.retrieval.mode())
-        .balance(options.balance.balance());
+        .balance(options.balance.balance())
+        // An idle shard's processor still writes the orders it has held too long, so
+        // its checkpoint moves on (see `stats::hold`).
+        .call_process_records_even_for_empty(true);
     if let Some(id) = &options.worker_id {
         builder = builder.worker_id(id.clone());
     }
