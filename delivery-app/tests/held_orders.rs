@@ -4,41 +4,18 @@
 
 use std::time::Duration;
 
-use delivery_app::stats::StatsStore;
-use delivery_app::worker::{WorkerOptions, run_worker};
+mod common;
+
+use common::{assigned, completed, created, worker_options};
+
+use delivery_app::stats::{StatsStore, StoredStats};
+use delivery_app::worker::{WorkerError, run_worker};
+use kcl::aws::Clients;
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
 use kcl_local::testing::{unique, wait_for};
 use kcl_local::{LocalAws, LocalAwsOptions};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-fn options(stream: &str, app: &str, worker: &str) -> WorkerOptions {
-    WorkerOptions {
-        stream: stream.into(),
-        app: app.into(),
-        worker_id: Some(worker.into()),
-        failover: Duration::from_secs(3),
-        poll: Duration::from_millis(100),
-        audit_file: None,
-        retrieval: Default::default(),
-        balance: Default::default(),
-    }
-}
-
-fn created(order: &str) -> String {
-    format!(
-        r#"{{"type":"order_created","order_id":"{order}","created_at":1000,"pickup":{{"x":1,"y":2}},"dropoff":{{"x":3,"y":4}},"price_cents":250}}"#
-    )
-}
-
-fn assigned(order: &str) -> String {
-    format!(
-        r#"{{"type":"order_assigned","order_id":"{order}","driver_id":"d","assigned_at":1500}}"#
-    )
-}
-
-fn completed(order: &str) -> String {
-    format!(r#"{{"type":"order_completed","order_id":"{order}","completed_at":2500}}"#)
-}
 
 /// Puts `events` in order on the one-shard `stream`; their sequence numbers.
 async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, events: &[String]) -> Vec<String> {
@@ -57,6 +34,32 @@ async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, events: &[String])
     sequence_numbers
 }
 
+/// Starts statistics worker `worker`; its task and what stops it.
+fn start(
+    clients: &Clients,
+    stream: &str,
+    app: &str,
+    worker: &str,
+) -> (JoinHandle<Result<(), WorkerError>>, CancellationToken) {
+    let (clients, options, stop) = (
+        clients.clone(),
+        worker_options(stream, app, worker),
+        CancellationToken::new(),
+    );
+    let cancel = stop.clone();
+    let task = tokio::spawn(async move { run_worker(&clients, &options, cancel).await });
+    (task, stop)
+}
+
+/// The statistics once `events` records are applied or dead-lettered.
+async fn applied(store: &StatsStore, events: u64) -> StoredStats {
+    wait_for("the events applied", Duration::from_secs(60), || async {
+        let stats = store.read().await.ok()?;
+        (stats.totals.records() >= events).then_some(stats)
+    })
+    .await
+}
+
 fn orders(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|n| format!("o{n}")).collect()
 }
@@ -71,29 +74,14 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
         .unwrap();
     let all = orders(0..10);
     let mut first: Vec<String> = all.iter().map(|o| created(o)).collect();
-    first.extend(all.iter().map(|o| assigned(o)));
+    first.extend(all.iter().map(|o| assigned(o, "d")));
     first.extend(orders(0..5).iter().map(|o| completed(o)));
     let positions = put(&clients.kinesis, &stream, &first).await;
     let store = StatsStore::new(clients.dynamodb.clone(), &app);
 
     // The first worker applies all 25 events; o5..o9 stay open.
-    let cancel = CancellationToken::new();
-    let w1 = tokio::spawn({
-        let (clients, options, cancel) = (
-            clients.clone(),
-            options(&stream, &app, "w1"),
-            cancel.clone(),
-        );
-        async move { run_worker(&clients, &options, cancel).await }
-    });
-    let stats = wait_for("25 events applied", Duration::from_secs(60), || {
-        let store = store.clone();
-        async move {
-            let stats = store.read().await.ok()?;
-            (stats.totals.records() >= 25).then_some(stats)
-        }
-    })
-    .await;
+    let (w1, stop) = start(&clients, &stream, &app, "w1");
+    let stats = applied(&store, 25).await;
     assert_eq!(stats.totals.sums.orders_created, 10);
     assert_eq!(stats.totals.sums.orders_assigned, 10);
     assert_eq!(stats.totals.sums.orders_completed, 5);
@@ -107,7 +95,7 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
             assert_eq!(state.applied.len(), 3, "{id}: {state:?}");
         }
     }
-    cancel.cancel();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), w1)
         .await
         .expect("w1 stops")
@@ -130,23 +118,8 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let cancel = CancellationToken::new();
-    let w2 = tokio::spawn({
-        let (clients, options, cancel) = (
-            clients.clone(),
-            options(&stream, &app, "w2"),
-            cancel.clone(),
-        );
-        async move { run_worker(&clients, &options, cancel).await }
-    });
-    let stats = wait_for("30 events applied", Duration::from_secs(60), || {
-        let store = store.clone();
-        async move {
-            let stats = store.read().await.ok()?;
-            (stats.totals.records() >= 30).then_some(stats)
-        }
-    })
-    .await;
+    let (w2, stop) = start(&clients, &stream, &app, "w2");
+    let stats = applied(&store, 30).await;
     let totals = &stats.totals;
     assert_eq!(totals.sums.events, 30, "{totals:?}");
     assert_eq!(totals.sums.orders_created, 10);
@@ -162,7 +135,7 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
             .is_some_and(|s| s.completed && s.applied.len() == 3)),
         "{states:?}"
     );
-    cancel.cancel();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), w2)
         .await
         .expect("w2 stops")

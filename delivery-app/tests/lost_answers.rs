@@ -3,33 +3,18 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{created, worker_options};
+
 use delivery_app::audit::{self, AttemptResult, AuditEntry};
 use delivery_app::stats::StatsStore;
-use delivery_app::worker::{WorkerOptions, run_worker};
+use delivery_app::worker::run_worker;
 use kcl::aws::{Clients, Endpoints};
 use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
 use kcl_local::testing::{unique, wait_for};
 use kcl_local::{LocalAws, LocalAwsOptions};
 use tokio_util::sync::CancellationToken;
-
-fn options(stream: &str, app: &str) -> WorkerOptions {
-    WorkerOptions {
-        stream: stream.into(),
-        app: app.into(),
-        worker_id: Some("w1".into()),
-        failover: Duration::from_secs(3),
-        poll: Duration::from_millis(100),
-        audit_file: None,
-        retrieval: Default::default(),
-        balance: Default::default(),
-    }
-}
-
-fn created(order: &str) -> String {
-    format!(
-        r#"{{"type":"order_created","order_id":"{order}","created_at":1000,"pickup":{{"x":1,"y":2}},"dropoff":{{"x":3,"y":4}},"price_cents":250}}"#
-    )
-}
 
 /// A statistics transaction is applied and its answer lost; DynamoDB restarts before
 /// the SDK's retry and forgets the idempotency token: the retry is cancelled by the watermark condition its
@@ -99,7 +84,7 @@ async fn a_transaction_applied_before_a_dynamodb_restart_is_audited_as_applied()
     let audit_file = dir.join("w1.jsonl");
     let cancel = CancellationToken::new();
     let worker = tokio::spawn({
-        let mut options = options(&stream, &app);
+        let mut options = worker_options(&stream, &app, "w1");
         options.audit_file = Some(audit_file.clone());
         let (clients, cancel) = (clients.clone(), cancel.clone());
         async move { run_worker(&clients, &options, cancel).await }

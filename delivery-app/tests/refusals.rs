@@ -19,10 +19,12 @@ use std::time::Duration;
 
 mod common;
 
+use common::{assigned, completed, created, worker_options};
+
 use delivery_app::events::Reason;
 use delivery_app::principals::{POLICY_DOC, Role, principals};
 use delivery_app::stats::StatsStore;
-use delivery_app::worker::{WorkerOptions, run_worker};
+use delivery_app::worker::run_worker;
 use kcl::aws::{Clients, Endpoints};
 use kcl_local::LocalAws;
 use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
@@ -88,35 +90,6 @@ fn denied(aws: &LocalAws) -> u64 {
         .kind(RefusalKind::AccessDenied)
 }
 
-fn options(stream: &str, app: &str) -> WorkerOptions {
-    WorkerOptions {
-        stream: stream.into(),
-        app: app.into(),
-        worker_id: Some("w1".into()),
-        failover: Duration::from_secs(3),
-        poll: Duration::from_millis(100),
-        audit_file: None,
-        retrieval: Default::default(),
-        balance: Default::default(),
-    }
-}
-
-fn created(order: &str) -> String {
-    format!(
-        r#"{{"type":"order_created","order_id":"{order}","created_at":1000,"pickup":{{"x":1,"y":2}},"dropoff":{{"x":3,"y":4}},"price_cents":250}}"#
-    )
-}
-
-fn assigned(order: &str, driver: &str) -> String {
-    format!(
-        r#"{{"type":"order_assigned","order_id":"{order}","driver_id":"{driver}","assigned_at":1500}}"#
-    )
-}
-
-fn completed(order: &str) -> String {
-    format!(r#"{{"type":"order_completed","order_id":"{order}","completed_at":2500}}"#)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     let mut events = Vec::new();
@@ -150,7 +123,11 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     );
     let cancel = CancellationToken::new();
     let worker = tokio::spawn({
-        let (clients, options, cancel) = (clients.clone(), options(&stream, &app), cancel.clone());
+        let (clients, options, cancel) = (
+            clients.clone(),
+            worker_options(&stream, &app, "w1"),
+            cancel.clone(),
+        );
         async move { run_worker(&clients, &options, cancel).await }
     });
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
@@ -248,7 +225,7 @@ async fn access_denied_stops_the_worker_with_the_missing_permission() {
     let (aws, proxy, clients, stream, app) =
         setup_with_policies(&events, &without_put_item_on_orders()).await;
     let worker = tokio::spawn({
-        let (clients, options) = (clients.clone(), options(&stream, &app));
+        let (clients, options) = (clients.clone(), worker_options(&stream, &app, "w1"));
         async move { run_worker(&clients, &options, CancellationToken::new()).await }
     });
     let result = tokio::time::timeout(Duration::from_secs(60), worker)
@@ -297,7 +274,7 @@ async fn a_missing_table_stops_the_worker_naming_it() {
         .when_body_contains(format!("{app}-Stats")),
     );
     let worker = tokio::spawn({
-        let (clients, options) = (clients.clone(), options(&stream, &app));
+        let (clients, options) = (clients.clone(), worker_options(&stream, &app, "w1"));
         async move { run_worker(&clients, &options, CancellationToken::new()).await }
     });
     let result = tokio::time::timeout(Duration::from_secs(60), worker)
@@ -391,7 +368,11 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     ));
     let cancel = CancellationToken::new();
     let worker = tokio::spawn({
-        let (clients, options, cancel) = (clients.clone(), options(&stream, &app), cancel.clone());
+        let (clients, options, cancel) = (
+            clients.clone(),
+            worker_options(&stream, &app, "w1"),
+            cancel.clone(),
+        );
         async move { run_worker(&clients, &options, cancel).await }
     });
     let target = dynamodb_target("TransactWriteItems");
@@ -424,7 +405,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     proxy.shutdown().await;
     let cancel = CancellationToken::new();
     let worker = tokio::spawn({
-        let mut options = options(&stream, &app);
+        let mut options = worker_options(&stream, &app, "w1");
         options.worker_id = Some("w2".into());
         let (clients, cancel) = (direct.clone(), cancel.clone());
         async move { run_worker(&clients, &options, cancel).await }
@@ -459,7 +440,7 @@ async fn a_transaction_whose_answer_was_lost_is_audited_as_applied() {
     let audit_file = dir.join("w1.jsonl");
     let cancel = CancellationToken::new();
     let worker = tokio::spawn({
-        let mut options = options(&stream, &app);
+        let mut options = worker_options(&stream, &app, "w1");
         options.audit_file = Some(audit_file.clone());
         let (clients, cancel) = (clients.clone(), cancel.clone());
         async move { run_worker(&clients, &options, cancel).await }

@@ -167,3 +167,41 @@ pub async fn stop_gracefully(worker: &mut tokio::process::Child) {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// An in-process statistics worker's options for a test: worker `worker` of `app` on
+/// `stream`, failover 3 s, a 100 ms poll, polling retrieval.
+pub fn worker_options(
+    stream: &str,
+    app: &str,
+    worker: &str,
+) -> delivery_app::worker::WorkerOptions {
+    delivery_app::worker::WorkerOptions {
+        stream: stream.into(),
+        app: app.into(),
+        worker_id: Some(worker.into()),
+        failover: Duration::from_secs(3),
+        poll: Duration::from_millis(100),
+        audit_file: None,
+        retrieval: Default::default(),
+        balance: Default::default(),
+    }
+}
+
+/// A hand-written `order_created` event: at 1,000 ms, 250 cents, pickup (1, 2).
+pub fn created(order: &str) -> String {
+    format!(
+        r#"{{"type":"order_created","order_id":"{order}","created_at":1000,"pickup":{{"x":1,"y":2}},"dropoff":{{"x":3,"y":4}},"price_cents":250}}"#
+    )
+}
+
+/// A hand-written `order_assigned` event: at 1,500 ms, to `driver`.
+pub fn assigned(order: &str, driver: &str) -> String {
+    format!(
+        r#"{{"type":"order_assigned","order_id":"{order}","driver_id":"{driver}","assigned_at":1500}}"#
+    )
+}
+
+/// A hand-written `order_completed` event: at 2,500 ms.
+pub fn completed(order: &str) -> String {
+    format!(r#"{{"type":"order_completed","order_id":"{order}","completed_at":2500}}"#)
+}
