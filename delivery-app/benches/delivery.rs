@@ -470,9 +470,7 @@ async fn bound_run(events: u64) -> (f64, usize) {
                 let mut held = HeldOrders::default();
                 while !records.is_empty() {
                     let mut chunk = plan_chunk_within(&shard_id, &records, &states, &limits);
-                    let (writes, settled) =
-                        held.settle(std::mem::take(&mut chunk.orders), &chunk.after, |_| None);
-                    chunk.orders = writes;
+                    let settled = held.settle_chunk(&mut chunk, &HashMap::new());
                     for (region, n) in &chunk.delta.regions {
                         *regions.entry(*region).or_default() += n;
                     }

@@ -62,7 +62,7 @@ use std::collections::HashMap;
 
 use kcl::checkpoint::ExtendedSequenceNumber;
 
-use super::plan::{Expect, OrderState, OrderWrite};
+use super::plan::{Chunk, Expect, OrderState, OrderWrite};
 
 /// An order created here and not written yet.
 #[derive(Clone, Debug, PartialEq)]
@@ -180,6 +180,22 @@ impl HeldOrders {
             }
         }
         (writes, settled)
+    }
+
+    /// [`HeldOrders::settle`] for a planned chunk: its order writes become the ones the
+    /// transaction makes. `first_seen` gives, per order, where a replay that rebuilds
+    /// it starts (none given: the shard's start).
+    pub fn settle_chunk(
+        &self,
+        chunk: &mut Chunk,
+        first_seen: &HashMap<String, Option<ExtendedSequenceNumber>>,
+    ) -> Settled {
+        let (writes, settled) =
+            self.settle(std::mem::take(&mut chunk.orders), &chunk.after, |id| {
+                first_seen.get(id).cloned().flatten()
+            });
+        chunk.orders = writes;
+        settled
     }
 
     /// Applies a committed transaction's [`Settled`] change.

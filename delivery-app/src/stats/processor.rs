@@ -287,12 +287,7 @@ impl StatsProcessor {
                 dead_lettered: dead_lettered.clone(),
             };
             let mut chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
-            let (writes, settled) =
-                self.held
-                    .settle(std::mem::take(&mut chunk.orders), &chunk.after, |id| {
-                        first_seen.get(id).cloned().flatten()
-                    });
-            chunk.orders = writes;
+            let settled = self.held.settle_chunk(&mut chunk, first_seen);
             if !chunk.dead_letters.is_empty() {
                 let ids: Vec<String> = chunk.dead_letters.iter().map(|d| d.id.clone()).collect();
                 let store = Arc::clone(&self.store);
@@ -476,11 +471,7 @@ impl StatsProcessor {
         let mut rest = records.as_slice();
         while !rest.is_empty() {
             let mut chunk = plan_chunk_within(&self.shard_id, rest, &states, &limits);
-            let (_, settled) =
-                self.held
-                    .settle(std::mem::take(&mut chunk.orders), &chunk.after, |id| {
-                        first_seen.get(id).cloned().flatten()
-                    });
+            let settled = self.held.settle_chunk(&mut chunk, first_seen);
             self.held.commit(settled);
             states.extend(chunk.after);
             rest = &rest[chunk.records..];

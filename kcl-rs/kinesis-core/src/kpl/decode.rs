@@ -1,7 +1,5 @@
 //! Decoding: [`is_aggregated`] and [`deaggregate`].
 
-use md5::{Digest, Md5};
-
 use super::wire::*;
 
 /// Whether `data` looks like a KPL aggregated record: the [`MAGIC`] prefix and room for
@@ -114,11 +112,9 @@ fn malformed(what: &'static str) -> DeaggregationError {
 /// assert_eq!(deaggregate(&bytes), Err(DeaggregationError::BadChecksum));
 /// ```
 pub fn deaggregate(data: &[u8]) -> Result<Vec<UserRecord>, DeaggregationError> {
-    let (message, digest) = framed(data)?;
-    if Md5::digest(message).as_slice() != digest {
-        return Err(DeaggregationError::BadChecksum);
-    }
-    AggregatedRecord::decode(message)?.into_user_records(message.len())
+    deaggregate_each(&[data])
+        .pop()
+        .expect("a result per record")
 }
 
 /// [`deaggregate`] of each record, with the checksums of all of them computed together

@@ -4,8 +4,6 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use md5::{Digest, Md5};
-
 use super::wire::*;
 
 /// Builds one aggregated Kinesis record from user records, for the producer.
@@ -313,9 +311,7 @@ impl Aggregator {
     /// If `data` yields fewer records than were added, or one of another length.
     pub fn encode_with<'a>(&self, data: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
         let mut out = self.encode_undigested_with(data);
-        let end = out.len() - DIGEST_LEN;
-        let digest = Md5::digest(&out[MAGIC.len()..end]);
-        out[end..].copy_from_slice(&digest);
+        fill_digests(&mut [&mut out]);
         out
     }
 
