@@ -423,6 +423,133 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     aws.shutdown().await;
 }
 
+/// Orders still open when their shard ends are written before SHARD_END, for the
+/// children. One whose write DynamoDB refuses is found by halving the transaction and
+/// dropped alone (its events stay counted); the others are written, and the children go
+/// on: the dropped order's completion becomes a dead letter, the others complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_on() {
+    let orders: Vec<String> = (0..10).map(|n| format!("o{n}")).collect();
+    let mut events: Vec<String> = orders.iter().map(|o| created(o)).collect();
+    for (n, order) in orders.iter().enumerate() {
+        let driver = if n == 3 {
+            format!("{MARKER}-3")
+        } else {
+            format!("d{n}")
+        };
+        events.push(assigned(order, &driver));
+    }
+    let (aws, proxy, clients, stream, app) = setup(&events).await;
+    let admin = aws.clients().await;
+    let parent = "shardId-000000000000";
+    kcl::stream::split_shard(
+        &admin.kinesis,
+        &stream,
+        parent,
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // Only o3's order item carries the marker (its driver id): no order is written
+    // before the shard ends, then every transaction holding o3 is refused.
+    proxy.plan().add(
+        Rule::dynamodb(
+            "TransactWriteItems",
+            Fault::error(
+                400,
+                "ValidationException",
+                "Item size has exceeded the maximum allowed size",
+            ),
+        )
+        .when_body_contains(MARKER),
+    );
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (clients, options, cancel) = (
+            clients.clone(),
+            worker_options(&stream, &app, "w1"),
+            cancel.clone(),
+        );
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    let leases = kcl::leases::DynamoLeaseStore::new(admin.dynamodb.clone(), &app);
+    wait_for(
+        "the parent at SHARD_END",
+        Duration::from_secs(60),
+        || async {
+            let lease = kcl::leases::LeaseStore::get_lease(&leases, parent)
+                .await
+                .ok()??;
+            lease.checkpoint.is_shard_end().then_some(())
+        },
+    )
+    .await;
+    let store = StatsStore::new(admin.dynamodb.clone(), &app);
+    let stats = store.read().await.unwrap();
+    assert_eq!(stats.totals.sums.orders_created, 10);
+    assert_eq!(stats.totals.sums.orders_assigned, 10);
+    assert_eq!(stats.totals.dead_letter_count(), 0);
+    let states = store.order_states(&orders).await.unwrap();
+    for (n, order) in orders.iter().enumerate() {
+        match &states[order] {
+            None => assert_eq!(n, 3, "{order} not written"),
+            Some(state) => {
+                assert_ne!(n, 3, "the refused order was written: {state:?}");
+                assert!(state.assigned && !state.completed, "{order}: {state:?}");
+            }
+        }
+    }
+    // The first transaction held all ten; halving found o3 in a few more.
+    let refused = proxy.injected(
+        &dynamodb_target("TransactWriteItems"),
+        kcl_local::faults::FaultKind::ClientError,
+    );
+    assert!((2..=5).contains(&refused), "{refused} refusals");
+
+    // The children: every order completes, put after the split.
+    for order in &orders {
+        admin
+            .kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(aws_sdk_kinesis::primitives::Blob::new(completed(order)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let stats = wait_for("the completions taken", Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            let stats = store.read().await.ok()?;
+            (stats.totals.records() >= 30).then_some(stats)
+        }
+    })
+    .await;
+    assert_eq!(stats.totals.sums.orders_completed, 9);
+    assert_eq!(
+        stats
+            .totals
+            .dead_letters
+            .get(&Reason::CompletedBeforeCreated),
+        Some(&1),
+        "{:?}",
+        stats.totals.dead_letters
+    );
+    assert_eq!(stats.totals.dead_letter_count(), 1);
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].raw, completed("o3"), "{:?}", dead[0]);
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops within 30 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    proxy.shutdown().await;
+    aws.shutdown().await;
+}
+
 /// A statistics transaction applied whose answer is lost is retried by the SDK with the
 /// same idempotency token (`ClientRequestToken`), which DynamoDB answers as applied
 /// instead of cancelling it on its own watermark: the audit log then says "applied",

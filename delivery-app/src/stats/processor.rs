@@ -490,7 +490,8 @@ impl StatsProcessor {
         } else {
             now.checked_sub(HOLD_AT_MOST.as_secs())
         };
-        // After a refusal, one order per transaction, to find the one refused.
+        // After a refusal, half as many orders per transaction until the one refused is
+        // alone (a handful of transactions for a full one), then full ones again.
         let mut per_transaction = HELD_PER_TRANSACTION;
         loop {
             let mut batch = cutoff.map_or_else(Vec::new, |cutoff| {
@@ -511,14 +512,15 @@ impl StatsProcessor {
                     }
                 }
                 Err(Stop::Fatal(StoreError::Refused { message, .. })) if batch.len() > 1 => {
-                    tracing::warn!(shard = %self.shard_id, %message, "writing held orders refused; writing them one by one");
+                    tracing::warn!(shard = %self.shard_id, %message, orders = batch.len(), "writing held orders refused; halving the transaction to find the order refused");
+                    per_transaction = batch.len() / 2;
                     self.held.put_back(batch);
-                    per_transaction = 1;
                 }
                 Err(Stop::Fatal(StoreError::Refused { message, .. })) => {
                     // Its events are counted; with no stored state, its later events
                     // are dead letters rather than a worker stopped for good.
                     tracing::error!(shard = %self.shard_id, order = %batch[0].write.order_id, %message, "DynamoDB refuses a held order's write; the order is dropped");
+                    per_transaction = HELD_PER_TRANSACTION;
                 }
                 Err(stop) => {
                     self.held.put_back(batch);
