@@ -130,7 +130,7 @@ impl KinesisRecord {
             open.note(member);
         }
         open.members = members;
-        Some(open.seal())
+        Some(open.seal(None))
     }
 }
 
@@ -175,16 +175,22 @@ impl OpenAggregate {
     }
 
     /// The aggregated record; its `ExplicitHashKey` is its first member's hash key,
-    /// which lies in the predicted shard's range like every member's.
-    fn encode(self) -> KinesisRecord {
+    /// which lies in the predicted shard's range like every member's. The aggregator,
+    /// emptied, goes to `spare` (when given) for the next aggregate.
+    fn encode(mut self, spare: Option<&mut Aggregator>) -> KinesisRecord {
+        let data = self
+            .aggregator
+            .encode_undigested_with(self.members.iter().map(|m| m.data.as_slice()));
+        if let Some(spare) = spare {
+            self.aggregator.clear();
+            *spare = self.aggregator;
+        }
         let first = &self.members[0];
         KinesisRecord {
             partition_key: first.partition_key.clone(),
             explicit_hash_key: Some(first.hash_key.to_string()),
             routing_hash: first.hash_key,
-            data: self
-                .aggregator
-                .encode_undigested_with(self.members.iter().map(|m| m.data.as_slice())),
+            data,
             aggregated: true,
             digest_pending: true,
             deadline: self.deadline,
@@ -195,11 +201,11 @@ impl OpenAggregate {
     }
 
     /// A container holding a single user record goes out as that plain record.
-    fn seal(mut self) -> KinesisRecord {
+    fn seal(mut self, spare: Option<&mut Aggregator>) -> KinesisRecord {
         if self.members.len() == 1 {
             KinesisRecord::plain(self.members.pop().expect("one member"))
         } else {
-            self.encode()
+            self.encode(spare)
         }
     }
 }
@@ -210,6 +216,9 @@ pub(crate) struct ShardAggregator {
     open: Option<OpenAggregate>,
     /// Members of the last aggregate sealed: the room a new one starts with.
     last_count: usize,
+    /// The last aggregate's aggregator, emptied: a new aggregate starts with its
+    /// allocations.
+    spare: Aggregator,
 }
 
 impl ShardAggregator {
@@ -241,7 +250,7 @@ impl ShardAggregator {
         let max_len = limits
             .max_size
             .min(MAX_RECORD_SIZE.saturating_sub(first.partition_key.len()));
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = std::mem::take(&mut self.spare);
         let fits = limits.max_count > 0
             && aggregator.add_len_within(
                 &first.partition_key,
@@ -250,6 +259,7 @@ impl ShardAggregator {
                 max_len,
             );
         if !fits {
+            self.spare = aggregator;
             return Some(first);
         }
         // As many members as the last aggregate had: no regrowth on the way.
@@ -271,7 +281,7 @@ impl ShardAggregator {
     pub(crate) fn seal(&mut self) -> Option<KinesisRecord> {
         let open = self.open.take()?;
         self.last_count = open.members.len();
-        Some(open.seal())
+        Some(open.seal(Some(&mut self.spare)))
     }
 
     /// Whether the open aggregate must be sealed now (see [`KinesisRecord::is_due`]).

@@ -14,10 +14,11 @@
 //! [`collection_max_count`]: crate::ProducerConfig::collection_max_count
 //! [`collection_max_size`]: crate::ProducerConfig::collection_max_size
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use hashbrown::HashMap;
 use tokio::time::Instant;
 
 use crate::aggregation::{KinesisRecord, ShardAggregator};

@@ -170,16 +170,28 @@ impl Producer {
         let room = &inner.room;
         // Records first, then bytes, always in this order: no two puts can each hold
         // what the other waits for. Shutdown closes both, failing the waits.
-        let records = room
-            .records
-            .acquire()
-            .await
-            .map_err(|_| PutError::ShutDown)?;
-        let bytes = room
-            .bytes
-            .acquire_many(size as u32)
-            .await
-            .map_err(|_| PutError::ShutDown)?;
+        // A record is one unit of the calling task's cooperative budget (tokio's): a
+        // task putting in a loop yields every 128 records, letting the producer task
+        // take them in passes of that size. With room to spare (the usual case) the
+        // permits are then taken without building a wait; a task never takes room
+        // others queue for, and a closed semaphore fails either way.
+        tokio::task::consume_budget().await;
+        let records = match room.records.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => room
+                .records
+                .acquire()
+                .await
+                .map_err(|_| PutError::ShutDown)?,
+        };
+        let bytes = match room.bytes.try_acquire_many(size as u32) {
+            Ok(permit) => permit,
+            Err(_) => room
+                .bytes
+                .acquire_many(size as u32)
+                .await
+                .map_err(|_| PutError::ShutDown)?,
+        };
         // Nothing awaits from here on (cancel-safe): the room goes with the record, and
         // the producer task gives it back once the record is resolved.
         records.forget();
