@@ -91,9 +91,23 @@ impl EventSink {
         stream: &str,
         track_positions: bool,
     ) -> Result<EventSink, producer::ConfigError> {
-        let config = ProducerConfig::builder(stream)
-            .record_max_buffered_time(LINGER)
-            .build()?;
+        Self::with_rate_limit(kinesis, stream, track_positions, None)
+    }
+
+    /// [`EventSink::new`] with the producer's per-shard rate limit (percent of AWS's
+    /// per-shard write limits, [`ProducerConfig::rate_limit`]) instead of its default;
+    /// `None` keeps the default.
+    pub fn with_rate_limit(
+        kinesis: aws_sdk_kinesis::Client,
+        stream: &str,
+        track_positions: bool,
+        rate_limit: Option<u32>,
+    ) -> Result<EventSink, producer::ConfigError> {
+        let mut config = ProducerConfig::builder(stream).record_max_buffered_time(LINGER);
+        if let Some(rate_limit) = rate_limit {
+            config = config.rate_limit(rate_limit);
+        }
+        let config = config.build()?;
         Ok(EventSink {
             producer: Producer::new(config, kinesis),
             chains: HashMap::new(),

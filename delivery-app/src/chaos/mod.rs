@@ -313,6 +313,7 @@ pub async fn run(config: &ChaosConfig, say: Narrator) -> Result<ChaosReport, Sce
         local_aws: Some(Arc::clone(&aws)),
         as_principals: config.strict,
         metrics_base: None,
+        producer_rate_limit: None,
     };
     let relays = CancellationToken::new();
     let network = match &config.hosts {

@@ -164,6 +164,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
         // documented policies suffice.
         as_principals: true,
         metrics_base: args.metrics_addr.filter(|a| a.port() != 0),
+        producer_rate_limit: None,
         local_aws: None,
     };
     let stop_dashboard = tokio_util::sync::CancellationToken::new();

@@ -127,6 +127,10 @@ pub struct ScenarioConfig {
     /// Each worker process serves Prometheus metrics at this address's port plus its
     /// slot (`w3` and its restarts at port + 3); none when `None`.
     pub metrics_base: Option<std::net::SocketAddr>,
+    /// The producer's per-shard rate limit, percent of AWS's per-shard write limits;
+    /// `None`: its default (150%). A benchmark on a local Kinesis without write limits
+    /// lifts it to measure the pipeline rather than the shards' write capacity.
+    pub producer_rate_limit: Option<u32>,
 }
 
 /// What a run found.
@@ -246,10 +250,11 @@ pub async fn run_with_hosts(
 
     // Producing, and what watches it.
     let (progress_tx, progress) = watch::channel(Progress::default());
-    let mut sink = EventSink::new(
+    let mut sink = EventSink::with_rate_limit(
         producer.kinesis.clone(),
         &config.stream,
         config.track_latency,
+        config.producer_rate_limit,
     )?;
     let started = Instant::now();
     let background =

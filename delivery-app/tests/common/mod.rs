@@ -138,6 +138,7 @@ pub fn scenario(
         local_aws: None,
         as_principals: true,
         metrics_base: None,
+        producer_rate_limit: None,
     }
 }
 
