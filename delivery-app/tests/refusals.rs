@@ -23,8 +23,8 @@ use common::{assigned, completed, created, worker_options};
 
 use delivery_app::events::Reason;
 use delivery_app::principals::{POLICY_DOC, Role, principals};
-use delivery_app::stats::StatsStore;
-use delivery_app::worker::run_worker;
+use delivery_app::stats::{StatsStore, StoredStats};
+use delivery_app::worker::{WorkerError, WorkerOptions, run_worker};
 use kcl::aws::{Clients, Endpoints};
 use kcl_local::LocalAws;
 use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
@@ -90,6 +90,78 @@ fn denied(aws: &LocalAws) -> u64 {
         .kind(RefusalKind::AccessDenied)
 }
 
+/// A worker in this process with `options`, and the token that stops it.
+fn spawn_worker(
+    clients: &Clients,
+    options: WorkerOptions,
+) -> (
+    tokio::task::JoinHandle<Result<(), WorkerError>>,
+    CancellationToken,
+) {
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (clients, cancel) = (clients.clone(), cancel.clone());
+        async move { run_worker(&clients, &options, cancel).await }
+    });
+    (worker, cancel)
+}
+
+/// Stops a worker of [`spawn_worker`] and checks that it stopped within 30 s, without
+/// an error.
+async fn stop_cleanly(
+    worker: tokio::task::JoinHandle<Result<(), WorkerError>>,
+    cancel: CancellationToken,
+) {
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops within 30 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// The statistics once they account for `records` records (applied, dead-lettered
+/// or skipped as copies), within 60 s.
+async fn statistics_with(store: &StatsStore, records: u64) -> StoredStats {
+    wait_for(
+        &format!("{records} records in the statistics"),
+        Duration::from_secs(60),
+        || async {
+            let stats = store.read().await.ok()?;
+            (stats.totals.records() >= records).then_some(stats)
+        },
+    )
+    .await
+}
+
+/// Splits the stream's only shard (the one `setup` creates) and returns its id: the
+/// parent, closed, its records before its children's.
+async fn split_the_shard(aws: &LocalAws, stream: &str) -> &'static str {
+    let parent = "shardId-000000000000";
+    kcl::stream::split_shard(
+        &aws.clients().await.kinesis,
+        stream,
+        parent,
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    parent
+}
+
+/// Every `TransactWriteItems` whose body holds [`MARKER`] is refused with a
+/// `ValidationException` saying `message`.
+fn refuse_marked_transactions(proxy: &FaultProxy, message: &str) {
+    proxy.plan().add(
+        Rule::dynamodb(
+            "TransactWriteItems",
+            Fault::error(400, "ValidationException", message),
+        )
+        .when_body_contains(MARKER),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
     let mut events = Vec::new();
@@ -110,39 +182,13 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
         events.push(completed(&format!("o{n}")));
     }
     let (aws, proxy, clients, stream, app) = setup(&events).await;
-    proxy.plan().add(
-        Rule::dynamodb(
-            "TransactWriteItems",
-            Fault::error(
-                400,
-                "ValidationException",
-                "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of 2048 bytes",
-            ),
-        )
-        .when_body_contains(MARKER),
+    refuse_marked_transactions(
+        &proxy,
+        "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of 2048 bytes",
     );
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let (clients, options, cancel) = (
-            clients.clone(),
-            worker_options(&stream, &app, "w1"),
-            cancel.clone(),
-        );
-        async move { run_worker(&clients, &options, cancel).await }
-    });
+    let (worker, cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
-    let stats = wait_for(
-        "every record applied or dead-lettered",
-        Duration::from_secs(60),
-        || {
-            let store = store.clone();
-            async move {
-                let stats = store.read().await.ok()?;
-                (stats.totals.records() >= 60).then_some(stats)
-            }
-        },
-    )
-    .await;
+    let stats = statistics_with(&store, 60).await;
     assert_eq!(stats.totals.sums.orders_created, 20);
     assert_eq!(stats.totals.sums.orders_assigned, 20);
     assert_eq!(stats.totals.sums.response_ms_sum, 20 * 500);
@@ -172,12 +218,7 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
             kcl_local::faults::FaultKind::ClientError
         ) >= 2
     );
-    cancel.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(30), worker)
-        .await
-        .expect("the worker stops within 30 s")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    stop_cleanly(worker, cancel).await;
     // Under the documented worker policy, checked call by call, nothing was denied.
     assert!(aws.strict().unwrap().iam().checked("TransactWriteItems") > 0);
     assert_eq!(
@@ -224,10 +265,7 @@ async fn access_denied_stops_the_worker_with_the_missing_permission() {
     let events = vec![created("o1"), completed("o1")];
     let (aws, proxy, clients, stream, app) =
         setup_with_policies(&events, &without_put_item_on_orders()).await;
-    let worker = tokio::spawn({
-        let (clients, options) = (clients.clone(), worker_options(&stream, &app, "w1"));
-        async move { run_worker(&clients, &options, CancellationToken::new()).await }
-    });
+    let (worker, _cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
     let result = tokio::time::timeout(Duration::from_secs(60), worker)
         .await
         .expect("the worker stops on its own")
@@ -273,10 +311,7 @@ async fn a_missing_table_stops_the_worker_naming_it() {
         )
         .when_body_contains(format!("{app}-Stats")),
     );
-    let worker = tokio::spawn({
-        let (clients, options) = (clients.clone(), worker_options(&stream, &app, "w1"));
-        async move { run_worker(&clients, &options, CancellationToken::new()).await }
-    });
+    let (worker, _cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
     let result = tokio::time::timeout(Duration::from_secs(60), worker)
         .await
         .expect("the worker stops on its own")
@@ -350,31 +385,14 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
         events.push(created(&format!("o{n}")));
     }
     let (aws, proxy, clients, stream, app) = setup(&events).await;
-    let parent = "shardId-000000000000";
-    kcl::stream::split_shard(
-        &aws.clients().await.kinesis,
-        &stream,
-        parent,
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let parent = split_the_shard(&aws, &stream).await;
     // Every statistics transaction fails as a 5xx: the processor retries the parent's
     // only batch, which is also its last.
     proxy.plan().add(Rule::dynamodb(
         "TransactWriteItems",
         Fault::internal_server_error(),
     ));
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let (clients, options, cancel) = (
-            clients.clone(),
-            worker_options(&stream, &app, "w1"),
-            cancel.clone(),
-        );
-        async move { run_worker(&clients, &options, cancel).await }
-    });
+    let (worker, cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
     let target = dynamodb_target("TransactWriteItems");
     wait_for(
         "the processor retrying",
@@ -403,19 +421,11 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     // outlive the dropped worker in this process (a process would have exited), so its
     // DynamoDB goes away with the proxy.
     proxy.shutdown().await;
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let mut options = worker_options(&stream, &app, "w1");
-        options.worker_id = Some("w2".into());
-        let (clients, cancel) = (direct.clone(), cancel.clone());
-        async move { run_worker(&clients, &options, cancel).await }
-    });
+    let mut options = worker_options(&stream, &app, "w1");
+    options.worker_id = Some("w2".into());
+    let (worker, cancel) = spawn_worker(&direct, options);
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
-    let stats = wait_for("every order applied", Duration::from_secs(60), || async {
-        let stats = store.read().await.ok()?;
-        (stats.totals.records() >= 10).then_some(stats)
-    })
-    .await;
+    let stats = statistics_with(&store, 10).await;
     assert_eq!(stats.totals.sums.orders_created, 10);
     assert_eq!(stats.totals.dead_letter_count(), 0);
     cancel.cancel();
@@ -441,38 +451,11 @@ async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_
     }
     let (aws, proxy, clients, stream, app) = setup(&events).await;
     let admin = aws.clients().await;
-    let parent = "shardId-000000000000";
-    kcl::stream::split_shard(
-        &admin.kinesis,
-        &stream,
-        parent,
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let parent = split_the_shard(&aws, &stream).await;
     // Only o3's order item carries the marker (its driver id): no order is written
     // before the shard ends, then every transaction holding o3 is refused.
-    proxy.plan().add(
-        Rule::dynamodb(
-            "TransactWriteItems",
-            Fault::error(
-                400,
-                "ValidationException",
-                "Item size has exceeded the maximum allowed size",
-            ),
-        )
-        .when_body_contains(MARKER),
-    );
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let (clients, options, cancel) = (
-            clients.clone(),
-            worker_options(&stream, &app, "w1"),
-            cancel.clone(),
-        );
-        async move { run_worker(&clients, &options, cancel).await }
-    });
+    refuse_marked_transactions(&proxy, "Item size has exceeded the maximum allowed size");
+    let (worker, cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
     let leases = kcl::leases::DynamoLeaseStore::new(admin.dynamodb.clone(), &app);
     wait_for(
         "the parent at SHARD_END",
@@ -519,14 +502,7 @@ async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_
             .await
             .unwrap();
     }
-    let stats = wait_for("the completions taken", Duration::from_secs(60), || {
-        let store = store.clone();
-        async move {
-            let stats = store.read().await.ok()?;
-            (stats.totals.records() >= 30).then_some(stats)
-        }
-    })
-    .await;
+    let stats = statistics_with(&store, 30).await;
     assert_eq!(stats.totals.sums.orders_completed, 9);
     assert_eq!(
         stats
@@ -540,12 +516,7 @@ async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_
     assert_eq!(stats.totals.dead_letter_count(), 1);
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead[0].raw, completed("o3"), "{:?}", dead[0]);
-    cancel.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(30), worker)
-        .await
-        .expect("the worker stops within 30 s")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    stop_cleanly(worker, cancel).await;
     proxy.shutdown().await;
     aws.shutdown().await;
 }
@@ -565,19 +536,11 @@ async fn a_transaction_whose_answer_was_lost_is_audited_as_applied() {
         .add(Rule::dynamodb("TransactWriteItems", Fault::DropResponse).for_next(1));
     let dir = std::env::temp_dir().join(unique("lost-answer"));
     let audit_file = dir.join("w1.jsonl");
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let mut options = worker_options(&stream, &app, "w1");
-        options.audit_file = Some(audit_file.clone());
-        let (clients, cancel) = (clients.clone(), cancel.clone());
-        async move { run_worker(&clients, &options, cancel).await }
-    });
+    let mut options = worker_options(&stream, &app, "w1");
+    options.audit_file = Some(audit_file.clone());
+    let (worker, cancel) = spawn_worker(&clients, options);
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
-    wait_for("every record applied", Duration::from_secs(60), || async {
-        let stats = store.read().await.ok()?;
-        (stats.totals.records() >= 4).then_some(())
-    })
-    .await;
+    statistics_with(&store, 4).await;
     let target = dynamodb_target("TransactWriteItems");
     assert_eq!(
         proxy.injected(&target, kcl_local::faults::FaultKind::DroppedResponse),
