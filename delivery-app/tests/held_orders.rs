@@ -6,16 +6,15 @@ use std::time::Duration;
 
 mod common;
 
-use common::{assigned, completed, created, worker_options};
+use common::{
+    assigned, completed, created, run_worker_task, statistics_with, stop_worker_task,
+    worker_options,
+};
 
-use delivery_app::stats::{StatsStore, StoredStats};
-use delivery_app::worker::{WorkerError, run_worker};
-use kcl::aws::Clients;
+use delivery_app::stats::StatsStore;
 use kcl::leases::{DynamoLeaseStore, LeaseStore};
-use kcl_local::testing::{unique, wait_for};
+use kcl_local::testing::unique;
 use kcl_local::{LocalAws, LocalAwsOptions};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Puts `events` in order on the one-shard `stream`; their sequence numbers.
 async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, events: &[String]) -> Vec<String> {
@@ -32,32 +31,6 @@ async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, events: &[String])
         sequence_numbers.push(put.sequence_number().to_string());
     }
     sequence_numbers
-}
-
-/// Starts statistics worker `worker`; its task and what stops it.
-fn start(
-    clients: &Clients,
-    stream: &str,
-    app: &str,
-    worker: &str,
-) -> (JoinHandle<Result<(), WorkerError>>, CancellationToken) {
-    let (clients, options, stop) = (
-        clients.clone(),
-        worker_options(stream, app, worker),
-        CancellationToken::new(),
-    );
-    let cancel = stop.clone();
-    let task = tokio::spawn(async move { run_worker(&clients, &options, cancel).await });
-    (task, stop)
-}
-
-/// The statistics once `events` records are applied or dead-lettered.
-async fn applied(store: &StatsStore, events: u64) -> StoredStats {
-    wait_for("the events applied", Duration::from_secs(60), || async {
-        let stats = store.read().await.ok()?;
-        (stats.totals.records() >= events).then_some(stats)
-    })
-    .await
 }
 
 fn orders(range: std::ops::Range<usize>) -> Vec<String> {
@@ -80,8 +53,8 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
     let store = StatsStore::new(clients.dynamodb.clone(), &app);
 
     // The first worker applies all 25 events; o5..o9 stay open.
-    let (w1, stop) = start(&clients, &stream, &app, "w1");
-    let stats = applied(&store, 25).await;
+    let (w1, stop) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
+    let stats = statistics_with(&store, 25).await;
     assert_eq!(stats.totals.sums.orders_created, 10);
     assert_eq!(stats.totals.sums.orders_assigned, 10);
     assert_eq!(stats.totals.sums.orders_completed, 5);
@@ -95,12 +68,7 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
             assert_eq!(state.applied.len(), 3, "{id}: {state:?}");
         }
     }
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), w1)
-        .await
-        .expect("w1 stops")
-        .unwrap()
-        .unwrap();
+    stop_worker_task(w1, stop).await;
     // Its last checkpoint is just before the oldest open order's creation (o5's).
     let leases = DynamoLeaseStore::new(clients.dynamodb.clone(), &app);
     let lease = leases.list_leases().await.unwrap().remove(0);
@@ -118,8 +86,8 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let (w2, stop) = start(&clients, &stream, &app, "w2");
-    let stats = applied(&store, 30).await;
+    let (w2, stop) = run_worker_task(&clients, worker_options(&stream, &app, "w2"));
+    let stats = statistics_with(&store, 30).await;
     let totals = &stats.totals;
     assert_eq!(totals.sums.events, 30, "{totals:?}");
     assert_eq!(totals.sums.orders_created, 10);
@@ -135,11 +103,6 @@ async fn open_orders_are_not_written_and_the_next_owner_rebuilds_them() {
             .is_some_and(|s| s.completed && s.applied.len() == 3)),
         "{states:?}"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), w2)
-        .await
-        .expect("w2 stops")
-        .unwrap()
-        .unwrap();
+    stop_worker_task(w2, stop).await;
     aws.shutdown().await;
 }

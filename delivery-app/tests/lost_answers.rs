@@ -5,16 +5,14 @@ use std::time::Duration;
 
 mod common;
 
-use common::{created, worker_options};
+use common::{created, run_worker_task, statistics_with, worker_options};
 
 use delivery_app::audit::{self, AttemptResult, AuditEntry};
 use delivery_app::stats::StatsStore;
-use delivery_app::worker::run_worker;
 use kcl::aws::{Clients, Endpoints};
 use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
 use kcl_local::testing::{unique, wait_for};
 use kcl_local::{LocalAws, LocalAwsOptions};
-use tokio_util::sync::CancellationToken;
 
 /// A statistics transaction is applied and its answer lost; DynamoDB restarts before
 /// the SDK's retry and forgets the idempotency token: the retry is cancelled by the watermark condition its
@@ -82,13 +80,9 @@ async fn a_transaction_applied_before_a_dynamodb_restart_is_audited_as_applied()
         .for_next(1),
     );
     let audit_file = dir.join("w1.jsonl");
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let mut options = worker_options(&stream, &app, "w1");
-        options.audit_file = Some(audit_file.clone());
-        let (clients, cancel) = (clients.clone(), cancel.clone());
-        async move { run_worker(&clients, &options, cancel).await }
-    });
+    let mut options = worker_options(&stream, &app, "w1");
+    options.audit_file = Some(audit_file.clone());
+    let (worker, cancel) = run_worker_task(&clients, options);
     let target = dynamodb_target("TransactWriteItems");
     wait_for("the answer dropped", Duration::from_secs(60), || async {
         (proxy.injected(&target, kcl_local::faults::FaultKind::DroppedResponse) >= 1).then_some(())
@@ -98,11 +92,7 @@ async fn a_transaction_applied_before_a_dynamodb_restart_is_audited_as_applied()
     aws = LocalAws::start(local.clone()).await.unwrap();
 
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
-    wait_for("every record applied", Duration::from_secs(60), || async {
-        let stats = store.read().await.ok()?;
-        (stats.totals.records() >= 4).then_some(())
-    })
-    .await;
+    statistics_with(&store, 4).await;
     let entries = wait_for("the outcomes logged", Duration::from_secs(30), || async {
         let entries = audit::read(&audit_file).ok()?;
         let count = |attempt: bool| {

@@ -19,18 +19,19 @@ use std::time::Duration;
 
 mod common;
 
-use common::{assigned, completed, created, worker_options};
+use common::{
+    assigned, completed, created, run_worker_task, statistics_with, stop_worker_task,
+    worker_options,
+};
 
 use delivery_app::events::Reason;
 use delivery_app::principals::{POLICY_DOC, Role, principals};
-use delivery_app::stats::{StatsStore, StoredStats};
-use delivery_app::worker::{WorkerError, WorkerOptions, run_worker};
+use delivery_app::stats::StatsStore;
 use kcl::aws::{Clients, Endpoints};
 use kcl_local::LocalAws;
 use kcl_local::faults::{Fault, FaultPlan, FaultProxy, Rule, dynamodb_target};
 use kcl_local::strict::RefusalKind;
 use kcl_local::testing::{unique, wait_for};
-use tokio_util::sync::CancellationToken;
 
 const MARKER: &str = "poison-driver";
 
@@ -90,50 +91,6 @@ fn denied(aws: &LocalAws) -> u64 {
         .kind(RefusalKind::AccessDenied)
 }
 
-/// A worker in this process with `options`, and the token that stops it.
-fn spawn_worker(
-    clients: &Clients,
-    options: WorkerOptions,
-) -> (
-    tokio::task::JoinHandle<Result<(), WorkerError>>,
-    CancellationToken,
-) {
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn({
-        let (clients, cancel) = (clients.clone(), cancel.clone());
-        async move { run_worker(&clients, &options, cancel).await }
-    });
-    (worker, cancel)
-}
-
-/// Stops a worker of [`spawn_worker`] and checks that it stopped within 30 s, without
-/// an error.
-async fn stop_cleanly(
-    worker: tokio::task::JoinHandle<Result<(), WorkerError>>,
-    cancel: CancellationToken,
-) {
-    cancel.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(30), worker)
-        .await
-        .expect("the worker stops within 30 s")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
-}
-
-/// The statistics once they account for `records` records (applied, dead-lettered
-/// or skipped as copies), within 60 s.
-async fn statistics_with(store: &StatsStore, records: u64) -> StoredStats {
-    wait_for(
-        &format!("{records} records in the statistics"),
-        Duration::from_secs(60),
-        || async {
-            let stats = store.read().await.ok()?;
-            (stats.totals.records() >= records).then_some(stats)
-        },
-    )
-    .await
-}
-
 /// Splits the stream's only shard (the one `setup` creates) and returns its id: the
 /// parent, closed, its records before its children's.
 async fn split_the_shard(aws: &LocalAws, stream: &str) -> &'static str {
@@ -186,7 +143,7 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
         &proxy,
         "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of 2048 bytes",
     );
-    let (worker, cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
+    let (worker, cancel) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
     let stats = statistics_with(&store, 60).await;
     assert_eq!(stats.totals.sums.orders_created, 20);
@@ -218,7 +175,7 @@ async fn a_record_dynamodb_refuses_is_isolated_and_the_shard_moves_on() {
             kcl_local::faults::FaultKind::ClientError
         ) >= 2
     );
-    stop_cleanly(worker, cancel).await;
+    stop_worker_task(worker, cancel).await;
     // Under the documented worker policy, checked call by call, nothing was denied.
     assert!(aws.strict().unwrap().iam().checked("TransactWriteItems") > 0);
     assert_eq!(
@@ -265,7 +222,7 @@ async fn access_denied_stops_the_worker_with_the_missing_permission() {
     let events = vec![created("o1"), completed("o1")];
     let (aws, proxy, clients, stream, app) =
         setup_with_policies(&events, &without_put_item_on_orders()).await;
-    let (worker, _cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
+    let (worker, _cancel) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
     let result = tokio::time::timeout(Duration::from_secs(60), worker)
         .await
         .expect("the worker stops on its own")
@@ -311,7 +268,7 @@ async fn a_missing_table_stops_the_worker_naming_it() {
         )
         .when_body_contains(format!("{app}-Stats")),
     );
-    let (worker, _cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
+    let (worker, _cancel) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
     let result = tokio::time::timeout(Duration::from_secs(60), worker)
         .await
         .expect("the worker stops on its own")
@@ -392,7 +349,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
         "TransactWriteItems",
         Fault::internal_server_error(),
     ));
-    let (worker, cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
+    let (worker, cancel) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
     let target = dynamodb_target("TransactWriteItems");
     wait_for(
         "the processor retrying",
@@ -423,7 +380,7 @@ async fn a_stop_during_the_last_batch_of_a_closed_shard_loses_nothing() {
     proxy.shutdown().await;
     let mut options = worker_options(&stream, &app, "w1");
     options.worker_id = Some("w2".into());
-    let (worker, cancel) = spawn_worker(&direct, options);
+    let (worker, cancel) = run_worker_task(&direct, options);
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
     let stats = statistics_with(&store, 10).await;
     assert_eq!(stats.totals.sums.orders_created, 10);
@@ -455,7 +412,7 @@ async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_
     // Only o3's order item carries the marker (its driver id): no order is written
     // before the shard ends, then every transaction holding o3 is refused.
     refuse_marked_transactions(&proxy, "Item size has exceeded the maximum allowed size");
-    let (worker, cancel) = spawn_worker(&clients, worker_options(&stream, &app, "w1"));
+    let (worker, cancel) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
     let leases = kcl::leases::DynamoLeaseStore::new(admin.dynamodb.clone(), &app);
     wait_for(
         "the parent at SHARD_END",
@@ -516,7 +473,7 @@ async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_
     assert_eq!(stats.totals.dead_letter_count(), 1);
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead[0].raw, completed("o3"), "{:?}", dead[0]);
-    stop_cleanly(worker, cancel).await;
+    stop_worker_task(worker, cancel).await;
     proxy.shutdown().await;
     aws.shutdown().await;
 }
@@ -538,7 +495,7 @@ async fn a_transaction_whose_answer_was_lost_is_audited_as_applied() {
     let audit_file = dir.join("w1.jsonl");
     let mut options = worker_options(&stream, &app, "w1");
     options.audit_file = Some(audit_file.clone());
-    let (worker, cancel) = spawn_worker(&clients, options);
+    let (worker, cancel) = run_worker_task(&clients, options);
     let store = StatsStore::new(aws.clients().await.dynamodb, &app);
     statistics_with(&store, 4).await;
     let target = dynamodb_target("TransactWriteItems");

@@ -188,6 +188,54 @@ pub fn worker_options(
     }
 }
 
+/// An in-process statistics worker's task, started with `options`, and the token that
+/// stops it (see [`stop_worker_task`]).
+pub fn run_worker_task(
+    clients: &kcl::aws::Clients,
+    options: delivery_app::worker::WorkerOptions,
+) -> (
+    tokio::task::JoinHandle<Result<(), delivery_app::worker::WorkerError>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn({
+        let (clients, cancel) = (clients.clone(), cancel.clone());
+        async move { delivery_app::worker::run_worker(&clients, &options, cancel).await }
+    });
+    (worker, cancel)
+}
+
+/// Stops a worker of [`run_worker_task`] and asserts it stopped within 30 s, without
+/// an error.
+pub async fn stop_worker_task(
+    worker: tokio::task::JoinHandle<Result<(), delivery_app::worker::WorkerError>>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops within 30 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// The statistics once they account for `records` records (applied, dead-lettered
+/// or skipped as copies), within 60 s.
+pub async fn statistics_with(
+    store: &delivery_app::stats::StatsStore,
+    records: u64,
+) -> delivery_app::stats::StoredStats {
+    kcl_local::testing::wait_for(
+        &format!("{records} records in the statistics"),
+        Duration::from_secs(60),
+        || async {
+            let stats = store.read().await.ok()?;
+            (stats.totals.records() >= records).then_some(stats)
+        },
+    )
+    .await
+}
+
 /// A hand-written `order_created` event: at 1,000 ms, 250 cents, pickup (1, 2).
 pub fn created(order: &str) -> String {
     format!(
