@@ -168,34 +168,13 @@ impl Producer {
         let size = data.len() + partition_key.len();
         let inner = &self.inner;
         let room = &inner.room;
-        // Records first, then bytes, always in this order: no two puts can each hold
-        // what the other waits for. Shutdown closes both, failing the waits.
         // A record is one unit of the calling task's cooperative budget (tokio's): a
         // task putting in a loop yields every 128 records, letting the producer task
-        // take them in passes of that size. With room to spare (the usual case) the
-        // permits are then taken without building a wait; a task never takes room
-        // others queue for, and a closed semaphore fails either way.
+        // take them in passes of that size.
         tokio::task::consume_budget().await;
-        let records = match room.records.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => room
-                .records
-                .acquire()
-                .await
-                .map_err(|_| PutError::ShutDown)?,
-        };
-        let bytes = match room.bytes.try_acquire_many(size as u32) {
-            Ok(permit) => permit,
-            Err(_) => room
-                .bytes
-                .acquire_many(size as u32)
-                .await
-                .map_err(|_| PutError::ShutDown)?,
-        };
-        // Nothing awaits from here on (cancel-safe): the room goes with the record, and
+        // Nothing awaits after this (cancel-safe): the room goes with the record, and
         // the producer task gives it back once the record is resolved.
-        records.forget();
-        bytes.forget();
+        room.take(size).await.map_err(|_| PutError::ShutDown)?;
         let (respond, receiver) = oneshot::channel();
         let record = NewRecord {
             partition_key,

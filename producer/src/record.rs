@@ -1,7 +1,7 @@
 //! A user record inside the producer: validated input, its hash key, its deadlines, its
 //! attempts so far, and the channel that resolves its future.
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{AcquireError, Semaphore, SemaphorePermit, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{MAX_PARTITION_KEY_CHARS, MAX_RECORD_SIZE, ProducerConfig};
@@ -74,6 +74,20 @@ impl Room {
         }
     }
 
+    /// Takes the room of one record of `bytes` bytes, for good (given back with
+    /// [`Room::give_back`]): the record first, then its bytes, always in this order, so
+    /// no two puts can each hold what the other waits for. With room to spare the
+    /// permits are taken without building a wait; otherwise it waits behind the puts
+    /// already waiting. Cancel-safe: dropped before it returns, it takes nothing. Fails
+    /// once the room is closed.
+    pub(crate) async fn take(&self, bytes: usize) -> Result<(), AcquireError> {
+        let records = permits(&self.records, 1).await?;
+        let bytes = permits(&self.bytes, bytes as u32).await?;
+        records.forget();
+        bytes.forget();
+        Ok(())
+    }
+
     /// Gives back the room of `records` records of `bytes` bytes in all.
     pub(crate) fn give_back(&self, records: usize, bytes: usize) {
         if records > 0 {
@@ -86,6 +100,14 @@ impl Room {
     pub(crate) fn close(&self) {
         self.records.close();
         self.bytes.close();
+    }
+}
+
+/// `n` permits of `semaphore`: at once when they are there, else after a wait.
+async fn permits(semaphore: &Semaphore, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
+    match semaphore.try_acquire_many(n) {
+        Ok(permits) => Ok(permits),
+        Err(_) => semaphore.acquire_many(n).await,
     }
 }
 
