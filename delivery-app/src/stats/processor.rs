@@ -10,7 +10,9 @@
 //! the watermark keeps from counting twice. Every transaction also checks that
 //! this worker still holds the shard's lease: a worker that lost it (a zombie after a
 //! pause) has its transaction refused and abandons the batch. A transaction cancelled
-//! otherwise (an order changed elsewhere) is re-read and re-planned, never forced.
+//! otherwise is re-read: if the watermark is now its end, its own earlier try was
+//! applied and only the answer lost, so it goes on as applied; if not (an order changed
+//! elsewhere), it is re-planned, never forced.
 //!
 //! Every record ends somewhere: applied, skipped (a replay, a redelivery) or a dead
 //! letter, whether the parser, the plan (a sum that would
@@ -30,7 +32,7 @@ use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
 use tokio_util::sync::CancellationToken;
 
 use super::halt::Halt;
-use super::hold::{Held, HeldOrders};
+use super::hold::{Held, HeldOrders, Settled};
 use super::isolate::{AfterRefusal, after_refusal};
 
 use super::plan::{
@@ -347,33 +349,11 @@ impl StatsProcessor {
             match applied {
                 Ok(()) => {
                     pause = Duration::from_millis(50);
-                    self.metrics.applied(
-                        chunk.delta.sums.events,
-                        chunk.delta.redeliveries_skipped,
-                        &chunk.delta.dead_letters,
-                    );
                     self.regions = regions;
                     self.sums.add(&chunk.delta.sums);
                     self.watermark = Some(Some(chunk.last.clone()));
                     records.drain(..chunk.records);
-                    self.held.commit(settled);
-                    if self.cache.len() > CACHE_LIMIT {
-                        self.cache.clear();
-                    }
-                    for (id, state) in chunk.after {
-                        match &state {
-                            _ if self.held.state(&id).is_some() => {
-                                self.cache.remove(&id);
-                            }
-                            Some(s) if !s.completed => {
-                                self.cache.insert(id.clone(), s.clone());
-                            }
-                            _ => {
-                                self.cache.remove(&id);
-                            }
-                        }
-                        states.insert(id, state);
-                    }
+                    self.committed(chunk, settled, &mut states);
                 }
                 Err(StoreError::LeaseLost) => {
                     tracing::info!(shard = %self.shard_id, "lease lost: transaction refused, batch abandoned");
@@ -386,8 +366,18 @@ impl StatsProcessor {
                     self.metrics.conflict();
                     tracing::info!(shard = %self.shard_id, %reasons, "transaction cancelled by a condition; re-reading");
                     let watermark = self.reload_watermark().await?;
+                    let outcome = conflict_outcome(watermark.as_ref(), &chunk.last);
                     if let (Some(log), Some(id)) = (&self.audit, attempt) {
-                        log.outcome(id, conflict_outcome(watermark.as_ref(), &chunk.last));
+                        log.outcome(id, outcome);
+                    }
+                    if outcome == AttemptResult::Applied {
+                        // This transaction's own earlier try, its answer lost: with the
+                        // lease held nobody else moves the watermark to exactly its end.
+                        // The sums and regions were just read back with the watermark.
+                        tracing::info!(shard = %self.shard_id, "the transaction was applied by an earlier try whose answer was lost");
+                        records.drain(..chunk.records);
+                        self.committed(chunk, settled, &mut states);
+                        continue;
                     }
                     if let Some(w) = &watermark {
                         records.retain(|r| r.position.compare(w).is_gt());
@@ -452,6 +442,39 @@ impl StatsProcessor {
             "batch applied"
         );
         Ok(())
+    }
+
+    /// What follows a committed `chunk` (the watermark, sums and regions already moved
+    /// with it): its held orders change by `settled`, its orders' states are known.
+    fn committed(
+        &mut self,
+        chunk: Chunk,
+        settled: Settled,
+        states: &mut HashMap<String, Option<OrderState>>,
+    ) {
+        self.metrics.applied(
+            chunk.delta.sums.events,
+            chunk.delta.redeliveries_skipped,
+            &chunk.delta.dead_letters,
+        );
+        self.held.commit(settled);
+        if self.cache.len() > CACHE_LIMIT {
+            self.cache.clear();
+        }
+        for (id, state) in chunk.after {
+            match &state {
+                _ if self.held.state(&id).is_some() => {
+                    self.cache.remove(&id);
+                }
+                Some(s) if !s.completed => {
+                    self.cache.insert(id.clone(), s.clone());
+                }
+                _ => {
+                    self.cache.remove(&id);
+                }
+            }
+            states.insert(id, state);
+        }
     }
 
     /// Replays records at or before the watermark (applied already, by this or an
@@ -521,6 +544,40 @@ impl StatsProcessor {
                     // are dead letters rather than a worker stopped for good.
                     tracing::error!(shard = %self.shard_id, order = %batch[0].write.order_id, %message, "DynamoDB refuses a held order's write; the order is dropped");
                     per_transaction = HELD_PER_TRANSACTION;
+                }
+                Err(Stop::Fatal(StoreError::Conflict { reasons })) => {
+                    // An order of the batch is stored already: this write's own earlier
+                    // try, its answer lost (the lease and the watermark are unchanged
+                    // while the lease is held). The stored states win; the rest are
+                    // written again.
+                    let ids: Vec<String> = batch.iter().map(|h| h.write.order_id.clone()).collect();
+                    let store = Arc::clone(&self.store);
+                    let stored = match self
+                        .retry("reading held orders", || store.order_states(&ids))
+                        .await
+                    {
+                        Ok(stored) => stored,
+                        Err(stop) => {
+                            self.held.put_back(batch);
+                            return Err(stop);
+                        }
+                    };
+                    let (written, unwritten): (Vec<Held>, Vec<Held>) = batch
+                        .into_iter()
+                        .partition(|h| matches!(stored.get(&h.write.order_id), Some(Some(_))));
+                    tracing::info!(shard = %self.shard_id, %reasons, written = written.len(), "writing held orders cancelled by a condition; the orders stored already are no longer held");
+                    self.held.put_back(unwritten);
+                    if written.is_empty() {
+                        return Err(Stop::Fatal(StoreError::Fatal(format!(
+                            "writing held orders was cancelled ({reasons}) with none of \
+                             them stored"
+                        ))));
+                    }
+                    for held in written {
+                        if let Some(Some(state)) = stored.get(&held.write.order_id) {
+                            self.cache.insert(held.write.order_id, state.clone());
+                        }
+                    }
                 }
                 Err(stop) => {
                     self.held.put_back(batch);
