@@ -401,7 +401,7 @@ fn rate(events: u64, d: Duration) -> f64 {
 async fn bound_run(events: u64) -> (f64, usize) {
     use delivery_app::stats::StatsStore;
     use delivery_app::stats::hold::HeldOrders;
-    use delivery_app::stats::plan::{ParsedRecord, PlanLimits, plan_chunk_within};
+    use delivery_app::stats::plan::{ParsedRecord, PlanLimits, plan_chunk_holding};
     use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
     use kcl::leases::Lease;
 
@@ -480,7 +480,10 @@ async fn bound_run(events: u64) -> (f64, usize) {
                 let mut transactions = 0;
                 let mut held = HeldOrders::default();
                 while !records.is_empty() {
-                    let mut chunk = plan_chunk_within(&shard_id, &records, &states, &limits);
+                    let mut chunk =
+                        plan_chunk_holding(&shard_id, &records, &states, &limits, |id| {
+                            held.contains(id)
+                        });
                     let settled = held.settle_chunk(&mut chunk, &HashMap::new());
                     for (region, n) in &chunk.delta.regions {
                         *regions.entry(*region).or_default() += n;

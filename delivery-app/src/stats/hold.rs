@@ -107,6 +107,11 @@ impl HeldOrders {
         self.orders.get(order_id).map(|h| &h.state)
     }
 
+    /// Whether `order_id` is held.
+    pub fn contains(&self, order_id: &str) -> bool {
+        self.orders.contains_key(order_id)
+    }
+
     /// How many orders are held.
     pub fn len(&self) -> usize {
         self.orders.len()

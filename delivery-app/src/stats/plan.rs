@@ -376,6 +376,65 @@ pub fn plan_chunk_within(
     states: &HashMap<String, Option<OrderState>>,
     limits: &PlanLimits,
 ) -> Chunk {
+    plan(shard_id, records, states, limits, None)
+}
+
+/// [`plan_chunk_within`] for a processor that holds orders in memory until they
+/// complete ([`hold`](super::hold)): an order's write takes an item (and its bytes) of
+/// the transaction only if the transaction will make it. That is at once for an order
+/// read from the table, and only when it completes for an order `held` says is held or
+/// one this chunk creates from absent (until then its events merge into the held
+/// order). The chunk's writes then exceed the limits until
+/// [`HeldOrders::settle_chunk`](super::hold::HeldOrders::settle_chunk) takes out the
+/// held ones; what it leaves is within them, so a transaction carries up to
+/// [`MAX_TRANSACTION_ITEMS`] items really written instead of stopping at the held ones.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use delivery_app::stats::plan::{ParsedRecord, PlanLimits, plan_chunk_holding, plan_chunk_within};
+/// use kcl::checkpoint::{ExtendedSequenceNumber, SequencePosition};
+///
+/// // 150 new orders: each one's creation held, none written.
+/// let records: Vec<ParsedRecord> = (0..150)
+///     .map(|n| {
+///         let raw = format!(
+///             r#"{{"type":"order_created","order_id":"o{n}","created_at":1,"pickup":{{"x":1,"y":1}},"dropoff":{{"x":2,"y":2}},"price_cents":100}}"#
+///         )
+///         .into_bytes();
+///         ParsedRecord {
+///             position: ExtendedSequenceNumber::new(SequencePosition::Sequence(format!("{}", 100 + n))),
+///             parsed: delivery_app::events::parse(&raw),
+///             partition_key: format!("o{n}"),
+///             raw,
+///         }
+///     })
+///     .collect();
+/// let absent: HashMap<_, _> = (0..150).map(|n| (format!("o{n}"), None)).collect();
+/// let limits = PlanLimits::default();
+/// // Counting every order as an item: 98 records (the statistics item and the lease
+/// // check take two).
+/// assert_eq!(plan_chunk_within("s", &records, &absent, &limits).records, 98);
+/// // Knowing new orders are held: all of them.
+/// assert_eq!(plan_chunk_holding("s", &records, &absent, &limits, |_| false).records, 150);
+/// ```
+pub fn plan_chunk_holding(
+    shard_id: &str,
+    records: &[ParsedRecord],
+    states: &HashMap<String, Option<OrderState>>,
+    limits: &PlanLimits,
+    held: impl Fn(&str) -> bool,
+) -> Chunk {
+    plan(shard_id, records, states, limits, Some(&held))
+}
+
+/// [`plan_chunk_within`], or with `held` [`plan_chunk_holding`].
+fn plan(
+    shard_id: &str,
+    records: &[ParsedRecord],
+    states: &HashMap<String, Option<OrderState>>,
+    limits: &PlanLimits,
+    held: Option<&dyn Fn(&str) -> bool>,
+) -> Chunk {
     assert!(!records.is_empty(), "plan_chunk needs records");
     let mut chunk = Chunk {
         records: 0,
@@ -386,6 +445,10 @@ pub fn plan_chunk_within(
         after: HashMap::new(),
     };
     let mut op_index: HashMap<String, usize> = HashMap::new();
+    // Per op: whether its write is counted in `items` and `bytes` (with `held`, a held
+    // or newly created order's is not until it completes).
+    let mut counted: Vec<bool> = Vec::new();
+    let mut items = 2;
     // Records rejected by this chunk: a copy later in it is a redelivery too.
     let mut rejected: HashSet<u64> = HashSet::new();
     let mut bytes = size::stats_item_bound(shard_id) + LEASE_ITEM_BOUND;
@@ -432,24 +495,40 @@ pub fn plan_chunk_within(
         };
         // Items and bytes this record adds.
         let new_op = order.is_some_and(|id| !op_index.contains_key(id));
+        let completes = matches!(outcome, Outcome::Apply(Transition::Complete(_), _));
+        let counts_now = order.is_some_and(|id| match (op_index.get(id), held) {
+            (Some(&op), _) => !counted[op] && completes,
+            (None, None) => true,
+            (None, Some(held)) => {
+                let created_from_absent = matches!(states.get(id), Some(None))
+                    && matches!(outcome, Outcome::Apply(Transition::Create(_), _));
+                completes || !(held(id) || created_from_absent)
+            }
+        });
         let dead = match &outcome {
             Outcome::Rejected(rejection) => {
                 Some(dead_letter(record, record_digest, rejection.clone()))
             }
             _ => None,
         };
-        let added_items = usize::from(new_op) + usize::from(dead.is_some());
-        let added_bytes = order.filter(|_| new_op).map_or(0, size::order_item_bound)
+        let added_items = usize::from(counts_now) + usize::from(dead.is_some());
+        let added_bytes = order
+            .filter(|_| counts_now)
+            .map_or(0, size::order_item_bound)
             + dead
                 .as_ref()
                 .map_or(0, |d| size::dead_letter_item(shard_id, d));
         if chunk.records > 0
-            && (chunk.items() + added_items > MAX_TRANSACTION_ITEMS
+            && (items + added_items > MAX_TRANSACTION_ITEMS
                 || bytes + added_bytes > MAX_TRANSACTION_BYTES)
         {
             break;
         }
+        items += added_items;
         bytes += added_bytes;
+        if let Some(id) = order.filter(|_| counts_now && !new_op) {
+            counted[op_index[id]] = true;
+        }
         chunk.records += 1;
         chunk.last = record.position.clone();
         if let Some(id) = order
@@ -457,6 +536,7 @@ pub fn plan_chunk_within(
         {
             let before = states.get(id).cloned().flatten();
             op_index.insert(id.to_string(), chunk.orders.len());
+            counted.push(counts_now);
             chunk.orders.push(OrderWrite {
                 order_id: id.to_string(),
                 expect: Expect::of(&before),

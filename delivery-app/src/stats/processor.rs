@@ -36,7 +36,7 @@ use super::hold::{Held, HeldOrders, Settled};
 use super::isolate::{AfterRefusal, after_refusal};
 
 use super::plan::{
-    Chunk, OrderState, ParsedRecord, PlanLimits, plan_chunk_within, referenced_orders,
+    Chunk, OrderState, ParsedRecord, PlanLimits, plan_chunk_holding, referenced_orders,
 };
 use super::store::{StatsStore, StoreError};
 use super::summary::Summary;
@@ -288,7 +288,8 @@ impl StatsProcessor {
                 max_records,
                 dead_lettered: dead_lettered.clone(),
             };
-            let mut chunk = plan_chunk_within(&self.shard_id, &records, &states, &limits);
+            let held = |id: &str| self.held.contains(id);
+            let mut chunk = plan_chunk_holding(&self.shard_id, &records, &states, &limits, held);
             let settled = self.held.settle_chunk(&mut chunk, first_seen);
             if !chunk.dead_letters.is_empty() {
                 let ids: Vec<String> = chunk.dead_letters.iter().map(|d| d.id.clone()).collect();
@@ -493,7 +494,8 @@ impl StatsProcessor {
         };
         let mut rest = records.as_slice();
         while !rest.is_empty() {
-            let mut chunk = plan_chunk_within(&self.shard_id, rest, &states, &limits);
+            let held = |id: &str| self.held.contains(id);
+            let mut chunk = plan_chunk_holding(&self.shard_id, rest, &states, &limits, held);
             let settled = self.held.settle_chunk(&mut chunk, first_seen);
             self.held.commit(settled);
             states.extend(chunk.after);
