@@ -126,6 +126,11 @@ impl Restartable {
     }
 }
 
+/// Orders `o0`..`o3` created.
+fn created_orders() -> Vec<String> {
+    (0..4).map(|n| created(&format!("o{n}"))).collect()
+}
+
 /// Every order `o0`..`o3` assigned and completed.
 fn assigned_and_completed() -> Vec<String> {
     (0..4)
@@ -161,13 +166,7 @@ async fn assert_four_orders_complete(store: &StatsStore) {
 async fn a_transaction_applied_before_a_dynamodb_restart_is_audited_as_applied_and_its_orders_held()
 {
     let local = Restartable::start("restart-answer").await;
-    local
-        .put(
-            &(0..4)
-                .map(|n| created(&format!("o{n}")))
-                .collect::<Vec<_>>(),
-        )
-        .await;
+    local.put(&created_orders()).await;
     local.lose_the_next_transaction_answer();
     let audit_file = local.dir.join("w1.jsonl");
     let mut options = worker_options(&local.stream, &local.app, "w1");
@@ -228,13 +227,7 @@ async fn a_transaction_applied_before_a_dynamodb_restart_is_audited_as_applied_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_orders_written_at_shard_end_whose_answer_was_lost_are_not_written_again() {
     let local = Restartable::start("restart-held").await;
-    local
-        .put(
-            &(0..4)
-                .map(|n| created(&format!("o{n}")))
-                .collect::<Vec<_>>(),
-        )
-        .await;
+    local.put(&created_orders()).await;
     let (worker, cancel) = run_worker_task(
         &local.clients,
         worker_options(&local.stream, &local.app, "w1"),
@@ -261,18 +254,7 @@ async fn held_orders_written_at_shard_end_whose_answer_was_lost_are_not_written_
     let local = local.restart_after_the_lost_answer().await;
 
     let admin = local.aws.clients().await;
-    let leases = kcl::leases::DynamoLeaseStore::new(admin.dynamodb.clone(), &local.app);
-    wait_for(
-        "the parent at SHARD_END",
-        Duration::from_secs(60),
-        || async {
-            let lease = kcl::leases::LeaseStore::get_lease(&leases, parent)
-                .await
-                .ok()??;
-            lease.checkpoint.is_shard_end().then_some(())
-        },
-    )
-    .await;
+    common::shard_end(&admin.dynamodb, &local.app, parent).await;
     let store = local.store(admin.dynamodb);
     local.put(&assigned_and_completed()).await;
     assert_four_orders_complete(&store).await;

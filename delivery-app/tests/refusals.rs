@@ -413,18 +413,7 @@ async fn a_held_order_refused_at_shard_end_is_dropped_alone_and_the_children_go_
     // before the shard ends, then every transaction holding o3 is refused.
     refuse_marked_transactions(&proxy, "Item size has exceeded the maximum allowed size");
     let (worker, cancel) = run_worker_task(&clients, worker_options(&stream, &app, "w1"));
-    let leases = kcl::leases::DynamoLeaseStore::new(admin.dynamodb.clone(), &app);
-    wait_for(
-        "the parent at SHARD_END",
-        Duration::from_secs(60),
-        || async {
-            let lease = kcl::leases::LeaseStore::get_lease(&leases, parent)
-                .await
-                .ok()??;
-            lease.checkpoint.is_shard_end().then_some(())
-        },
-    )
-    .await;
+    common::shard_end(&admin.dynamodb, &app, parent).await;
     let store = StatsStore::new(admin.dynamodb.clone(), &app);
     let stats = store.read().await.unwrap();
     assert_eq!(stats.totals.sums.orders_created, 10);

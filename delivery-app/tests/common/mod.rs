@@ -254,3 +254,20 @@ pub fn assigned(order: &str, driver: &str) -> String {
 pub fn completed(order: &str) -> String {
     format!(r#"{{"type":"order_completed","order_id":"{order}","completed_at":2500}}"#)
 }
+
+/// Waits (within 60 s) for `shard`'s lease in `app`'s lease table to be checkpointed
+/// at SHARD_END.
+pub async fn shard_end(dynamodb: &aws_sdk_dynamodb::Client, app: &str, shard: &str) {
+    let leases = kcl::leases::DynamoLeaseStore::new(dynamodb.clone(), app);
+    kcl_local::testing::wait_for(
+        &format!("{shard} at SHARD_END"),
+        Duration::from_secs(60),
+        || async {
+            let lease = kcl::leases::LeaseStore::get_lease(&leases, shard)
+                .await
+                .ok()??;
+            lease.checkpoint.is_shard_end().then_some(())
+        },
+    )
+    .await;
+}
