@@ -223,7 +223,8 @@ impl HeldOrders {
     }
 
     /// Takes out, to be written, the held orders first held at or before `cutoff` of
-    /// the clock, at most `max`, oldest first.
+    /// the clock, at most `max`, oldest first (orders held at once by id, so that the
+    /// same state always writes the same orders).
     pub fn take_where(&mut self, cutoff: u64, max: usize) -> Vec<Held> {
         let mut old: Vec<(&String, u64)> = self
             .orders
@@ -231,7 +232,7 @@ impl HeldOrders {
             .filter(|(_, h)| h.since <= cutoff)
             .map(|(id, h)| (id, h.since))
             .collect();
-        old.sort_by_key(|(_, since)| *since);
+        old.sort_unstable_by(|(a, since_a), (b, since_b)| since_a.cmp(since_b).then(a.cmp(b)));
         let ids: Vec<String> = old
             .into_iter()
             .take(max)

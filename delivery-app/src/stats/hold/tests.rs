@@ -195,3 +195,24 @@ fn the_oldest_are_taken_to_be_written_and_can_be_put_back() {
     assert_eq!(held.resume_after(), Some(Some(&at(0))));
     assert_eq!(held.take_where(u64::MAX, 1)[0].write.order_id, "a");
 }
+
+#[test]
+fn orders_held_at_once_are_taken_by_id() {
+    let mut held = HeldOrders::default();
+    held.tick(5);
+    let ids = ["o7", "o1", "o30", "o4", "o12"];
+    for id in ids {
+        transact(
+            &mut held,
+            vec![write(id, Expect::Absent, "c", &[1])],
+            &[(id, state(false, false, &[1]))],
+            1,
+        );
+    }
+    let taken: Vec<String> = held
+        .take_where(5, 3)
+        .into_iter()
+        .map(|h| h.write.order_id)
+        .collect();
+    assert_eq!(taken, ["o1", "o12", "o30"]);
+}
