@@ -401,7 +401,7 @@ fn rate(events: u64, d: Duration) -> f64 {
 async fn bound_run(events: u64) -> (f64, usize) {
     use delivery_app::stats::StatsStore;
     use delivery_app::stats::hold::HeldOrders;
-    use delivery_app::stats::plan::{ParsedRecord, PlanLimits, plan_chunk_holding};
+    use delivery_app::stats::plan::{ParsedRecord, PlanLimits};
     use kcl::checkpoint::{ExtendedSequenceNumber, LeaseOwnership, SequencePosition};
     use kcl::leases::Lease;
 
@@ -480,11 +480,8 @@ async fn bound_run(events: u64) -> (f64, usize) {
                 let mut transactions = 0;
                 let mut held = HeldOrders::default();
                 while !records.is_empty() {
-                    let mut chunk =
-                        plan_chunk_holding(&shard_id, &records, &states, &limits, |id| {
-                            held.contains(id)
-                        });
-                    let settled = held.settle_chunk(&mut chunk, &HashMap::new());
+                    let (chunk, settled) =
+                        held.plan_chunk(&shard_id, &records, &states, &limits, &HashMap::new());
                     for (region, n) in &chunk.delta.regions {
                         *regions.entry(*region).or_default() += n;
                     }

@@ -62,7 +62,9 @@ use std::collections::HashMap;
 
 use kcl::checkpoint::ExtendedSequenceNumber;
 
-use super::plan::{Chunk, Expect, OrderState, OrderWrite};
+use super::plan::{
+    Chunk, Expect, OrderState, OrderWrite, ParsedRecord, PlanLimits, plan_chunk_holding,
+};
 
 /// An order created here and not written yet.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,20 +189,30 @@ impl HeldOrders {
         (writes, settled)
     }
 
-    /// [`HeldOrders::settle`] for a planned chunk: its order writes become the ones the
-    /// transaction makes. `first_seen` gives, per order, where a replay that rebuilds
-    /// it starts (none given: the shard's start).
-    pub fn settle_chunk(
+    /// The next transaction for `records` of `shard_id`: planned knowing which orders
+    /// are held here ([`plan_chunk_holding`], so a held or new order takes an item only
+    /// when the transaction writes it), then settled ([`HeldOrders::settle`]), its
+    /// order writes becoming the ones the transaction makes. `first_seen` gives, per
+    /// order, where a replay that rebuilds it starts (none given: the shard's start).
+    /// Returns the chunk and the change to the held orders once it commits. Planning
+    /// and settling against the same held orders is what keeps the transaction within
+    /// DynamoDB's limits.
+    pub fn plan_chunk(
         &self,
-        chunk: &mut Chunk,
+        shard_id: &str,
+        records: &[ParsedRecord],
+        states: &HashMap<String, Option<OrderState>>,
+        limits: &PlanLimits,
         first_seen: &HashMap<String, Option<ExtendedSequenceNumber>>,
-    ) -> Settled {
+    ) -> (Chunk, Settled) {
+        let mut chunk =
+            plan_chunk_holding(shard_id, records, states, limits, |id| self.contains(id));
         let (writes, settled) =
             self.settle(std::mem::take(&mut chunk.orders), &chunk.after, |id| {
                 first_seen.get(id).cloned().flatten()
             });
         chunk.orders = writes;
-        settled
+        (chunk, settled)
     }
 
     /// Applies a committed transaction's [`Settled`] change.

@@ -384,10 +384,12 @@ pub fn plan_chunk_within(
 /// the transaction only if the transaction will make it. That is at once for an order
 /// read from the table, and only when it completes for an order `held` says is held or
 /// one this chunk creates from absent (until then its events merge into the held
-/// order). The chunk's writes then exceed the limits until
-/// [`HeldOrders::settle_chunk`](super::hold::HeldOrders::settle_chunk) takes out the
-/// held ones; what it leaves is within them, so a transaction carries up to
-/// [`MAX_TRANSACTION_ITEMS`] items really written instead of stopping at the held ones.
+/// order). The chunk's writes then exceed the limits until settling against the same
+/// held orders takes out the held ones ([`HeldOrders::plan_chunk`] does both); what it
+/// leaves is within them, so a transaction carries up to [`MAX_TRANSACTION_ITEMS`]
+/// items really written instead of stopping at the held ones.
+///
+/// [`HeldOrders::plan_chunk`]: super::hold::HeldOrders::plan_chunk
 ///
 /// ```
 /// use std::collections::HashMap;

@@ -35,9 +35,7 @@ use super::halt::Halt;
 use super::hold::{Held, HeldOrders, Settled};
 use super::isolate::{AfterRefusal, after_refusal};
 
-use super::plan::{
-    Chunk, OrderState, ParsedRecord, PlanLimits, plan_chunk_holding, referenced_orders,
-};
+use super::plan::{Chunk, OrderState, ParsedRecord, PlanLimits, referenced_orders};
 use super::store::{StatsStore, StoreError};
 use super::summary::Summary;
 use crate::audit::{AttemptResult, AuditLog, conflict_outcome};
@@ -288,9 +286,9 @@ impl StatsProcessor {
                 max_records,
                 dead_lettered: dead_lettered.clone(),
             };
-            let held = |id: &str| self.held.contains(id);
-            let mut chunk = plan_chunk_holding(&self.shard_id, &records, &states, &limits, held);
-            let settled = self.held.settle_chunk(&mut chunk, first_seen);
+            let (chunk, settled) =
+                self.held
+                    .plan_chunk(&self.shard_id, &records, &states, &limits, first_seen);
             if !chunk.dead_letters.is_empty() {
                 let ids: Vec<String> = chunk.dead_letters.iter().map(|d| d.id.clone()).collect();
                 let store = Arc::clone(&self.store);
@@ -464,7 +462,7 @@ impl StatsProcessor {
         }
         for (id, state) in chunk.after {
             match &state {
-                _ if self.held.state(&id).is_some() => {
+                _ if self.held.contains(&id) => {
                     self.cache.remove(&id);
                 }
                 Some(s) if !s.completed => {
@@ -494,9 +492,9 @@ impl StatsProcessor {
         };
         let mut rest = records.as_slice();
         while !rest.is_empty() {
-            let held = |id: &str| self.held.contains(id);
-            let mut chunk = plan_chunk_holding(&self.shard_id, rest, &states, &limits, held);
-            let settled = self.held.settle_chunk(&mut chunk, first_seen);
+            let (chunk, settled) =
+                self.held
+                    .plan_chunk(&self.shard_id, rest, &states, &limits, first_seen);
             self.held.commit(settled);
             states.extend(chunk.after);
             rest = &rest[chunk.records..];

@@ -243,8 +243,11 @@ fn every_field_of_a_dead_letter_is_capped() {
     assert!(dead_letter_bound() < MAX_ITEM_BYTES);
 }
 
-/// Plans `records` with [`plan_chunk_holding`] and settles each chunk against `held`,
-/// as the processor does: the settled transactions, as (records, items written).
+/// Plans and settles `records` against `held` ([`HeldOrders::plan_chunk`]) and commits
+/// each chunk, as the processor does: the settled transactions, as (records, items
+/// written).
+///
+/// [`HeldOrders::plan_chunk`]: crate::stats::hold::HeldOrders::plan_chunk
 fn holding_transactions(
     records: &[ParsedRecord],
     states: &HashMap<String, Option<OrderState>>,
@@ -254,10 +257,8 @@ fn holding_transactions(
     let mut out = Vec::new();
     let mut rest = records;
     while !rest.is_empty() {
-        let mut chunk = plan_chunk_holding("s0", rest, &states, &PlanLimits::default(), |id| {
-            held.contains(id)
-        });
-        let settled = held.settle_chunk(&mut chunk, &HashMap::new());
+        let (chunk, settled) =
+            held.plan_chunk("s0", rest, &states, &PlanLimits::default(), &HashMap::new());
         assert!(chunk.records >= 1);
         assert!(chunk.items() <= MAX_TRANSACTION_ITEMS, "{}", chunk.items());
         assert!(transaction_bytes("s0", &chunk) <= MAX_TRANSACTION_BYTES);
