@@ -149,10 +149,27 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_silent_and_the_next_owner_is
         &log,
         failover,
     );
+    // And checkpointed: the checkpoint follows the batch's transactions, and one still
+    // in flight when DynamoDB falls silent would hold the processor before the
+    // transaction this test needs.
     wait_for(
-        "the first orders applied",
+        "the first orders applied and checkpointed",
         Duration::from_secs(60),
-        || async { (records(&s.store).await >= 20).then_some(()) },
+        || async {
+            if records(&s.store).await < 20 {
+                return None;
+            }
+            let watermarks = s.store.watermarks().await.ok()?;
+            let leases = kcl::leases::DynamoLeaseStore::new(s.clients.dynamodb.clone(), &s.app);
+            let all = kcl::leases::LeaseStore::list_leases(&leases).await.ok()?;
+            all.iter()
+                .all(|lease| {
+                    watermarks
+                        .get(&lease.key)
+                        .is_some_and(|w| lease.checkpoint.compare(w).is_eq())
+                })
+                .then_some(())
+        },
     )
     .await;
 
