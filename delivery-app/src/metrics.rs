@@ -11,6 +11,7 @@ use kinesis_core::metrics::{
     Counter, Description, Histogram, Kind, Unit, counter, gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::Reason;
@@ -82,6 +83,8 @@ pub struct ShardMetrics {
     transaction_seconds: Histogram,
     transaction_conflicts: Counter,
     watermark_lag: kinesis_core::metrics::Gauge,
+    /// The watermark lag last set, set again for batches with nothing to apply.
+    last_lag: Option<f64>,
 }
 
 impl ShardMetrics {
@@ -95,6 +98,7 @@ impl ShardMetrics {
             transaction_seconds: histogram(names::TRANSACTION_SECONDS, &l),
             transaction_conflicts: counter(names::TRANSACTION_CONFLICTS, &l),
             watermark_lag: gauge(names::WATERMARK_LAG, &l),
+            last_lag: None,
         }
     }
 
@@ -126,20 +130,43 @@ impl ShardMetrics {
         self.transaction_conflicts.increment(1);
     }
 
-    /// The newest applied record arrived in Kinesis at `arrival`.
-    pub fn applied_up_to(&self, arrival: SystemTime) {
-        let lag = SystemTime::now()
-            .duration_since(arrival)
-            .unwrap_or_default();
-        self.watermark_lag.set(lag.as_secs_f64());
+    /// A batch was applied whose newest record arrived in Kinesis at `arrival`, or
+    /// with no record (`None`): the lag stays what the last record applied gave, and is
+    /// set again so that it stays in the output while this worker reads the shard.
+    pub fn applied_up_to(&mut self, arrival: Option<SystemTime>) {
+        if let Some(arrival) = arrival {
+            let lag = SystemTime::now()
+                .duration_since(arrival)
+                .unwrap_or_default();
+            self.last_lag = Some(lag.as_secs_f64());
+        }
+        if let Some(lag) = self.last_lag {
+            self.watermark_lag.set(lag);
+        }
     }
 }
 
-/// Installs the Prometheus recorder for this process (once; later calls reuse it) and
-/// serves `GET /metrics` on `addr` until `cancel`. Returns the address bound (port 0
-/// picks one).
-pub async fn serve(addr: SocketAddr, cancel: CancellationToken) -> Result<SocketAddr, String> {
-    let handle = install()?;
+/// How long a gauge stays in the output without being set, for a worker whose leases
+/// fail over after `failover`: three failover times. A worker sets every gauge of a
+/// shard it reads at each read (kcl-rs's lag at least every poll, this application's
+/// watermark lag at every batch, empty ones included) and its own gauges at least every
+/// taking cycle, all far more often; a worker that has not renewed a lease for one
+/// failover time has lost it. So the gauges of a shard whose lease moved to another
+/// worker leave this worker's output instead of showing their last value for ever.
+pub fn gauge_idle_timeout(failover: Duration) -> Duration {
+    failover * 3
+}
+
+/// Installs the Prometheus recorder for this process (once; later calls reuse it,
+/// with the first call's `gauge_idle`: see [`gauge_idle_timeout`]; `None` keeps every
+/// gauge) and serves `GET /metrics` on `addr` until `cancel`. Returns the address bound
+/// (port 0 picks one).
+pub async fn serve(
+    addr: SocketAddr,
+    gauge_idle: Option<Duration>,
+    cancel: CancellationToken,
+) -> Result<SocketAddr, String> {
+    let handle = install(gauge_idle)?;
     let render = handle.clone();
     let router = axum::Router::new().route(
         "/metrics",
@@ -168,12 +195,15 @@ pub async fn serve(addr: SocketAddr, cancel: CancellationToken) -> Result<Socket
 }
 
 /// The process's Prometheus recorder, installed on first use.
-fn install() -> Result<PrometheusHandle, String> {
+fn install(gauge_idle: Option<Duration>) -> Result<PrometheusHandle, String> {
     static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Gauges only: counters and histograms of a shard read before stay right.
+            let recorder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, gauge_idle)
+                .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;

@@ -1,7 +1,8 @@
 //! `worker --metrics-addr` serves Prometheus text that tells the truth: scraped from two
 //! worker processes during a run, the records processed per shard add up to what the
-//! statistics applied and to what was put, each shard's lag reaches zero, and the lease
-//! counts change when a worker is killed.
+//! statistics applied and to what was put, each shard's lag reaches zero, the lease
+//! counts change when a worker is killed, and a shard's gauges follow its lease to a
+//! worker that joins.
 
 mod common;
 
@@ -281,6 +282,38 @@ async fn worker_metrics_match_what_was_put_and_follow_a_kill() {
     })
     .await;
 
+    // A worker joins and takes one of them: the shard's gauges leave the worker that
+    // stopped reading it (its exporter drops gauges left unset for three failover
+    // times), so no stale lag stays beside the new reader's.
+    let (mut w3, a3) = start_worker(&common, "m3").await;
+    let shards_of = |samples: &[Sample], name: &str| -> Vec<String> {
+        samples
+            .iter()
+            .filter(|(n, ..)| n == name)
+            .map(|(_, l, _)| l["shard"].clone())
+            .collect()
+    };
+    let all = scrape_until(&[&a1, &a3], "one lease each, one lag gauge each", |all| {
+        let (lags1, lags3) = (
+            shards_of(&all[0], "kcl_millis_behind_latest"),
+            shards_of(&all[1], "kcl_millis_behind_latest"),
+        );
+        leases(&all[0], "m1") == 1.0
+            && leases(&all[1], "m3") == 1.0
+            && lags1.len() == 1
+            && lags3.len() == 1
+            && lags1 != lags3
+    })
+    .await;
+    let moved = &shards_of(&all[1], "kcl_millis_behind_latest")[0];
+    assert!(
+        !shards_of(&all[0], "delivery_watermark_lag_seconds").contains(moved),
+        "m1 still shows the watermark lag of {moved}"
+    );
+    // Counters stay: what m1 processed of the shard before is still its own.
+    assert!(shards_of(&all[0], "kcl_records_processed_total").contains(moved));
+
+    common::stop_gracefully(&mut w3).await;
     common::stop_gracefully(&mut w1).await;
     aws.stop().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -12,6 +12,14 @@
 //! Nothing is exported until the application installs a recorder (for example
 //! `metrics-exporter-prometheus`); until then an update costs an atomic load. The
 //! handles are registered once per shard consumer and per worker, never per record.
+//!
+//! A shard's gauge stops being set when its lease leaves the worker. Install the
+//! exporter with an idle timeout for gauges (a few failover times; Prometheus:
+//! `idle_timeout(MetricKindMask::GAUGE, ...)`) so that it leaves this worker's output
+//! instead of showing its last value beside the new owner's: while the worker reads the
+//! shard, the lag is set at every read and the worker's own gauges at every renewal and
+//! taking cycle. Gauges are looked up in the recorder at every set, so one dropped
+//! while idle comes back.
 //! The `metrics` feature (on by default) compiles all of this out when turned off.
 //!
 //! ```

@@ -94,7 +94,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let metrics = tokio_util::sync::CancellationToken::new();
     let _stop_metrics = metrics.clone().drop_guard();
     if let Some(addr) = args.metrics_addr {
-        let bound = delivery_app::metrics::serve(addr, metrics.clone()).await?;
+        let bound = delivery_app::metrics::serve(
+            addr,
+            Some(delivery_app::metrics::gauge_idle_timeout(
+                Duration::from_millis(args.failover_ms),
+            )),
+            metrics.clone(),
+        )
+        .await?;
         if addr.port() == 0 {
             // Workers' ports derive from a fixed one; with port 0 they serve none.
             println!(

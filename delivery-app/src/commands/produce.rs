@@ -43,7 +43,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), CommandError> {
     let metrics = tokio_util::sync::CancellationToken::new();
     let _stop_metrics = metrics.clone().drop_guard();
     if let Some(addr) = args.metrics_addr {
-        let bound = delivery_app::metrics::serve(addr, metrics.clone()).await?;
+        let bound = delivery_app::metrics::serve(addr, None, metrics.clone()).await?;
         eprintln!("metrics at http://{bound}/metrics");
     }
     let clients = args.aws.clients(Some(&args.names.stream), None).await?;

@@ -20,7 +20,12 @@ pub async fn run(args: WorkerArgs) -> Result<(), CommandError> {
     let options = args.flags.options(&args.names);
     let cancel = CancellationToken::new();
     if let Some(addr) = args.flags.metrics_addr {
-        let bound = delivery_app::metrics::serve(addr, cancel.child_token()).await?;
+        let bound = delivery_app::metrics::serve(
+            addr,
+            Some(delivery_app::metrics::gauge_idle_timeout(options.failover)),
+            cancel.child_token(),
+        )
+        .await?;
         eprintln!("metrics at http://{bound}/metrics");
     }
     // Connecting is inside the task too: a signal while the endpoints do not answer

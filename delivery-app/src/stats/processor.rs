@@ -738,9 +738,7 @@ impl RecordProcessor for StatsProcessor {
         }
         match self.process(input, &owner).await {
             Ok(()) => {
-                if let Some(arrival) = newest_arrival {
-                    self.metrics.applied_up_to(arrival);
-                }
+                self.metrics.applied_up_to(newest_arrival);
                 self.checkpoint(checkpointer, "checkpoint").await
             }
             // Not checkpointed: the next owner replays the batch.

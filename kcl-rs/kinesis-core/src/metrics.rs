@@ -2,8 +2,13 @@
 //! facade's `Counter`, `Gauge` and `Histogram` with the `metrics` feature, stand-ins
 //! that do nothing without it, so the recording code is the same either way.
 //!
-//! Handles are registered once (per shard consumer, per worker, per producer) and
-//! updated on the hot path: with no recorder installed an update costs an atomic load.
+//! Counters and histograms are registered once (per shard consumer, per worker, per
+//! producer) and updated on the hot path: with no recorder installed an update costs
+//! an atomic load. A [`Gauge`] is looked up in the recorder at every `set` instead
+//! (gauges are set once per batch or cycle, not per record): an exporter that drops
+//! gauges left idle (Prometheus's `idle_timeout`, so that a shard's gauge leaves the
+//! worker that stopped reading it) gets the gauge back at its next `set`, where a
+//! cached handle would keep writing to the dropped one.
 //!
 //! ```
 //! use kinesis_core::metrics::{Counter, counter};
@@ -14,10 +19,47 @@
 //! ```
 
 #[cfg(feature = "metrics")]
-pub use metrics::{Counter, Gauge, Histogram};
+pub use metrics::{Counter, Histogram};
 
 #[cfg(not(feature = "metrics"))]
 pub use noop::{Counter, Gauge, Histogram};
+
+#[cfg(feature = "metrics")]
+pub use live::Gauge;
+
+/// The gauge resolved at every `set`.
+#[cfg(feature = "metrics")]
+mod live {
+    static METADATA: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+    /// A gauge, looked up in the installed recorder at every [`set`](Gauge::set): one
+    /// the recorder dropped for being idle comes back at the next `set`.
+    #[derive(Clone, Debug, Default)]
+    pub struct Gauge {
+        /// `None`: records nothing.
+        key: Option<metrics::Key>,
+    }
+
+    impl Gauge {
+        /// The gauge `key`.
+        pub(super) fn new(key: metrics::Key) -> Gauge {
+            Gauge { key: Some(key) }
+        }
+
+        /// A handle that records nothing.
+        pub fn noop() -> Gauge {
+            Gauge { key: None }
+        }
+
+        /// Sets the gauge, through the recorder installed now.
+        pub fn set(&self, value: f64) {
+            if let Some(key) = &self.key {
+                metrics::with_recorder(|r| r.register_gauge(key, &METADATA).set(value));
+            }
+        }
+    }
+}
 
 /// Stand-ins with the facade's methods, doing nothing.
 #[cfg(not(feature = "metrics"))]
@@ -78,11 +120,11 @@ pub fn counter(name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
     }
 }
 
-/// The gauge `name` with `labels`, from the installed recorder.
+/// The gauge `name` with `labels`, looked up in the recorder installed at each `set`.
 pub fn gauge(name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
     #[cfg(feature = "metrics")]
     {
-        metrics::gauge!(name, self::labels(labels))
+        Gauge::new(metrics::Key::from_parts(name, self::labels(labels)))
     }
     #[cfg(not(feature = "metrics"))]
     {
@@ -172,4 +214,70 @@ pub fn describe(metrics: &[Description]) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = metrics;
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Key, KeyName, Metadata, Recorder, SharedString};
+
+    use super::*;
+
+    /// A recorder that keeps its gauges until told to forget them all, as an exporter
+    /// drops idle gauges.
+    #[derive(Default)]
+    struct Forgetful {
+        gauges: Mutex<HashMap<Key, Arc<AtomicU64>>>,
+    }
+
+    impl Forgetful {
+        fn value(&self, name: &str) -> Option<f64> {
+            let gauges = self.gauges.lock().unwrap();
+            let (_, cell) = gauges.iter().find(|(k, _)| k.name() == name)?;
+            Some(f64::from_bits(cell.load(Ordering::SeqCst)))
+        }
+
+        fn forget(&self) {
+            self.gauges.lock().unwrap().clear();
+        }
+    }
+
+    impl Recorder for Forgetful {
+        fn describe_counter(&self, _: KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+            let mut gauges = self.gauges.lock().unwrap();
+            metrics::Gauge::from_arc(Arc::clone(gauges.entry(key.clone()).or_default()))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn a_gauge_the_recorder_dropped_comes_back_at_its_next_set() {
+        let recorder = Forgetful::default();
+        metrics::with_local_recorder(&recorder, || {
+            let lag = gauge("lag", &[("shard", "shardId-000000000001")]);
+            lag.set(5.0);
+            assert_eq!(recorder.value("lag"), Some(5.0));
+            recorder.forget();
+            assert_eq!(recorder.value("lag"), None);
+            lag.set(7.0);
+            assert_eq!(recorder.value("lag"), Some(7.0));
+            Gauge::noop().set(1.0);
+            assert_eq!(
+                recorder.gauges.lock().unwrap().len(),
+                1,
+                "noop records nothing"
+            );
+        });
+    }
 }

@@ -74,6 +74,10 @@ impl LeaseCoordinator {
         let live = self.expiry.lock().unwrap().live_workers(now);
         let busiest = self.most_held_by_another(&live);
         if !self.lease_scan_due(&members, live.len(), generation, busiest, leader, now) {
+            // Nothing changed, so nothing to take: the gauges still say so every cycle
+            // (an exporter may drop gauges left idle).
+            self.metrics.leases_to_take.set(0.0);
+            self.metrics.live_workers.set(live.len() as f64);
             return Ok(());
         }
         let leases = self.store.scan_leases().await?;
