@@ -1,7 +1,8 @@
 //! Producer figures on the embedded Kinesis, in one run:
 //! - user records/s and producer CPU time per user record for 368- and 100-byte
 //!   records, aggregated and not (4 shards, no write limits, the producer's rate limit
-//!   lifted), and a bare SDK PutRecords loop for reference;
+//!   lifted), the 368-byte aggregated case again with a buffer of 20,000 records, and
+//!   a bare SDK PutRecords loop for reference;
 //! - user records/s one shard absorbs under the real per-shard write limits (1 MiB/s,
 //!   1,000 records/s) with aggregation, against the physical bound of 1 MiB/s of
 //!   encoded bytes, at the default rate limit (150%) and at 100%.
@@ -28,6 +29,9 @@ use producer::{Producer, ProducerConfig, ProducerConfigBuilder};
 use tokio::runtime::Runtime;
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The smaller buffer (`max_outstanding_records`) of one throughput case.
+const SMALL_BUFFER: usize = 20_000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -183,18 +187,29 @@ struct Throughput {
 }
 
 /// Puts `count` records of `size` bytes over 1,000 keys and waits for every result.
+/// With `buffer`, the producer holds at most that many user records (default
+/// otherwise, 100,000).
 async fn throughput(
     kinesis: &Client,
     name: &str,
     size: usize,
     aggregation: bool,
     count: usize,
+    buffer: Option<usize>,
 ) -> Throughput {
     create(kinesis, name, 4).await;
     // The emulator has no write limits here: lift the producer's own, so that the
     // figures are the producer's cost, not 4 × 150% of a shard's limits.
-    let config = config(name).aggregation(aggregation).rate_limit(1_000_000);
-    let producer = Producer::new(config.build().unwrap(), kinesis.clone());
+    let mut config = config(name).aggregation(aggregation).rate_limit(1_000_000);
+    if let Some(records) = buffer {
+        config = config.max_outstanding_records(records);
+    }
+    let config = config.build().unwrap();
+    // Results are awaited as they come, as an application does: at most as many wait
+    // as the producer buffers (holding every future of the run would hold ~200 bytes
+    // of result per record, 200 MB for a million, for nothing).
+    let window = config.max_outstanding_records;
+    let producer = Producer::new(config, kinesis.clone());
     let keys: Vec<String> = (0..1000).map(|k| format!("customer-{k}")).collect();
     let payload = vec![b'x'; size];
     let (cpu0, process0, started) = (
@@ -202,9 +217,13 @@ async fn throughput(
         cpu_time(libc::RUSAGE_SELF),
         Instant::now(),
     );
-    let mut pending = Vec::with_capacity(count);
+    let mut pending = std::collections::VecDeque::with_capacity(window);
     for i in 0..count {
-        pending.push(
+        if pending.len() == window {
+            let oldest: producer::RecordFuture = pending.pop_front().expect("a full window");
+            oldest.await.unwrap();
+        }
+        pending.push_back(
             producer
                 .put(keys[i % keys.len()].clone(), payload.clone())
                 .await
@@ -415,7 +434,7 @@ fn main() {
             let name = format!("bench-{size}-{aggregation}");
             let t = runtime.block_on(async {
                 let kinesis = aws.clients().await.kinesis;
-                throughput(&kinesis, &name, size, aggregation, records).await
+                throughput(&kinesis, &name, size, aggregation, records, None).await
             });
             println!(
                 "  {size:>4}  {:<11}  {:>14.0}  {:>16.2} µs  {:>15.2} µs  ({:.2} µs)",
@@ -439,6 +458,27 @@ fn main() {
     if only.is_some() {
         return;
     }
+    // The main case with a buffer of 20,000 records: what the buffer's depth costs. The
+    // put loop outruns the producer, so the buffer stays full and every record waits
+    // through all of it; a record's state is then out of the CPU's caches by the time
+    // it is sent and resolved. 20,000 records still cover rate × round trip here.
+    let name = "bench-368-buffer".to_string();
+    let t = runtime.block_on(async {
+        let kinesis = aws.clients().await.kinesis;
+        throughput(&kinesis, &name, 368, true, records, Some(SMALL_BUFFER)).await
+    });
+    println!(
+        "   368  on, buffer {SMALL_BUFFER} {:>7.0}  {:>16.2} µs  {:>15.2} µs  ({:.2} µs)",
+        t.records_per_second,
+        t.cpu_per_record.as_secs_f64() * 1e6,
+        t.process_cpu_per_record.as_secs_f64() * 1e6,
+        t.building_per_record.as_secs_f64() * 1e6,
+    );
+    throughput_lines(
+        "throughput_368_aggregation_on_buffer_20000",
+        &format!("368 B, aggregation on, 4 shards, a buffer of {SMALL_BUFFER} records"),
+        &t,
+    );
     // The reference: what the SDK and the emulator do without the producer.
     let name = "bench-bare".to_string();
     let t = runtime.block_on(async {

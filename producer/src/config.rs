@@ -72,7 +72,11 @@ pub struct ProducerConfig {
     /// Whatever this is, a shard is in at most one call at a time.
     pub max_connections: usize,
     /// Most user records accepted and not yet resolved; `put` waits beyond it.
-    /// Default 100,000.
+    /// Default 100,000: room for AWS round trips across many shards. It only needs to
+    /// cover records/s × (buffered time + a call's round trip); an application that
+    /// puts faster than the producer sends keeps the buffer full, and a deeper buffer
+    /// then costs CPU (each record's state leaves the CPU's caches while it waits) and
+    /// latency, not throughput.
     pub max_outstanding_records: usize,
     /// Most bytes (data plus partition keys) of user records accepted and not yet
     /// resolved; `put` waits beyond it. At least 1 MiB, so any valid record fits.
