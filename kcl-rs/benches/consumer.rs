@@ -10,8 +10,8 @@
 //!   versus fan-out (goal for fan-out: p50 ≤ 50 ms, p99 ≤ 200 ms);
 //! - child-start latency: a parent shard's `shard_ended` → its child's `initialize`;
 //! - what metrics cost: records/s with a Prometheus recorder installed versus none,
-//!   alternating in each round: the metered run is compared with the mean of the
-//!   unmetered runs just before and just after it (goal: within 3%).
+//!   in each round the metered run is compared with the mean of two unmetered runs,
+//!   one just before and one just after it (goal: within 3%).
 //!
 //! Run: `cargo bench -p kcl-rs --bench consumer` (RECORDS=n, default 1,000,000 records
 //! of 368 bytes on 8 shards; ROUNDS=n, default 3; LATENCY_SECS=n, default 20 per mode).
@@ -529,6 +529,18 @@ async fn main() {
             records as f64 / total.as_secs_f64(),
             records as f64 / steady.as_secs_f64(),
         );
+        // What metrics cost: the worker with a Prometheus recorder, between two runs
+        // without, right before and right after it, so that drift weighs on both sides.
+        let unmetered = |run: &'static str| {
+            let app = format!("bench-app-{run}-{round}");
+            let clients = &clients;
+            async move {
+                let (_, steady) =
+                    kcl_worker(clients, name, &app, records, RetrievalMode::Polling).await;
+                records as f64 / steady.as_secs_f64()
+            }
+        };
+        let before_metered = unmetered("before").await;
         recorder.on.store(true, Ordering::Relaxed);
         let (_, metered) = kcl_worker(
             &clients,
@@ -540,19 +552,9 @@ async fn main() {
         .await;
         recorder.on.store(false, Ordering::Relaxed);
         let m = records as f64 / metered.as_secs_f64();
-        // The worker without metrics again, just after: the metered run is compared
-        // with the mean of the runs either side of it, as the worker with the bare loop.
-        let (_, again) = kcl_worker(
-            &clients,
-            name,
-            &format!("bench-app-again-{round}"),
-            records,
-            RetrievalMode::Polling,
-        )
-        .await;
-        let unmetered = (s + records as f64 / again.as_secs_f64()) / 2.0;
+        let after_metered = unmetered("after").await;
         with_metrics.push(m);
-        metrics_ratio.push(m / unmetered);
+        metrics_ratio.push(m / ((before_metered + after_metered) / 2.0));
         let fan_app = format!("bench-fan-out-{round}");
         let (_, fan_steady) =
             kcl_worker(&clients, name, &fan_app, records, RetrievalMode::fan_out()).await;
