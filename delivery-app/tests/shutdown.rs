@@ -93,6 +93,12 @@ async fn records(store: &StatsStore) -> u64 {
     store.read().await.map_or(0, |s| s.totals.records())
 }
 
+/// The leases of `s`'s application, as the table holds them now (`None` on an error).
+async fn leases(s: &Setup) -> Option<Vec<kcl::leases::Lease>> {
+    let store = kcl::leases::DynamoLeaseStore::new(s.clients.dynamodb.clone(), &s.app);
+    kcl::leases::LeaseStore::list_leases(&store).await.ok()
+}
+
 struct Setup {
     aws: LocalAws,
     proxy: FaultProxy,
@@ -160,9 +166,9 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_silent_and_the_next_owner_is
                 return None;
             }
             let watermarks = s.store.watermarks().await.ok()?;
-            let leases = kcl::leases::DynamoLeaseStore::new(s.clients.dynamodb.clone(), &s.app);
-            let all = kcl::leases::LeaseStore::list_leases(&leases).await.ok()?;
-            all.iter()
+            leases(&s)
+                .await?
+                .iter()
                 .all(|lease| {
                     watermarks
                         .get(&lease.key)
@@ -233,9 +239,9 @@ async fn sigterm_stops_a_worker_whose_dynamodb_went_silent_and_the_next_owner_is
     .await;
     // And no more than once: one more look after the replay settled.
     wait_for("w2 holding the lease", Duration::from_secs(30), || async {
-        let leases = kcl::leases::DynamoLeaseStore::new(s.clients.dynamodb.clone(), &s.app);
-        let all = kcl::leases::LeaseStore::list_leases(&leases).await.ok()?;
-        all.iter()
+        leases(&s)
+            .await?
+            .iter()
             .any(|l| {
                 l.owner.as_deref() == Some("w2") && l.checkpoint.position.as_str() != "TRIM_HORIZON"
             })

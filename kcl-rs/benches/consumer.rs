@@ -531,28 +531,20 @@ async fn main() {
         );
         // What metrics cost: the worker with a Prometheus recorder, between two runs
         // without, right before and right after it, so that drift weighs on both sides.
-        let unmetered = |run: &'static str| {
-            let app = format!("bench-app-{run}-{round}");
-            let clients = &clients;
+        // Records/s of a polling worker from first delivery, with the recorder on or off.
+        let steady_rate = |app: String, metered: bool| {
+            let (clients, recorder) = (&clients, &recorder);
             async move {
+                recorder.on.store(metered, Ordering::Relaxed);
                 let (_, steady) =
                     kcl_worker(clients, name, &app, records, RetrievalMode::Polling).await;
+                recorder.on.store(false, Ordering::Relaxed);
                 records as f64 / steady.as_secs_f64()
             }
         };
-        let before_metered = unmetered("before").await;
-        recorder.on.store(true, Ordering::Relaxed);
-        let (_, metered) = kcl_worker(
-            &clients,
-            name,
-            &format!("bench-metrics-{round}"),
-            records,
-            RetrievalMode::Polling,
-        )
-        .await;
-        recorder.on.store(false, Ordering::Relaxed);
-        let m = records as f64 / metered.as_secs_f64();
-        let after_metered = unmetered("after").await;
+        let before_metered = steady_rate(format!("bench-app-before-{round}"), false).await;
+        let m = steady_rate(format!("bench-metrics-{round}"), true).await;
+        let after_metered = steady_rate(format!("bench-app-after-{round}"), false).await;
         with_metrics.push(m);
         metrics_ratio.push(m / ((before_metered + after_metered) / 2.0));
         let fan_app = format!("bench-fan-out-{round}");

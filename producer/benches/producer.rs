@@ -475,7 +475,7 @@ fn main() {
         t.building_per_record.as_secs_f64() * 1e6,
     );
     throughput_lines(
-        "throughput_368_aggregation_on_buffer_20000",
+        &format!("throughput_368_aggregation_on_buffer_{SMALL_BUFFER}"),
         &format!("368 B, aggregation on, 4 shards, a buffer of {SMALL_BUFFER} records"),
         &t,
     );
