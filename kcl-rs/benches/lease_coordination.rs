@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench -p kcl-rs --bench lease_coordination` (TRIALS=n to change the
 //! number of trials, default 10; STEADY_SECS=n for the steady-state window, default 60;
-//! CONFLICT_SECS=n for the conflict window, default 60; READ_COST_SECS=n for the read
+//! CONFLICT_SECS=n for the conflict window, default 60; CONFLICT_PERCENT=n for the share
+//! of lease writes refused in it, default 50; READ_COST_SECS=n for the read
 //! cost window, default 60; LEASE_BENCH=conflicts,read_cost,... to run only some of
 //! handover, converge, steady, conflicts, read_cost).
 //! Besides the human lines, one `BENCH {json}` line per figure for `.ci/bench-report`.
@@ -356,6 +357,13 @@ fn selected(part: &str) -> bool {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // RUST_LOG=kcl=debug (say) shows why a lease moved; silent without it.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let trials = setting("TRIALS", 10) as usize;
     let failover = Duration::from_secs(3);
     let renewal = failover / 3;
@@ -472,14 +480,16 @@ async fn steady() {
 
 async fn conflicts() {
     let secs = setting("CONFLICT_SECS", 60);
-    let lost = cost::conflicts(Duration::from_secs(secs)).await;
-    println!(
-        "renewals under 50% transaction conflicts: leases lost {lost} (2 workers, 8 leases, failover 3 s, {secs} s)"
+    let percent = setting("CONFLICT_PERCENT", 50).min(100);
+    let lost = cost::conflicts(Duration::from_secs(secs), percent as f64 / 100.0).await;
+    let label = format!(
+        "renewals under {percent}% transaction conflicts: leases lost (2 workers, 8 leases, failover 3 s)"
     );
+    println!("{label}: {lost} in {secs} s");
     common::result_line(
         "lease_coordination",
         "conflict_leases_lost",
-        "renewals under 50% transaction conflicts: leases lost (2 workers, 8 leases, failover 3 s)",
+        &label,
         "leases",
         &[lost as f64],
         Some(("<=", 0.0, "no lease lost")),

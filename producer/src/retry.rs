@@ -1,29 +1,14 @@
-//! Which failures are retried, and after how long.
+//! Which failures are retried.
 //!
-//! Delays are computed here and scheduled on the producer task's timer rather than slept
-//! in a `backon` retry loop: a retry is not one future to re-run but user records going
-//! back into the buffers, possibly into other aggregates. Computing them also gives
-//! "full jitter" — a uniform delay in `0..=cap` — which spreads the retries of a burst of
-//! throttled records best (`backon`'s jitter adds up to one delay on top instead).
-
-use std::time::Duration;
+//! Delays (`kinesis_core::backoff`: exponential, full jitter) are scheduled on the
+//! producer task's timer rather than slept in a `backon` retry loop: a retry is not one
+//! future to re-run but user records going back into the buffers, possibly into other
+//! aggregates.
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 
 use crate::result::AttemptError;
-
-/// The cap of the `failures`-th retry delay (1 for the first): `base × 2^(failures−1)`,
-/// at most `max`.
-pub(crate) fn backoff_cap(base: Duration, max: Duration, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    base.saturating_mul(1 << doublings).min(max)
-}
-
-/// A "full jitter" delay: uniform in `0..=cap`, with `unit` uniform in `0..=1`.
-pub(crate) fn full_jitter(cap: Duration, unit: f64) -> Duration {
-    cap.mul_f64(unit.clamp(0.0, 1.0))
-}
 
 /// Whole-request error codes that retrying does not fix. Everything else — throttling,
 /// the service's internal errors, 5xx, timeouts, network failures — is retried until the
@@ -76,26 +61,6 @@ mod tests {
             err,
             HttpResponse::new(status.try_into().unwrap(), "".into()),
         )
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum() {
-        let (base, max) = (Duration::from_millis(100), Duration::from_secs(5));
-        let caps: Vec<_> = (1..=8)
-            .map(|n| backoff_cap(base, max, n).as_millis())
-            .collect();
-        assert_eq!(caps, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(backoff_cap(base, max, 0), base);
-        assert_eq!(backoff_cap(base, max, u32::MAX), max);
-    }
-
-    #[test]
-    fn full_jitter_spans_zero_to_the_cap() {
-        let cap = Duration::from_millis(800);
-        assert_eq!(full_jitter(cap, 0.0), Duration::ZERO);
-        assert_eq!(full_jitter(cap, 0.5), Duration::from_millis(400));
-        assert_eq!(full_jitter(cap, 1.0), cap);
-        assert_eq!(full_jitter(cap, 7.0), cap);
     }
 
     #[test]

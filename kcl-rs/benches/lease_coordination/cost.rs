@@ -69,21 +69,22 @@ async fn settle(workers: &[Running], each: usize) {
     }
 }
 
-fn ownership_events(workers: &[Running]) -> u64 {
-    workers
-        .iter()
-        .map(|w| {
-            let stats = w.coordinator.stats();
-            stats.takes.load(Ordering::Relaxed)
-                + stats.handoffs_requested.load(Ordering::Relaxed)
-                + stats.leases_lost.load(Ordering::Relaxed)
-        })
-        .sum()
+/// Takes, hand-offs asked for and leases lost, summed over `workers`.
+fn ownership_events(workers: &[Running]) -> [u64; 3] {
+    workers.iter().fold([0; 3], |[takes, handoffs, lost], w| {
+        let stats = w.coordinator.stats();
+        [
+            takes + stats.takes.load(Ordering::Relaxed),
+            handoffs + stats.handoffs_requested.load(Ordering::Relaxed),
+            lost + stats.leases_lost.load(Ordering::Relaxed),
+        ]
+    })
 }
 
-/// 2 workers on 8 leases (failover time 3 s), then half of all lease-table UpdateItem
-/// calls answered `TransactionConflictException` for `window`: leases lost or moved.
-pub async fn conflicts(window: Duration) -> u64 {
+/// 2 workers on 8 leases (failover time 3 s), then a share (`probability`) of all
+/// lease-table UpdateItem calls answered `TransactionConflictException` for `window`:
+/// leases lost or moved.
+pub async fn conflicts(window: Duration, probability: f64) -> u64 {
     let aws = LocalAws::start(LocalAwsOptions::default()).await.unwrap();
     let proxy = FaultProxy::start(&aws.endpoints().dynamodb.unwrap(), FaultPlan::new(5))
         .await
@@ -114,10 +115,13 @@ pub async fn conflicts(window: Duration) -> u64 {
             ),
         )
         .when_body_contains(format!("\"TableName\":\"{table}\""))
-        .with_probability(0.5),
+        .with_probability(probability),
     );
     tokio::time::sleep(window).await;
-    let lost = ownership_events(&workers) - before;
+    let after = ownership_events(&workers);
+    let [takes, handoffs, lost] = [0, 1, 2].map(|i| after[i] - before[i]);
+    println!("  moved under conflicts: {takes} taken, {handoffs} hand-offs asked, {lost} lost");
+    let lost = takes + handoffs + lost;
     for w in &workers {
         w.cancel.cancel();
     }

@@ -6,6 +6,7 @@
 //!   [`kpl::Aggregator`] (with exact encoded sizes) for producers.
 //! - [`hash`]: how Kinesis routes a record: the hash key of a partition key, explicit
 //!   hash keys.
+//! - [`backoff`]: retry delays, exponential with full jitter.
 //! - [`stream`]: shards with their lineage and hash key ranges, listed from the service,
 //!   and stream administration (create, wait for ACTIVE, split, merge).
 //!
@@ -24,6 +25,7 @@
 //! assert!(partition_key_hash("") >= 1 << 127);
 //! ```
 
+pub mod backoff;
 pub mod digest;
 pub mod hash;
 pub mod kpl;

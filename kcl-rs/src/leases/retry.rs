@@ -5,13 +5,13 @@
 //! while the lease is still ours to write: until it would expire for the other workers.
 //! So every retry here is bounded by a deadline the caller derives from the lease, each
 //! attempt by its own timeout (a hung connection must leave time for another attempt),
-//! and the pauses between attempts are jittered exponential backoff (backon) so workers
+//! and the pauses between attempts are exponential backoff with full jitter so workers
 //! that collided do not collide again in step.
 
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use kinesis_core::backoff::{backoff_cap, full_jitter};
 use tokio::time::Instant;
 
 use super::lease::Lease;
@@ -28,6 +28,22 @@ pub(crate) fn attempt_timeout(failover_time: Duration) -> Duration {
     (failover_time / 5).max(Duration::from_millis(100))
 }
 
+/// The longest pause between two attempts: a quarter of an attempt's timeout (150 ms
+/// at a failover time of 3 s, 500 ms at 10 s). A renewal has two thirds of the failover
+/// time; with pauses drawn up to this (full jitter, 75 ms on average at 3 s) it makes
+/// about 25 attempts under sustained conflicts, and 15 at the least.
+fn max_pause(per_attempt: Duration) -> Duration {
+    (per_attempt / 4).max(FIRST_PAUSE)
+}
+
+/// The pause after `failures` consecutive transient failures: exponential from
+/// [`FIRST_PAUSE`] up to [`max_pause`], full jitter (uniform from zero), so workers that
+/// collided on a lease do not retry in step.
+fn pause(per_attempt: Duration, failures: u32) -> Duration {
+    let cap = backoff_cap(FIRST_PAUSE, max_pause(per_attempt), failures);
+    full_jitter(cap, rand::random())
+}
+
 /// Runs `attempt` until it succeeds, fails with a non-transient error, or `deadline`
 /// passes (then the last transient error is returned). Each attempt is cut off after
 /// `per_attempt` (or at the deadline), which counts as a transient failure.
@@ -40,21 +56,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, LeaseError>>,
 {
-    let mut pauses = ExponentialBuilder::default()
-        .with_min_delay(FIRST_PAUSE)
-        // Short pauses: the time left before expiry is a few attempt timeouts, and
-        // under sustained conflicts the number of attempts is what keeps the lease.
-        .with_max_delay((per_attempt / 4).max(FIRST_PAUSE))
-        .with_jitter()
-        // Without the std feature backon seeds every generator alike; workers that
-        // collided must not pause in step.
-        .with_jitter_seed(rand::random())
-        .without_max_times()
-        .build();
     // What the service said last (throttling, a conflict): when the deadline ends the
     // retries, that is the answer, rather than an attempt cut off by the deadline.
     let mut said: Option<LeaseError> = None;
+    let started = Instant::now();
+    let mut attempts = 0u32;
     loop {
+        attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = per_attempt.min(left);
         let error = match tokio::time::timeout(limit, attempt()).await {
@@ -69,16 +77,16 @@ where
             },
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(said.unwrap_or(error));
-        }
-        tracing::debug!(error = %error, "lease-table request failed; retrying");
-        let pause = pauses.next().unwrap_or(FIRST_PAUSE).min(left);
-        tokio::time::sleep(pause).await;
-        if Instant::now() >= deadline {
+        if !left.is_zero() {
+            tracing::debug!(error = %error, "lease-table request failed; retrying");
+            tokio::time::sleep(pause(per_attempt, attempts).min(left)).await;
+            if Instant::now() < deadline {
+                continue;
+            }
             // An attempt with no time left would only time out and hide this error.
-            return Err(said.unwrap_or(error));
         }
+        tracing::debug!(attempts, elapsed = ?started.elapsed(), "lease-table request out of time");
+        return Err(said.unwrap_or(error));
     }
 }
 
@@ -214,6 +222,35 @@ mod tests {
         )
         .await;
         assert_eq!(result, Err(transient()));
+    }
+
+    #[test]
+    fn sustained_conflicts_get_many_attempts_none_after_a_long_pause() {
+        // A renewal at failover 3 s has 2 s before expiry, attempts cut off at 600 ms.
+        let per_attempt = attempt_timeout(Duration::from_secs(3));
+        let window = Duration::from_secs(2);
+        let trials = 100;
+        let mut total = 0;
+        for _ in 0..trials {
+            let mut waited = Duration::ZERO;
+            let mut attempts = 1;
+            loop {
+                let pause = pause(per_attempt, attempts);
+                assert!(pause <= max_pause(per_attempt), "paused {pause:?}");
+                waited += pause;
+                if waited > window {
+                    break;
+                }
+                attempts += 1;
+            }
+            assert!(attempts >= 15, "only {attempts} attempts in {window:?}");
+            total += attempts;
+        }
+        assert!(
+            total / trials >= 22,
+            "{} attempts on average",
+            total / trials
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
+use kinesis_core::backoff::{backoff_cap, full_jitter};
 use tokio::task::Id;
 use tokio::time::Instant;
 
@@ -13,7 +14,6 @@ use crate::aggregation::KinesisRecord;
 use crate::error::PutError;
 use crate::record::Pending;
 use crate::result::{AttemptError, UserRecordResult, WRONG_SHARD};
-use crate::retry::{backoff_cap, full_jitter};
 
 /// The code of a record refused for its shard's write limit.
 const THROTTLED: &str = "ProvisionedThroughputExceededException";
