@@ -1,9 +1,12 @@
 //! The producer's metrics as a Prometheus scrape shows them: user and Kinesis records
 //! put and PutRecords calls counted, the pending gauges back at zero once everything is
-//! resolved, every series labelled with its stream. One test per binary: the recorder
-//! is process-global.
+//! resolved and still there after the producer idled past the exporter's idle timeout
+//! for gauges, every series labelled with its stream. One test per binary: the
+//! recorder is process-global.
 
 mod common;
+
+use std::time::Duration;
 
 use common::{config, deaggregate_all, read_raw, start};
 use kcl_local::LocalAwsOptions;
@@ -21,7 +24,10 @@ fn value(scrape: &str, name: &str, labels: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_counts_what_was_put() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let idle_timeout = Duration::from_secs(3);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(idle_timeout))
+        .build_recorder();
     let scrape = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
     producer::metrics::describe();
@@ -77,6 +83,15 @@ async fn a_scrape_counts_what_was_put() {
     assert!(
         text.contains(&format!("# HELP {}", names::USER_RECORDS_PUT)),
         "described: {text}"
+    );
+
+    // Nothing to wait for but time: an idle producer's gauges outlive the timeout.
+    tokio::time::sleep(idle_timeout * 3 / 2).await;
+    let text = scrape.render();
+    assert_eq!(
+        value(&text, names::USER_RECORDS_PENDING, &stream_label),
+        Some(0.0),
+        "kept while idle: {text}"
     );
     producer.shutdown().await;
     aws.shutdown().await;

@@ -39,6 +39,10 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a shutting-down task checks whether the last records are resolved.
 const CLOSING_POLL: Duration = Duration::from_millis(50);
 
+/// How often an idle producer sets its gauges again, so that an exporter dropping
+/// gauges left unset (an idle timeout) keeps the pending ones of a live producer.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
 /// Commands per wake-up taken from the channel before the buffers are looked at.
 const COMMANDS_PER_PASS: usize = 256;
 
@@ -480,6 +484,7 @@ impl Engine {
             .chain(self.held.iter().filter_map(Held::expires_at))
             .chain(refresh)
             .chain(self.closing.then(|| now + CLOSING_POLL))
+            .chain(cfg!(feature = "metrics").then(|| now + GAUGE_REFRESH))
             .min()
     }
 
