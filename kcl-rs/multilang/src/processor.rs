@@ -15,6 +15,7 @@ use kcl::checkpoint::Checkpointer;
 use kcl::leases::LeaseStore;
 use kcl::leases::store::{Change, Expect};
 use kcl::processor::{InitializationInput, ProcessRecordsInput, RecordProcessor};
+use kinesis_core::backoff::backoff_cap;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::ChildSpec;
@@ -23,8 +24,11 @@ use crate::session::{Session, SessionError};
 /// The backoff before a failed shard's lease is released: 1 s, doubling with each
 /// consecutive failure of that shard, at most 30 s.
 pub fn restart_backoff(consecutive_failures: u32) -> Duration {
-    let exponent = consecutive_failures.saturating_sub(1).min(5);
-    Duration::from_secs(1 << exponent).min(Duration::from_secs(30))
+    backoff_cap(
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        consecutive_failures,
+    )
 }
 
 /// What every shard's processor of one daemon shares.
