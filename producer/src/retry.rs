@@ -1,7 +1,7 @@
 //! Which failures are retried.
 //!
 //! Delays (`kinesis_core::backoff`: exponential, full jitter) are scheduled on the
-//! producer task's timer rather than slept in a `backon` retry loop: a retry is not one
+//! producer task's timer rather than slept in a retry loop: a retry is not one
 //! future to re-run but user records going back into the buffers, possibly into other
 //! aggregates.
 

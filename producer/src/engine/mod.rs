@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
-use backon::{ExponentialBuilder, Retryable};
+use kinesis_core::backoff::{backoff_cap, full_jitter};
 use kinesis_core::stream::{ShardInfo, StreamError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinError, JoinSet};
@@ -35,6 +35,32 @@ use crate::shard_map::ShardMap;
 /// Shortest time between two ListShards refreshes: mispredictions come in bursts (every
 /// record of a resharded range), one refresh answers them all.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Retries of a failed shard-map refresh, and their full-jitter pauses: 100 ms doubling,
+/// at most 2 s: a refresh gives up after 0.7 s of pauses at most (0.35 s on average).
+const REFRESH_RETRIES: u32 = 3;
+const REFRESH_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// ListShards, retried [`REFRESH_RETRIES`] times; the last error if every try failed
+/// (records then go out by the last map).
+async fn list_shards_with_retries(
+    client: &Client,
+    stream: &str,
+) -> Result<Vec<ShardInfo>, StreamError> {
+    let mut failures = 0;
+    loop {
+        match kinesis_core::stream::list_shards(client, stream).await {
+            Err(e) if failures < REFRESH_RETRIES => {
+                failures += 1;
+                let (base, max) = REFRESH_BACKOFF;
+                let cap = backoff_cap(base, max, failures);
+                tracing::debug!(error = %e, failures, "shard map refresh failed; retrying");
+                tokio::time::sleep(full_jitter(cap, rand::random::<f64>())).await;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// How often a shutting-down task checks whether the last records are resolved.
 const CLOSING_POLL: Duration = Duration::from_millis(50);
@@ -519,13 +545,7 @@ impl Engine {
         let ticket = r.wanted;
         let (client, stream) = (self.client.clone(), self.config.stream_name.clone());
         let handle = self.tasks.spawn(async move {
-            let list = || kinesis_core::stream::list_shards(&client, &stream);
-            let backoff = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .with_max_times(3)
-                .with_jitter();
-            TaskOutput::ShardMap(list.retry(backoff).await)
+            TaskOutput::ShardMap(list_shards_with_retries(&client, &stream).await)
         });
         self.refresh.running = Some((handle.id(), ticket));
         self.refresh.not_before = now + MIN_REFRESH_INTERVAL;
