@@ -36,8 +36,9 @@ use crate::shard_map::ShardMap;
 /// record of a resharded range), one refresh answers them all.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Retries of a failed shard-map refresh, and their full-jitter pauses: 100 ms doubling,
-/// at most 2 s: a refresh gives up after 0.7 s of pauses at most (0.35 s on average).
+/// Retries of a failed shard-map refresh, and their full-jitter pauses (100 ms doubling,
+/// at most 2 s): below 100, 200 and 400 ms, so a refresh gives up after 0.7 s of pauses
+/// at most (0.35 s on average).
 const REFRESH_RETRIES: u32 = 3;
 const REFRESH_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
